@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Install everything dst needs to build and test, on Debian 12 (root).
+# Idempotent: a second run only checks and returns quickly.
+set -euo pipefail
+
+PKGS=(
+	# kernel build
+	linux-source-6.12 rustc-web rust-web-src clang libclang-dev lld llvm
+	flex bison bc libelf-dev libssl-dev cpio xz-utils make gcc libc6-dev
+	# VM
+	qemu-system-x86 qemu-utils
+	# test peers and tools
+	fio nbdkit libnbd-bin nbd-client nbd-server mdadm xfsprogs e2fsprogs
+	nftables iptables iproute2 kmod util-linux python3 procps
+)
+
+need=()
+for p in "${PKGS[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
+done
+
+if [ ${#need[@]} -gt 0 ]; then
+	echo "install-deps: installing ${need[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	# The security suite carries linux-source-6.12 and rustc-web 1.96.
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# Services some packages start on install are not wanted on the host.
+for s in nbd-server mdadm mdmonitor; do
+	if command -v systemctl >/dev/null 2>&1 && systemctl is-active -q "$s" 2>/dev/null; then
+		systemctl stop "$s" || true
+	fi
+done
+
+# bindgen for the kernel's Rust bindings, built with the rustup toolchain
+# if there is one, else with Debian's cargo.
+BINDGEN_VERSION=0.73.0
+if ! command -v bindgen >/dev/null 2>&1 || ! bindgen --version 2>/dev/null | grep -q "$BINDGEN_VERSION"; then
+	if ! command -v cargo >/dev/null 2>&1; then
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get install -y -qq --no-install-recommends cargo-web >/dev/null 2>&1 ||
+			apt-get install -y -qq --no-install-recommends cargo >/dev/null
+	fi
+	echo "install-deps: cargo install bindgen-cli $BINDGEN_VERSION"
+	cargo install --locked --quiet bindgen-cli --version "$BINDGEN_VERSION"
+fi
+
+# A userspace Rust toolchain for dstctl (rustup's if present).
+if ! command -v cargo >/dev/null 2>&1; then
+	echo "install-deps: no cargo found for userspace" >&2
+	exit 1
+fi
+echo "install-deps: ok"

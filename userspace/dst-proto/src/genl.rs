@@ -1,0 +1,315 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The `dst` generic netlink family: commands, attributes, policies.
+//!
+//! This file is the single definition of the configuration interface.  The
+//! kernel module builds its netlink policies from [`COMMANDS`] at load time,
+//! and `dstctl` encodes requests and decodes replies with the same ids.
+//!
+//! Conventions: strings are NUL-terminated, integers host-endian, sizes in
+//! bytes.  Repeated attributes (a device's legs) appear in order, each as a
+//! nested attribute of the same type.
+
+/// Family name, as registered with the generic netlink controller.
+pub const FAMILY_NAME: &str = "dst";
+/// Family version.
+pub const FAMILY_VERSION: u8 = 1;
+/// Multicast group on which the module reports state changes.
+pub const MCGRP_EVENTS: &str = "events";
+
+/// Longest device name, in bytes.
+pub const NAME_MAX: usize = 31;
+/// Longest leg specification (a path), in bytes.
+pub const LEG_SPEC_MAX: usize = 4095;
+/// Most legs a device may have.
+pub const MAX_LEGS: usize = 16;
+
+/// Command ids.
+pub mod cmd {
+    /// Get one device (`DEV_NAME` given) or dump all.
+    pub const GET: u8 = 1;
+    /// Create a device.
+    pub const CREATE: u8 = 2;
+    /// Remove a device.
+    pub const REMOVE: u8 = 3;
+}
+
+/// Device attributes (top level of every message).
+pub mod dev {
+    /// Device name chosen by the administrator (string).
+    pub const NAME: u16 = 1;
+    /// Target type, a [`super::Target`] (u8).
+    pub const TARGET: u16 = 2;
+    /// One leg (nested [`super::leg`] attributes); repeated, in order.
+    pub const LEG: u16 = 3;
+    /// N of `/dev/dstN` (u32).
+    pub const INDEX: u16 = 4;
+    /// Kernel disk name, `dstN` (string).
+    pub const DISK: u16 = 5;
+    /// Capacity in bytes (u64).
+    pub const SIZE: u16 = 6;
+    /// Device state, a [`super::DevState`] (u8).
+    pub const STATE: u16 = 7;
+    /// Number of openers of the block device (u32).
+    pub const OPENERS: u16 = 8;
+    /// Logical block size in bytes (u32).
+    pub const BLOCK_SIZE: u16 = 9;
+    /// Highest device attribute id.
+    pub const MAX: u16 = 9;
+}
+
+/// Leg attributes (inside a [`dev::LEG`] nest).
+pub mod leg {
+    /// The leg as given at creation: a block device path (string).
+    pub const SPEC: u16 = 1;
+    /// Position of the leg in the device, from 0 (u32).
+    pub const INDEX: u16 = 2;
+    /// Kernel name of the leg's block device, e.g. `ram0` (string).
+    pub const DISK: u16 = 3;
+    /// Size of the leg in bytes (u64).
+    pub const SIZE: u16 = 4;
+    /// Offset of the leg's first byte in the device, for linear (u64).
+    pub const OFFSET: u16 = 5;
+    /// Leg state, a [`super::LegState`] (u8).
+    pub const STATE: u16 = 6;
+    /// Completed read requests (u64).
+    pub const READS: u16 = 7;
+    /// Completed write requests (u64).
+    pub const WRITES: u16 = 8;
+    /// Failed read requests (u64).
+    pub const READ_ERRORS: u16 = 9;
+    /// Failed write requests (u64).
+    pub const WRITE_ERRORS: u16 = 10;
+    /// Requests in flight (u32).
+    pub const INFLIGHT: u16 = 11;
+    /// Highest leg attribute id.
+    pub const MAX: u16 = 11;
+}
+
+macro_rules! wire_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident = $n:literal => $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(u8)]
+        pub enum $name {
+            $($(#[$vm])* $v = $n),+
+        }
+
+        impl $name {
+            /// Decodes the wire value.
+            pub fn from_u8(v: u8) -> Option<Self> {
+                match v {
+                    $($n => Some(Self::$v),)+
+                    _ => None,
+                }
+            }
+
+            /// The lower-case name shown to users.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$v => $s),+
+                }
+            }
+
+            /// Parses the lower-case name.
+            pub fn from_name(s: &str) -> Option<Self> {
+                match s {
+                    $($s => Some(Self::$v),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+wire_enum! {
+    /// How a device maps its legs.
+    Target {
+        /// Legs concatenated in order.
+        Linear = 1 => "linear",
+        /// Every leg holds the whole device (RAID1).
+        Mirror = 2 => "mirror",
+    }
+}
+
+wire_enum! {
+    /// State of a device as a whole.
+    DevState {
+        /// Every leg in sync.
+        Ok = 1 => "ok",
+        /// Working, but some leg is not in sync.
+        Degraded = 2 => "degraded",
+        /// No I/O possible: a linear leg or every mirror leg failed.
+        Failed = 3 => "failed",
+    }
+}
+
+wire_enum! {
+    /// State of one leg.
+    LegState {
+        /// Receives every write; may serve reads.
+        InSync = 1 => "in-sync",
+        /// Failed an I/O; no longer used until replaced.
+        Faulty = 2 => "faulty",
+    }
+}
+
+/// The value type of an attribute, as policies see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A `u8` in `min..=max`.
+    U8 {
+        /// Smallest valid value.
+        min: u8,
+        /// Largest valid value.
+        max: u8,
+    },
+    /// A `u32`.
+    U32,
+    /// A `u64`.
+    U64,
+    /// A NUL-terminated string of at most `max_len` bytes before the NUL.
+    Str {
+        /// Longest valid length.
+        max_len: u16,
+    },
+    /// Nested attributes following [`LEG_REQUEST`].
+    NestedLeg,
+}
+
+/// One attribute a command accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct AttrSpec {
+    /// Attribute id.
+    pub id: u16,
+    /// Its type.
+    pub kind: Kind,
+}
+
+/// One command and the attributes it accepts; anything else is refused.
+#[derive(Debug, Clone, Copy)]
+pub struct CmdSpec {
+    /// Command id.
+    pub cmd: u8,
+    /// Answers a single request.
+    pub doit: bool,
+    /// Answers a dump request.
+    pub dumpit: bool,
+    /// Accepted attributes.
+    pub policy: &'static [AttrSpec],
+}
+
+const NAME_SPEC: AttrSpec = AttrSpec {
+    id: dev::NAME,
+    kind: Kind::Str {
+        max_len: NAME_MAX as u16,
+    },
+};
+
+/// Attributes accepted inside a [`dev::LEG`] nest of a request.
+pub const LEG_REQUEST: &[AttrSpec] = &[AttrSpec {
+    id: leg::SPEC,
+    kind: Kind::Str {
+        max_len: LEG_SPEC_MAX as u16,
+    },
+}];
+
+/// Every command of the family.
+pub const COMMANDS: &[CmdSpec] = &[
+    CmdSpec {
+        cmd: cmd::GET,
+        doit: true,
+        dumpit: true,
+        policy: &[NAME_SPEC],
+    },
+    CmdSpec {
+        cmd: cmd::CREATE,
+        doit: true,
+        dumpit: false,
+        policy: &[
+            NAME_SPEC,
+            AttrSpec {
+                id: dev::TARGET,
+                kind: Kind::U8 { min: 1, max: 2 },
+            },
+            AttrSpec {
+                id: dev::LEG,
+                kind: Kind::NestedLeg,
+            },
+        ],
+    },
+    CmdSpec {
+        cmd: cmd::REMOVE,
+        doit: true,
+        dumpit: false,
+        policy: &[NAME_SPEC],
+    },
+];
+
+/// Checks a device name: 1 to [`NAME_MAX`] bytes of `[A-Za-z0-9_.-]`, not
+/// starting with `-` or `.`.
+pub fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("device name is empty");
+    }
+    if name.len() > NAME_MAX {
+        return Err("device name is longer than 31 bytes");
+    }
+    if name.starts_with('-') || name.starts_with('.') {
+        return Err("device name must not start with '-' or '.'");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+    {
+        return Err("device name may only hold letters, digits, '_', '-' and '.'");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(check_name("r1").is_ok());
+        assert!(check_name("backup-2024_01.a").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name(&"x".repeat(32)).is_err());
+        assert!(check_name(&"x".repeat(31)).is_ok());
+        assert!(check_name("-x").is_err());
+        assert!(check_name("a/b").is_err());
+        assert!(check_name("a b").is_err());
+        assert!(check_name("é").is_err());
+    }
+
+    #[test]
+    fn enums_round_trip() {
+        for t in [Target::Linear, Target::Mirror] {
+            assert_eq!(Target::from_u8(t as u8), Some(t));
+            assert_eq!(Target::from_name(t.as_str()), Some(t));
+        }
+        assert_eq!(Target::from_u8(0), None);
+        assert_eq!(Target::from_u8(3), None);
+        for s in [LegState::InSync, LegState::Faulty] {
+            assert_eq!(LegState::from_u8(s as u8), Some(s));
+        }
+    }
+
+    #[test]
+    fn policies_are_consistent() {
+        let mut seen = [false; 256];
+        for c in COMMANDS {
+            assert!(!seen[c.cmd as usize], "duplicate command {}", c.cmd);
+            seen[c.cmd as usize] = true;
+            assert!(c.doit || c.dumpit);
+            for a in c.policy {
+                assert!(a.id >= 1 && a.id <= dev::MAX);
+            }
+        }
+        for a in LEG_REQUEST {
+            assert!(a.id >= 1 && a.id <= leg::MAX);
+        }
+    }
+}

@@ -1,0 +1,66 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The `dst` family's commands, on top of the netlink transport.
+
+use dst_proto::genl::{cmd, Target, FAMILY_NAME, FAMILY_VERSION};
+
+use crate::model::{create_request, name_request, Device};
+use crate::netlink::{Error, Family, GenlSocket};
+
+/// A connection to the dst kernel module.
+#[derive(Debug)]
+pub struct Dst {
+    sock: GenlSocket,
+    family: Family,
+}
+
+impl Dst {
+    /// Opens a socket and looks the family up.  If the module is not
+    /// loaded, this fails with a refusal carrying `ENOENT`.
+    pub fn connect() -> Result<Dst, Error> {
+        let mut sock = GenlSocket::open()?;
+        let family = sock.resolve(FAMILY_NAME, FAMILY_VERSION)?;
+        Ok(Dst { sock, family })
+    }
+
+    /// Creates a device and returns it as the kernel describes it.
+    pub fn create(&mut self, name: &str, target: Target, legs: &[String]) -> Result<Device, Error> {
+        let attrs = create_request(name, target, legs)?;
+        let replies = self.sock.request(self.family, cmd::CREATE, &attrs)?;
+        single(&replies)
+    }
+
+    /// Removes a device.
+    pub fn remove(&mut self, name: &str) -> Result<(), Error> {
+        self.sock
+            .request(self.family, cmd::REMOVE, &name_request(name)?)?;
+        Ok(())
+    }
+
+    /// Describes one device.
+    pub fn get(&mut self, name: &str) -> Result<Device, Error> {
+        let replies = self
+            .sock
+            .request(self.family, cmd::GET, &name_request(name)?)?;
+        single(&replies)
+    }
+
+    /// Describes every device, in index order.
+    pub fn list(&mut self) -> Result<Vec<Device>, Error> {
+        let replies = self.sock.dump(self.family, cmd::GET)?;
+        let mut devices = replies
+            .iter()
+            .map(|r| Device::decode(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        devices.sort_by_key(|d| d.index);
+        Ok(devices)
+    }
+}
+
+/// The device described by the (first) reply to a request.
+fn single(replies: &[Vec<u8>]) -> Result<Device, Error> {
+    let reply = replies
+        .first()
+        .ok_or_else(|| Error::Malformed("no device in the reply".into()))?;
+    Ok(Device::decode(reply)?)
+}

@@ -1,0 +1,200 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `dstctl`: create, remove, list and inspect dst block devices.
+//!
+//! Talks to the `dst` kernel module over generic netlink; the family, its
+//! attributes and their encoding come from the shared `dst-proto` crate.
+
+mod cli;
+mod client;
+mod model;
+mod netlink;
+mod output;
+
+use std::fmt;
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{one_line, Cli, Command};
+use crate::client::Dst;
+
+/// Why `dstctl` failed; shown as one line on stderr.
+#[derive(Debug)]
+enum Failure {
+    /// The command line asks for something impossible (exit code 2).
+    Usage(String),
+    /// The `dst` generic netlink family is not registered.
+    NotLoaded,
+    /// The kernel refused or the transport failed, while doing `.0`.
+    Op(String, netlink::Error),
+}
+
+impl Failure {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Usage(_) => 2,
+            Failure::NotLoaded | Failure::Op(..) => 1,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Usage(m) => f.write_str(m),
+            Failure::NotLoaded => f.write_str(
+                "the dst kernel module is not loaded (try: modprobe dst / insmod dst.ko)",
+            ),
+            Failure::Op(context, e) => {
+                write!(f, "{context}: {}", one_line(&e.to_string()))?;
+                if let netlink::Error::Refused(r) = e {
+                    if r.errno == libc::EPERM {
+                        f.write_str("; dstctl must run as root (it needs CAP_SYS_ADMIN)")?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Runs the command and returns what to print on stdout.
+fn run(cli: &Cli) -> Result<String, Failure> {
+    let context = cli.command.context();
+    cli.command
+        .validate()
+        .map_err(|m| Failure::Usage(format!("{context}: {}", one_line(&m))))?;
+    let op = |e| Failure::Op(context.clone(), e);
+
+    let mut dst = Dst::connect().map_err(|e| match e {
+        netlink::Error::Refused(r) if r.errno == libc::ENOENT => Failure::NotLoaded,
+        e => op(e),
+    })?;
+    let json = cli.json;
+    Ok(match &cli.command {
+        Command::Create(a) => {
+            let d = dst.create(&a.name, a.target(), &a.legs).map_err(op)?;
+            if json {
+                output::json(&d)
+            } else {
+                format!("{}\n", d.path)
+            }
+        }
+        Command::Remove { name } => {
+            dst.remove(name).map_err(op)?;
+            String::new()
+        }
+        Command::List => {
+            let devices = dst.list().map_err(op)?;
+            if json {
+                output::json(&devices)
+            } else {
+                output::list(&devices)
+            }
+        }
+        Command::Status { name: Some(name) } => {
+            let d = dst.get(name).map_err(op)?;
+            if json {
+                output::json(&d)
+            } else {
+                output::status(std::slice::from_ref(&d))
+            }
+        }
+        Command::Status { name: None } => {
+            let devices = dst.list().map_err(op)?;
+            if json {
+                output::json(&devices)
+            } else {
+                output::status(&devices)
+            }
+        }
+    })
+}
+
+fn main() -> ExitCode {
+    // Usage errors exit with code 2, --help and --version with 0.
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(out) => match io::stdout().lock().write_all(out.as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            // `dstctl list | head -1`: nobody is reading any more.
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("dstctl: {}: {e}", cli.command.context());
+                ExitCode::FAILURE
+            }
+        },
+        Err(f) => {
+            eprintln!("dstctl: {f}");
+            ExitCode::from(f.exit_code())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::Refusal;
+
+    fn run_args(args: &[&str]) -> Result<String, Failure> {
+        let cli = Cli::try_parse_from(std::iter::once("dstctl").chain(args.iter().copied()))
+            .expect("valid syntax");
+        run(&cli)
+    }
+
+    #[test]
+    fn bad_names_are_usage_errors() {
+        for args in [
+            &["create", "a/b", "--mirror", "/dev/ram0"][..],
+            &["create", "--linear", "--", "-x", "/dev/ram0"],
+            &["remove", ".hidden"],
+            &["status", "a b"],
+        ] {
+            // Refused before any socket is opened.
+            let f = run_args(args).unwrap_err();
+            assert_eq!(f.exit_code(), 2, "{args:?}");
+            assert!(matches!(f, Failure::Usage(_)));
+        }
+        let f = run_args(&["create", "a/b", "--mirror", "/dev/ram0"]).unwrap_err();
+        assert_eq!(
+            f.to_string(),
+            "create a/b: device name may only hold letters, digits, '_', '-' and '.'"
+        );
+    }
+
+    #[test]
+    fn error_lines() {
+        let refused = |errno, message: Option<&str>| {
+            netlink::Error::Refused(Refusal {
+                errno,
+                message: message.map(String::from),
+                missing_attr: None,
+            })
+        };
+        let f = Failure::Op(
+            "create r1".into(),
+            refused(libc::ENOENT, Some("leg /dev/ram9: no such block device")),
+        );
+        assert_eq!(
+            f.to_string(),
+            "create r1: leg /dev/ram9: no such block device (ENOENT)"
+        );
+        assert_eq!(f.exit_code(), 1);
+
+        let f = Failure::Op("remove r1".into(), refused(libc::EBUSY, None));
+        assert_eq!(f.to_string(), "remove r1: device or resource busy (EBUSY)");
+
+        let f = Failure::Op("list".into(), refused(libc::EPERM, None));
+        assert_eq!(
+            f.to_string(),
+            "list: operation not permitted (EPERM); dstctl must run as root (it needs CAP_SYS_ADMIN)"
+        );
+
+        let f = Failure::Op("list".into(), refused(libc::EINVAL, Some("two\nlines")));
+        assert!(!f.to_string().contains('\n'));
+
+        assert_eq!(Failure::NotLoaded.exit_code(), 1);
+    }
+}

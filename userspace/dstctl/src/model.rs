@@ -1,0 +1,386 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Requests to the `dst` family and the devices its replies describe.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use dst_proto::genl::{dev, leg, DevState, LegState, Target};
+use dst_proto::nlattr::{self, Attr, Attrs, Writer};
+use serde::{Serialize, Serializer};
+
+use crate::netlink::Buf;
+
+/// An enumeration carried on the wire as a `u8`.
+pub trait WireEnum: Copy {
+    /// Decodes a known value.
+    fn from_u8(v: u8) -> Option<Self>;
+    /// The name shown to users.
+    fn as_str(self) -> &'static str;
+}
+
+macro_rules! wire_enum {
+    ($($t:ty),*) => {$(
+        impl WireEnum for $t {
+            fn from_u8(v: u8) -> Option<Self> {
+                <$t>::from_u8(v)
+            }
+            fn as_str(self) -> &'static str {
+                <$t>::as_str(self)
+            }
+        }
+    )*};
+}
+
+wire_enum!(Target, DevState, LegState);
+
+/// A wire value of `T`, which a newer kernel may send before this tool
+/// knows it: shown as its name, or as `unknown(N)`.
+pub struct Wire<T>(pub u8, PhantomData<T>);
+
+impl<T> Wire<T> {
+    /// Wraps a raw value.
+    pub fn new(v: u8) -> Self {
+        Wire(v, PhantomData)
+    }
+}
+
+// Implemented by hand: derives would require `T` to implement the traits.
+impl<T> Clone for Wire<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Wire<T> {}
+
+impl<T> Default for Wire<T> {
+    fn default() -> Self {
+        Wire::new(0)
+    }
+}
+
+impl<T> PartialEq for Wire<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl<T> Eq for Wire<T> {}
+
+impl<T: WireEnum> fmt::Display for Wire<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match T::from_u8(self.0) {
+            Some(v) => f.write_str(v.as_str()),
+            None => write!(f, "unknown({})", self.0),
+        }
+    }
+}
+
+impl<T: WireEnum> fmt::Debug for Wire<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl<T: WireEnum> Serialize for Wire<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A dst device, as the kernel describes it.  Field order is the JSON
+/// order.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Device {
+    /// Name chosen at creation.
+    pub name: String,
+    /// Kernel disk name, `dstN`.
+    pub disk: String,
+    /// Device node, `/dev/dstN`.
+    pub path: String,
+    /// N of `/dev/dstN`.
+    pub index: u32,
+    /// How the legs are mapped.
+    pub target: Wire<Target>,
+    /// Capacity in bytes.
+    pub size: u64,
+    /// Health of the device.
+    pub state: Wire<DevState>,
+    /// Number of openers (mounts, processes).
+    pub openers: u32,
+    /// Logical block size in bytes.
+    pub block_size: u32,
+    /// The legs, in order.
+    pub legs: Vec<Leg>,
+}
+
+/// One leg of a device.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Leg {
+    /// Position in the device, from 0.
+    pub index: u32,
+    /// The leg as given at creation.
+    pub spec: String,
+    /// Kernel name of the leg's block device.
+    pub disk: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Offset of the leg's first byte in the device.
+    pub offset: u64,
+    /// Health of the leg.
+    pub state: Wire<LegState>,
+    /// Completed reads.
+    pub reads: u64,
+    /// Completed writes.
+    pub writes: u64,
+    /// Failed reads.
+    pub read_errors: u64,
+    /// Failed writes.
+    pub write_errors: u64,
+    /// Requests in flight.
+    pub inflight: u32,
+}
+
+fn string(a: &Attr<'_>) -> Result<String, nlattr::Error> {
+    a.str().map(str::to_owned)
+}
+
+impl Device {
+    /// Decodes the attributes of one reply message.  Attributes this tool
+    /// does not know are skipped.
+    pub fn decode(attrs: &[u8]) -> Result<Device, nlattr::Error> {
+        let mut d = Device::default();
+        for a in Attrs::new(attrs) {
+            let a = a?;
+            match a.kind {
+                dev::NAME => d.name = string(&a)?,
+                dev::TARGET => d.target = Wire::new(a.u8()?),
+                dev::LEG => d.legs.push(Leg::decode(&a)?),
+                dev::INDEX => d.index = a.u32()?,
+                dev::DISK => d.disk = string(&a)?,
+                dev::SIZE => d.size = a.u64()?,
+                dev::STATE => d.state = Wire::new(a.u8()?),
+                dev::OPENERS => d.openers = a.u32()?,
+                dev::BLOCK_SIZE => d.block_size = a.u32()?,
+                _ => {}
+            }
+        }
+        if d.name.is_empty() {
+            return Err(nlattr::Error::BadValue(dev::NAME));
+        }
+        d.path = if d.disk.is_empty() {
+            format!("/dev/dst{}", d.index)
+        } else {
+            format!("/dev/{}", d.disk)
+        };
+        Ok(d)
+    }
+}
+
+impl Leg {
+    fn decode(nest: &Attr<'_>) -> Result<Leg, nlattr::Error> {
+        let mut l = Leg::default();
+        for a in nest.nested() {
+            let a = a?;
+            match a.kind {
+                leg::SPEC => l.spec = string(&a)?,
+                leg::INDEX => l.index = a.u32()?,
+                leg::DISK => l.disk = string(&a)?,
+                leg::SIZE => l.size = a.u64()?,
+                leg::OFFSET => l.offset = a.u64()?,
+                leg::STATE => l.state = Wire::new(a.u8()?),
+                leg::READS => l.reads = a.u64()?,
+                leg::WRITES => l.writes = a.u64()?,
+                leg::READ_ERRORS => l.read_errors = a.u64()?,
+                leg::WRITE_ERRORS => l.write_errors = a.u64()?,
+                leg::INFLIGHT => l.inflight = a.u32()?,
+                _ => {}
+            }
+        }
+        Ok(l)
+    }
+}
+
+/// Attributes of a `CREATE` request: name, target, then one nest per leg,
+/// in the order given.
+pub fn create_request(
+    name: &str,
+    target: Target,
+    legs: &[String],
+) -> Result<Vec<u8>, nlattr::Error> {
+    let mut b = Buf::default();
+    let mut w = Writer::new(&mut b);
+    w.put_str(dev::NAME, name)?;
+    w.put_u8(dev::TARGET, target as u8)?;
+    for spec in legs {
+        let nest = w.begin_nest(dev::LEG)?;
+        w.put_str(leg::SPEC, spec)?;
+        w.end_nest(nest)?;
+    }
+    Ok(b.0)
+}
+
+/// Attributes of a request naming one device (`GET`, `REMOVE`).
+pub fn name_request(name: &str) -> Result<Vec<u8>, nlattr::Error> {
+    let mut b = Buf::default();
+    Writer::new(&mut b).put_str(dev::NAME, name)?;
+    Ok(b.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dst_proto::nlattr::NLA_F_NESTED;
+    use serde_json::json;
+
+    #[test]
+    fn create_request_keeps_leg_order() {
+        let legs = ["/dev/ram1", "/dev/ram0", "/dev/ram1"].map(String::from);
+        let bytes = create_request("r1", Target::Mirror, &legs).unwrap();
+        let attrs: Vec<Attr<'_>> = Attrs::new(&bytes).map(Result::unwrap).collect();
+        let kinds: Vec<u16> = attrs.iter().map(|a| a.kind).collect();
+        assert_eq!(
+            kinds,
+            [dev::NAME, dev::TARGET, dev::LEG, dev::LEG, dev::LEG]
+        );
+        assert_eq!(attrs[0].str().unwrap(), "r1");
+        assert_eq!(attrs[1].u8().unwrap(), 2);
+        let specs: Vec<&str> = attrs[2..]
+            .iter()
+            .map(|a| {
+                let inner: Vec<Attr<'_>> = a.nested().map(Result::unwrap).collect();
+                assert_eq!(inner.len(), 1);
+                assert_eq!(inner[0].kind, leg::SPEC);
+                inner[0].str().unwrap()
+            })
+            .collect();
+        // Duplicates pass through: refusing them is the kernel's job.
+        assert_eq!(specs, legs);
+
+        // The nests carry NLA_F_NESTED on the wire.
+        let first_leg = 8 + 8; // NAME "r1" (4 + 3 -> 8), TARGET (4 + 1 -> 8)
+        let raw_type = u16::from_ne_bytes([bytes[first_leg + 2], bytes[first_leg + 3]]);
+        assert_eq!(raw_type, dev::LEG | NLA_F_NESTED);
+
+        let linear = create_request("l", Target::Linear, &legs[..1]).unwrap();
+        let t = Attrs::new(&linear).find(dev::TARGET).unwrap().unwrap();
+        assert_eq!(t.u8().unwrap(), 1);
+    }
+
+    #[test]
+    fn name_request_encoding() {
+        let bytes = name_request("backup-1").unwrap();
+        let attrs: Vec<Attr<'_>> = Attrs::new(&bytes).map(Result::unwrap).collect();
+        assert_eq!(attrs.len(), 1);
+        assert_eq!(attrs[0].kind, dev::NAME);
+        assert_eq!(attrs[0].str().unwrap(), "backup-1");
+    }
+
+    fn put_leg(w: &mut Writer<'_, Buf>, index: u32, spec: &str, disk: &str, state: u8) {
+        let n = w.begin_nest(dev::LEG).unwrap();
+        w.put_u32(leg::INDEX, index).unwrap();
+        w.put_str(leg::SPEC, spec).unwrap();
+        w.put_str(leg::DISK, disk).unwrap();
+        w.put_u64(leg::SIZE, 64 << 20).unwrap();
+        w.put_u64(leg::OFFSET, 0).unwrap();
+        w.put_u8(leg::STATE, state).unwrap();
+        w.put_u64(leg::READS, 10 + u64::from(index)).unwrap();
+        w.put_u64(leg::WRITES, 20).unwrap();
+        w.put_u64(leg::READ_ERRORS, 0).unwrap();
+        w.put_u64(leg::WRITE_ERRORS, u64::from(index)).unwrap();
+        w.put_u32(leg::INFLIGHT, 3).unwrap();
+        w.put_u64(200, 7).unwrap(); // from a newer kernel
+        w.end_nest(n).unwrap();
+    }
+
+    /// A reply as the kernel would send it, with an attribute and a state
+    /// this tool does not know.
+    fn sample_reply() -> Vec<u8> {
+        let mut b = Buf::default();
+        let mut w = Writer::new(&mut b);
+        w.put_str(dev::NAME, "r1").unwrap();
+        w.put_u8(dev::TARGET, 2).unwrap();
+        w.put_u32(dev::INDEX, 0).unwrap();
+        w.put_str(dev::DISK, "dst0").unwrap();
+        w.put_u64(dev::SIZE, 64 << 20).unwrap();
+        w.put_u8(dev::STATE, 9).unwrap();
+        w.put_u32(200, 0xdead).unwrap();
+        let n = w.begin_nest(201).unwrap();
+        w.put_u32(1, 1).unwrap();
+        w.end_nest(n).unwrap();
+        w.put_u32(dev::OPENERS, 1).unwrap();
+        w.put_u32(dev::BLOCK_SIZE, 512).unwrap();
+        put_leg(&mut w, 0, "/dev/ram0", "ram0", 1);
+        put_leg(&mut w, 1, "/dev/ram1", "ram1", 2);
+        b.0
+    }
+
+    #[test]
+    fn decode_reply() {
+        let d = Device::decode(&sample_reply()).unwrap();
+        assert_eq!(d.name, "r1");
+        assert_eq!(d.disk, "dst0");
+        assert_eq!(d.path, "/dev/dst0");
+        assert_eq!(d.target.to_string(), "mirror");
+        assert_eq!(d.size, 64 << 20);
+        assert_eq!(d.state.to_string(), "unknown(9)");
+        assert_eq!((d.openers, d.block_size), (1, 512));
+        assert_eq!(d.legs.len(), 2);
+        assert_eq!(d.legs[1].spec, "/dev/ram1");
+        assert_eq!(d.legs[1].state.to_string(), "faulty");
+        assert_eq!(d.legs[1].write_errors, 1);
+    }
+
+    #[test]
+    fn json_rendering() {
+        let d = Device::decode(&sample_reply()).unwrap();
+        let v = serde_json::to_value(&d).unwrap();
+        let leg0 = json!({
+            "index": 0, "spec": "/dev/ram0", "disk": "ram0", "size": 67108864,
+            "offset": 0, "state": "in-sync", "reads": 10, "writes": 20,
+            "read_errors": 0, "write_errors": 0, "inflight": 3
+        });
+        assert_eq!(
+            v,
+            json!({
+                "name": "r1", "disk": "dst0", "path": "/dev/dst0", "index": 0,
+                "target": "mirror", "size": 67108864, "state": "unknown(9)",
+                "openers": 1, "block_size": 512,
+                "legs": [leg0, v["legs"][1].clone()]
+            })
+        );
+        assert_eq!(v["legs"][1]["state"], "faulty");
+        // Key order is the documented one.
+        let text = serde_json::to_string(&d).unwrap();
+        let keys = [
+            "\"name\"",
+            "\"disk\"",
+            "\"path\"",
+            "\"index\"",
+            "\"target\"",
+        ];
+        let at: Vec<usize> = keys.iter().map(|k| text.find(k).unwrap()).collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn decode_refuses_garbage() {
+        // No name.
+        let mut b = Buf::default();
+        Writer::new(&mut b).put_u32(dev::INDEX, 1).unwrap();
+        assert!(Device::decode(&b.0).is_err());
+        // A known attribute with the wrong size.
+        let mut b = Buf::default();
+        let mut w = Writer::new(&mut b);
+        w.put_str(dev::NAME, "r1").unwrap();
+        w.put_u8(dev::SIZE, 1).unwrap();
+        assert_eq!(
+            Device::decode(&b.0).unwrap_err(),
+            nlattr::Error::BadValue(dev::SIZE)
+        );
+        // Truncated.
+        let reply = sample_reply();
+        assert!(Device::decode(&reply[..reply.len() - 2]).is_err());
+    }
+}

@@ -1,0 +1,101 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Block devices opened by dst as legs.
+
+use core::ffi::c_void;
+use kernel::ffi::c_char;
+use core::ptr::NonNull;
+
+use kernel::bindings;
+use kernel::prelude::*;
+use kernel::str::CStr;
+
+use crate::glue;
+
+/// Longest kernel block device name kept (`nvme0n1p12`, `ram0`...).
+const NAME_LEN: usize = 32;
+
+/// Who holds a set of exclusively opened block devices.  Two opens with the
+/// same holder do not exclude each other; opens with different holders do.
+pub(crate) struct Holder(KBox<u8>);
+
+impl Holder {
+    /// A new, unique holder.
+    pub(crate) fn new() -> Result<Self> {
+        Ok(Holder(KBox::new(0, GFP_KERNEL)?))
+    }
+
+    fn as_ptr(&self) -> *mut c_void {
+        (&*self.0 as *const u8).cast_mut().cast()
+    }
+}
+
+/// A block device opened for reading and writing, exclusively.
+pub(crate) struct BlockDev {
+    file: NonNull<bindings::file>,
+    bdev: NonNull<bindings::block_device>,
+    name: [u8; NAME_LEN],
+}
+
+// SAFETY: an open block device may be used and closed from any thread.
+unsafe impl Send for BlockDev {}
+// SAFETY: `&BlockDev` only gives access to immutable data and to the raw
+// `block_device`, which the block layer synchronises.
+unsafe impl Sync for BlockDev {}
+
+impl BlockDev {
+    /// Opens the block device at `path` exclusively for `holder`.
+    ///
+    /// The holder must outlive the returned device.
+    pub(crate) fn open(path: &CStr, holder: &Holder) -> Result<Self> {
+        // SAFETY: `path` is NUL-terminated; the holder pointer is only used
+        // as an identity and outlives the open (documented above).
+        let file = unsafe { glue::dst_bdev_open(path.as_char_ptr(), holder.as_ptr()) };
+        let file = kernel::error::from_err_ptr(file)?;
+        let file = NonNull::new(file).ok_or(EINVAL)?;
+        // SAFETY: `file` is an open block device file.
+        let bdev = unsafe { bindings::file_bdev(file.as_ptr()) };
+        let Some(bdev) = NonNull::new(bdev) else {
+            // SAFETY: we own the reference to `file`.
+            unsafe { bindings::fput(file.as_ptr()) };
+            return Err(EINVAL);
+        };
+        let mut name = [0u8; NAME_LEN];
+        // SAFETY: `bdev` is open; the buffer holds `NAME_LEN` bytes and the
+        // C side NUL-terminates within it.
+        unsafe { glue::dst_bdev_name(bdev.as_ptr(), name.as_mut_ptr().cast::<c_char>(), NAME_LEN) };
+        Ok(BlockDev { file, bdev, name })
+    }
+
+    /// Size in 512-byte sectors.
+    pub(crate) fn sectors(&self) -> u64 {
+        // SAFETY: the device is open.
+        unsafe { glue::dst_bdev_nr_sectors(self.bdev.as_ptr()) }
+    }
+
+    /// The device number, which identifies the device.
+    pub(crate) fn devt(&self) -> u32 {
+        // SAFETY: the device is open; `bd_dev` does not change while it is.
+        unsafe { (*self.bdev.as_ptr()).bd_dev }
+    }
+
+    /// The kernel's name for the device (`ram0`, `sdb1`...).
+    pub(crate) fn name(&self) -> &str {
+        let len = self.name.iter().position(|&b| b == 0).unwrap_or(NAME_LEN);
+        core::str::from_utf8(&self.name[..len]).unwrap_or("?")
+    }
+
+    /// The raw `block_device`.
+    pub(crate) fn as_raw(&self) -> *mut bindings::block_device {
+        self.bdev.as_ptr()
+    }
+}
+
+impl Drop for BlockDev {
+    fn drop(&mut self) {
+        // SAFETY: we own the file reference taken at open.  `bdev_fput`
+        // gives up the exclusive claim at once (a plain `fput` may defer
+        // it), so the device is free for others when this returns.
+        unsafe { bindings::bdev_fput(self.file.as_ptr()) };
+    }
+}

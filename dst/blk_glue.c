@@ -1,0 +1,103 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Block layer glue for dst: the helpers Linux 6.12 only has as inline
+ * functions or macros (which bindgen cannot see), and the constants
+ * (GFP_NOIO, BLK_OPEN_*) that are macros.  No logic lives here.
+ */
+
+#include <linux/bio.h>
+#include <linux/blkdev.h>
+#include <linux/wait_bit.h>
+#include <linux/workqueue.h>
+
+#include "glue.h"
+
+int dst_add_disk(struct gendisk *disk)
+{
+	return add_disk(disk);
+}
+
+int dst_bioset_init(struct bio_set *bs, unsigned int front_pad, bool rescuer)
+{
+	return bioset_init(bs, BIO_POOL_SIZE, front_pad,
+			   rescuer ? BIOSET_NEED_RESCUER : 0);
+}
+
+struct bio *dst_bio_clone(struct block_device *bdev, struct bio *src,
+			  struct bio_set *bs)
+{
+	return bio_alloc_clone(bdev, src, GFP_NOIO, bs);
+}
+
+struct bio *dst_bio_alloc_flush(struct block_device *bdev, struct bio_set *bs)
+{
+	return bio_alloc_bioset(bdev, 0, REQ_OP_WRITE | REQ_PREFLUSH | REQ_SYNC,
+				GFP_NOIO, bs);
+}
+
+struct bio *dst_bio_split(struct bio *bio, unsigned int sectors,
+			  struct bio_set *bs)
+{
+	return bio_split(bio, sectors, GFP_NOIO, bs);
+}
+
+struct file *dst_bdev_open(const char *path, void *holder)
+{
+	/* A non-NULL holder makes the open exclusive. */
+	return bdev_file_open_by_path(path, BLK_OPEN_READ | BLK_OPEN_WRITE,
+				      holder, NULL);
+}
+
+u64 dst_bdev_nr_sectors(struct block_device *bdev)
+{
+	return bdev_nr_sectors(bdev);
+}
+
+void dst_bdev_name(struct block_device *bdev, char *buf, size_t len)
+{
+	snprintf(buf, len, "%pg", bdev);
+}
+
+void dst_wait_var(void *var, bool (*done)(void *var))
+{
+	wait_var_event(var, done(var));
+}
+
+struct workqueue_struct *dst_alloc_workqueue(const char *name)
+{
+	return alloc_workqueue("%s", WQ_MEM_RECLAIM, 0, name);
+}
+
+/* Implemented in Rust (dst/disk.rs). */
+void dst_disk_submit_bio(struct bio *bio);
+int dst_disk_open(struct gendisk *disk, blk_mode_t mode);
+void dst_disk_release(struct gendisk *disk);
+
+/*
+ * In C for THIS_MODULE: an open dst device pins the module, and the table
+ * outlives every gendisk that points to it.
+ */
+static const struct block_device_operations dst_fops = {
+	.owner = THIS_MODULE,
+	.submit_bio = dst_disk_submit_bio,
+	.open = dst_disk_open,
+	.release = dst_disk_release,
+};
+
+struct gendisk *dst_alloc_disk(struct queue_limits *lim)
+{
+	struct gendisk *disk;
+
+	if (lim->features & BLK_FEAT_ZONED)
+		return ERR_PTR(-EOPNOTSUPP);
+	lim->features |= BLK_FEAT_IO_STAT;
+	/* A macro, for its lockdep key. */
+	disk = blk_alloc_disk(lim, NUMA_NO_NODE);
+	if (IS_ERR(disk))
+		return disk;
+	disk->fops = &dst_fops;
+	/* Dynamic dev_t from the extended range, partitions allowed. */
+	disk->major = 0;
+	disk->minors = 0;
+	return disk;
+}

@@ -1,0 +1,117 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Declarations of the C glue (`glue.h`, `genl_glue.c`, `blk_glue.c`).
+//!
+//! Only the abstraction modules (`bio`, `bdev`, `disk`, `genl`, `io`, `wq`)
+//! call these.  Keep every signature identical to `glue.h`.
+
+use core::ffi::c_void;
+use kernel::ffi::{c_char, c_int, c_long};
+use kernel::bindings;
+
+/// `struct dst_nl_attr`.
+#[repr(C)]
+pub(crate) struct NlAttr {
+    pub(crate) id: u16,
+    pub(crate) kind: u8,
+    pub(crate) nested_set: u8,
+    pub(crate) min: u16,
+    pub(crate) max: u16,
+}
+
+/// `struct dst_nl_set`.
+#[repr(C)]
+pub(crate) struct NlSet {
+    pub(crate) attrs: *const NlAttr,
+    pub(crate) n: u32,
+}
+
+/// `struct dst_nl_cmd`.
+#[repr(C)]
+pub(crate) struct NlCmd {
+    pub(crate) cmd: u8,
+    pub(crate) doit: u8,
+    pub(crate) dumpit: u8,
+    pub(crate) set: u8,
+}
+
+/// `struct dst_nl_spec`.
+#[repr(C)]
+pub(crate) struct NlSpec {
+    pub(crate) name: *const c_char,
+    pub(crate) mcgrp: *const c_char,
+    pub(crate) version: u32,
+    pub(crate) nsets: u32,
+    pub(crate) sets: *const NlSet,
+    pub(crate) ncmds: u32,
+    pub(crate) cmds: *const NlCmd,
+    pub(crate) doit: Option<
+        unsafe extern "C" fn(*mut c_void, u8, *const c_void, u32, *mut GenlInfo) -> c_int,
+    >,
+    pub(crate) dumpit:
+        Option<unsafe extern "C" fn(*mut c_void, u8, *mut Cursor, *mut NlDump) -> c_int>,
+}
+
+/// `enum dst_nl_kind`.
+pub(crate) const DST_NL_U8: u8 = 1;
+pub(crate) const DST_NL_U32: u8 = 2;
+pub(crate) const DST_NL_U64: u8 = 3;
+pub(crate) const DST_NL_STR: u8 = 4;
+pub(crate) const DST_NL_NESTED: u8 = 5;
+
+/// `struct genl_info`, opaque (not in the 6.12 bindings).
+#[repr(C)]
+pub(crate) struct GenlInfo {
+    _private: [u8; 0],
+}
+
+/// `struct dst_nl_dump`, opaque.
+#[repr(C)]
+pub(crate) struct NlDump {
+    _private: [u8; 0],
+}
+
+// The kernel's own bindings allow this too: `bindgen` emits some structs
+// reachable from these pointers without fields.
+#[allow(improper_ctypes)]
+extern "C" {
+    pub(crate) fn dst_genl_register(spec: *const NlSpec, priv_: *mut c_void) -> c_int;
+    pub(crate) fn dst_genl_unregister();
+    pub(crate) fn dst_genl_reply(
+        info: *mut GenlInfo,
+        cmd: u8,
+        buf: *const c_void,
+        len: u32,
+    ) -> c_int;
+    pub(crate) fn dst_genl_set_err(info: *mut GenlInfo, msg: *const c_char);
+    pub(crate) fn dst_genl_dump_put(dump: *mut NlDump, cmd: u8, buf: *const c_void, len: u32)
+        -> c_int;
+    pub(crate) fn dst_genl_multicast(cmd: u8, buf: *const c_void, len: u32) -> c_int;
+
+    pub(crate) fn dst_alloc_disk(lim: *mut bindings::queue_limits) -> *mut bindings::gendisk;
+    pub(crate) fn dst_add_disk(disk: *mut bindings::gendisk) -> c_int;
+    pub(crate) fn dst_bioset_init(bs: *mut bindings::bio_set, front_pad: u32, rescuer: bool)
+        -> c_int;
+    pub(crate) fn dst_bio_clone(
+        bdev: *mut bindings::block_device,
+        src: *mut bindings::bio,
+        bs: *mut bindings::bio_set,
+    ) -> *mut bindings::bio;
+    pub(crate) fn dst_bio_alloc_flush(
+        bdev: *mut bindings::block_device,
+        bs: *mut bindings::bio_set,
+    ) -> *mut bindings::bio;
+    pub(crate) fn dst_bio_split(
+        bio: *mut bindings::bio,
+        sectors: u32,
+        bs: *mut bindings::bio_set,
+    ) -> *mut bindings::bio;
+    pub(crate) fn dst_bdev_open(path: *const c_char, holder: *mut c_void) -> *mut bindings::file;
+    pub(crate) fn dst_bdev_nr_sectors(bdev: *mut bindings::block_device) -> u64;
+    pub(crate) fn dst_bdev_name(bdev: *mut bindings::block_device, buf: *mut c_char, len: usize);
+    pub(crate) fn dst_wait_var(var: *mut c_void, done: unsafe extern "C" fn(*mut c_void) -> bool);
+    pub(crate) fn dst_alloc_workqueue(name: *const c_char) -> *mut bindings::workqueue_struct;
+}
+
+/// The dump cursor type passed by `dst_nl_dumpit`.
+pub(crate) type Cursor = c_long;

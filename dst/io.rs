@@ -1,0 +1,552 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The I/O engine: fanning a bio out to legs and completing it.
+//!
+//! An incoming bio (the *parent*) is sent to one or more legs as *clones*
+//! that share its data pages.  Clones come from a bio set whose front pad
+//! holds a [`Pad`]; the first clone's pad also holds the I/O's state
+//! ([`IoState`]), so an I/O costs no allocation besides its clones, and
+//! those come from a mempool.  The parent completes when every clone has,
+//! with a result the owner decides ([`IoOwner::io_done`]).  Completion may
+//! run in interrupt context, so anything that needs a thread (resubmitting
+//! a read to another leg) is deferred to a workqueue ([`DeferList`]).
+//!
+//! Nothing here sleeps on the submission path except a mempool allocation
+//! (`GFP_NOIO`), and no thread is dedicated to a request.
+
+use core::ffi::c_void;
+use core::mem::size_of;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{fence, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+
+use kernel::bindings;
+use kernel::prelude::*;
+use kernel::sync::ArcBorrow;
+
+use crate::bdev::BlockDev;
+use crate::bio::{from_status, to_status, Bio, BioSet, Op};
+use crate::glue;
+
+/// Counts I/Os in flight so a device can wait for them before it goes.
+pub(crate) struct Gate {
+    count: AtomicUsize,
+}
+
+impl Gate {
+    /// A gate with nothing in flight.
+    pub(crate) const fn new() -> Self {
+        Gate {
+            count: AtomicUsize::new(0),
+        }
+    }
+
+    fn enter(&self) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Leaves the gate.
+    ///
+    /// # Safety
+    ///
+    /// `this` must be a gate entered by the caller.  The gate's owner may be
+    /// freed as soon as the count drops, so `this` is a raw pointer and is
+    /// not dereferenced after the decrement.
+    unsafe fn exit(this: *const Gate) {
+        // SAFETY: the caller's entry keeps the gate alive until here.
+        let count = unsafe { ptr::addr_of!((*this).count) };
+        // SAFETY: as above.
+        if unsafe { (*count).fetch_sub(1, Ordering::Release) } == 1 {
+            // `wake_up_var` needs a full barrier after the store; it only
+            // hashes the address, so a freed gate is not read.
+            fence(Ordering::SeqCst);
+            // SAFETY: plain wake-up keyed by address.
+            unsafe { bindings::wake_up_var(count.cast_mut().cast()) };
+        }
+    }
+
+    /// Number of I/Os in flight.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Waits until no I/O is in flight.  The caller must make sure no new
+    /// I/O can start (the disk is deleted).
+    pub(crate) fn wait_idle(&self) {
+        unsafe extern "C" fn idle(var: *mut c_void) -> bool {
+            // SAFETY: `var` is the gate's counter, alive while we wait.
+            unsafe { (*var.cast::<AtomicUsize>()).load(Ordering::Acquire) == 0 }
+        }
+        let var = ptr::addr_of!(self.count).cast_mut().cast::<c_void>();
+        // SAFETY: `var` stays valid during the wait, which ends when the
+        // count is zero; `Gate::exit` wakes this address.
+        unsafe { glue::dst_wait_var(var, idle) };
+    }
+}
+
+/// How the I/O's clones ended, for [`IoOwner::io_done`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Outcome {
+    /// The parent's operation.
+    pub(crate) op: Op,
+    /// Legs whose clone succeeded (bit per leg index).
+    pub(crate) ok: u32,
+    /// Every leg tried so far for this I/O (reads may retry).
+    pub(crate) tried: u32,
+    /// The first error seen.
+    pub(crate) error: Option<Error>,
+    /// The parent's first sector.
+    pub(crate) sector: u64,
+}
+
+/// What to do with an I/O whose clones have all ended.
+pub(crate) enum Decision {
+    /// End the parent with this result.
+    Complete(Result),
+    /// Try again from process context ([`IoOwner::retry`]).
+    Retry,
+}
+
+/// Where a retried I/O goes.
+pub(crate) struct Route<'a> {
+    /// Leg index.
+    pub(crate) leg: u32,
+    /// The leg's device.
+    pub(crate) dev: &'a BlockDev,
+    /// First sector on the leg.
+    pub(crate) sector: u64,
+}
+
+/// The device side of the engine.
+pub(crate) trait IoOwner: Send + Sync + Sized {
+    /// The gate counting this owner's I/Os.
+    fn gate(&self) -> &Gate;
+    /// The bio set clones come from (front pad: [`IoSet::FRONT_PAD`]).
+    fn ioset(&self) -> &BioSet;
+    /// Where deferred I/Os wait.
+    fn defer_list(&self) -> &DeferList;
+    /// Called for every clone as it ends, in any context.
+    fn clone_done(&self, leg: u32, op: Op, res: Result);
+    /// Called once all clones of an I/O have ended, in any context.
+    fn io_done(&self, outcome: &Outcome) -> Decision;
+    /// Picks where to send an I/O again, in process context; `None` ends it
+    /// with its error.
+    fn retry(&self, outcome: &Outcome) -> Option<Route<'_>>;
+    /// Arranges for [`DeferList::run`] to be called soon from a workqueue.
+    fn kick_deferred(this: ArcBorrow<'_, Self>);
+}
+
+/// Per-I/O state, in the front pad of the I/O's first clone.
+#[repr(C)]
+struct IoState {
+    parent: *mut bindings::bio,
+    first: *mut bindings::bio,
+    /// The owner, as stored by the disk (`Arc::into_raw`).
+    owner: *const c_void,
+    next: *mut IoState,
+    start: kernel::ffi::c_ulong,
+    pending: AtomicU32,
+    ok: AtomicU32,
+    tried: AtomicU32,
+    error: AtomicU32,
+    op: u8,
+}
+
+/// Front pad of every clone.
+#[repr(C)]
+struct Pad {
+    io: *mut IoState,
+    leg: u32,
+    state: IoState,
+}
+
+/// The front pad size for the bio set of [`IoOwner::ioset`].
+pub(crate) struct IoSet;
+
+impl IoSet {
+    /// Bytes in front of each clone.
+    pub(crate) const FRONT_PAD: u32 = size_of::<Pad>() as u32;
+}
+
+const _: () = assert!(size_of::<Pad>() % 8 == 0);
+
+/// # Safety
+///
+/// `bio` must come from an [`IoOwner::ioset`] bio set.
+unsafe fn pad_of(bio: *mut bindings::bio) -> *mut Pad {
+    // SAFETY: the bio set puts `FRONT_PAD` bytes, holding a `Pad`, right
+    // before each bio.
+    unsafe { bio.cast::<u8>().sub(size_of::<Pad>()).cast::<Pad>() }
+}
+
+fn op_code(op: Op) -> u8 {
+    match op {
+        Op::Read => 0,
+        Op::Write => 1,
+        Op::Discard => 2,
+        Op::WriteZeroes => 3,
+        Op::Other => 4,
+    }
+}
+
+fn op_of(code: u8) -> Op {
+    match code {
+        0 => Op::Read,
+        1 => Op::Write,
+        2 => Op::Discard,
+        3 => Op::WriteZeroes,
+        _ => Op::Other,
+    }
+}
+
+fn err_code(e: Error) -> u32 {
+    e.to_errno().unsigned_abs()
+}
+
+/// Builds and submits one I/O.
+///
+/// Each clone is submitted as soon as it is made, so a clone never waits
+/// for another one's mempool slot; a bias of one on the pending count keeps
+/// the I/O from completing before [`Io::finish`].
+pub(crate) struct Io<'a, T: IoOwner> {
+    owner: ArcBorrow<'a, T>,
+    parent: Option<Bio>,
+    state: Option<NonNull<IoState>>,
+    op: Op,
+    error: Option<Error>,
+}
+
+impl<'a, T: IoOwner> Io<'a, T> {
+    /// Starts an I/O for `parent` on `owner`.
+    pub(crate) fn new(owner: ArcBorrow<'a, T>, parent: Bio) -> Self {
+        let op = parent.op();
+        owner.gate().enter();
+        Io {
+            owner,
+            parent: Some(parent),
+            state: None,
+            op,
+            error: None,
+        }
+    }
+
+    /// The parent bio.
+    pub(crate) fn parent(&self) -> &Bio {
+        // `parent` is only taken by `finish`, which consumes `self`.
+        self.parent.as_ref().unwrap_or_else(|| unreachable!())
+    }
+
+    fn state(&mut self) -> Option<*mut IoState> {
+        if let Some(s) = self.state {
+            return Some(s.as_ptr());
+        }
+        None
+    }
+
+    fn attach(&mut self, clone: *mut bindings::bio, leg: u32) {
+        // SAFETY: `clone` was just allocated from the owner's io set.
+        let pad = unsafe { pad_of(clone) };
+        let io = match self.state() {
+            Some(io) => io,
+            None => {
+                let parent = self.parent().as_raw();
+                // SAFETY: `pad` is this clone's front pad, ours to fill; the
+                // state lives there until the I/O completes, because the
+                // first clone is freed last.
+                let io = unsafe { ptr::addr_of_mut!((*pad).state) };
+                // SAFETY: as above; `parent` is live, owned by the I/O.
+                unsafe {
+                    io.write(IoState {
+                        parent,
+                        first: clone,
+                        owner: ptr::from_ref::<T>(&self.owner).cast(),
+                        next: ptr::null_mut(),
+                        start: bindings::bio_start_io_acct(parent),
+                        pending: AtomicU32::new(1),
+                        ok: AtomicU32::new(0),
+                        tried: AtomicU32::new(0),
+                        error: AtomicU32::new(0),
+                        op: op_code(self.op),
+                    })
+                };
+                self.state = NonNull::new(io);
+                io
+            }
+        };
+        // SAFETY: `pad` is this clone's, `io` the live I/O state.
+        unsafe {
+            (*pad).io = io;
+            (*pad).leg = leg;
+            (*io).pending.fetch_add(1, Ordering::Relaxed);
+            (*io).tried.fetch_or(1 << leg, Ordering::Relaxed);
+            (*clone).bi_end_io = Some(clone_endio::<T>);
+        }
+    }
+
+    /// Sends a clone of the parent to `dev` (leg `leg`) at `sector`.
+    ///
+    /// Fails only if no clone can be made (a bio set with `GFP_NOIO` waits
+    /// for memory rather than fail, so in practice never); the leg then did
+    /// not get the I/O and the caller decides what that means.
+    pub(crate) fn clone_to(&mut self, leg: u32, dev: &BlockDev, sector: u64) -> Result {
+        let parent = self.parent().as_raw();
+        // SAFETY: `parent` is live; the io set is initialised.
+        let clone = unsafe { glue::dst_bio_clone(dev.as_raw(), parent, self.owner.ioset().as_raw()) };
+        if clone.is_null() {
+            return Err(ENOMEM);
+        }
+        self.attach(clone, leg);
+        // SAFETY: the clone is set up and owned by the I/O; submitting hands
+        // it to the leg, which ends it through `clone_endio`.
+        unsafe {
+            (*clone).bi_iter.bi_sector = sector;
+            bindings::submit_bio_noacct(clone);
+        }
+        Ok(())
+    }
+
+    /// Sends an empty cache flush to `dev` (leg `leg`).  Fails as
+    /// [`Io::clone_to`] does.
+    pub(crate) fn flush_to(&mut self, leg: u32, dev: &BlockDev) -> Result {
+        // SAFETY: the io set is initialised.
+        let bio = unsafe { glue::dst_bio_alloc_flush(dev.as_raw(), self.owner.ioset().as_raw()) };
+        if bio.is_null() {
+            return Err(ENOMEM);
+        }
+        self.attach(bio, leg);
+        // SAFETY: as in `clone_to`.
+        unsafe { bindings::submit_bio_noacct(bio) };
+        Ok(())
+    }
+
+    /// Records an error for the I/O as a whole; [`IoOwner::io_done`] sees
+    /// it in [`Outcome::error`], and an I/O without clones ends with it.
+    pub(crate) fn fail(&mut self, e: Error) {
+        self.error.get_or_insert(e);
+    }
+
+    /// Done sending: the parent completes when every clone has (or now,
+    /// with the recorded error, if none was sent).  Dropping an `Io` does
+    /// the same.
+    pub(crate) fn finish(self) {}
+}
+
+impl<T: IoOwner> Drop for Io<'_, T> {
+    fn drop(&mut self) {
+        let parent = self.parent.take();
+        match self.state {
+            None => {
+                let gate: *const Gate = self.owner.gate();
+                if let Some(p) = parent {
+                    p.end(Err(self.error.unwrap_or(EIO)));
+                }
+                // SAFETY: entered in `new`; `self.owner` is not used again.
+                unsafe { Gate::exit(gate) };
+            }
+            Some(io) => {
+                // The parent is now owned by the I/O state.
+                if let Some(p) = parent {
+                    let _ = p.into_raw();
+                }
+                if let Some(e) = self.error {
+                    // SAFETY: the I/O is live (our bias holds it).
+                    unsafe { record(io.as_ptr(), None, Err(e)) };
+                }
+                // SAFETY: drops the bias taken when the state was made.
+                unsafe { io_put::<T>(io.as_ptr()) };
+            }
+        }
+    }
+}
+
+/// Records a clone's result in the I/O state.
+///
+/// # Safety
+///
+/// `io` must be a live I/O state.
+unsafe fn record(io: *mut IoState, leg: Option<u32>, res: Result) {
+    // SAFETY: per the function's contract.
+    let io = unsafe { &*io };
+    match (res, leg) {
+        (Ok(()), Some(leg)) => {
+            io.ok.fetch_or(1 << leg, Ordering::Relaxed);
+        }
+        (Ok(()), None) => {}
+        (Err(e), _) => {
+            let _ = io
+                .error
+                .compare_exchange(0, err_code(e), Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Ends a clone of an I/O of a `T`.
+unsafe extern "C" fn clone_endio<T: IoOwner>(clone: *mut bindings::bio) {
+    // SAFETY: clones get this end_io only in `Io::attach`, from the io set.
+    let pad = unsafe { pad_of(clone) };
+    // SAFETY: `attach` filled the pad; the I/O is live until its last
+    // clone ends, which is at the earliest this one.
+    let (io, leg) = unsafe { ((*pad).io, (*pad).leg) };
+    // SAFETY: the clone is live until we put it.
+    let res = from_status(unsafe { (*clone).bi_status });
+    // SAFETY: the I/O is live.
+    unsafe { record(io, Some(leg), res) };
+    {
+        // SAFETY: the owner outlives its I/Os (the gate).
+        let owner = unsafe { &*(*io).owner.cast::<T>() };
+        // SAFETY: as above.
+        owner.clone_done(leg, op_of(unsafe { (*io).op }), res);
+    }
+    // SAFETY: the first clone holds the state and is put when the I/O ends.
+    if clone != unsafe { (*io).first } {
+        // SAFETY: we own this clone and are done with it.
+        unsafe { bindings::bio_put(clone) };
+    }
+    // SAFETY: this clone's share of the pending count.
+    unsafe { io_put::<T>(io) };
+}
+
+/// Drops one pending reference; the last one ends or defers the I/O.
+///
+/// # Safety
+///
+/// `io` must be live and the caller must hold one pending reference.
+unsafe fn io_put<T: IoOwner>(io: *mut IoState) {
+    // SAFETY: per the function's contract.
+    if unsafe { (*io).pending.fetch_sub(1, Ordering::AcqRel) } != 1 {
+        return;
+    }
+    // SAFETY: we were the last; the state is ours now.
+    let s = unsafe { &*io };
+    let outcome = outcome(s);
+    // SAFETY: the owner outlives its I/Os.
+    let owner = unsafe { &*s.owner.cast::<T>() };
+    match owner.io_done(&outcome) {
+        // SAFETY: the I/O is ours and complete.
+        Decision::Complete(res) => unsafe { complete::<T>(io, res) },
+        Decision::Retry => {
+            owner.defer_list().push(io);
+            // SAFETY: `owner` is the pointer the disk stores with
+            // `Arc::into_raw`, and the disk's reference lasts while the I/O
+            // holds the gate.
+            let arc = unsafe { ArcBorrow::<T>::from_raw(s.owner.cast()) };
+            T::kick_deferred(arc);
+        }
+    }
+}
+
+fn outcome(s: &IoState) -> Outcome {
+    let code = s.error.load(Ordering::Relaxed);
+    Outcome {
+        op: op_of(s.op),
+        ok: s.ok.load(Ordering::Relaxed),
+        tried: s.tried.load(Ordering::Relaxed),
+        error: (code != 0).then(|| Error::from_errno(-(code as i32))),
+        // SAFETY: the parent is live while its I/O is.
+        sector: unsafe { (*s.parent).bi_iter.bi_sector },
+    }
+}
+
+/// Ends the parent and frees the I/O.
+///
+/// # Safety
+///
+/// `io` must be live, with no pending reference left.
+unsafe fn complete<T: IoOwner>(io: *mut IoState, res: Result) {
+    // SAFETY: per the function's contract; copy out before freeing.
+    let (parent, first, start, owner) =
+        unsafe { ((*io).parent, (*io).first, (*io).start, (*io).owner.cast::<T>()) };
+    // SAFETY: the owner outlives its I/Os; take the gate address now.
+    let gate: *const Gate = unsafe { (*owner).gate() };
+    // SAFETY: `parent` is live and ours to end; `first` holds the state
+    // (not used after this) and is ours to put.
+    unsafe {
+        bindings::bio_end_io_acct_remapped(parent, start, (*parent).bi_bdev);
+        (*parent).bi_status = to_status(res);
+        bindings::bio_put(first);
+        bindings::bio_endio(parent);
+        Gate::exit(gate);
+    }
+}
+
+/// I/Os waiting for process context.  A lock-free stack: completions push
+/// from any context, the owner's work item takes them all.
+pub(crate) struct DeferList {
+    head: AtomicPtr<IoState>,
+}
+
+// SAFETY: only raw pointers handed over atomically.
+unsafe impl Send for DeferList {}
+// SAFETY: as above.
+unsafe impl Sync for DeferList {}
+
+impl DeferList {
+    /// An empty list.
+    pub(crate) const fn new() -> Self {
+        DeferList {
+            head: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    fn push(&self, io: *mut IoState) {
+        let mut head = self.head.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: `io` is a live I/O owned by the caller, not yet shared.
+            unsafe { (*io).next = head };
+            match self
+                .head
+                .compare_exchange_weak(head, io, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(h) => head = h,
+            }
+        }
+    }
+
+    /// Retries every deferred I/O of `owner`; call from process context.
+    pub(crate) fn run<T: IoOwner>(&self, owner: &T) {
+        let mut io = self.head.swap(ptr::null_mut(), Ordering::Acquire);
+        while !io.is_null() {
+            // SAFETY: pushed by `io_put`, the I/O is ours until resubmitted.
+            let next = unsafe { (*io).next };
+            // SAFETY: as above.
+            unsafe { retry(owner, io) };
+            io = next;
+        }
+    }
+}
+
+/// Sends a deferred I/O to the leg its owner picks, or ends it.
+///
+/// # Safety
+///
+/// `io` must be a live I/O with no pending reference, owned by the caller.
+unsafe fn retry<T: IoOwner>(owner: &T, io: *mut IoState) {
+    // SAFETY: per the function's contract.
+    let s = unsafe { &*io };
+    let outcome = outcome(s);
+    let Some(route) = owner.retry(&outcome) else {
+        let err = outcome.error.unwrap_or(EIO);
+        // SAFETY: the I/O is ours and has nothing pending.
+        unsafe { complete::<T>(io, Err(err)) };
+        return;
+    };
+    // SAFETY: the parent is live (owned by the I/O), the io set initialised.
+    let clone = unsafe { glue::dst_bio_clone(route.dev.as_raw(), s.parent, owner.ioset().as_raw()) };
+    if clone.is_null() {
+        // SAFETY: as above.
+        unsafe { complete::<T>(io, Err(ENOMEM)) };
+        return;
+    }
+    // SAFETY: the clone is ours; its pad points at the I/O, which gets one
+    // pending reference for it.
+    unsafe {
+        let pad = pad_of(clone);
+        (*pad).io = io;
+        (*pad).leg = route.leg;
+        s.pending.store(1, Ordering::Relaxed);
+        s.tried.fetch_or(1 << route.leg, Ordering::Relaxed);
+        (*clone).bi_end_io = Some(clone_endio::<T>);
+        (*clone).bi_iter.bi_sector = route.sector;
+        bindings::submit_bio_noacct(clone);
+    }
+}

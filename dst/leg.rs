@@ -1,0 +1,159 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Legs: the devices a dst device is made of.
+
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+use kernel::prelude::*;
+use kernel::str::{CStr, CString};
+
+use crate::bdev::{BlockDev, Holder};
+use crate::bio::Op;
+use crate::msg::{refuse, Refusal};
+use crate::proto::genl::LegState;
+
+/// Request counters of a leg.
+#[derive(Default)]
+pub(crate) struct Stats {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    read_errors: AtomicU64,
+    write_errors: AtomicU64,
+    inflight: AtomicU32,
+}
+
+/// A snapshot of [`Stats`].
+pub(crate) struct StatsSnapshot {
+    pub(crate) reads: u64,
+    pub(crate) writes: u64,
+    pub(crate) read_errors: u64,
+    pub(crate) write_errors: u64,
+    pub(crate) inflight: u32,
+}
+
+/// One leg of a device.
+pub(crate) struct Leg {
+    spec: CString,
+    dev: BlockDev,
+    /// Sectors of the leg that the device uses.
+    sectors: u64,
+    /// First device sector stored on this leg (linear; 0 for a mirror).
+    offset: u64,
+    state: AtomicU8,
+    stats: Stats,
+}
+
+impl Leg {
+    /// Opens the block device named by `spec` for `holder`.
+    pub(crate) fn open(spec: &CStr, holder: &Holder) -> Result<Self, Refusal> {
+        let shown = spec.to_str().unwrap_or("?");
+        let dev = match BlockDev::open(spec, holder) {
+            Ok(d) => d,
+            Err(e) if e == ENOENT => refuse!(e, "leg {}: no such block device", shown),
+            Err(e) if e == ENOTBLK => refuse!(e, "leg {}: not a block device", shown),
+            Err(e) if e == EBUSY => refuse!(
+                e,
+                "leg {}: busy (mounted, or held by md, dm, dst...)",
+                shown
+            ),
+            Err(e) if e == EROFS || e == EACCES => refuse!(e, "leg {}: read-only", shown),
+            Err(e) if e == ENXIO || e == ENODEV => refuse!(e, "leg {}: no medium or device gone", shown),
+            Err(e) => refuse!(e, "leg {}: cannot open (errno {})", shown, e.to_errno()),
+        };
+        if dev.sectors() == 0 {
+            refuse!(EINVAL, "leg {}: device is empty", shown);
+        }
+        let spec = spec.to_cstring()?;
+        let sectors = dev.sectors();
+        Ok(Leg {
+            spec,
+            dev,
+            sectors,
+            offset: 0,
+            state: AtomicU8::new(LegState::InSync as u8),
+            stats: Stats::default(),
+        })
+    }
+
+    /// Sets how much of the leg is used and where it sits in the device.
+    pub(crate) fn place(&mut self, sectors: u64, offset: u64) {
+        self.sectors = sectors;
+        self.offset = offset;
+    }
+
+    /// The leg as the administrator gave it.
+    pub(crate) fn spec(&self) -> &CStr {
+        &self.spec
+    }
+
+    /// The block device.
+    pub(crate) fn dev(&self) -> &BlockDev {
+        &self.dev
+    }
+
+    /// Sectors used by the device.
+    pub(crate) fn sectors(&self) -> u64 {
+        self.sectors
+    }
+
+    /// First device sector on this leg.
+    pub(crate) fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Current state.
+    pub(crate) fn state(&self) -> LegState {
+        LegState::from_u8(self.state.load(Ordering::Acquire)).unwrap_or(LegState::Faulty)
+    }
+
+    /// Whether the leg gets writes and may serve reads.
+    pub(crate) fn in_sync(&self) -> bool {
+        self.state() == LegState::InSync
+    }
+
+    /// Marks the leg faulty.  Returns whether it was in sync before, so
+    /// that exactly one caller reports the change.
+    pub(crate) fn set_faulty(&self) -> bool {
+        self.state
+            .compare_exchange(
+                LegState::InSync as u8,
+                LegState::Faulty as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// Counts a request sent to the leg.
+    pub(crate) fn start(&self) {
+        self.stats.inflight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request the leg ended.
+    pub(crate) fn done(&self, op: Op, res: Result) {
+        let s = &self.stats;
+        s.inflight.fetch_sub(1, Ordering::Relaxed);
+        let (ok, err) = match op {
+            Op::Read => (&s.reads, &s.read_errors),
+            _ => (&s.writes, &s.write_errors),
+        };
+        if res.is_ok() { ok } else { err }.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests in flight.
+    pub(crate) fn inflight(&self) -> u32 {
+        self.stats.inflight.load(Ordering::Relaxed)
+    }
+
+    /// The counters.
+    pub(crate) fn stats(&self) -> StatsSnapshot {
+        let s = &self.stats;
+        StatsSnapshot {
+            reads: s.reads.load(Ordering::Relaxed),
+            writes: s.writes.load(Ordering::Relaxed),
+            read_errors: s.read_errors.load(Ordering::Relaxed),
+            write_errors: s.write_errors.load(Ordering::Relaxed),
+            inflight: s.inflight.load(Ordering::Relaxed),
+        }
+    }
+}

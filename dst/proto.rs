@@ -1,0 +1,12 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The wire formats shared with userspace, compiled from the userspace
+//! crate's source files so the two sides cannot disagree.
+
+#[allow(dead_code, unreachable_pub, missing_docs)]
+#[path = "../userspace/dst-proto/src/genl.rs"]
+pub(crate) mod genl;
+
+#[allow(dead_code, unreachable_pub, missing_docs)]
+#[path = "../userspace/dst-proto/src/nlattr.rs"]
+pub(crate) mod nlattr;

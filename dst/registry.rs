@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The set of dst devices, by index.
+
+use kernel::new_mutex;
+use kernel::prelude::*;
+use kernel::rbtree::{RBTree, RBTreeNodeReservation};
+use kernel::str::CStr;
+use kernel::sync::{Arc, Mutex};
+
+use crate::device::Device;
+use crate::msg::{refuse, Refusal};
+use crate::proto::genl::Target;
+
+/// Most devices at once.
+const MAX_DEVICES: u32 = 1024;
+
+/// Every device, keyed by N of `/dev/dstN`.
+#[pin_data]
+pub(crate) struct Registry {
+    #[pin]
+    devices: Mutex<RBTree<u32, Arc<Device>>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub(crate) fn new() -> Result<Arc<Self>> {
+        Arc::pin_init(
+            pin_init!(Registry {
+                devices <- new_mutex!(RBTree::new(), "Registry::devices"),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// Creates a device, at the lowest free index.
+    pub(crate) fn create(
+        &self,
+        name: &str,
+        target: Target,
+        specs: &[&CStr],
+    ) -> Result<Arc<Device>, Refusal> {
+        let mut devices = self.devices.lock();
+        if devices.values().any(|d| d.name() == name) {
+            refuse!(EEXIST, "a device named {} exists", name);
+        }
+        // Keys come in increasing order: the first gap is the lowest free.
+        let mut index = 0;
+        for &k in devices.keys() {
+            if k != index {
+                break;
+            }
+            index += 1;
+        }
+        if index >= MAX_DEVICES {
+            refuse!(ENOSPC, "too many devices (at most {})", MAX_DEVICES);
+        }
+        // Allocate the node first: once the device exists, nothing fails.
+        let slot = RBTreeNodeReservation::new(GFP_KERNEL)?;
+        let dev = Device::create(name, index, target, specs)?;
+        devices.insert(slot.into_node(index, dev.clone()));
+        Ok(dev)
+    }
+
+    /// Removes the device named `name`, if it is not open.
+    pub(crate) fn remove(&self, name: &str) -> Result<(), Refusal> {
+        let mut devices = self.devices.lock();
+        let Some(dev) = devices.values().find(|d| d.name() == name).cloned() else {
+            refuse!(ENODEV, "no device named {}", name);
+        };
+        dev.begin_remove()?;
+        dev.teardown();
+        devices.remove(&dev.index());
+        Ok(())
+    }
+
+    /// Removes every device.  None can be open: an open device pins the
+    /// module, and this runs at module exit.
+    pub(crate) fn remove_all(&self) {
+        let mut devices = self.devices.lock();
+        loop {
+            let Some(index) = devices.keys().next().copied() else {
+                break;
+            };
+            if let Some(dev) = devices.remove(&index) {
+                if dev.begin_remove().is_err() {
+                    pr_err!("{}: still open at module exit\n", dev.name());
+                }
+                dev.teardown();
+            }
+        }
+    }
+
+    /// The device named `name`.
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<Device>> {
+        self.devices.lock().values().find(|d| d.name() == name).cloned()
+    }
+
+    /// The device with the lowest index not below `index`.
+    pub(crate) fn next_from(&self, index: u32) -> Option<Arc<Device>> {
+        self.devices
+            .lock()
+            .iter()
+            .find(|(k, _)| **k >= index)
+            .map(|(_, d)| d.clone())
+    }
+}

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Run the dst selftests inside the test VM (see selftests/check.sh).
+#
+# usage: run.sh [--force] [TEST...]
+#   TEST: a file in selftests/tests/, with or without ".sh" (default: all)
+#
+# Each test file runs in its own bash process, under timeout(1) (300 s, or
+# the value of a "# timeout: N" line in the file), after `dmesg -C`; a kernel
+# splat in dmesg afterwards fails it.  Output is one TAP stream: each file is
+# one top-level test point, its own TAP lines indented by 4 spaces.  The
+# last line is "N passed, N failed, N skipped" (test files); the exit status
+# is 1 if any failed.
+#
+# Refuses to run outside the VM (it loads modules and writes to block
+# devices) unless --force is given.
+set -uo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
+repo=$(dirname "$here")
+DEFAULT_TIMEOUT=300
+passed=0 failed=0 skipped=0
+
+# Print the test files to run, one per line; unknown names are printed as-is
+# (and then fail).
+select_tests() {
+	local t
+	if [ $# -eq 0 ]; then
+		printf '%s\n' "$here"/tests/*.sh
+		return
+	fi
+	for t in "$@"; do
+		t=${t%.sh}
+		if [ -f "$here/tests/$t.sh" ]; then
+			echo "$here/tests/$t.sh"
+		elif [ -f "$t.sh" ]; then
+			(cd "$(dirname "$t")" && echo "$(pwd -P)/$(basename "$t").sh")
+		else
+			echo "$t"
+		fi
+	done
+}
+
+file_timeout() {
+	local t
+	t=$(sed -n 's/^# timeout: *\([0-9][0-9]*\).*/\1/p' "$1" | head -n 1)
+	echo "${t:-$DEFAULT_TIMEOUT}"
+}
+
+# Print the splats in dmesg as diagnostics; return 1 if there are any.
+check_dmesg() {
+	local out
+	out=$(dmesg | "$repo/scripts/vm-scan-log" -) && return 0
+	printf '%s\n' "$out" | sed 's/^/# /'
+	return 1
+}
+
+# run_one N FILE: run one test file as top-level test point N.
+run_one() {
+	local n=$1 file=$2 name t rc start splat=0
+	name=$(basename "$file" .sh)
+	if [ ! -f "$file" ]; then
+		echo "not ok $n $name # no such test"
+		failed=$((failed + 1))
+		return
+	fi
+	t=$(file_timeout "$file")
+	echo "# $name (timeout ${t}s)"
+	dmesg -C
+	start=$SECONDS
+	DST_TAP_NESTED=1 timeout -k 10 "$t" bash "$file" 2>&1 </dev/null | sed -u 's/^/    /'
+	rc=${PIPESTATUS[0]}
+	check_dmesg || splat=1
+	echo "# $name: exit status $rc after $((SECONDS - start))s"
+	if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+		echo "not ok $n $name # TIMEOUT after ${t}s"
+	elif [ "$splat" -eq 1 ]; then
+		echo "not ok $n $name # kernel splat in dmesg"
+	elif [ "$rc" -eq 0 ]; then
+		echo "ok $n $name"
+		passed=$((passed + 1))
+		return
+	elif [ "$rc" -eq 4 ]; then
+		echo "ok $n $name # SKIP"
+		skipped=$((skipped + 1))
+		return
+	else
+		echo "not ok $n $name"
+	fi
+	failed=$((failed + 1))
+}
+
+main() {
+	local tests i
+	if [ "${1:-}" = --force ]; then
+		shift
+	elif [ "${DST_VM:-}" != 1 ]; then
+		echo "run.sh: not in the dst test VM; use selftests/check.sh (or --force)" >&2
+		exit 2
+	fi
+	mapfile -t tests < <(select_tests "$@")
+	echo "TAP version 13"
+	echo "1..${#tests[@]}"
+	for i in "${!tests[@]}"; do
+		run_one $((i + 1)) "${tests[i]}"
+	done
+	echo "$passed passed, $failed failed, $skipped skipped"
+	[ "$failed" -eq 0 ]
+}
+
+main "$@"

@@ -19,6 +19,12 @@ int dst_add_disk(struct gendisk *disk)
 
 int dst_bioset_init(struct bio_set *bs, unsigned int front_pad, bool rescuer)
 {
+	/*
+	 * bioset_init() leaves fields it does not need (the per-cpu cache)
+	 * as they are: C users embed bio_sets in zeroed memory, Rust's
+	 * in-place initialisation does not zero.
+	 */
+	memset(bs, 0, sizeof(*bs));
 	return bioset_init(bs, BIO_POOL_SIZE, front_pad,
 			   rescuer ? BIOSET_NEED_RESCUER : 0);
 }

@@ -17,9 +17,9 @@ use crate::bdev::Holder;
 use crate::bio::{Bio, BioSet, Op};
 use crate::disk::{Disk, DiskOps, Limits};
 use crate::io::{Decision, DeferList, Gate, IoOwner, IoSet, Outcome, Route};
-use crate::leg::Leg;
+use crate::leg::{InSync, Leg, Removal};
 use crate::msg::{refuse, Refusal};
-use crate::proto::genl::{DevState, Target, MAX_LEGS};
+use crate::proto::genl::{DevState, LegState, Target, MAX_LEGS};
 use crate::{linear, mirror, wq};
 
 /// Who has the device open, and whether it is going away.
@@ -58,6 +58,8 @@ pub(crate) struct Device {
     block_size: u32,
     /// The legs, in the order given.  Dropped before `holder`.
     legs: KVec<Leg>,
+    /// Which legs are in sync.
+    in_sync: InSync,
     holder: Holder,
     disk: Disk,
     gate: Gate,
@@ -147,6 +149,7 @@ impl Device {
                 target,
                 sectors,
                 block_size,
+                in_sync: InSync::all(specs.len()),
                 legs,
                 holder,
                 disk,
@@ -253,9 +256,24 @@ impl Device {
 
     /// The state of the device as a whole.
     pub(crate) fn state(&self) -> DevState {
-        match self.target {
-            Target::Mirror => mirror::state(&self.legs),
-            Target::Linear => linear::state(&self.legs),
+        match self.in_sync.count() {
+            0 => DevState::Failed,
+            n if n as usize == self.legs.len() => DevState::Ok,
+            _ => DevState::Degraded,
+        }
+    }
+
+    /// Whether leg `i` is in sync.
+    pub(crate) fn leg_in_sync(&self, i: usize) -> bool {
+        self.in_sync.contains(i)
+    }
+
+    /// The state of leg `i`.
+    pub(crate) fn leg_state(&self, i: usize) -> LegState {
+        if self.in_sync.contains(i) {
+            LegState::InSync
+        } else {
+            self.legs.get(i).map_or(LegState::Faulty, Leg::state)
         }
     }
 
@@ -264,19 +282,33 @@ impl Device {
         &self.splitset
     }
 
-    /// Takes leg `i` out of service after an I/O error.
+    /// Takes leg `i` out of service after a failed write, unless it is the
+    /// last in-sync leg: then the leg stays (as md does), the write fails,
+    /// and the data remains readable.
     pub(crate) fn fail_leg(&self, i: usize, e: Error) {
         let Some(leg) = self.legs.get(i) else { return };
-        if leg.set_faulty() {
-            pr_err!(
-                "{}: leg {} ({}) failed with errno {}, now faulty; {} of {} legs in sync\n",
+        let spec = leg.spec().to_str().unwrap_or("?");
+        match self.in_sync.remove_unless_last(i) {
+            Removal::Removed => {
+                leg.set_state(LegState::Faulty);
+                pr_err!(
+                    "{}: leg {} ({}) failed a write (errno {}), now faulty; {} of {} legs in sync\n",
+                    self.name.as_str(),
+                    spec,
+                    leg.dev().name(),
+                    e.to_errno(),
+                    self.in_sync.count(),
+                    self.legs.len()
+                );
+            }
+            Removal::Last => pr_err!(
+                "{}: leg {} ({}), the last in sync, failed a write (errno {})\n",
                 self.name.as_str(),
-                leg.spec().to_str().unwrap_or("?"),
+                spec,
                 leg.dev().name(),
-                e.to_errno(),
-                self.legs.iter().filter(|l| l.in_sync()).count(),
-                self.legs.len()
-            );
+                e.to_errno()
+            ),
+            Removal::NotMember => {}
         }
     }
 
@@ -290,7 +322,7 @@ impl Device {
         for k in 0..n {
             let i = (start + k) % n;
             let leg = &self.legs[i];
-            if tried & (1 << i) != 0 || !leg.in_sync() {
+            if tried & (1 << i) != 0 || !self.in_sync.contains(i) {
                 continue;
             }
             let load = leg.inflight();

@@ -12,6 +12,60 @@ use crate::bio::Op;
 use crate::msg::{refuse, Refusal};
 use crate::proto::genl::LegState;
 
+/// The legs of a device that are in sync: they get every write and may
+/// serve reads.  One atomic bitmask (bit `i` for leg `i`), so that "take leg
+/// `i` out unless it is the last one" is a single, race-free decision.
+pub(crate) struct InSync(AtomicU32);
+
+/// What [`InSync::remove_unless_last`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Removal {
+    /// The leg left the set.
+    Removed,
+    /// The leg was not in the set.
+    NotMember,
+    /// The leg is the last one in the set and stays.
+    Last,
+}
+
+impl InSync {
+    /// Legs `0..n` all in sync.
+    pub(crate) fn all(n: usize) -> Self {
+        InSync(AtomicU32::new(((1u64 << n) - 1) as u32))
+    }
+
+    /// Whether leg `i` is in the set.
+    pub(crate) fn contains(&self, i: usize) -> bool {
+        self.0.load(Ordering::Acquire) & (1 << i) != 0
+    }
+
+    /// Number of legs in the set.
+    pub(crate) fn count(&self) -> u32 {
+        self.0.load(Ordering::Acquire).count_ones()
+    }
+
+    /// Takes leg `i` out of the set, unless it is the only one left.
+    pub(crate) fn remove_unless_last(&self, i: usize) -> Removal {
+        let bit = 1 << i;
+        let mut cur = self.0.load(Ordering::Acquire);
+        loop {
+            if cur & bit == 0 {
+                return Removal::NotMember;
+            }
+            if cur == bit {
+                return Removal::Last;
+            }
+            match self
+                .0
+                .compare_exchange_weak(cur, cur & !bit, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Removal::Removed,
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
+
 /// Request counters of a leg.
 #[derive(Default)]
 pub(crate) struct Stats {
@@ -101,27 +155,14 @@ impl Leg {
         self.offset
     }
 
-    /// Current state.
+    /// Why the leg is out of sync, when it is (see [`InSync`]).
     pub(crate) fn state(&self) -> LegState {
         LegState::from_u8(self.state.load(Ordering::Acquire)).unwrap_or(LegState::Faulty)
     }
 
-    /// Whether the leg gets writes and may serve reads.
-    pub(crate) fn in_sync(&self) -> bool {
-        self.state() == LegState::InSync
-    }
-
-    /// Marks the leg faulty.  Returns whether it was in sync before, so
-    /// that exactly one caller reports the change.
-    pub(crate) fn set_faulty(&self) -> bool {
-        self.state
-            .compare_exchange(
-                LegState::InSync as u8,
-                LegState::Faulty as u8,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_ok()
+    /// Records why the leg left the in-sync set.
+    pub(crate) fn set_state(&self, state: LegState) {
+        self.state.store(state as u8, Ordering::Release);
     }
 
     /// Counts a request sent to the leg.

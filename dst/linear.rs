@@ -17,7 +17,6 @@ use crate::bio::{Bio, Op};
 use crate::device::Device;
 use crate::io::{Decision, Io, Outcome};
 use crate::leg::Leg;
-use crate::proto::genl::DevState;
 
 /// Places the legs one after the other, each cut to whole blocks of `unit`
 /// sectors.  Returns the device's capacity in sectors.
@@ -29,15 +28,6 @@ pub(crate) fn layout(legs: &mut [Leg], unit: NonZeroU64) -> u64 {
         offset += size;
     }
     offset
-}
-
-/// A linear device has no state of its own beyond its legs'.
-pub(crate) fn state(legs: &[Leg]) -> DevState {
-    if legs.iter().all(Leg::in_sync) {
-        DevState::Ok
-    } else {
-        DevState::Failed
-    }
 }
 
 /// Sends an empty flush to every leg but `except`.

@@ -18,7 +18,6 @@ use crate::bio::{Bio, Op};
 use crate::device::Device;
 use crate::io::{Decision, Io, Outcome, Route};
 use crate::leg::Leg;
-use crate::proto::genl::DevState;
 
 /// Sizes the legs: each uses as much as the smallest, in whole blocks of
 /// `unit` sectors.  Returns the device's capacity in sectors.
@@ -29,16 +28,6 @@ pub(crate) fn layout(legs: &mut [Leg], unit: NonZeroU64) -> u64 {
         leg.place(size, 0);
     }
     size
-}
-
-/// The device state: degraded once a leg is out of sync, failed when none
-/// is left.
-pub(crate) fn state(legs: &[Leg]) -> DevState {
-    match legs.iter().filter(|l| l.in_sync()).count() {
-        0 => DevState::Failed,
-        n if n == legs.len() => DevState::Ok,
-        _ => DevState::Degraded,
-    }
 }
 
 /// Sends `io` to leg `i`; a leg that cannot get it is failed.
@@ -72,8 +61,8 @@ pub(crate) fn submit(dev: ArcBorrow<'_, Device>, bio: Bio) {
         },
         Op::Write | Op::Discard | Op::WriteZeroes => {
             let mut sent = 0;
-            for (i, leg) in dev.legs().iter().enumerate() {
-                if leg.in_sync() && send(&mut io, &dev, i, sector) {
+            for i in 0..dev.legs().len() {
+                if dev.leg_in_sync(i) && send(&mut io, &dev, i, sector) {
                     sent += 1;
                 }
             }

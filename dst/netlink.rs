@@ -65,7 +65,7 @@ fn encode(d: &Device) -> Result<KVec<u8>> {
             w.put_str(leg::DISK, l.dev().name())?;
             w.put_u64(leg::SIZE, l.sectors() << 9)?;
             w.put_u64(leg::OFFSET, l.offset() << 9)?;
-            w.put_u8(leg::STATE, l.state() as u8)?;
+            w.put_u8(leg::STATE, d.leg_state(i) as u8)?;
             w.put_u64(leg::READS, s.reads)?;
             w.put_u64(leg::WRITES, s.writes)?;
             w.put_u64(leg::READ_ERRORS, s.read_errors)?;

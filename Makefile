@@ -1,7 +1,57 @@
-# dst: top-level build.  See README.md.
-KDIR ?= $(shell scripts/build-kernel.sh test | tail -1)
-RUSTC := /usr/bin/rustc
+# dst: distributed storage for Linux.  See README.md.
+#
+#   make demo    build everything, boot a VM, show a mirror at work
+#   make check   every test: host-side unit tests and lints, then the
+#                in-VM selftests on the real module
+#   make bench   dst against brd, md raid1 and the nbd peers, in one VM run
+#
+# Each target installs what it needs (Debian packages, bindgen) and builds
+# the 6.12 test kernel once into ~/.cache/dst (override with DST_CACHE).
 
-.PHONY: module
-module:
-	$(MAKE) -C $(KDIR) M=$(CURDIR) RUSTC=$(RUSTC) HOSTRUSTC=$(RUSTC) modules
+SHELL := /bin/bash
+export PATH := /usr/bin:$(HOME)/.cargo/bin:$(PATH)
+CARGO := /usr/bin/cargo
+DSTCTL := userspace/target/release/dstctl
+
+# (Kbuild reads ./Kbuild, never this file.)
+
+.PHONY: all deps kernel module dstctl userspace-check check demo bench lint clean
+
+all: module dstctl
+
+deps:
+	@scripts/install-deps.sh
+
+kernel: deps
+	@scripts/build-kernel.sh test
+
+module: deps
+	@scripts/build-module.sh test
+
+dstctl: deps
+	cd userspace && $(CARGO) build --release --locked --quiet
+
+# Host side: formatting, lints and unit tests of the shared code and dstctl.
+userspace-check: deps
+	cd userspace && $(CARGO) fmt --all -- --check
+	cd userspace && $(CARGO) clippy --locked --all-targets --quiet -- -D warnings
+	cd userspace && $(CARGO) test --locked --quiet
+
+# clippy over the module, with the kernel's lint set.
+lint: deps
+	@touch dst/dst_main.rs && scripts/build-module.sh test CLIPPY=1 >/dev/null
+	@echo "lint: dst.ko is clippy-clean"
+
+check: userspace-check lint module dstctl
+	selftests/check.sh $(TESTS)
+
+demo: module dstctl
+	scripts/vm-run --timeout 600 -- scripts/demo.sh
+
+bench: deps dstctl
+	scripts/bench.sh
+
+clean:
+	rm -rf dst/*.o dst/.*.cmd dst/*.ko dst/*.mod dst/*.mod.c dst/*.d \
+		.*.cmd Module.symvers modules.order .module-common.o
+	cd userspace && $(CARGO) clean

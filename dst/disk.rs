@@ -212,6 +212,11 @@ unsafe fn owner<'a>(disk: *mut bindings::gendisk) -> ArcBorrow<'a, Owner> {
     unsafe { ArcBorrow::from_raw((*disk).private_data.cast::<Owner>()) }
 }
 
+/// `submit_bio` of every dst disk.
+///
+/// # Safety
+///
+/// Called by the block layer only, with a live bio for an added dst disk.
 #[no_mangle]
 unsafe extern "C" fn dst_disk_submit_bio(bio: *mut bindings::bio) {
     // SAFETY: the block layer submits bios to added disks only, and
@@ -223,6 +228,11 @@ unsafe extern "C" fn dst_disk_submit_bio(bio: *mut bindings::bio) {
     }
 }
 
+/// `open` of every dst disk.
+///
+/// # Safety
+///
+/// Called by the block layer only, for an added dst disk.
 #[no_mangle]
 unsafe extern "C" fn dst_disk_open(disk: *mut bindings::gendisk, _mode: bindings::blk_mode_t) -> i32 {
     // SAFETY: opens happen on added disks, and `del_gendisk` waits for them.
@@ -233,6 +243,11 @@ unsafe extern "C" fn dst_disk_open(disk: *mut bindings::gendisk, _mode: bindings
     }
 }
 
+/// `release` of every dst disk.
+///
+/// # Safety
+///
+/// Called by the block layer only, for an added dst disk.
 #[no_mangle]
 unsafe extern "C" fn dst_disk_release(disk: *mut bindings::gendisk) {
     // SAFETY: as for open.

@@ -239,6 +239,12 @@ impl<T: Handler> Drop for Registration<T> {
     }
 }
 
+/// Forwards a request from the C side to the handler.
+///
+/// # Safety
+///
+/// Called by `genl_glue.c` only, with the `priv` given at registration and
+/// a request payload of `len` bytes at `buf`.
 unsafe extern "C" fn doit_tramp<T: Handler>(
     priv_: *mut c_void,
     cmd: u8,
@@ -266,6 +272,12 @@ unsafe extern "C" fn doit_tramp<T: Handler>(
     }
 }
 
+/// Forwards a dump request from the C side to the handler.
+///
+/// # Safety
+///
+/// Called by `genl_glue.c` only, with the `priv` given at registration, the
+/// dump's cursor and its state.
 unsafe extern "C" fn dumpit_tramp<T: Handler>(
     priv_: *mut c_void,
     cmd: u8,

@@ -72,6 +72,9 @@ impl Gate {
     /// Waits until no I/O is in flight.  The caller must make sure no new
     /// I/O can start (the disk is deleted).
     pub(crate) fn wait_idle(&self) {
+        /// # Safety
+        ///
+        /// `var` must point to a live gate counter.
         unsafe extern "C" fn idle(var: *mut c_void) -> bool {
             // SAFETY: `var` is the gate's counter, alive while we wait.
             unsafe { (*var.cast::<AtomicUsize>()).load(Ordering::Acquire) == 0 }
@@ -380,6 +383,10 @@ unsafe fn record(io: *mut IoState, leg: Option<u32>, res: Result) {
 }
 
 /// Ends a clone of an I/O of a `T`.
+///
+/// # Safety
+///
+/// Called by the block layer only, for a clone made by [`Io`].
 unsafe extern "C" fn clone_endio<T: IoOwner>(clone: *mut bindings::bio) {
     // SAFETY: clones get this end_io only in `Io::attach`, from the io set.
     let pad = unsafe { pad_of(clone) };

@@ -5,7 +5,8 @@ set -euo pipefail
 
 PKGS=(
 	# kernel build
-	linux-source-6.12 rustc-web rust-web-src clang libclang-dev lld llvm
+	linux-source-6.12 rustc-web rust-web-src cargo-web rust-web-clippy rustfmt-web
+	clang libclang-dev lld llvm
 	flex bison bc libelf-dev libssl-dev cpio xz-utils make gcc libc6-dev
 	# VM
 	qemu-system-x86 qemu-utils
@@ -34,22 +35,12 @@ for s in nbd-server mdadm mdmonitor; do
 	fi
 done
 
-# bindgen for the kernel's Rust bindings, built with the rustup toolchain
-# if there is one, else with Debian's cargo.
+# One Rust toolchain for everything: Debian's 1.96 (rustc-web, cargo-web,
+# clippy, rustfmt) builds the kernel, dst.ko, dstctl and bindgen.
+export PATH=/usr/bin:$HOME/.cargo/bin:$PATH
 BINDGEN_VERSION=0.73.0
-if ! command -v bindgen >/dev/null 2>&1 || ! bindgen --version 2>/dev/null | grep -q "$BINDGEN_VERSION"; then
-	if ! command -v cargo >/dev/null 2>&1; then
-		export DEBIAN_FRONTEND=noninteractive
-		apt-get install -y -qq --no-install-recommends cargo-web >/dev/null 2>&1 ||
-			apt-get install -y -qq --no-install-recommends cargo >/dev/null
-	fi
+if ! bindgen --version 2>/dev/null | grep -q "$BINDGEN_VERSION"; then
 	echo "install-deps: cargo install bindgen-cli $BINDGEN_VERSION"
-	cargo install --locked --quiet bindgen-cli --version "$BINDGEN_VERSION"
-fi
-
-# A userspace Rust toolchain for dstctl (rustup's if present).
-if ! command -v cargo >/dev/null 2>&1; then
-	echo "install-deps: no cargo found for userspace" >&2
-	exit 1
+	/usr/bin/cargo install --locked --quiet bindgen-cli --version "$BINDGEN_VERSION"
 fi
 echo "install-deps: ok"

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Build dst.ko against the test (default) or bench kernel.
+#
+# usage: build-module.sh [test|bench] [make args...]
+#
+# The test flavour builds in the work tree (dst/dst.ko); the bench kernel
+# has a different config (no lockdep), so its module is built in a copy of
+# the sources under the cache.  Warnings fail the build.  The last line
+# printed on stdout is the path of dst.ko.
+set -euo pipefail
+
+flavour=${1:-test}
+shift || true
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/.." && pwd)
+cache=${DST_CACHE:-$HOME/.cache/dst}
+export PATH=/usr/bin:$HOME/.cargo/bin:$PATH
+
+kdir=$("$here/build-kernel.sh" "$flavour" | tail -1)
+
+case "$flavour" in
+test) src=$repo ;;
+bench)
+	src=$cache/module-bench
+	rm -rf "$src"
+	mkdir -p "$src/dst" "$src/userspace/dst-proto"
+	cp "$repo/Kbuild" "$src/"
+	cp "$repo"/dst/Kbuild "$repo"/dst/*.rs "$repo"/dst/*.c "$repo"/dst/*.h "$src/dst/"
+	cp -r "$repo/userspace/dst-proto/src" "$src/userspace/dst-proto/"
+	;;
+*) echo "build-module: unknown flavour '$flavour' (test|bench)" >&2; exit 2 ;;
+esac
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! make -C "$kdir" M="$src" RUSTC=/usr/bin/rustc HOSTRUSTC=/usr/bin/rustc \
+	"$@" modules >"$log" 2>&1; then
+	cat "$log" >&2
+	echo "build-module: build failed" >&2
+	exit 1
+fi
+if grep -qE '(^|[^a-z_])(warning|error)(\[|:)' "$log"; then
+	cat "$log" >&2
+	echo "build-module: the build has warnings" >&2
+	exit 1
+fi
+echo "$src/dst/dst.ko"

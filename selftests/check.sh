@@ -6,6 +6,8 @@
 #        selftests/check.sh --timeout 1200 --log /tmp/console.log -- 00-harness
 #
 # Runs `scripts/vm-run -- selftests/run.sh TEST...` and exits with its status.
+# The VM gets 2700 s unless a --timeout is given (each test file also has
+# its own timeout, enforced in the guest).
 # The last line of output is always a "N passed, N failed, N skipped"
 # summary: if the VM run failed on its own (timeout, kernel splat, no
 # summary from the guest), one more failure is added to the guest's counts.
@@ -16,7 +18,7 @@ repo=$(dirname "$here")
 SUMMARY_RE='^([0-9]+) passed, ([0-9]+) failed, ([0-9]+) skipped'
 
 main() {
-	local vmopts=() out rc summary p=0 f=0 s=0
+	local vmopts=(--timeout 2700) out rc summary p=0 f=0 s=0
 	if printf '%s\n' "$@" | grep -qx -- --; then
 		while [ "$1" != -- ]; do
 			vmopts+=("$1")

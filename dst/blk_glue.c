@@ -12,6 +12,13 @@
 
 #include "glue.h"
 
+void dst_limits_init(struct queue_limits *lim)
+{
+	blk_set_stacking_limits(lim);
+	/* Kept only if every leg supports it (see blk_stack_limits()). */
+	lim->features |= BLK_FEAT_NOWAIT;
+}
+
 int dst_add_disk(struct gendisk *disk)
 {
 	return add_disk(disk);
@@ -29,10 +36,20 @@ int dst_bioset_init(struct bio_set *bs, unsigned int front_pad, bool rescuer)
 			   rescuer ? BIOSET_NEED_RESCUER : 0);
 }
 
+/*
+ * A clone never carries REQ_NOWAIT: a leg answering BLK_STS_AGAIN to a
+ * mirror write would look like a failed leg.  The parent's NOWAIT promise
+ * is kept by not blocking on anything of dst's own; like md, a clone may
+ * still wait for its mempool under memory pressure.
+ */
 struct bio *dst_bio_clone(struct block_device *bdev, struct bio *src,
 			  struct bio_set *bs)
 {
-	return bio_alloc_clone(bdev, src, GFP_NOIO, bs);
+	struct bio *clone = bio_alloc_clone(bdev, src, GFP_NOIO, bs);
+
+	if (clone)
+		clone->bi_opf &= ~REQ_NOWAIT;
+	return clone;
 }
 
 struct bio *dst_bio_alloc_flush(struct block_device *bdev, struct bio_set *bs)

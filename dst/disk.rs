@@ -39,13 +39,14 @@ type Owner = Device;
 pub(crate) struct Limits(bindings::queue_limits);
 
 impl Limits {
-    /// Limits ready for stacking: permissive until legs are added.
+    /// Limits ready for stacking: permissive until legs are added, and
+    /// `REQ_NOWAIT` supported if every leg supports it.
     pub(crate) fn stacking() -> Self {
         // SAFETY: `queue_limits` is plain data, all-zeroes is a valid value
-        // and `blk_set_stacking_limits` then sets every field it needs.
+        // and `dst_limits_init` then sets every field it needs.
         let mut lim: bindings::queue_limits = unsafe { core::mem::zeroed() };
         // SAFETY: `lim` is a valid, exclusively borrowed `queue_limits`.
-        unsafe { bindings::blk_set_stacking_limits(&mut lim) };
+        unsafe { glue::dst_limits_init(&mut lim) };
         Limits(lim)
     }
 

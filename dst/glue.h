@@ -77,6 +77,7 @@ int dst_genl_multicast(u8 cmd, const void *buf, u32 len);
 
 /* ---- block layer (blk_glue.c) ---- */
 
+void dst_limits_init(struct queue_limits *lim);
 struct gendisk *dst_alloc_disk(struct queue_limits *lim);
 int dst_add_disk(struct gendisk *disk);
 int dst_bioset_init(struct bio_set *bs, unsigned int front_pad, bool rescuer);

@@ -88,6 +88,7 @@ extern "C" {
         -> c_int;
     pub(crate) fn dst_genl_multicast(cmd: u8, buf: *const c_void, len: u32) -> c_int;
 
+    pub(crate) fn dst_limits_init(lim: *mut bindings::queue_limits);
     pub(crate) fn dst_alloc_disk(lim: *mut bindings::queue_limits) -> *mut bindings::gendisk;
     pub(crate) fn dst_add_disk(disk: *mut bindings::gendisk) -> c_int;
     pub(crate) fn dst_bioset_init(bs: *mut bindings::bio_set, front_pad: u32, rescuer: bool)

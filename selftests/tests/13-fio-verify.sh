@@ -9,7 +9,7 @@
 
 require_cmd fio losetup
 
-plan 11
+plan 12
 brd_setup 2 64
 cleanup_push losetup -D
 dst_load
@@ -20,6 +20,8 @@ assert_cmd -m "mirror: fio randwrite 4k QD16 + crc32c verify, no errors" \
 	fio_verify "$m" --rw=randwrite --bs=4k --iodepth=16 --size=48M
 assert_cmd -m "mirror: fio randwrite 4k-256k QD16 + verify, no errors" \
 	fio_verify "$m" --rw=randwrite --bsrange=4k-256k --iodepth=16 --size=48M
+assert_cmd -m "mirror: fio io_uring randwrite 4k QD32 + verify (REQ_NOWAIT path), no errors" \
+	fio_verify "$m" --ioengine=io_uring --rw=randwrite --bs=4k --iodepth=32 --size=32M
 assert_cmd -m "mirror: legs identical to the device" legs_match_dev "$m" $((64 << 20)) /dev/ram0 /dev/ram1
 assert_eq "$(dst_json fm 'd["legs"][0]["write_errors"] + d["legs"][1]["write_errors"]')" 0 "mirror: no leg errors"
 assert_cmd -m "remove the mirror" dstctl remove fm

@@ -73,6 +73,13 @@ impl BlockDev {
         unsafe { glue::dst_bdev_nr_sectors(self.bdev.as_ptr()) }
     }
 
+    /// Whether the device does its I/O in the submitter's context (RAM
+    /// disks, zram, pmem), so that submitting to it costs CPU time.
+    pub(crate) fn is_synchronous(&self) -> bool {
+        // SAFETY: the device is open.
+        unsafe { glue::dst_bdev_synchronous(self.bdev.as_ptr()) }
+    }
+
     /// The device number, which identifies the device.
     pub(crate) fn devt(&self) -> u32 {
         // SAFETY: the device is open; `bd_dev` does not change while it is.

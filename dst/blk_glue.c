@@ -32,8 +32,13 @@ int dst_bioset_init(struct bio_set *bs, unsigned int front_pad, bool rescuer)
 	 * in-place initialisation does not zero.
 	 */
 	memset(bs, 0, sizeof(*bs));
+	/*
+	 * The per-cpu cache recycles clones of bios that allow it
+	 * (REQ_ALLOC_CACHE: io_uring and direct I/O) without the slab.
+	 */
 	return bioset_init(bs, BIO_POOL_SIZE, front_pad,
-			   rescuer ? BIOSET_NEED_RESCUER : 0);
+			   BIOSET_PERCPU_CACHE |
+			   (rescuer ? BIOSET_NEED_RESCUER : 0));
 }
 
 /*
@@ -76,6 +81,11 @@ u64 dst_bdev_nr_sectors(struct block_device *bdev)
 	return bdev_nr_sectors(bdev);
 }
 
+bool dst_bdev_synchronous(struct block_device *bdev)
+{
+	return bdev_synchronous(bdev);
+}
+
 void dst_bdev_name(struct block_device *bdev, char *buf, size_t len)
 {
 	snprintf(buf, len, "%pg", bdev);
@@ -86,9 +96,15 @@ void dst_wait_var(void *var, bool (*done)(void *var))
 	wait_var_event(var, done(var));
 }
 
+/*
+ * Unbound and high priority: its work (the second leg of a large mirror
+ * write) should run at once on another CPU.  WQ_MEM_RECLAIM: writeback
+ * through dst may be what frees memory.
+ */
 struct workqueue_struct *dst_alloc_workqueue(const char *name)
 {
-	return alloc_workqueue("%s", WQ_MEM_RECLAIM, 0, name);
+	return alloc_workqueue("%s", WQ_UNBOUND | WQ_HIGHPRI | WQ_MEM_RECLAIM,
+			       0, name);
 }
 
 /* Implemented in Rust (dst/disk.rs). */
@@ -114,6 +130,20 @@ struct gendisk *dst_alloc_disk(struct queue_limits *lim)
 	if (lim->features & BLK_FEAT_ZONED)
 		return ERR_PTR(-EOPNOTSUPP);
 	lim->features |= BLK_FEAT_IO_STAT;
+	/*
+	 * Sizes and segments are the legs' business: each leg splits what it
+	 * gets to its own limits (blk-mq always does, bio-based drivers must).
+	 * Splitting here too would only multiply bios, and a REQ_NOWAIT bio
+	 * that needs a split is failed with EAGAIN, sending io_uring to a
+	 * worker thread.  Block sizes, alignment and discard stay stacked.
+	 */
+	lim->max_hw_sectors = UINT_MAX;
+	lim->max_dev_sectors = 0;
+	lim->max_user_sectors = 0;
+	lim->max_segments = USHRT_MAX;
+	lim->max_segment_size = UINT_MAX;
+	lim->seg_boundary_mask = BLK_SEG_BOUNDARY_MASK;
+	lim->virt_boundary_mask = 0;
 	/* A macro, for its lockdep key. */
 	disk = blk_alloc_disk(lim, NUMA_NO_NODE);
 	if (IS_ERR(disk))

@@ -16,7 +16,7 @@ use crate::errno;
 use crate::bdev::Holder;
 use crate::bio::{Bio, BioSet, Op};
 use crate::disk::{Disk, DiskOps, Limits};
-use crate::io::{Decision, DeferList, Gate, IoOwner, IoSet, Outcome, Route};
+use crate::io::{BioList, Decision, DeferList, Gate, IoOwner, IoSet, Outcome, Route};
 use crate::leg::{InSync, Leg, Removal};
 use crate::msg::{refuse, Refusal};
 use crate::proto::genl::{DevState, LegState, Target, MAX_LEGS};
@@ -64,6 +64,8 @@ pub(crate) struct Device {
     disk: Disk,
     gate: Gate,
     defer: DeferList,
+    /// Clones waiting for a lane (leg `i` uses lane `i % 2`).
+    lanes: [BioList; 2],
     /// Where read balancing starts looking.
     rotor: AtomicU32,
     #[pin]
@@ -72,19 +74,49 @@ pub(crate) struct Device {
     splitset: BioSet,
     #[pin]
     openers: Mutex<Openers>,
+    /// Retries deferred I/O.
     #[pin]
     work: Work<Device>,
+    /// Submit the clones in `lanes`, two workers at once.
+    #[pin]
+    lane0_work: Work<Device, LANE0_WORK>,
+    #[pin]
+    lane1_work: Work<Device, LANE1_WORK>,
 }
+
+/// Work item id of [`Device::work`].
+const RETRY_WORK: u64 = 0;
+/// Work item ids of [`Device::lane0_work`] and [`Device::lane1_work`].
+const LANE0_WORK: u64 = 1;
+const LANE1_WORK: u64 = 2;
 
 impl_has_work! {
-    impl HasWork<Self> for Device { self.work }
+    impl HasWork<Self, RETRY_WORK> for Device { self.work }
+    impl HasWork<Self, LANE0_WORK> for Device { self.lane0_work }
+    impl HasWork<Self, LANE1_WORK> for Device { self.lane1_work }
 }
 
-impl WorkItem for Device {
+impl WorkItem<RETRY_WORK> for Device {
     type Pointer = Arc<Device>;
 
     fn run(this: Arc<Device>) {
         this.defer.run(&*this);
+    }
+}
+
+impl WorkItem<LANE0_WORK> for Device {
+    type Pointer = Arc<Device>;
+
+    fn run(this: Arc<Device>) {
+        this.lanes[0].submit_all();
+    }
+}
+
+impl WorkItem<LANE1_WORK> for Device {
+    type Pointer = Arc<Device>;
+
+    fn run(this: Arc<Device>) {
+        this.lanes[1].submit_all();
     }
 }
 
@@ -155,11 +187,14 @@ impl Device {
                 disk,
                 gate: Gate::new(),
                 defer: DeferList::new(),
+                lanes: [BioList::new(), BioList::new()],
                 rotor: AtomicU32::new(0),
                 ioset <- BioSet::new(IoSet::FRONT_PAD),
                 splitset <- BioSet::new(0),
                 openers <- new_mutex!(Openers::default(), "Device::openers"),
                 work <- new_work!("Device::work"),
+                lane0_work <- new_work!("Device::lane0_work"),
+                lane1_work <- new_work!("Device::lane1_work"),
             }? Error),
             GFP_KERNEL,
         )?;
@@ -317,7 +352,9 @@ impl Device {
     /// position so equal legs share the load.
     pub(crate) fn pick_read_leg(&self, tried: u32) -> Option<usize> {
         let n = self.legs.len();
-        let start = self.rotor.fetch_add(1, Ordering::Relaxed) as usize;
+        // Only a hint: a lost update between CPUs costs nothing.
+        let start = self.rotor.load(Ordering::Relaxed) as usize;
+        self.rotor.store(start.wrapping_add(1) as u32, Ordering::Relaxed);
         let mut best: Option<(usize, u32)> = None;
         for k in 0..n {
             let i = (start + k) % n;
@@ -396,6 +433,19 @@ impl IoOwner for Device {
 
     fn kick_deferred(this: ArcBorrow<'_, Self>) {
         // Already queued: the queued run takes this I/O too.
-        let _ = wq::queue().enqueue(Arc::from(this));
+        let _ = wq::queue().enqueue::<Arc<Device>, RETRY_WORK>(Arc::from(this));
+    }
+
+    fn later_list(&self, leg: u32) -> &BioList {
+        &self.lanes[leg as usize % 2]
+    }
+
+    fn kick_later(this: ArcBorrow<'_, Self>, leg: u32) {
+        // Already queued: the queued run takes this clone too.
+        let _ = if leg % 2 == 0 {
+            wq::queue().enqueue::<Arc<Device>, LANE0_WORK>(Arc::from(this))
+        } else {
+            wq::queue().enqueue::<Arc<Device>, LANE1_WORK>(Arc::from(this))
+        };
     }
 }

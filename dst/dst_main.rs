@@ -11,6 +11,8 @@
 //! `unsafe` block), and the driver logic above it in safe Rust (`device`,
 //! `leg`, `mirror`, `linear`, `registry`, `netlink`).
 
+#![recursion_limit = "256"]
+
 use kernel::prelude::*;
 use kernel::sync::Arc;
 

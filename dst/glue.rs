@@ -109,6 +109,7 @@ extern "C" {
     ) -> *mut bindings::bio;
     pub(crate) fn dst_bdev_open(path: *const c_char, holder: *mut c_void) -> *mut bindings::file;
     pub(crate) fn dst_bdev_nr_sectors(bdev: *mut bindings::block_device) -> u64;
+    pub(crate) fn dst_bdev_synchronous(bdev: *mut bindings::block_device) -> bool;
     pub(crate) fn dst_bdev_name(bdev: *mut bindings::block_device, buf: *mut c_char, len: usize);
     pub(crate) fn dst_wait_var(var: *mut c_void, done: unsafe extern "C" fn(*mut c_void) -> bool);
     pub(crate) fn dst_alloc_workqueue(name: *const c_char) -> *mut bindings::workqueue_struct;

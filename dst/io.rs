@@ -28,9 +28,15 @@ use crate::bio::{from_status, to_status, Bio, BioSet, Op};
 use crate::glue;
 
 /// Counts I/Os in flight so a device can wait for them before it goes.
+///
+/// The top bit of the counter says someone waits: the I/O that brings the
+/// count to zero then wakes them, and learns it from its own decrement, so
+/// the common case costs one atomic each way and no barrier.
 pub(crate) struct Gate {
     count: AtomicUsize,
 }
+
+const WAITING: usize = 1 << (usize::BITS - 1);
 
 impl Gate {
     /// A gate with nothing in flight.
@@ -55,7 +61,7 @@ impl Gate {
         // SAFETY: the caller's entry keeps the gate alive until here.
         let count = unsafe { ptr::addr_of!((*this).count) };
         // SAFETY: as above.
-        if unsafe { (*count).fetch_sub(1, Ordering::Release) } == 1 {
+        if unsafe { (*count).fetch_sub(1, Ordering::AcqRel) } == WAITING | 1 {
             // `wake_up_var` needs a full barrier after the store; it only
             // hashes the address, so a freed gate is not read.
             fence(Ordering::SeqCst);
@@ -66,7 +72,7 @@ impl Gate {
 
     /// Number of I/Os in flight.
     pub(crate) fn in_flight(&self) -> usize {
-        self.count.load(Ordering::Relaxed)
+        self.count.load(Ordering::Relaxed) & !WAITING
     }
 
     /// Waits until no I/O is in flight.  The caller must make sure no new
@@ -77,8 +83,9 @@ impl Gate {
         /// `var` must point to a live gate counter.
         unsafe extern "C" fn idle(var: *mut c_void) -> bool {
             // SAFETY: `var` is the gate's counter, alive while we wait.
-            unsafe { (*var.cast::<AtomicUsize>()).load(Ordering::Acquire) == 0 }
+            unsafe { (*var.cast::<AtomicUsize>()).load(Ordering::Acquire) & !WAITING == 0 }
         }
+        self.count.fetch_or(WAITING, Ordering::SeqCst);
         let var = ptr::addr_of!(self.count).cast_mut().cast::<c_void>();
         // SAFETY: `var` stays valid during the wait, which ends when the
         // count is zero; `Gate::exit` wakes this address.
@@ -136,6 +143,11 @@ pub(crate) trait IoOwner: Send + Sync + Sized {
     fn retry(&self, outcome: &Outcome) -> Option<Route<'_>>;
     /// Arranges for [`DeferList::run`] to be called soon from a workqueue.
     fn kick_deferred(this: ArcBorrow<'_, Self>);
+    /// Where clones for `leg` sent with [`Io::clone_to_later`] wait.
+    fn later_list(&self, leg: u32) -> &BioList;
+    /// Arranges for [`BioList::submit_all`] to be called soon on
+    /// `later_list(leg)`, from a workqueue, on another CPU.
+    fn kick_later(this: ArcBorrow<'_, Self>, leg: u32);
 }
 
 /// Per-I/O state, in the front pad of the I/O's first clone.
@@ -238,18 +250,18 @@ impl<'a, T: IoOwner> Io<'a, T> {
         self.parent.as_ref().unwrap_or_else(|| unreachable!())
     }
 
-    fn state(&mut self) -> Option<*mut IoState> {
-        if let Some(s) = self.state {
-            return Some(s.as_ptr());
-        }
-        None
-    }
-
     fn attach(&mut self, clone: *mut bindings::bio, leg: u32) {
         // SAFETY: `clone` was just allocated from the owner's io set.
         let pad = unsafe { pad_of(clone) };
-        let io = match self.state() {
-            Some(io) => io,
+        let io = match self.state.map(NonNull::as_ptr) {
+            Some(io) => {
+                // SAFETY: the I/O is live (the bias holds it).
+                unsafe {
+                    (*io).pending.fetch_add(1, Ordering::Relaxed);
+                    (*io).tried.fetch_or(1 << leg, Ordering::Relaxed);
+                }
+                io
+            }
             None => {
                 let parent = self.parent().as_raw();
                 // SAFETY: `pad` is this clone's front pad, ours to fill; the
@@ -264,9 +276,10 @@ impl<'a, T: IoOwner> Io<'a, T> {
                         owner: ptr::from_ref::<T>(&self.owner).cast(),
                         next: ptr::null_mut(),
                         start: bindings::bio_start_io_acct(parent),
-                        pending: AtomicU32::new(1),
+                        // The bias, and this clone.
+                        pending: AtomicU32::new(2),
                         ok: AtomicU32::new(0),
-                        tried: AtomicU32::new(0),
+                        tried: AtomicU32::new(1 << leg),
                         error: AtomicU32::new(0),
                         op: op_code(self.op),
                     })
@@ -279,10 +292,23 @@ impl<'a, T: IoOwner> Io<'a, T> {
         unsafe {
             (*pad).io = io;
             (*pad).leg = leg;
-            (*io).pending.fetch_add(1, Ordering::Relaxed);
-            (*io).tried.fetch_or(1 << leg, Ordering::Relaxed);
             (*clone).bi_end_io = Some(clone_endio::<T>);
         }
+    }
+
+    /// Makes a clone of the parent for `dev` (leg `leg`) at `sector`,
+    /// counted in the I/O.
+    fn make_clone(&mut self, leg: u32, dev: &BlockDev, sector: u64) -> Result<*mut bindings::bio> {
+        let parent = self.parent().as_raw();
+        // SAFETY: `parent` is live; the io set is initialised.
+        let clone = unsafe { glue::dst_bio_clone(dev.as_raw(), parent, self.owner.ioset().as_raw()) };
+        if clone.is_null() {
+            return Err(ENOMEM);
+        }
+        self.attach(clone, leg);
+        // SAFETY: the clone is ours until submitted.
+        unsafe { (*clone).bi_iter.bi_sector = sector };
+        Ok(clone)
     }
 
     /// Sends a clone of the parent to `dev` (leg `leg`) at `sector`.
@@ -291,19 +317,19 @@ impl<'a, T: IoOwner> Io<'a, T> {
     /// for memory rather than fail, so in practice never); the leg then did
     /// not get the I/O and the caller decides what that means.
     pub(crate) fn clone_to(&mut self, leg: u32, dev: &BlockDev, sector: u64) -> Result {
-        let parent = self.parent().as_raw();
-        // SAFETY: `parent` is live; the io set is initialised.
-        let clone = unsafe { glue::dst_bio_clone(dev.as_raw(), parent, self.owner.ioset().as_raw()) };
-        if clone.is_null() {
-            return Err(ENOMEM);
-        }
-        self.attach(clone, leg);
+        let clone = self.make_clone(leg, dev, sector)?;
         // SAFETY: the clone is set up and owned by the I/O; submitting hands
         // it to the leg, which ends it through `clone_endio`.
-        unsafe {
-            (*clone).bi_iter.bi_sector = sector;
-            bindings::submit_bio_noacct(clone);
-        }
+        unsafe { bindings::submit_bio_noacct(clone) };
+        Ok(())
+    }
+
+    /// Like [`Io::clone_to`], but the clone is submitted from the workqueue,
+    /// so that another CPU does the leg's share of the work in parallel.
+    pub(crate) fn clone_to_later(&mut self, leg: u32, dev: &BlockDev, sector: u64) -> Result {
+        let clone = self.make_clone(leg, dev, sector)?;
+        self.owner.later_list(leg).push(clone);
+        T::kick_later(self.owner, leg);
         Ok(())
     }
 
@@ -518,6 +544,56 @@ impl DeferList {
             // SAFETY: as above.
             unsafe { retry(owner, io) };
             io = next;
+        }
+    }
+}
+
+/// Clones waiting to be submitted from the workqueue, linked through
+/// `bi_next` (unused until a bio is submitted).  A lock-free stack.
+pub(crate) struct BioList {
+    head: AtomicPtr<bindings::bio>,
+}
+
+// SAFETY: only raw pointers handed over atomically.
+unsafe impl Send for BioList {}
+// SAFETY: as above.
+unsafe impl Sync for BioList {}
+
+impl BioList {
+    /// An empty list.
+    pub(crate) const fn new() -> Self {
+        BioList {
+            head: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    fn push(&self, bio: *mut bindings::bio) {
+        let mut head = self.head.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: `bio` is a clone owned by its I/O, not yet submitted.
+            unsafe { (*bio).bi_next = head };
+            match self
+                .head
+                .compare_exchange_weak(head, bio, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(h) => head = h,
+            }
+        }
+    }
+
+    /// Submits every queued clone; call from process context.
+    pub(crate) fn submit_all(&self) {
+        let mut bio = self.head.swap(ptr::null_mut(), Ordering::Acquire);
+        while !bio.is_null() {
+            // SAFETY: pushed by `Io::clone_to_later`, the clone is ours until
+            // submitted; `bi_next` must be clear when it is.
+            unsafe {
+                let next = (*bio).bi_next;
+                (*bio).bi_next = ptr::null_mut();
+                bindings::submit_bio_noacct(bio);
+                bio = next;
+            }
         }
     }
 }

@@ -6,7 +6,9 @@
 //! when all have; they succeed if at least one leg succeeded, and a leg
 //! that fails a write is marked faulty (the device goes on, degraded).
 //! Reads go to one in-sync leg, chosen by load, and are retried on the
-//! other legs if it fails.  Flushes reach every in-sync leg.
+//! other legs if it fails.  Flushes reach every in-sync leg.  Large writes
+//! to legs that work in the submitter's context (RAM disks) are sent from
+//! more than one CPU, in parallel.
 
 use core::num::NonZeroU64;
 
@@ -30,11 +32,20 @@ pub(crate) fn layout(legs: &mut [Leg], unit: NonZeroU64) -> u64 {
     size
 }
 
-/// Sends `io` to leg `i`; a leg that cannot get it is failed.
-fn send(io: &mut Io<'_, Device>, dev: &Device, i: usize, sector: u64) -> bool {
+/// Writes at least this large go to synchronous legs in parallel.
+const PARALLEL_BYTES: u32 = 64 * 1024;
+
+/// Sends `io` to leg `i`, from here or (`later`) from the workqueue; a leg
+/// that cannot get it is failed.
+fn send(io: &mut Io<'_, Device>, dev: &Device, i: usize, sector: u64, later: bool) -> bool {
     let leg = &dev.legs()[i];
     leg.start();
-    match io.clone_to(i as u32, leg.dev(), sector) {
+    let sent = if later {
+        io.clone_to_later(i as u32, leg.dev(), sector)
+    } else {
+        io.clone_to(i as u32, leg.dev(), sector)
+    };
+    match sent {
         Ok(()) => true,
         Err(e) => {
             leg.done(io.parent().op(), Err(e));
@@ -53,16 +64,24 @@ pub(crate) fn submit(dev: ArcBorrow<'_, Device>, bio: Bio) {
         Op::Other => io.fail(errno::eopnotsupp()),
         Op::Read => match dev.pick_read_leg(0) {
             Some(i) => {
-                if !send(&mut io, &dev, i, sector) {
+                if !send(&mut io, &dev, i, sector, false) {
                     io.fail(EIO);
                 }
             }
             None => io.fail(EIO),
         },
         Op::Write | Op::Discard | Op::WriteZeroes => {
+            // A leg that does its I/O in the submitter's context (a RAM
+            // disk, zram, pmem) costs that context the whole copy.  So a
+            // large write to such legs is handed to the workqueue's lanes,
+            // which copy to the legs in parallel on other CPUs while the
+            // submitter goes on.  Everything else is sent from here: it
+            // costs little, and a context switch would only add latency.
+            let large = op == Op::Write && io.parent().bytes() >= PARALLEL_BYTES;
             let mut sent = 0;
             for i in 0..dev.legs().len() {
-                if dev.leg_in_sync(i) && send(&mut io, &dev, i, sector) {
+                let later = large && dev.legs()[i].dev().is_synchronous();
+                if dev.leg_in_sync(i) && send(&mut io, &dev, i, sector, later) {
                     sent += 1;
                 }
             }

@@ -2,10 +2,12 @@
 
 //! The module's workqueue.
 //!
-//! Deferred I/O (a read retried on another leg) runs here.  The queue has
-//! `WQ_MEM_RECLAIM`, so it makes progress under memory pressure, when
-//! writeback through dst is what frees memory; the system workqueues do not
-//! promise that.
+//! Deferred I/O runs here: a read retried on another leg, and the clones of
+//! a large mirror write that go to the other legs in parallel.  The queue is
+//! unbound and high-priority, so that work starts at once on another CPU,
+//! and has `WQ_MEM_RECLAIM`, so it makes progress under memory pressure,
+//! when writeback through dst is what frees memory; the system workqueues
+//! do not promise that.
 
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, Ordering};

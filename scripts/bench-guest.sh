@@ -1,0 +1,310 @@
+#!/usr/bin/env bash
+# The dst benchmark, inside the VM (started by scripts/bench.sh; not by hand).
+#
+# usage: bench-guest.sh [--ko PATH] [--force]
+#   --ko PATH   dst.ko to insmod (default: $DST_KO); give it as an argument so
+#               that vm-run makes its directory visible in the guest
+#   --force     run outside the VM (it loads modules and overwrites RAM disks)
+#
+# Environment (DST_* variables pass from the host through vm-run):
+#   DST_BENCH_ROUNDS   rounds (default 3); the report shows the median
+#   DST_BENCH_RUNTIME  seconds per fio run after a 1 s ramp (default 5)
+#   DST_BENCH_SIZE_MB  test region per device (default 256, at least 256)
+#   DST_BENCH_ENGINE   io_uring, libaio or auto (default: io_uring if it works)
+#   DST_BENCH_CONFIGS  configurations to run (default "raw md dst")
+#   DST_BENCH_SHAPES   shapes to run (default: all of SHAPES below)
+#   DST_DSTCTL         dstctl binary (default: the repo's release build)
+#   DST_BENCH_REV      what dst.ko was built from, for the report header
+#
+# Structure: a configuration NAME is a pair of functions, setup_NAME (make
+# the device, fill the test region, set TARGET) and teardown_NAME (idempotent,
+# also called from the exit trap).  Each round runs every shape on every
+# configuration, rotating the configuration order by one per round, with
+# run_shape TARGET SHAPE; every measurement is one line of $RESULTS:
+#     CONFIG SHAPE ROUND VALUE UNIT
+# (lines starting with "#" are metadata, "# key: value"), rendered at the end
+# by bench-report.py.  A new configuration adds setup_/teardown_ functions and
+# its name to CONFIGS (and to cleanup); a measurement that is not a fio shape
+# (e.g. resync throughput) appends its own lines with record.
+#
+# Exit status: 0 when every measurement ran (missed targets are reported,
+# not failed), 1 if anything failed to run.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
+repo=$(dirname "$here")
+
+ROUNDS=${DST_BENCH_ROUNDS:-3}
+RUNTIME=${DST_BENCH_RUNTIME:-5}
+SIZE_MB=${DST_BENCH_SIZE_MB:-256}
+ENGINE=${DST_BENCH_ENGINE:-auto}
+CONFIGS=${DST_BENCH_CONFIGS:-raw md dst}
+SHAPES=${DST_BENCH_SHAPES:-randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd1 randwrite-4k-qd32 read-1m-qd8 write-1m-qd8}
+DSTCTL=${DST_DSTCTL:-$repo/userspace/target/release/dstctl}
+KO=${DST_KO:-}
+
+# brd: three 512 MiB RAM disks; raw uses ram0, md and dst the other two.
+BRD_NR=3
+BRD_MB=512
+RAW_DEV=/dev/ram0
+MIRROR_LEGS=(/dev/ram1 /dev/ram2)
+MD_DEV=/dev/md0
+DST_NAME=bench
+
+WORK='' RESULTS='' TARGET='' UNLOAD_RAID1=0 T0=$SECONDS
+
+msg() { printf '[%4ds] %s\n' $((SECONDS - T0)) "$*"; }
+die() {
+	echo "bench-guest: ERROR: $*" >&2
+	exit 1
+}
+
+# shape_spec SHAPE: print "RW BS IODEPTH UNIT" for fio.
+shape_spec() {
+	case $1 in
+	randread-4k-qd1) echo "randread 4k 1 IOPS" ;;
+	randread-4k-qd32) echo "randread 4k 32 IOPS" ;;
+	randwrite-4k-qd1) echo "randwrite 4k 1 IOPS" ;;
+	randwrite-4k-qd32) echo "randwrite 4k 32 IOPS" ;;
+	read-1m-qd8) echo "read 1m 8 MiB/s" ;;
+	write-1m-qd8) echo "write 1m 8 MiB/s" ;;
+	*) return 1 ;;
+	esac
+}
+
+# ---- fio ------------------------------------------------------------------
+
+# fio_value JSON UNIT: print the result of one fio job (group-reported) in
+# UNIT (IOPS, or MiB/s from fio's KiB/s "bw"); fail on an fio error or if
+# no I/O was done.
+fio_value() {
+	python3 - "$1" "$2" <<-'EOF'
+		import json, sys
+		path, unit = sys.argv[1:]
+		with open(path) as f:
+		    text = f.read()
+		# fio may print notes before the JSON object.
+		d = json.loads(text[text.index("{"):])
+		job = d["jobs"][0]
+		if job.get("error", 0):
+		    sys.exit(f"fio job error {job['error']}")
+		rw = job["job options"].get("rw", "")
+		side = job["read" if "read" in rw else "write"]
+		if side["io_bytes"] <= 0:
+		    sys.exit("fio did no I/O")
+		if unit == "IOPS":
+		    print(f"{side['iops']:.0f}")
+		elif unit == "MiB/s":
+		    print(f"{side['bw'] / 1024:.1f}")
+		else:
+		    sys.exit(f"unknown unit {unit}")
+	EOF
+}
+
+# fio_run NAME ARGS...: run fio with the common options, output in
+# $WORK/NAME.json; print the log and fail if fio fails.
+fio_run() {
+	local name=$1
+	shift
+	if ! fio --name="$name" --ioengine="$ENGINE" --direct=1 --numjobs=1 \
+		--group_reporting --output-format=json --output="$WORK/$name.json" \
+		"$@" >"$WORK/$name.log" 2>&1; then
+		cat "$WORK/$name.log" "$WORK/$name.json" >&2 2>/dev/null || true
+		die "fio $name failed: fio $*"
+	fi
+}
+
+# run_shape TARGET SHAPE: measure SHAPE on block device TARGET; print
+# "VALUE UNIT".  (A later NBD peer measured with fio's nbd engine would
+# pass the URI here and add --ioengine=nbd --uri instead of --filename.)
+run_shape() {
+	local target=$1 shape=$2 spec rw bs qd unit name value
+	spec=$(shape_spec "$shape") || die "unknown shape '$shape'"
+	read -r rw bs qd unit <<<"$spec"
+	name=$shape.$RANDOM
+	fio_run "$name" --filename="$target" --rw="$rw" --bs="$bs" --iodepth="$qd" \
+		--size="${SIZE_MB}M" --time_based --runtime="$RUNTIME" --ramp_time=1 \
+		--randrepeat=0 --norandommap
+	value=$(fio_value "$WORK/$name.json" "$unit") || die "cannot read fio's result for $shape on $target"
+	rm -f "$WORK/$name.json" "$WORK/$name.log"
+	echo "$value $unit"
+}
+
+# prefill DEV: write the test region once, so that reads hit allocated brd
+# pages (brd answers reads of never-written pages with zeroes, cheaply).
+prefill() {
+	fio_run "fill" --filename="$1" --rw=write --bs=1M --iodepth=8 --size="${SIZE_MB}M"
+}
+
+# record CONFIG SHAPE ROUND VALUE UNIT
+record() {
+	echo "$*" >>"$RESULTS"
+}
+
+# ---- configurations -------------------------------------------------------
+
+setup_raw() {
+	prefill "$RAW_DEV"
+	TARGET=$RAW_DEV
+}
+teardown_raw() { :; }
+
+setup_md() {
+	mdadm --zero-superblock "${MIRROR_LEGS[@]}" >/dev/null 2>&1 || true
+	mdadm --create "$MD_DEV" --level=1 --raid-devices=2 --metadata=1.2 \
+		--assume-clean --bitmap=none --run --quiet "${MIRROR_LEGS[@]}" ||
+		die "mdadm --create failed"
+	wait_bdev "$MD_DEV"
+	prefill "$MD_DEV"
+	TARGET=$MD_DEV
+}
+teardown_md() {
+	[ -e /sys/block/md0 ] || return 0
+	mdadm --stop "$MD_DEV" >/dev/null 2>&1 || { echo "bench-guest: mdadm --stop failed" >&2; return 1; }
+	mdadm --zero-superblock "${MIRROR_LEGS[@]}" >/dev/null 2>&1 || true
+}
+
+setup_dst() {
+	local dev
+	"$DSTCTL" create "$DST_NAME" --mirror "${MIRROR_LEGS[@]}" >/dev/null ||
+		die "dstctl create failed"
+	dev=$("$DSTCTL" --json status "$DST_NAME" |
+		python3 -c 'import json, sys; print(json.load(sys.stdin)["path"])') ||
+		die "dstctl status failed"
+	wait_bdev "$dev"
+	prefill "$dev"
+	TARGET=$dev
+}
+teardown_dst() {
+	grep -q '^dst ' /proc/modules || return 0
+	"$DSTCTL" status "$DST_NAME" >/dev/null 2>&1 || return 0
+	"$DSTCTL" remove "$DST_NAME" >/dev/null || { echo "bench-guest: dstctl remove failed" >&2; return 1; }
+}
+
+# wait_bdev DEV: the node appears asynchronously (devtmpfs).
+wait_bdev() {
+	local i
+	for ((i = 0; i < 50; i++)); do
+		[ -b "$1" ] && return 0
+		sleep 0.1
+	done
+	die "$1 did not appear"
+}
+
+# ---- setup and teardown of the whole run ----------------------------------
+
+setup_all() {
+	[ -n "$KO" ] || die "no module: give --ko PATH or DST_KO"
+	[ -f "$KO" ] || die "no module at $KO"
+	[ -x "$DSTCTL" ] || die "no dstctl at $DSTCTL (make dstctl)"
+	command -v fio >/dev/null || die "fio missing"
+	command -v mdadm >/dev/null || die "mdadm missing"
+	WORK=$(mktemp -d /tmp/dst-bench.XXXXXX)
+	RESULTS=$WORK/results
+	mkdir -p /run/mdadm
+	[ ! -d /sys/module/brd ] || rmmod brd || die "brd is loaded and busy"
+	modprobe brd rd_nr=$BRD_NR rd_size=$((BRD_MB * 1024)) max_part=0 || die "modprobe brd failed"
+	wait_bdev "$RAW_DEV"
+	[ -d /sys/module/raid1 ] || UNLOAD_RAID1=1
+	modprobe raid1 || die "modprobe raid1 failed"
+	insmod "$KO" || die "insmod $KO failed"
+}
+
+# Undo everything (exit trap): devices first, then the modules.
+cleanup() {
+	local rc=$? c
+	trap - EXIT
+	set +e
+	for c in $CONFIGS; do
+		"teardown_$c" || rc=1
+	done
+	if grep -q '^dst ' /proc/modules; then rmmod dst || { echo "bench-guest: rmmod dst failed" >&2; rc=1; }; fi
+	if [ "$UNLOAD_RAID1" = 1 ] && [ -d /sys/module/raid1 ]; then rmmod raid1 md_mod || rc=1; fi
+	if [ -d /sys/module/brd ]; then rmmod brd || { echo "bench-guest: rmmod brd failed" >&2; rc=1; }; fi
+	[ -z "$WORK" ] || rm -rf "$WORK"
+	exit "$rc"
+}
+
+# Pick io_uring if it works on a RAM disk, else libaio.
+choose_engine() {
+	case $ENGINE in
+	io_uring | libaio) return ;;
+	auto) ;;
+	*) die "DST_BENCH_ENGINE must be io_uring, libaio or auto" ;;
+	esac
+	if fio --name=probe --filename="$RAW_DEV" --ioengine=io_uring --direct=1 \
+		--rw=randread --bs=4k --size=16M --io_size=4M --iodepth=4 \
+		--output-format=json --output="$WORK/probe.json" >/dev/null 2>&1 &&
+		fio_value "$WORK/probe.json" IOPS >/dev/null 2>&1; then
+		ENGINE=io_uring
+	else
+		ENGINE=libaio
+	fi
+}
+
+check_params() {
+	local c s
+	[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "DST_BENCH_ROUNDS must be a positive integer"
+	[[ $RUNTIME =~ ^[1-9][0-9]*$ ]] || die "DST_BENCH_RUNTIME must be a positive integer"
+	if ! [[ $SIZE_MB =~ ^[0-9]+$ ]] || [ "$SIZE_MB" -lt 256 ] || [ "$SIZE_MB" -gt 448 ]; then
+		die "DST_BENCH_SIZE_MB must be 256..448 (RAM disks of $BRD_MB MiB, md metadata)"
+	fi
+	for c in $CONFIGS; do
+		declare -F "setup_$c" >/dev/null || die "unknown configuration '$c'"
+	done
+	for s in $SHAPES; do
+		shape_spec "$s" >/dev/null || die "unknown shape '$s'"
+	done
+}
+
+main() {
+	local force=0 round i n c s out value unit configs order
+	while [ $# -gt 0 ]; do
+		case $1 in
+		--ko) KO=${2?}; shift 2 ;;
+		--force) force=1; shift ;;
+		*) die "usage: bench-guest.sh [--ko PATH] [--force]" ;;
+		esac
+	done
+	[ "${DST_VM:-}" = 1 ] || [ "$force" = 1 ] ||
+		die "refusing to run outside the VM (it loads modules and overwrites RAM disks); use scripts/bench.sh"
+	check_params
+	trap cleanup EXIT
+	trap 'exit 130' INT TERM
+	setup_all
+	choose_engine
+	read -ra configs <<<"$CONFIGS"
+	n=${#configs[@]}
+	{
+		echo "# kernel: $(uname -r), ${DST_VM_ACCEL:-?} accel, $(nproc) CPUs, $(($(sed -n 's/^MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo) / 1024)) MiB"
+		echo "# fio: $(fio --version), ioengine=$ENGINE, direct, ${SIZE_MB} MiB region, ${RUNTIME}s + 1s ramp per run, $ROUNDS rounds"
+		[ -z "${DST_BENCH_REV:-}" ] || echo "# dst: $DST_BENCH_REV"
+		echo "# devices: raw=$RAW_DEV md=raid1 ${MIRROR_LEGS[*]} dst=mirror ${MIRROR_LEGS[*]} (brd ${BRD_MB} MiB)"
+	} >"$RESULTS"
+	msg "$(sed -n 's/^# //p' "$RESULTS" | paste -sd ';' | sed 's/;/; /g')"
+	for ((round = 1; round <= ROUNDS; round++)); do
+		order=()
+		for ((i = 0; i < n; i++)); do
+			order+=("${configs[$(((i + round - 1) % n))]}")
+		done
+		msg "round $round/$ROUNDS: ${order[*]}"
+		for c in "${order[@]}"; do
+			"setup_$c"
+			for s in $SHAPES; do
+				out=$(run_shape "$TARGET" "$s")
+				read -r value unit <<<"$out"
+				record "$c" "$s" "$round" "$value" "$unit"
+				msg "round $round $c $s: $value $unit"
+			done
+			"teardown_$c" || die "teardown of $c failed"
+		done
+	done
+	echo
+	echo "==== raw results (config shape round value unit) ===="
+	cat "$RESULTS"
+	echo "==== end of raw results ===="
+	echo
+	python3 "$here/bench-report.py" "$RESULTS"
+}
+
+main "$@"

@@ -163,7 +163,7 @@ struct IoState {
     ok: AtomicU32,
     tried: AtomicU32,
     error: AtomicU32,
-    op: u8,
+    op: Op,
 }
 
 /// Front pad of every clone.
@@ -191,26 +191,6 @@ unsafe fn pad_of(bio: *mut bindings::bio) -> *mut Pad {
     // SAFETY: the bio set puts `FRONT_PAD` bytes, holding a `Pad`, right
     // before each bio.
     unsafe { bio.cast::<u8>().sub(size_of::<Pad>()).cast::<Pad>() }
-}
-
-fn op_code(op: Op) -> u8 {
-    match op {
-        Op::Read => 0,
-        Op::Write => 1,
-        Op::Discard => 2,
-        Op::WriteZeroes => 3,
-        Op::Other => 4,
-    }
-}
-
-fn op_of(code: u8) -> Op {
-    match code {
-        0 => Op::Read,
-        1 => Op::Write,
-        2 => Op::Discard,
-        3 => Op::WriteZeroes,
-        _ => Op::Other,
-    }
 }
 
 fn err_code(e: Error) -> u32 {
@@ -281,7 +261,7 @@ impl<'a, T: IoOwner> Io<'a, T> {
                         ok: AtomicU32::new(0),
                         tried: AtomicU32::new(1 << leg),
                         error: AtomicU32::new(0),
-                        op: op_code(self.op),
+                        op: self.op,
                     })
                 };
                 self.state = NonNull::new(io);
@@ -427,7 +407,7 @@ unsafe extern "C" fn clone_endio<T: IoOwner>(clone: *mut bindings::bio) {
         // SAFETY: the owner outlives its I/Os (the gate).
         let owner = unsafe { &*(*io).owner.cast::<T>() };
         // SAFETY: as above.
-        owner.clone_done(leg, op_of(unsafe { (*io).op }), res);
+        owner.clone_done(leg, unsafe { (*io).op }, res);
     }
     // SAFETY: the first clone holds the state and is put when the I/O ends.
     if clone != unsafe { (*io).first } {
@@ -470,7 +450,7 @@ unsafe fn io_put<T: IoOwner>(io: *mut IoState) {
 fn outcome(s: &IoState) -> Outcome {
     let code = s.error.load(Ordering::Relaxed);
     Outcome {
-        op: op_of(s.op),
+        op: s.op,
         ok: s.ok.load(Ordering::Relaxed),
         tried: s.tried.load(Ordering::Relaxed),
         error: (code != 0).then(|| Error::from_errno(-(code as i32))),

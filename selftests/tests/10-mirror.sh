@@ -10,7 +10,7 @@
 require_cmd losetup blkdiscard python3
 MiB=$((1 << 20))
 
-plan 25
+plan 27
 brd_setup 2 64
 cleanup_push losetup -D
 dst_load
@@ -51,6 +51,12 @@ else
 	skip "leg0 discarded" "no discard"
 	skip "leg1 discarded" "no discard"
 fi
+
+# Write-zeroes (or its emulation with zero writes) reaches both legs.
+dd if=/dev/urandom of=/dev/dst0 bs=1M seek=40 count=4 oflag=direct status=none
+assert_cmd -m "blkdiscard --zeroout 4 MiB at 40 MiB" blkdiscard -z -o $((40 * MiB)) -l $((4 * MiB)) /dev/dst0
+assert_eq "$(dd if=/dev/ram0 bs=1M skip=40 count=4 iflag=direct status=none | tr -d '\0' | wc -c)$(dd if=/dev/ram1 bs=1M skip=40 count=4 iflag=direct status=none | tr -d '\0' | wc -c)" \
+	00 "both legs read zeroes there"
 
 assert_cmd -m "remove m1" dstctl remove m1
 assert_cmd -m "/dev/dst0 is gone" test ! -e /dev/dst0

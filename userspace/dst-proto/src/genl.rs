@@ -32,6 +32,9 @@ pub mod cmd {
     pub const CREATE: u8 = 2;
     /// Remove a device.
     pub const REMOVE: u8 = 3;
+    /// Sent by the module on the events group (never a request): a device
+    /// message, as GET's reply, with `dev::EVENT` saying what happened.
+    pub const EVENT: u8 = 4;
 }
 
 /// Device attributes (top level of every message).
@@ -54,8 +57,10 @@ pub mod dev {
     pub const OPENERS: u16 = 8;
     /// Logical block size in bytes (u32).
     pub const BLOCK_SIZE: u16 = 9;
+    /// In an event: what happened, an [`super::Event`] (u8).
+    pub const EVENT: u16 = 10;
     /// Highest device attribute id.
-    pub const MAX: u16 = 9;
+    pub const MAX: u16 = 10;
 }
 
 /// Leg attributes (inside a [`dev::LEG`] nest).
@@ -82,8 +87,32 @@ pub mod leg {
     pub const WRITE_ERRORS: u16 = 10;
     /// Requests in flight (u32).
     pub const INFLIGHT: u16 = 11;
+    /// Kind of leg, a [`super::LegKind`] (u8).
+    pub const KIND: u16 = 12;
+    /// Remote legs: the server's address, `IP:PORT` or `[IPv6]:PORT`
+    /// (string).  In a request it is the resolved address to connect to.
+    pub const ADDR: u16 = 13;
+    /// Remote legs: the export name (string, may be empty).
+    pub const EXPORT: u16 = 14;
+    /// Remote legs: a request older than this fails the connection (u32, ms).
+    pub const TIMEOUT_MS: u16 = 15;
+    /// Remote legs: how long I/O that cannot go elsewhere waits for a down
+    /// leg before failing (u32, ms).
+    pub const DEAD_TIME_MS: u16 = 16;
+    /// Remote legs: longest wait between reconnection attempts (u32, ms).
+    pub const BACKOFF_MAX_MS: u16 = 17;
+    /// Bytes of the leg brought in sync so far by the running resync (u64).
+    pub const RESYNC_DONE: u16 = 18;
+    /// Bytes the running resync has to bring in sync (u64).
+    pub const RESYNC_TOTAL: u16 = 19;
+    /// Remote legs: the server's NBD transmission flags (u32).
+    pub const NBD_FLAGS: u16 = 20;
+    /// Remote legs: successful connections so far (u32).
+    pub const CONNECTS: u16 = 21;
+    /// The last problem seen on the leg, for the administrator (string).
+    pub const PROBLEM: u16 = 22;
     /// Highest leg attribute id.
-    pub const MAX: u16 = 11;
+    pub const MAX: u16 = 22;
 }
 
 macro_rules! wire_enum {
@@ -149,8 +178,36 @@ wire_enum! {
     LegState {
         /// Receives every write; may serve reads.
         InSync = 1 => "in-sync",
-        /// Failed an I/O; no longer used until replaced.
+        /// Failed a write; no longer used until replaced.
         Faulty = 2 => "faulty",
+        /// A remote leg whose connection is lost; reconnecting.
+        Down = 3 => "down",
+        /// A remote leg not connected yet.
+        Connecting = 4 => "connecting",
+        /// Being brought back in sync: gets writes, serves no reads.
+        Resyncing = 5 => "resyncing",
+    }
+}
+
+wire_enum! {
+    /// Where a leg's data lives.
+    LegKind {
+        /// A local block device.
+        Local = 1 => "local",
+        /// A remote NBD export.
+        Remote = 2 => "remote",
+    }
+}
+
+wire_enum! {
+    /// What an event reports.
+    Event {
+        /// A device was created.
+        Created = 1 => "created",
+        /// A device was removed.
+        Removed = 2 => "removed",
+        /// The state of a device or of one of its legs changed.
+        Changed = 3 => "changed",
     }
 }
 
@@ -206,13 +263,58 @@ const NAME_SPEC: AttrSpec = AttrSpec {
     },
 };
 
+/// Longest NBD export name (the NBD protocol's limit).
+pub const EXPORT_NAME_MAX: usize = 4096;
+/// Longest remote address string (`[IPv6%scope]:port`).
+pub const ADDR_MAX: usize = 64;
+
 /// Attributes accepted inside a [`dev::LEG`] nest of a request.
-pub const LEG_REQUEST: &[AttrSpec] = &[AttrSpec {
-    id: leg::SPEC,
-    kind: Kind::Str {
-        max_len: LEG_SPEC_MAX as u16,
+pub const LEG_REQUEST: &[AttrSpec] = &[
+    AttrSpec {
+        id: leg::SPEC,
+        kind: Kind::Str {
+            max_len: LEG_SPEC_MAX as u16,
+        },
     },
-}];
+    AttrSpec {
+        id: leg::ADDR,
+        kind: Kind::Str {
+            max_len: ADDR_MAX as u16,
+        },
+    },
+    AttrSpec {
+        id: leg::EXPORT,
+        kind: Kind::Str {
+            max_len: EXPORT_NAME_MAX as u16,
+        },
+    },
+    AttrSpec {
+        id: leg::TIMEOUT_MS,
+        kind: Kind::U32,
+    },
+    AttrSpec {
+        id: leg::DEAD_TIME_MS,
+        kind: Kind::U32,
+    },
+    AttrSpec {
+        id: leg::BACKOFF_MAX_MS,
+        kind: Kind::U32,
+    },
+];
+
+/// Remote leg timing defaults and bounds, in milliseconds.
+pub mod timing {
+    /// Default request timeout.
+    pub const TIMEOUT_MS: u32 = 30_000;
+    /// Default dead time.
+    pub const DEAD_TIME_MS: u32 = 60_000;
+    /// Default longest wait between reconnection attempts.
+    pub const BACKOFF_MAX_MS: u32 = 10_000;
+    /// Smallest accepted value of any of them.
+    pub const MIN_MS: u32 = 100;
+    /// Largest accepted value of any of them (one day).
+    pub const MAX_MS: u32 = 86_400_000;
+}
 
 /// Every command of the family.
 pub const COMMANDS: &[CmdSpec] = &[
@@ -292,7 +394,13 @@ mod tests {
         }
         assert_eq!(Target::from_u8(0), None);
         assert_eq!(Target::from_u8(3), None);
-        for s in [LegState::InSync, LegState::Faulty] {
+        for s in [
+            LegState::InSync,
+            LegState::Faulty,
+            LegState::Down,
+            LegState::Connecting,
+            LegState::Resyncing,
+        ] {
             assert_eq!(LegState::from_u8(s as u8), Some(s));
         }
     }

@@ -7,4 +7,5 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod genl;
+pub mod nbd;
 pub mod nlattr;

@@ -3,7 +3,10 @@
 //! Command line: syntax (clap) and the checks made before asking the kernel.
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
-use dst_proto::genl::{check_name, Target, LEG_SPEC_MAX, MAX_LEGS};
+use dst_proto::genl::{check_name, timing, Target, LEG_SPEC_MAX, MAX_LEGS};
+use dst_proto::nbd::DEFAULT_PORT;
+
+use crate::remote::{format_ms, parse_ms, LegPlan, Timing};
 
 const ABOUT: &str = "Configure dst distributed block devices";
 
@@ -20,9 +23,12 @@ target:
   linear   the legs are concatenated in the order given.  The device is as
            large as all legs together; if a leg fails, the device fails.
 
-A LEG is the path of a block device, such as /dev/sdb or /dev/ram0.  Writes
-to the dst device go to its legs: use block devices that nothing else uses
-and whose contents you do not need.
+A LEG is the path of a local block device, such as /dev/sdb or /dev/ram0,
+or a remote NBD export, nbd://HOST[:PORT]/EXPORT (see dstctl create
+--help).  The kernel keeps reconnecting a remote leg whose connection is
+lost, and brings a mirror leg back in sync when it returns.  Writes to the
+dst device go to its legs: use block devices and exports that nothing else
+uses and whose contents you do not need.
 
 Every command needs root (CAP_SYS_ADMIN) and the dst kernel module
 (modprobe dst, or insmod dst.ko).";
@@ -31,23 +37,69 @@ const EXAMPLES: &str = "\
 Examples:
   dstctl create r1 --mirror /dev/sdb /dev/sdc   two-way mirror, prints /dev/dst0
   dstctl create big --linear /dev/sdb /dev/sdc  one device spanning both disks
+  dstctl create r2 --mirror /dev/sdb nbd://10.0.0.2/disk
+                                                local disk mirrored to a server
   dstctl list                                   one line per device
   dstctl status r1                              r1 and its legs in detail
   dstctl --json status                          every device, as JSON
+  dstctl monitor                                print changes as they happen
   dstctl remove r1                              remove r1 (its legs are kept)";
 
-const CREATE_LONG_ABOUT: &str = "\
+/// `dstctl create --help`; the timing defaults come from the shared
+/// protocol definition.
+fn create_long_about() -> String {
+    format!(
+        "\
 Create a device from one or more legs and print its node (/dev/dstN).
 
-Give exactly one of --mirror and --linear, then the legs in order.  A LEG is
-the path of a block device (e.g. /dev/sdb); the kernel checks that it exists
-and is not already in use.  At most 16 legs.";
+Give exactly one of --mirror and --linear, then the legs in order, at most
+{MAX_LEGS}.  A LEG is either:
+
+  a local block device, by path (e.g. /dev/sdb); the kernel checks that it
+  exists and is not already in use;
+
+  a remote NBD export: nbd://HOST[:PORT][/EXPORT][?PARAMETERS]
+    HOST        a host name, an IPv4 address, or an IPv6 address in
+                brackets ([fd00::2]).  dstctl resolves a name once, now;
+                the kernel connects to its first address.
+    PORT        default {port}
+    EXPORT      the export name; none for the server's default export
+    PARAMETERS  timeout=T, dead-time=T, backoff-max=T, joined by '&':
+                timing for this leg only, overriding the options below
+                (quote such a URI for the shell)
+
+The kernel connects to remote legs itself and keeps reconnecting when a
+connection is lost, waiting longer after each failure up to the backoff
+maximum.  While a leg is down, a mirror keeps working on its other legs
+and resyncs the leg when it is back; I/O that can go nowhere else waits up
+to the dead time, then fails.
+
+Durations T are a number of seconds (30) or a number with a unit: 500ms,
+30s, 2m, 1h; from {min} to {max}.  The timing options apply to every remote
+leg (giving one without a remote leg is an error):
+
+  --timeout T       a request unanswered for T fails the connection
+                    (default {timeout})
+  --dead-time T     how long I/O waits for a down leg (default {dead})
+  --backoff-max T   longest wait between reconnection attempts
+                    (default {backoff})",
+        port = DEFAULT_PORT,
+        min = format_ms(timing::MIN_MS),
+        max = format_ms(timing::MAX_MS),
+        timeout = format_ms(timing::TIMEOUT_MS),
+        dead = format_ms(timing::DEAD_TIME_MS),
+        backoff = format_ms(timing::BACKOFF_MAX_MS),
+    )
+}
 
 const CREATE_EXAMPLES: &str = "\
 Examples:
   dstctl create r1 --mirror /dev/sdb /dev/sdc
   dstctl create big --linear /dev/sdb /dev/sdc /dev/sdd
-  dstctl --json create r1 --mirror /dev/ram0 /dev/ram1";
+  dstctl --json create r1 --mirror /dev/ram0 /dev/ram1
+  dstctl create r2 --mirror /dev/sdb nbd://10.0.0.2/disk
+  dstctl create r3 --mirror nbd://store1:10809/vol 'nbd://[fd00::2]/vol' --timeout 10s
+  dstctl create r4 --mirror /dev/sdb 'nbd://store1/vol?timeout=5s&dead-time=2m'";
 
 const STATUS_LONG_ABOUT: &str = "\
 Show devices in detail: per device its node, target, size, state and
@@ -55,7 +107,35 @@ openers, then a table of its legs with their I/O counters.
 
 Device states: ok (every leg in sync), degraded (working, but some leg is
 not), failed (no I/O possible).  Leg states: in-sync (up to date, receives
-every write), faulty (failed an I/O, no longer used).";
+every write), faulty (failed an I/O, no longer used), connecting (a remote
+leg not connected yet), down (a remote leg whose connection is lost; the
+kernel reconnects), resyncing (being brought back in sync, shown with its
+progress).
+
+Remote legs add a CONN column (connections made so far) and a line with
+the server's address, export and timing; a leg's last problem, if any, is
+shown on a line of its own.  On a terminal, a running resync is also
+shown as a progress bar.";
+
+const MONITOR_LONG_ABOUT: &str = "\
+Print changes to devices as they happen, one line each, until interrupted.
+
+First a line per existing device (exists) and a line saying the monitor is
+ready, then one line per change: devices created and removed, device and
+leg state changes (with the leg's problem, when the kernel reports one),
+reconnections, and resyncs starting, progressing (at most every 5 seconds)
+and finishing.  Every line starts with the time, in UTC, and is flushed at
+once.  With --json, each line is one JSON object instead.  With NAME, only
+that device is watched (it need not exist yet).  Stops, with exit code 0,
+on SIGINT or SIGTERM.
+
+For example:
+  2026-05-04T10:00:00.000Z ready, watching 1 device
+  2026-05-04T10:00:05.120Z r1: leg 1 nbd://10.0.0.2/disk: in-sync -> down (connection refused)
+  2026-05-04T10:00:05.120Z r1: ok -> degraded
+  2026-05-04T10:00:20.310Z r1: leg 1 nbd://10.0.0.2/disk: down -> resyncing
+  2026-05-04T10:00:20.310Z r1: leg 1 nbd://10.0.0.2/disk: resync started, 64.0M to copy
+  2026-05-04T10:00:25.400Z r1: leg 1 nbd://10.0.0.2/disk: resync 42% (27.0M of 64.0M)";
 
 /// Command line of `dstctl`.
 #[derive(Debug, Parser)]
@@ -79,7 +159,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a device and print its node, e.g. /dev/dst0
-    #[command(long_about = CREATE_LONG_ABOUT, after_help = CREATE_EXAMPLES)]
+    #[command(long_about = create_long_about(), after_help = CREATE_EXAMPLES)]
     Create(CreateArgs),
 
     /// Remove a device (refused while it is open or mounted)
@@ -111,6 +191,16 @@ pub enum Command {
         /// Name of the device (default: every device)
         name: Option<String>,
     },
+
+    /// Print changes to devices as they happen, until interrupted
+    #[command(
+        long_about = MONITOR_LONG_ABOUT,
+        after_help = "Examples:\n  dstctl monitor\n  dstctl monitor r1 --json >> r1.events"
+    )]
+    Monitor {
+        /// Name of the device (default: every device)
+        name: Option<String>,
+    },
 }
 
 /// Arguments of `dstctl create`.
@@ -128,9 +218,22 @@ pub struct CreateArgs {
     #[arg(long)]
     pub linear: bool,
 
-    /// Block devices to use, in order (e.g. /dev/sdb)
+    /// Legs, in order: block devices (/dev/sdb) or NBD exports
+    /// (nbd://HOST[:PORT]/EXPORT)
     #[arg(value_name = "LEG", required = true)]
     pub legs: Vec<String>,
+
+    /// Remote legs: fail a connection whose request is unanswered for T
+    #[arg(long, value_name = "T")]
+    pub timeout: Option<String>,
+
+    /// Remote legs: how long I/O waits for a down leg before failing
+    #[arg(long, value_name = "T")]
+    pub dead_time: Option<String>,
+
+    /// Remote legs: longest wait between reconnection attempts
+    #[arg(long, value_name = "T")]
+    pub backoff_max: Option<String>,
 }
 
 impl CreateArgs {
@@ -142,6 +245,55 @@ impl CreateArgs {
             Target::Linear
         }
     }
+
+    /// The timing options given on the command line.
+    pub fn timing(&self) -> Result<Timing, String> {
+        let opt =
+            |name: &str, v: &Option<String>| v.as_deref().map(|v| parse_ms(name, v)).transpose();
+        Ok(Timing {
+            timeout_ms: opt("--timeout", &self.timeout)?,
+            dead_time_ms: opt("--dead-time", &self.dead_time)?,
+            backoff_max_ms: opt("--backoff-max", &self.backoff_max)?,
+        })
+    }
+
+    /// Checks the legs as typed (no name resolution yet).
+    pub fn plan(&self) -> Result<Vec<LegPlan>, String> {
+        if self.legs.is_empty() {
+            return Err("no legs given".into());
+        }
+        if self.legs.len() > MAX_LEGS {
+            return Err(format!(
+                "{} legs given, a device has at most {MAX_LEGS}",
+                self.legs.len()
+            ));
+        }
+        let timing = self.timing()?;
+        let mut plan = Vec::with_capacity(self.legs.len());
+        for spec in &self.legs {
+            if spec.is_empty() {
+                return Err("empty leg".into());
+            }
+            if spec.len() > LEG_SPEC_MAX {
+                return Err(format!("leg longer than {LEG_SPEC_MAX} bytes"));
+            }
+            plan.push(LegPlan::parse(spec, timing)?);
+        }
+        if !timing.is_empty() && plan.iter().all(|l| l.remote.is_none()) {
+            let given = [
+                ("--timeout", &self.timeout),
+                ("--dead-time", &self.dead_time),
+                ("--backoff-max", &self.backoff_max),
+            ]
+            .into_iter()
+            .find_map(|(name, v)| v.as_ref().map(|_| name))
+            .unwrap_or("timing options");
+            return Err(format!(
+                "{given} applies to remote legs (nbd://...), and none is given"
+            ));
+        }
+        Ok(plan)
+    }
 }
 
 impl Command {
@@ -152,6 +304,7 @@ impl Command {
             Command::Remove { name } => ("remove", Some(name)),
             Command::List => ("list", None),
             Command::Status { name } => ("status", name.as_ref()),
+            Command::Monitor { name } => ("monitor", name.as_ref()),
         };
         match name {
             Some(n) => format!("{verb} {}", one_line(n)),
@@ -161,35 +314,20 @@ impl Command {
 
     /// Checks what the kernel would refuse anyway, to answer with a usage
     /// error.  Leg paths are not checked here: whether they exist, or are
-    /// given twice, is for the kernel to say.
+    /// given twice, is for the kernel to say.  Remote legs' URIs and the
+    /// timing options are checked, but no name is resolved.
     pub fn validate(&self) -> Result<(), String> {
         let name = match self {
             Command::Create(a) => Some(&a.name),
             Command::Remove { name } => Some(name),
             Command::List => None,
-            Command::Status { name } => name.as_ref(),
+            Command::Status { name } | Command::Monitor { name } => name.as_ref(),
         };
         if let Some(name) = name {
             check_name(name)?;
         }
         if let Command::Create(a) = self {
-            if a.legs.is_empty() {
-                return Err("no legs given".into());
-            }
-            if a.legs.len() > MAX_LEGS {
-                return Err(format!(
-                    "{} legs given, a device has at most {MAX_LEGS}",
-                    a.legs.len()
-                ));
-            }
-            for spec in &a.legs {
-                if spec.is_empty() {
-                    return Err("empty leg".into());
-                }
-                if spec.len() > LEG_SPEC_MAX {
-                    return Err(format!("leg longer than {LEG_SPEC_MAX} bytes"));
-                }
-            }
+            a.plan()?;
         }
         Ok(())
     }
@@ -330,6 +468,138 @@ mod tests {
         let help = create.render_long_help().to_string();
         for word in ["--mirror", "--linear", "<LEG>", "Examples:"] {
             assert!(help.contains(word), "create help lacks {word}");
+        }
+    }
+
+    #[test]
+    fn remote_legs_and_timing_options() {
+        let a = create(&[
+            "create",
+            "r1",
+            "--mirror",
+            "/dev/sdb",
+            "nbd://10.0.0.2/disk?timeout=5s",
+            "--timeout",
+            "20",
+            "--dead-time=2m",
+            "--backoff-max",
+            "500ms",
+        ]);
+        assert_eq!(
+            a.timing(),
+            Ok(Timing {
+                timeout_ms: Some(20_000),
+                dead_time_ms: Some(120_000),
+                backoff_max_ms: Some(500),
+            })
+        );
+        let plan = a.plan().unwrap();
+        assert_eq!(plan[0].remote, None);
+        let remote = plan[1].remote.as_ref().unwrap();
+        // The URI's query wins over the options.
+        assert_eq!(remote.timing.timeout_ms, Some(5_000));
+        assert_eq!(remote.timing.dead_time_ms, Some(120_000));
+        assert_eq!(remote.timing.backoff_max_ms, Some(500));
+        assert_eq!((remote.host.as_str(), remote.port), ("10.0.0.2", 10809));
+
+        let a = create(&["create", "r1", "--mirror", "nbd://h/x", "/dev/sdb"]);
+        assert!(a.timing().unwrap().is_empty());
+    }
+
+    #[test]
+    fn remote_leg_usage_errors() {
+        let check = |args: &[&str]| parse(args).unwrap().command.validate();
+        assert_eq!(
+            check(&["create", "r1", "--mirror", "/dev/sdb", "--timeout", "5"]),
+            Err("--timeout applies to remote legs (nbd://...), and none is given".into())
+        );
+        assert_eq!(
+            check(&["create", "r1", "--mirror", "/dev/sdb", "--backoff-max", "5"]),
+            Err("--backoff-max applies to remote legs (nbd://...), and none is given".into())
+        );
+        assert_eq!(
+            check(&["create", "r1", "--mirror", "nbd://h/x", "--timeout", "5 s"]),
+            Err("--timeout: invalid duration \"5 s\" (e.g. 30, 30s, 500ms, 2m)".into())
+        );
+        assert_eq!(
+            check(&["create", "r1", "--mirror", "nbd://h/x", "--dead-time", "2d"]),
+            Err("--dead-time: invalid duration \"2d\" (e.g. 30, 30s, 500ms, 2m)".into())
+        );
+        assert_eq!(
+            check(&[
+                "create",
+                "r1",
+                "--mirror",
+                "nbd://h/x",
+                "--dead-time",
+                "50ms"
+            ]),
+            Err("--dead-time: 50ms is out of range (100ms to 24h)".into())
+        );
+        assert_eq!(
+            check(&["create", "r1", "--mirror", "nbd://h/x?tmo=1"]),
+            Err("leg nbd://h/x?tmo=1: unknown parameter tmo \
+                 (known: timeout, dead-time, backoff-max)"
+                .into())
+        );
+        assert_eq!(
+            check(&["create", "r1", "--mirror", "nbd://h/x?timeout=0"]),
+            Err("leg nbd://h/x?timeout=0: timeout: 0 is out of range (100ms to 24h)".into())
+        );
+        let e = check(&["create", "r1", "--mirror", "nbd://[::1/x"]).unwrap_err();
+        assert!(e.starts_with("leg nbd://[::1/x: "), "{e}");
+        assert!(!e.contains('\n'));
+        // Options before the legs, or after: the same.
+        assert_eq!(
+            check(&["create", "r1", "--timeout", "1m", "--mirror", "nbd://h/x"]),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn monitor_command() {
+        let cli = parse(&["monitor"]).unwrap();
+        assert!(matches!(cli.command, Command::Monitor { name: None }));
+        assert!(!cli.json);
+        let cli = parse(&["monitor", "r1", "--json"]).unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.command.context(), "monitor r1");
+        assert!(parse(&["monitor", "a b"])
+            .unwrap()
+            .command
+            .validate()
+            .is_err());
+        assert!(parse(&["monitor", "r1", "r2"]).is_err());
+    }
+
+    #[test]
+    fn help_explains_remote_legs() {
+        let mut cmd = Cli::command();
+        let create = cmd.find_subcommand_mut("create").unwrap();
+        let help = create.render_long_help().to_string();
+        for word in [
+            "nbd://HOST[:PORT][/EXPORT]",
+            "--timeout <T>",
+            "--dead-time <T>",
+            "--backoff-max <T>",
+            "(default 30s)",
+            "(default 60s)",
+            "(default 10s)",
+            "from 100ms to 24h",
+            "reconnecting",
+            "timeout=T",
+            "nbd://10.0.0.2/disk",
+        ] {
+            assert!(help.contains(word), "create help lacks {word}:\n{help}");
+        }
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("nbd://"));
+        assert!(help.contains("monitor"));
+        let mut cmd = Cli::command();
+        let monitor = cmd.find_subcommand_mut("monitor").unwrap();
+        let help = monitor.render_long_help().to_string();
+        for word in ["SIGINT", "--json", "ready", "[NAME]"] {
+            assert!(help.contains(word), "monitor help lacks {word}:\n{help}");
         }
     }
 }

@@ -2,16 +2,17 @@
 
 //! The `dst` family's commands, on top of the netlink transport.
 
-use dst_proto::genl::{cmd, Target, FAMILY_NAME, FAMILY_VERSION};
+use dst_proto::genl::{cmd, Target, FAMILY_NAME, FAMILY_VERSION, MCGRP_EVENTS};
 
-use crate::model::{create_request, name_request, Device};
-use crate::netlink::{Error, Family, GenlSocket};
+use crate::model::{create_request, name_request, Device, LegRequest};
+use crate::netlink::{Error, Family, GenlSocket, McastGroup};
 
 /// A connection to the dst kernel module.
 #[derive(Debug)]
 pub struct Dst {
     sock: GenlSocket,
     family: Family,
+    groups: Vec<McastGroup>,
 }
 
 impl Dst {
@@ -19,12 +20,39 @@ impl Dst {
     /// loaded, this fails with a refusal carrying `ENOENT`.
     pub fn connect() -> Result<Dst, Error> {
         let mut sock = GenlSocket::open()?;
-        let family = sock.resolve(FAMILY_NAME, FAMILY_VERSION)?;
-        Ok(Dst { sock, family })
+        let (family, groups) = sock.lookup(FAMILY_NAME, FAMILY_VERSION)?;
+        Ok(Dst {
+            sock,
+            family,
+            groups,
+        })
+    }
+
+    /// The family, as the kernel registered it.
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    /// The id of the multicast group on which the module reports changes.
+    pub fn events_group(&self) -> Result<u32, Error> {
+        self.groups
+            .iter()
+            .find(|g| g.name == MCGRP_EVENTS)
+            .map(|g| g.id)
+            .ok_or_else(|| {
+                Error::Malformed(format!(
+                    "the {FAMILY_NAME} family has no \"{MCGRP_EVENTS}\" multicast group"
+                ))
+            })
     }
 
     /// Creates a device and returns it as the kernel describes it.
-    pub fn create(&mut self, name: &str, target: Target, legs: &[String]) -> Result<Device, Error> {
+    pub fn create(
+        &mut self,
+        name: &str,
+        target: Target,
+        legs: &[LegRequest],
+    ) -> Result<Device, Error> {
         let attrs = create_request(name, target, legs)?;
         let replies = self.sock.request(self.family, cmd::CREATE, &attrs)?;
         single(&replies)

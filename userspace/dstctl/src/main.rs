@@ -8,11 +8,13 @@
 mod cli;
 mod client;
 mod model;
+mod monitor;
 mod netlink;
 mod output;
+mod remote;
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -29,13 +31,16 @@ enum Failure {
     NotLoaded,
     /// The kernel refused or the transport failed, while doing `.0`.
     Op(String, netlink::Error),
+    /// Something else failed (a host name did not resolve, the module
+    /// went away); the whole line.
+    Failed(String),
 }
 
 impl Failure {
     fn exit_code(&self) -> u8 {
         match self {
             Failure::Usage(_) => 2,
-            Failure::NotLoaded | Failure::Op(..) => 1,
+            Failure::NotLoaded | Failure::Op(..) | Failure::Failed(_) => 1,
         }
     }
 }
@@ -43,7 +48,7 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Failure::Usage(m) => f.write_str(m),
+            Failure::Usage(m) | Failure::Failed(m) => f.write_str(m),
             Failure::NotLoaded => f.write_str(
                 "the dst kernel module is not loaded (try: modprobe dst / insmod dst.ko)",
             ),
@@ -63,9 +68,20 @@ impl fmt::Display for Failure {
 /// Runs the command and returns what to print on stdout.
 fn run(cli: &Cli) -> Result<String, Failure> {
     let context = cli.command.context();
-    cli.command
-        .validate()
-        .map_err(|m| Failure::Usage(format!("{context}: {}", one_line(&m))))?;
+    let usage = |m: String| Failure::Usage(format!("{context}: {}", one_line(&m)));
+    cli.command.validate().map_err(usage)?;
+    // Host names are resolved before the kernel is asked anything; a
+    // name that does not resolve is an operation failure (exit code 1).
+    let legs = match &cli.command {
+        Command::Create(a) => a
+            .plan()
+            .map_err(usage)?
+            .into_iter()
+            .map(|l| l.resolve(remote::resolve))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| Failure::Failed(format!("{context}: {}", one_line(&m))))?,
+        _ => Vec::new(),
+    };
     let op = |e| Failure::Op(context.clone(), e);
 
     let mut dst = Dst::connect().map_err(|e| match e {
@@ -75,7 +91,7 @@ fn run(cli: &Cli) -> Result<String, Failure> {
     let json = cli.json;
     Ok(match &cli.command {
         Command::Create(a) => {
-            let d = dst.create(&a.name, a.target(), &a.legs).map_err(op)?;
+            let d = dst.create(&a.name, a.target(), &legs).map_err(op)?;
             if json {
                 output::json(&d)
             } else {
@@ -99,7 +115,7 @@ fn run(cli: &Cli) -> Result<String, Failure> {
             if json {
                 output::json(&d)
             } else {
-                output::status(std::slice::from_ref(&d))
+                output::status(std::slice::from_ref(&d), tty())
             }
         }
         Command::Status { name: None } => {
@@ -107,10 +123,27 @@ fn run(cli: &Cli) -> Result<String, Failure> {
             if json {
                 output::json(&devices)
             } else {
-                output::status(&devices)
+                output::status(&devices, tty())
             }
         }
+        Command::Monitor { name } => match monitor::run(&mut dst, name.clone(), json) {
+            Ok(()) => String::new(),
+            Err(monitor::Stop::Netlink(e)) => return Err(op(e)),
+            Err(monitor::Stop::Unloaded) => {
+                return Err(Failure::Failed(format!(
+                    "{context}: the dst kernel module was unloaded"
+                )))
+            }
+            Err(monitor::Stop::Output(e)) => {
+                return Err(Failure::Failed(format!("{context}: {e}")))
+            }
+        },
     })
+}
+
+/// Whether stdout is a terminal (which gets progress bars).
+fn tty() -> bool {
+    io::stdout().is_terminal()
 }
 
 fn main() -> ExitCode {
@@ -157,6 +190,23 @@ mod tests {
             assert_eq!(f.exit_code(), 2, "{args:?}");
             assert!(matches!(f, Failure::Usage(_)));
         }
+        // Remote legs are checked before anything is resolved or sent.
+        for args in [
+            &["create", "r1", "--mirror", "nbd://h/x?retries=1"][..],
+            &["create", "r1", "--mirror", "nbds://h/x"],
+            &["create", "r1", "--mirror", "/dev/sdb", "--timeout", "5"],
+            &["create", "r1", "--mirror", "nbd://h/x", "--dead-time", "1y"],
+            &["monitor", "a/b"],
+        ] {
+            let f = run_args(args).unwrap_err();
+            assert_eq!(f.exit_code(), 2, "{args:?}");
+            assert!(!f.to_string().contains('\n'));
+        }
+        let f = run_args(&["create", "r1", "--mirror", "nbds://h/x"]).unwrap_err();
+        assert_eq!(
+            f.to_string(),
+            "create r1: leg nbds://h/x: nbds:// (NBD over TLS) is not supported"
+        );
         let f = run_args(&["create", "a/b", "--mirror", "/dev/ram0"]).unwrap_err();
         assert_eq!(
             f.to_string(),
@@ -196,5 +246,11 @@ mod tests {
         assert!(!f.to_string().contains('\n'));
 
         assert_eq!(Failure::NotLoaded.exit_code(), 1);
+        let f = Failure::Failed("create r1: leg nbd://x/y: cannot resolve x: no address".into());
+        assert_eq!(f.exit_code(), 1);
+        assert_eq!(
+            f.to_string(),
+            "create r1: leg nbd://x/y: cannot resolve x: no address"
+        );
     }
 }

@@ -5,11 +5,12 @@
 use std::fmt;
 use std::marker::PhantomData;
 
-use dst_proto::genl::{dev, leg, DevState, LegState, Target};
+use dst_proto::genl::{dev, leg, DevState, LegKind, LegState, Target};
 use dst_proto::nlattr::{self, Attr, Attrs, Writer};
 use serde::{Serialize, Serializer};
 
 use crate::netlink::Buf;
+use crate::remote::Timing;
 
 /// An enumeration carried on the wire as a `u8`.
 pub trait WireEnum: Copy {
@@ -32,7 +33,7 @@ macro_rules! wire_enum {
     )*};
 }
 
-wire_enum!(Target, DevState, LegState);
+wire_enum!(Target, DevState, LegState, LegKind);
 
 /// A wire value of `T`, which a newer kernel may send before this tool
 /// knows it: shown as its name, or as `unknown(N)`.
@@ -67,6 +68,13 @@ impl<T> PartialEq for Wire<T> {
 }
 
 impl<T> Eq for Wire<T> {}
+
+impl<T: WireEnum> Wire<T> {
+    /// The known value, if it is one.
+    pub fn get(self) -> Option<T> {
+        T::from_u8(self.0)
+    }
+}
 
 impl<T: WireEnum> fmt::Display for Wire<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -115,7 +123,13 @@ pub struct Device {
     pub legs: Vec<Leg>,
 }
 
-/// One leg of a device.
+/// One leg of a device.  Field order is the JSON order.
+///
+/// The keys are always present.  Those that only remote legs have
+/// (`addr` to `backoff_max_ms`, `nbd_flags`, `connects`) are `null` for
+/// local legs, and for remote legs when the kernel did not report them;
+/// `resync_done` and `resync_total` are 0 when no resync runs; `problem`
+/// is `null` when there is none.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct Leg {
     /// Position in the device, from 0.
@@ -140,6 +154,50 @@ pub struct Leg {
     pub write_errors: u64,
     /// Requests in flight.
     pub inflight: u32,
+    /// Local or remote.
+    pub kind: Wire<LegKind>,
+    /// Remote: the server's address, `IP:PORT` or `[IPv6]:PORT`.
+    pub addr: Option<String>,
+    /// Remote: the export name.
+    pub export: Option<String>,
+    /// Remote: request timeout in ms.
+    pub timeout_ms: Option<u32>,
+    /// Remote: dead time in ms.
+    pub dead_time_ms: Option<u32>,
+    /// Remote: longest wait between reconnection attempts, in ms.
+    pub backoff_max_ms: Option<u32>,
+    /// Bytes brought in sync by the running resync.
+    pub resync_done: u64,
+    /// Bytes the running resync has to bring in sync; 0 if none runs.
+    pub resync_total: u64,
+    /// Remote: the server's NBD transmission flags.
+    pub nbd_flags: Option<u32>,
+    /// Remote: successful connections so far.
+    pub connects: Option<u32>,
+    /// The last problem seen on the leg.
+    pub problem: Option<String>,
+}
+
+impl Leg {
+    /// Whether the leg is a remote (NBD) one.
+    pub fn is_remote(&self) -> bool {
+        self.kind.get() == Some(LegKind::Remote)
+    }
+
+    /// Whether a resync of the leg is running.
+    pub fn resyncing(&self) -> bool {
+        self.resync_total > 0 || self.state.get() == Some(LegState::Resyncing)
+    }
+
+    /// Percentage of the running resync done, rounded down.
+    pub fn resync_percent(&self) -> u8 {
+        if self.resync_total == 0 {
+            return 0;
+        }
+        let pct = u128::from(self.resync_done.min(self.resync_total)) * 100
+            / u128::from(self.resync_total);
+        pct as u8
+    }
 }
 
 fn string(a: &Attr<'_>) -> Result<String, nlattr::Error> {
@@ -195,27 +253,90 @@ impl Leg {
                 leg::READ_ERRORS => l.read_errors = a.u64()?,
                 leg::WRITE_ERRORS => l.write_errors = a.u64()?,
                 leg::INFLIGHT => l.inflight = a.u32()?,
+                leg::KIND => l.kind = Wire::new(a.u8()?),
+                leg::ADDR => l.addr = Some(string(&a)?),
+                leg::EXPORT => l.export = Some(string(&a)?),
+                leg::TIMEOUT_MS => l.timeout_ms = Some(a.u32()?),
+                leg::DEAD_TIME_MS => l.dead_time_ms = Some(a.u32()?),
+                leg::BACKOFF_MAX_MS => l.backoff_max_ms = Some(a.u32()?),
+                leg::RESYNC_DONE => l.resync_done = a.u64()?,
+                leg::RESYNC_TOTAL => l.resync_total = a.u64()?,
+                leg::NBD_FLAGS => l.nbd_flags = Some(a.u32()?),
+                leg::CONNECTS => l.connects = Some(a.u32()?),
+                leg::PROBLEM => l.problem = Some(string(&a)?).filter(|p| !p.is_empty()),
                 _ => {}
             }
+        }
+        if l.kind == Wire::default() {
+            // A kernel that predates remote legs.
+            let kind = if l.addr.is_some() {
+                LegKind::Remote
+            } else {
+                LegKind::Local
+            };
+            l.kind = Wire::new(kind as u8);
+        }
+        if l.kind.get() == Some(LegKind::Local) {
+            l.addr = None;
+            l.export = None;
+            l.timeout_ms = None;
+            l.dead_time_ms = None;
+            l.backoff_max_ms = None;
+            l.nbd_flags = None;
+            l.connects = None;
         }
         Ok(l)
     }
 }
 
+/// One leg of a `CREATE` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegRequest {
+    /// The leg exactly as typed.
+    pub spec: String,
+    /// For a remote leg, where and how to connect.
+    pub remote: Option<RemoteRequest>,
+}
+
+/// What a `CREATE` request says of a remote leg.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteRequest {
+    /// The resolved address, `IP:PORT` or `[IPv6]:PORT`.
+    pub addr: String,
+    /// The export name (may be empty).
+    pub export: String,
+    /// Timing; what is unset is left to the kernel's defaults.
+    pub timing: Timing,
+}
+
 /// Attributes of a `CREATE` request: name, target, then one nest per leg,
-/// in the order given.
+/// in the order given.  A remote leg's nest adds `ADDR`, `EXPORT` and the
+/// timing that is set.
 pub fn create_request(
     name: &str,
     target: Target,
-    legs: &[String],
+    legs: &[LegRequest],
 ) -> Result<Vec<u8>, nlattr::Error> {
     let mut b = Buf::default();
     let mut w = Writer::new(&mut b);
     w.put_str(dev::NAME, name)?;
     w.put_u8(dev::TARGET, target as u8)?;
-    for spec in legs {
+    for l in legs {
         let nest = w.begin_nest(dev::LEG)?;
-        w.put_str(leg::SPEC, spec)?;
+        w.put_str(leg::SPEC, &l.spec)?;
+        if let Some(r) = &l.remote {
+            w.put_str(leg::ADDR, &r.addr)?;
+            w.put_str(leg::EXPORT, &r.export)?;
+            for (id, v) in [
+                (leg::TIMEOUT_MS, r.timing.timeout_ms),
+                (leg::DEAD_TIME_MS, r.timing.dead_time_ms),
+                (leg::BACKOFF_MAX_MS, r.timing.backoff_max_ms),
+            ] {
+                if let Some(v) = v {
+                    w.put_u32(id, v)?;
+                }
+            }
+        }
         w.end_nest(nest)?;
     }
     Ok(b.0)
@@ -234,9 +355,16 @@ mod tests {
     use dst_proto::nlattr::NLA_F_NESTED;
     use serde_json::json;
 
+    fn local(spec: &str) -> LegRequest {
+        LegRequest {
+            spec: spec.into(),
+            remote: None,
+        }
+    }
+
     #[test]
     fn create_request_keeps_leg_order() {
-        let legs = ["/dev/ram1", "/dev/ram0", "/dev/ram1"].map(String::from);
+        let legs = ["/dev/ram1", "/dev/ram0", "/dev/ram1"].map(local);
         let bytes = create_request("r1", Target::Mirror, &legs).unwrap();
         let attrs: Vec<Attr<'_>> = Attrs::new(&bytes).map(Result::unwrap).collect();
         let kinds: Vec<u16> = attrs.iter().map(|a| a.kind).collect();
@@ -256,7 +384,7 @@ mod tests {
             })
             .collect();
         // Duplicates pass through: refusing them is the kernel's job.
-        assert_eq!(specs, legs);
+        assert_eq!(specs, ["/dev/ram1", "/dev/ram0", "/dev/ram1"]);
 
         // The nests carry NLA_F_NESTED on the wire.
         let first_leg = 8 + 8; // NAME "r1" (4 + 3 -> 8), TARGET (4 + 1 -> 8)
@@ -339,7 +467,10 @@ mod tests {
         let leg0 = json!({
             "index": 0, "spec": "/dev/ram0", "disk": "ram0", "size": 67108864,
             "offset": 0, "state": "in-sync", "reads": 10, "writes": 20,
-            "read_errors": 0, "write_errors": 0, "inflight": 3
+            "read_errors": 0, "write_errors": 0, "inflight": 3,
+            "kind": "local", "addr": null, "export": null, "timeout_ms": null,
+            "dead_time_ms": null, "backoff_max_ms": null, "resync_done": 0,
+            "resync_total": 0, "nbd_flags": null, "connects": null, "problem": null
         });
         assert_eq!(
             v,
@@ -382,5 +513,199 @@ mod tests {
         // Truncated.
         let reply = sample_reply();
         assert!(Device::decode(&reply[..reply.len() - 2]).is_err());
+    }
+
+    /// The attributes of each leg nest of a request.
+    fn leg_nests(bytes: &[u8]) -> Vec<Vec<(u16, Vec<u8>)>> {
+        Attrs::new(bytes)
+            .map(Result::unwrap)
+            .filter(|a| a.kind == dev::LEG)
+            .map(|a| {
+                a.nested()
+                    .map(Result::unwrap)
+                    .map(|a| (a.kind, a.payload.to_vec()))
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn s(text: &str) -> Vec<u8> {
+        let mut v = text.as_bytes().to_vec();
+        v.push(0);
+        v
+    }
+
+    #[test]
+    fn remote_legs_encoding() {
+        use crate::remote::{self, LegPlan};
+
+        let cli = Timing {
+            timeout_ms: None,
+            dead_time_ms: Some(120_000),
+            backoff_max_ms: None,
+        };
+        let legs: Vec<LegRequest> = [
+            "/dev/sdb",
+            "nbd://192.0.2.7:10900/disk?timeout=5s",
+            "nbd://[2001:db8::1]",
+        ]
+        .iter()
+        .map(|spec| {
+            LegPlan::parse(spec, cli)
+                .unwrap()
+                .resolve(remote::resolve)
+                .unwrap()
+        })
+        .collect();
+        let bytes = create_request("r1", Target::Mirror, &legs).unwrap();
+        let nests = leg_nests(&bytes);
+        assert_eq!(nests[0], [(leg::SPEC, s("/dev/sdb"))]);
+        assert_eq!(
+            nests[1],
+            [
+                (leg::SPEC, s("nbd://192.0.2.7:10900/disk?timeout=5s")),
+                (leg::ADDR, s("192.0.2.7:10900")),
+                (leg::EXPORT, s("disk")),
+                (leg::TIMEOUT_MS, 5_000u32.to_ne_bytes().to_vec()),
+                (leg::DEAD_TIME_MS, 120_000u32.to_ne_bytes().to_vec()),
+            ]
+        );
+        assert_eq!(
+            nests[2],
+            [
+                (leg::SPEC, s("nbd://[2001:db8::1]")),
+                (leg::ADDR, s("[2001:db8::1]:10809")),
+                (leg::EXPORT, s("")),
+                (leg::DEAD_TIME_MS, 120_000u32.to_ne_bytes().to_vec()),
+            ]
+        );
+        // Everything sent is in the policy the kernel builds.
+        for nest in &nests {
+            for (id, _) in nest {
+                assert!(
+                    dst_proto::genl::LEG_REQUEST.iter().any(|a| a.id == *id),
+                    "{id}"
+                );
+            }
+        }
+    }
+
+    /// A remote leg with every attribute, and some from a newer kernel.
+    fn remote_reply() -> Vec<u8> {
+        let mut b = Buf::default();
+        let mut w = Writer::new(&mut b);
+        w.put_str(dev::NAME, "r2").unwrap();
+        w.put_u8(dev::TARGET, 2).unwrap();
+        w.put_u32(dev::INDEX, 3).unwrap();
+        w.put_str(dev::DISK, "dst3").unwrap();
+        w.put_u8(dev::STATE, 2).unwrap();
+        w.put_u8(dev::EVENT, 3).unwrap();
+        let n = w.begin_nest(dev::LEG).unwrap();
+        w.put_u32(leg::INDEX, 1).unwrap();
+        w.put_str(leg::SPEC, "nbd://store/disk").unwrap();
+        w.put_u8(leg::KIND, 2).unwrap();
+        w.put_u8(leg::STATE, 5).unwrap();
+        w.put_str(leg::ADDR, "10.0.0.2:10809").unwrap();
+        w.put_str(leg::EXPORT, "disk").unwrap();
+        w.put_u32(leg::TIMEOUT_MS, 30_000).unwrap();
+        w.put_u32(leg::DEAD_TIME_MS, 60_000).unwrap();
+        w.put_u32(leg::BACKOFF_MAX_MS, 10_000).unwrap();
+        w.put_u64(leg::RESYNC_DONE, 42 << 20).unwrap();
+        w.put_u64(leg::RESYNC_TOTAL, 100 << 20).unwrap();
+        w.put_u32(leg::NBD_FLAGS, 0x1ed).unwrap();
+        w.put_u32(leg::CONNECTS, 2).unwrap();
+        w.put_str(leg::PROBLEM, "connection reset by peer").unwrap();
+        w.put_u64(leg::MAX + 1, 1).unwrap();
+        w.put_str(leg::MAX + 7, "future").unwrap();
+        w.end_nest(n).unwrap();
+        w.put_u32(dev::MAX + 1, 5).unwrap();
+        b.0
+    }
+
+    #[test]
+    fn decode_remote_leg() {
+        let d = Device::decode(&remote_reply()).unwrap();
+        assert_eq!((d.name.as_str(), d.path.as_str()), ("r2", "/dev/dst3"));
+        let l = &d.legs[0];
+        assert!(l.is_remote());
+        assert!(l.resyncing());
+        assert_eq!(l.resync_percent(), 42);
+        assert_eq!(l.state.to_string(), "resyncing");
+        assert_eq!(
+            v(l),
+            json!({
+                "index": 1, "spec": "nbd://store/disk", "disk": "", "size": 0,
+                "offset": 0, "state": "resyncing", "reads": 0, "writes": 0,
+                "read_errors": 0, "write_errors": 0, "inflight": 0,
+                "kind": "remote", "addr": "10.0.0.2:10809", "export": "disk",
+                "timeout_ms": 30000, "dead_time_ms": 60000, "backoff_max_ms": 10000,
+                "resync_done": 44040192, "resync_total": 104857600,
+                "nbd_flags": 493, "connects": 2, "problem": "connection reset by peer"
+            })
+        );
+    }
+
+    fn v<T: Serialize>(x: &T) -> serde_json::Value {
+        serde_json::to_value(x).unwrap()
+    }
+
+    #[test]
+    fn decode_leg_kinds() {
+        let decode_leg = |build: &dyn Fn(&mut Writer<'_, Buf>)| {
+            let mut b = Buf::default();
+            let mut w = Writer::new(&mut b);
+            w.put_str(dev::NAME, "x").unwrap();
+            let n = w.begin_nest(dev::LEG).unwrap();
+            build(&mut w);
+            w.end_nest(n).unwrap();
+            Device::decode(&b.0).unwrap().legs.remove(0)
+        };
+        // No KIND (an older kernel): local, unless it has an address.
+        let l = decode_leg(&|w| w.put_str(leg::SPEC, "/dev/sdb").unwrap());
+        assert_eq!(l.kind.to_string(), "local");
+        let l = decode_leg(&|w| w.put_str(leg::ADDR, "[::1]:1").unwrap());
+        assert_eq!(l.kind.to_string(), "remote");
+        // Remote-only values are dropped from local legs; an empty problem
+        // is none.
+        let l = decode_leg(&|w| {
+            w.put_u8(leg::KIND, 1).unwrap();
+            w.put_u32(leg::CONNECTS, 1).unwrap();
+            w.put_str(leg::PROBLEM, "").unwrap();
+        });
+        assert_eq!((l.connects, l.problem), (None, None));
+        // An unknown kind keeps what it has.
+        let l = decode_leg(&|w| {
+            w.put_u8(leg::KIND, 7).unwrap();
+            w.put_u32(leg::CONNECTS, 1).unwrap();
+        });
+        assert_eq!(l.kind.to_string(), "unknown(7)");
+        assert_eq!(l.connects, Some(1));
+        assert!(!l.is_remote());
+        // A new attribute with a wrong size is refused like an old one.
+        let mut b = Buf::default();
+        let mut w = Writer::new(&mut b);
+        w.put_str(dev::NAME, "x").unwrap();
+        let n = w.begin_nest(dev::LEG).unwrap();
+        w.put_u8(leg::RESYNC_TOTAL, 1).unwrap();
+        w.end_nest(n).unwrap();
+        assert_eq!(
+            Device::decode(&b.0).unwrap_err(),
+            nlattr::Error::BadValue(leg::RESYNC_TOTAL)
+        );
+    }
+
+    #[test]
+    fn resync_percent_is_bounded() {
+        let mut l = Leg {
+            resync_done: u64::MAX,
+            resync_total: u64::MAX,
+            ..Leg::default()
+        };
+        assert_eq!(l.resync_percent(), 100);
+        l.resync_done = u64::MAX / 2;
+        assert_eq!(l.resync_percent(), 49);
+        l.resync_total = 0;
+        assert_eq!(l.resync_percent(), 0);
+        assert!(!l.resyncing());
     }
 }

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Generic netlink transport: the socket, family lookup, one request and its
-//! replies, and the kernel's (extended) acknowledgements.
+//! replies, the kernel's (extended) acknowledgements, and multicast
+//! notifications.
 //!
 //! Messages are framed by hand: a 16-byte `nlmsghdr`, a 4-byte `genlmsghdr`,
 //! then attributes encoded with [`dst_proto::nlattr`].  The socket itself
@@ -9,6 +10,7 @@
 
 use std::fmt;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use dst_proto::nlattr::{self, nla_align, Attrs, Sink, Writer};
 use netlink_sys::{protocols::NETLINK_GENERIC, Socket, SocketAddr};
@@ -38,11 +40,20 @@ const NLMSGERR_ATTR_MSG: u16 = 1;
 const NLMSGERR_ATTR_MISS_TYPE: u16 = 5;
 
 // The generic netlink controller (linux/genetlink.h).
-const GENL_ID_CTRL: u16 = 0x10;
+/// The controller's family id, fixed.
+pub const GENL_ID_CTRL: u16 = 0x10;
 const CTRL_VERSION: u8 = 1;
+/// Controller notification: a family was unregistered.
+pub const CTRL_CMD_DELFAMILY: u8 = 2;
 const CTRL_CMD_GETFAMILY: u8 = 3;
 const CTRL_ATTR_FAMILY_ID: u16 = 1;
-const CTRL_ATTR_FAMILY_NAME: u16 = 2;
+/// Controller attribute: a family's name (string).
+pub const CTRL_ATTR_FAMILY_NAME: u16 = 2;
+const CTRL_ATTR_MCAST_GROUPS: u16 = 7;
+const CTRL_ATTR_MCAST_GRP_NAME: u16 = 1;
+const CTRL_ATTR_MCAST_GRP_ID: u16 = 2;
+/// The controller's multicast group, on which it announces families.
+pub const CTRL_MCGRP_NOTIFY: &str = "notify";
 
 /// Initial receive buffer; grown when a datagram is larger.
 const RECV_BUF: usize = 64 * 1024;
@@ -138,6 +149,81 @@ pub struct Family {
     pub version: u8,
 }
 
+/// A multicast group of a family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McastGroup {
+    /// The name the family gave it.
+    pub name: String,
+    /// The id to join (`NETLINK_ADD_MEMBERSHIP`).
+    pub id: u32,
+}
+
+/// The multicast groups listed in the controller's description of a
+/// family (`CTRL_ATTR_MCAST_GROUPS`: a nest of nests, each with a name and
+/// an id).  A group without both is skipped.
+pub fn mcast_groups(attrs: &[u8]) -> Result<Vec<McastGroup>, Error> {
+    let mut groups = Vec::new();
+    let Some(list) = Attrs::new(attrs).find(CTRL_ATTR_MCAST_GROUPS)? else {
+        return Ok(groups);
+    };
+    for entry in list.nested() {
+        let (mut name, mut id) = (None, None);
+        for a in entry?.nested() {
+            let a = a?;
+            match a.kind {
+                CTRL_ATTR_MCAST_GRP_NAME => name = Some(a.str()?.to_owned()),
+                CTRL_ATTR_MCAST_GRP_ID => id = Some(a.u32()?),
+                _ => {}
+            }
+        }
+        if let (Some(name), Some(id)) = (name, id) {
+            groups.push(McastGroup { name, id });
+        }
+    }
+    Ok(groups)
+}
+
+/// A message the kernel sent on its own: a multicast notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    /// The family (message type).
+    pub family: u16,
+    /// The generic netlink command.
+    pub cmd: u8,
+    /// The attributes.
+    pub attrs: Vec<u8>,
+}
+
+/// The generic netlink messages of a datagram received on a socket that
+/// joined multicast groups.  Netlink control messages are skipped.
+pub fn notifications(mut datagram: &[u8]) -> Result<Vec<Notification>, Error> {
+    let mut out = Vec::new();
+    while !datagram.is_empty() {
+        let len = ne_u32(datagram, 0)? as usize;
+        if len < NLMSG_HDRLEN || len > datagram.len() {
+            return Err(Error::Malformed("truncated message".into()));
+        }
+        let kind = ne_u16(datagram, 4)?;
+        let payload = &datagram[NLMSG_HDRLEN..len];
+        datagram = datagram.get(nla_align(len)..).unwrap_or(&[]);
+        if kind < 0x10 {
+            continue; // NLMSG_NOOP, NLMSG_DONE and the like
+        }
+        let cmd = *payload
+            .first()
+            .ok_or_else(|| Error::Malformed("message without genl header".into()))?;
+        let attrs = payload
+            .get(GENL_HDRLEN..)
+            .ok_or_else(|| Error::Malformed("message without genl header".into()))?;
+        out.push(Notification {
+            family: kind,
+            cmd,
+            attrs: attrs.to_vec(),
+        });
+    }
+    Ok(out)
+}
+
 /// A generic netlink socket talking to the kernel.
 #[derive(Debug)]
 pub struct GenlSocket {
@@ -163,9 +249,9 @@ impl GenlSocket {
         })
     }
 
-    /// Looks up a family by name.  A family that is not registered is
-    /// reported as a refusal with `ENOENT`.
-    pub fn resolve(&mut self, name: &str, version: u8) -> Result<Family, Error> {
+    /// Looks up a family by name, with its multicast groups.  A family
+    /// that is not registered is reported as a refusal with `ENOENT`.
+    pub fn lookup(&mut self, name: &str, version: u8) -> Result<(Family, Vec<McastGroup>), Error> {
         let mut attrs = Buf::default();
         Writer::new(&mut attrs).put_str(CTRL_ATTR_FAMILY_NAME, name)?;
         let ctrl = Family {
@@ -174,15 +260,37 @@ impl GenlSocket {
         };
         for reply in self.request(ctrl, CTRL_CMD_GETFAMILY, &attrs.0)? {
             if let Some(a) = Attrs::new(&reply).find(CTRL_ATTR_FAMILY_ID)? {
-                return Ok(Family {
+                let family = Family {
                     id: a.u16()?,
                     version,
-                });
+                };
+                return Ok((family, mcast_groups(&reply)?));
             }
         }
         Err(Error::Malformed(
             "no family id in the controller's reply".into(),
         ))
+    }
+
+    /// Joins a multicast group: its notifications are then received with
+    /// [`GenlSocket::notifications`].
+    pub fn join(&mut self, group: u32) -> Result<(), Error> {
+        self.sock.add_membership(group)?;
+        Ok(())
+    }
+
+    /// Sets the size of the receive buffer, for bursts of notifications
+    /// (best effort: the kernel caps it).
+    pub fn set_recv_buffer(&mut self, bytes: usize) {
+        let _ = self.sock.set_rx_buf_sz(bytes);
+    }
+
+    /// Receives one datagram (blocking) and returns the notifications it
+    /// holds.  Fails with `ENOBUFS` if the kernel had to drop some because
+    /// the socket's buffer was full.
+    pub fn notifications(&mut self) -> Result<Vec<Notification>, Error> {
+        let n = self.recv()?;
+        notifications(&self.buf[..n])
     }
 
     /// Sends one request and returns the attributes of each reply message,
@@ -234,6 +342,12 @@ impl GenlSocket {
             self.buf.resize(len, 0);
         }
         Ok(retry(|| self.sock.recv(&mut &mut self.buf[..], 0))?)
+    }
+}
+
+impl AsFd for GenlSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
     }
 }
 
@@ -697,10 +811,13 @@ mod tests {
             eprintln!("no generic netlink socket here; skipped");
             return;
         };
-        let ctrl = s.resolve("nlctrl", CTRL_VERSION).unwrap();
+        let (ctrl, groups) = s.lookup("nlctrl", CTRL_VERSION).unwrap();
         assert_eq!(ctrl.id, GENL_ID_CTRL);
+        // The controller's own group, which every kernel has.
+        let notify = groups.iter().find(|g| g.name == CTRL_MCGRP_NOTIFY);
+        assert_eq!(notify.map(|g| g.id), Some(u32::from(GENL_ID_CTRL)));
 
-        match s.resolve("dst-no-such", 1) {
+        match s.lookup("dst-no-such", 1) {
             Err(Error::Refused(r)) => assert_eq!(r.errno, libc::ENOENT),
             other => panic!("unexpected {other:?}"),
         }
@@ -714,13 +831,111 @@ mod tests {
 
         // Longer than GENL_NAMSIZ: refused by the policy, with a message on
         // kernels that have extended acks.
-        match s.resolve(&"x".repeat(40), 1) {
+        match s.lookup(&"x".repeat(40), 1) {
             Err(Error::Refused(r)) => {
                 assert_eq!(r.errno, libc::EINVAL);
                 eprintln!("extack: {:?}", r.message);
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    /// A controller reply for a family, as the kernel builds it: id, name,
+    /// version and the like, then the groups (nests numbered from 1).
+    fn ctrl_reply(groups: &[(&str, u32)]) -> Vec<u8> {
+        let mut b = Buf::default();
+        let mut w = Writer::new(&mut b);
+        w.put_str(CTRL_ATTR_FAMILY_NAME, "dst").unwrap();
+        w.put_bytes(CTRL_ATTR_FAMILY_ID, &0x1du16.to_ne_bytes())
+            .unwrap();
+        w.put_u32(3, 1).unwrap(); // CTRL_ATTR_VERSION
+        let ops = w.begin_nest(6).unwrap(); // CTRL_ATTR_OPS: skipped
+        let op = w.begin_nest(1).unwrap();
+        w.put_u32(1, 1).unwrap();
+        w.end_nest(op).unwrap();
+        w.end_nest(ops).unwrap();
+        let list = w.begin_nest(CTRL_ATTR_MCAST_GROUPS).unwrap();
+        for (i, (name, id)) in groups.iter().enumerate() {
+            let g = w.begin_nest(i as u16 + 1).unwrap();
+            w.put_u32(CTRL_ATTR_MCAST_GRP_ID, *id).unwrap();
+            w.put_str(CTRL_ATTR_MCAST_GRP_NAME, name).unwrap();
+            w.put_u32(99, 0).unwrap(); // unknown: skipped
+            w.end_nest(g).unwrap();
+        }
+        w.end_nest(list).unwrap();
+        b.0
+    }
+
+    #[test]
+    fn mcast_group_extraction() {
+        let reply = ctrl_reply(&[("config", 7), ("events", 0x2c)]);
+        let groups = mcast_groups(&reply).unwrap();
+        assert_eq!(
+            groups,
+            [
+                McastGroup {
+                    name: "config".into(),
+                    id: 7
+                },
+                McastGroup {
+                    name: "events".into(),
+                    id: 0x2c
+                }
+            ]
+        );
+        let id = Attrs::new(&reply)
+            .find(CTRL_ATTR_FAMILY_ID)
+            .unwrap()
+            .unwrap();
+        assert_eq!(id.u16().unwrap(), 0x1d);
+
+        // No groups at all, or a group missing its id.
+        assert_eq!(mcast_groups(&ctrl_reply(&[])).unwrap(), []);
+        let mut b = Buf::default();
+        let mut w = Writer::new(&mut b);
+        let list = w.begin_nest(CTRL_ATTR_MCAST_GROUPS).unwrap();
+        let g = w.begin_nest(1).unwrap();
+        w.put_str(CTRL_ATTR_MCAST_GRP_NAME, "events").unwrap();
+        w.end_nest(g).unwrap();
+        w.end_nest(list).unwrap();
+        assert_eq!(mcast_groups(&b.0).unwrap(), []);
+
+        // A reply cut short is an error, not an empty list.
+        let reply = ctrl_reply(&[("events", 3)]);
+        assert!(mcast_groups(&reply[..reply.len() - 4]).is_err());
+    }
+
+    #[test]
+    fn notification_datagrams() {
+        let mut dgram = Vec::new();
+        let mut payload = vec![4, 1, 0, 0];
+        let mut b = Buf::default();
+        Writer::new(&mut b).put_str(1, "r1").unwrap();
+        payload.extend_from_slice(&b.0);
+        push_msg(&mut dgram, FAMILY, 0, 0, &payload);
+        push_msg(&mut dgram, NLMSG_NOOP, 0, 0, &[]);
+        push_msg(
+            &mut dgram,
+            GENL_ID_CTRL,
+            0,
+            0,
+            &[CTRL_CMD_DELFAMILY, 2, 0, 0],
+        );
+        let n = notifications(&dgram).unwrap();
+        assert_eq!(n.len(), 2);
+        assert_eq!((n[0].family, n[0].cmd), (FAMILY, 4));
+        assert_eq!(
+            Attrs::new(&n[0].attrs).find(1).unwrap().unwrap().str(),
+            Ok("r1")
+        );
+        assert_eq!((n[1].family, n[1].cmd), (GENL_ID_CTRL, CTRL_CMD_DELFAMILY));
+        assert!(n[1].attrs.is_empty());
+
+        let mut short = Vec::new();
+        push_msg(&mut short, FAMILY, 0, 0, &[4, 1]);
+        assert!(notifications(&short).is_err());
+        dgram.truncate(dgram.len() - 1);
+        assert!(notifications(&dgram).is_err());
     }
 
     #[test]

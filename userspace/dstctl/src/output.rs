@@ -4,7 +4,9 @@
 
 use serde::Serialize;
 
-use crate::model::Device;
+use crate::cli::one_line;
+use crate::model::{Device, Leg};
+use crate::remote::format_ms;
 
 /// A size in bytes in base-1024 units with one decimal, like `lsblk`:
 /// `512B`, `64.0M`, `1.5G`.
@@ -26,6 +28,14 @@ pub fn human_size(bytes: u64) -> String {
 /// Aligns `rows` (the first is the header) in columns separated by two
 /// spaces, each line prefixed by `indent`.  Empty cells show as `-`.
 fn table(rows: &[Vec<String>], indent: &str) -> String {
+    table_lines(rows, indent)
+        .into_iter()
+        .map(|l| l + "\n")
+        .collect()
+}
+
+/// The lines of [`table`], without their newlines.
+fn table_lines(rows: &[Vec<String>], indent: &str) -> Vec<String> {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let mut widths = vec![0; cols];
     for row in rows {
@@ -33,7 +43,7 @@ fn table(rows: &[Vec<String>], indent: &str) -> String {
             *w = (*w).max(cell.chars().count().max(1));
         }
     }
-    let mut out = String::new();
+    let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let mut line = String::from(indent);
         for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
@@ -43,10 +53,19 @@ fn table(rows: &[Vec<String>], indent: &str) -> String {
             let cell = if cell.is_empty() { "-" } else { cell.as_str() };
             line.push_str(&format!("{cell:<w$}"));
         }
-        out.push_str(line.trim_end());
-        out.push('\n');
+        out.push(line.trim_end().to_owned());
     }
     out
+}
+
+/// A leg's state, with the progress of a running resync: `in-sync`,
+/// `resyncing 42%`.
+pub fn leg_state(l: &Leg) -> String {
+    if l.resync_total > 0 {
+        format!("{} {}%", l.state, l.resync_percent())
+    } else {
+        l.state.to_string()
+    }
 }
 
 /// The legs of a device in one cell: specs in order, a leg that is not in
@@ -55,7 +74,7 @@ fn legs_cell(d: &Device) -> String {
     let legs: Vec<String> = d
         .legs
         .iter()
-        .map(|l| match l.state.to_string().as_str() {
+        .map(|l| match leg_state(l).as_str() {
             "in-sync" => l.spec.clone(),
             state => format!("{}({state})", l.spec),
         })
@@ -82,13 +101,17 @@ pub fn list(devices: &[Device]) -> String {
 }
 
 /// `dstctl status`: per device a summary line and a table of its legs;
-/// devices separated by a blank line.
-pub fn status(devices: &[Device]) -> String {
-    let blocks: Vec<String> = devices.iter().map(status_block).collect();
+/// devices separated by a blank line.  `tty`: the output is a terminal,
+/// which gets progress bars.
+pub fn status(devices: &[Device], tty: bool) -> String {
+    let blocks: Vec<String> = devices.iter().map(|d| status_block(d, tty)).collect();
     blocks.join("\n")
 }
 
-fn status_block(d: &Device) -> String {
+/// Where the lines under a leg start: below its SPEC cell.
+const UNDER_LEG: &str = "       ";
+
+fn status_block(d: &Device, tty: bool) -> String {
     let mut out = format!(
         "{}: {} {} {} {} openers {} block-size {}\n",
         d.name,
@@ -99,28 +122,102 @@ fn status_block(d: &Device) -> String {
         d.openers,
         d.block_size
     );
-    let header = [
+    // Devices with only local legs look as they always did.
+    let remote = d.legs.iter().any(Leg::is_remote);
+    let mut header = vec![
         "LEG", "SPEC", "DISK", "SIZE", "OFFSET", "STATE", "READS", "WRITES", "RERR", "WERR",
         "INFLIGHT",
     ];
-    let mut rows = vec![header.map(String::from).to_vec()];
+    if remote {
+        header.push("CONN");
+    }
+    let mut rows = vec![header.into_iter().map(String::from).collect()];
     rows.extend(d.legs.iter().map(|l| {
-        vec![
+        let mut row = vec![
             l.index.to_string(),
             l.spec.clone(),
             l.disk.clone(),
             human_size(l.size),
             human_size(l.offset),
-            l.state.to_string(),
+            leg_state(l),
             l.reads.to_string(),
             l.writes.to_string(),
             l.read_errors.to_string(),
             l.write_errors.to_string(),
             l.inflight.to_string(),
-        ]
+        ];
+        if remote {
+            row.push(l.connects.map(|c| c.to_string()).unwrap_or_default());
+        }
+        row
     }));
-    out.push_str(&table(&rows, "  "));
+    let mut lines = table_lines(&rows, "  ").into_iter();
+    if let Some(line) = lines.next() {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    for (l, line) in d.legs.iter().zip(lines) {
+        out.push_str(&line);
+        out.push('\n');
+        for extra in leg_details(l, tty) {
+            out.push_str(UNDER_LEG);
+            out.push_str(&extra);
+            out.push('\n');
+        }
+    }
     out
+}
+
+/// The lines shown under a leg: a remote leg's peer, its problem, and on
+/// a terminal the progress of its resync.
+fn leg_details(l: &Leg, tty: bool) -> Vec<String> {
+    let mut lines = Vec::new();
+    if l.is_remote() {
+        let mut parts = Vec::new();
+        if let Some(addr) = &l.addr {
+            parts.push(format!("peer {}", one_line(addr)));
+        }
+        match l.export.as_deref() {
+            Some("") => parts.push("export (default)".into()),
+            Some(e) => parts.push(format!("export {}", one_line(e))),
+            None => {}
+        }
+        for (name, ms) in [
+            ("timeout", l.timeout_ms),
+            ("dead-time", l.dead_time_ms),
+            ("backoff-max", l.backoff_max_ms),
+        ] {
+            if let Some(ms) = ms {
+                parts.push(format!("{name} {}", format_ms(ms)));
+            }
+        }
+        if !parts.is_empty() {
+            lines.push(parts.join("  "));
+        }
+    }
+    if let Some(p) = &l.problem {
+        lines.push(format!("problem: {}", one_line(p)));
+    }
+    if tty && l.resync_total > 0 {
+        lines.push(progress_bar(l));
+    }
+    lines
+}
+
+/// Width of a progress bar, between its brackets.
+const BAR: usize = 30;
+
+/// `[#########.....................]  30%  19.2M of 64.0M`
+fn progress_bar(l: &Leg) -> String {
+    let pct = l.resync_percent();
+    let filled = usize::from(pct) * BAR / 100;
+    format!(
+        "[{}{}] {pct:>3}%  {} of {}",
+        "#".repeat(filled),
+        ".".repeat(BAR - filled),
+        human_size(l.resync_done.min(l.resync_total)),
+        human_size(l.resync_total)
+    )
 }
 
 /// Pretty-printed JSON with a final newline.
@@ -195,13 +292,13 @@ mod tests {
     #[test]
     fn status_block() {
         assert_eq!(
-            status(&[device()]),
+            status(&[device()], true),
             "r1: /dev/dst0 mirror 64.0M degraded openers 1 block-size 512\n  \
              LEG  SPEC       DISK  SIZE   OFFSET  STATE    READS  WRITES  RERR  WERR  INFLIGHT\n  \
              0    /dev/ram0  ram0  64.0M  0B      in-sync  12345  0       0     0     0\n  \
              1    /dev/ram1  ram1  64.0M  0B      faulty   12345  0       0     0     0\n"
         );
-        let two = status(&[device(), device()]);
+        let two = status(&[device(), device()], false);
         assert!(two.contains("0\n\nr1: "));
     }
 
@@ -210,5 +307,101 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&json(&[device()])).unwrap();
         assert_eq!(v[0]["legs"][1]["state"], "faulty");
         assert_eq!(json(&Vec::<Device>::new()), "[]\n");
+    }
+
+    /// A mirror of a local leg and a remote one being resynced.
+    fn remote_device() -> Device {
+        let mut d = device();
+        d.legs[1] = Leg {
+            index: 1,
+            spec: "nbd://store/disk".into(),
+            size: 64 << 20,
+            state: Wire::new(5),
+            reads: 7,
+            writes: 9,
+            kind: Wire::new(2),
+            addr: Some("10.0.0.2:10809".into()),
+            export: Some("disk".into()),
+            timeout_ms: Some(30_000),
+            dead_time_ms: Some(60_000),
+            backoff_max_ms: Some(10_000),
+            resync_done: 27 << 20,
+            resync_total: 64 << 20,
+            nbd_flags: Some(0x1ed),
+            connects: Some(2),
+            problem: Some("connection reset by peer".into()),
+            ..Leg::default()
+        };
+        d.legs[0].kind = Wire::new(1);
+        d
+    }
+
+    #[test]
+    fn status_remote_leg() {
+        assert_eq!(
+            status(&[remote_device()], false),
+            "r1: /dev/dst0 mirror 64.0M degraded openers 1 block-size 512\n  \
+             LEG  SPEC              DISK  SIZE   OFFSET  STATE          READS  WRITES  RERR  WERR  INFLIGHT  CONN\n  \
+             0    /dev/ram0         ram0  64.0M  0B      in-sync        12345  0       0     0     0         -\n  \
+             1    nbd://store/disk  -     64.0M  0B      resyncing 42%  7      9       0     0     0         2\n       \
+             peer 10.0.0.2:10809  export disk  timeout 30s  dead-time 60s  backoff-max 10s\n       \
+             problem: connection reset by peer\n"
+        );
+        // On a terminal, with a progress bar.
+        let text = status(&[remote_device()], true);
+        assert!(
+            text.ends_with(
+                "problem: connection reset by peer\n       \
+                 [############..................]  42%  27.0M of 64.0M\n"
+            ),
+            "{text}"
+        );
+        // Default export, nothing reported yet, a control character.
+        let mut d = remote_device();
+        let l = &mut d.legs[1];
+        l.export = Some(String::new());
+        (l.timeout_ms, l.dead_time_ms, l.backoff_max_ms, l.connects) = (None, None, None, None);
+        l.resync_total = 0;
+        l.state = Wire::new(3);
+        l.problem = Some("refused\nagain".into());
+        let text = status(&[d], true);
+        assert!(text.contains("  down     7  "), "{text}");
+        assert!(text.contains("\n       peer 10.0.0.2:10809  export (default)\n"));
+        assert!(text.contains("\n       problem: refused\\nagain\n"));
+        assert!(!text.contains('['), "{text}");
+    }
+
+    #[test]
+    fn list_shows_resync_progress() {
+        let line = list(&[remote_device()]);
+        assert!(
+            line.ends_with("/dev/ram0,nbd://store/disk(resyncing 42%)\n"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn json_remote_leg() {
+        let v: serde_json::Value = serde_json::from_str(&json(&remote_device())).unwrap();
+        let leg = &v["legs"][1];
+        assert_eq!(leg["kind"], "remote");
+        assert_eq!(leg["addr"], "10.0.0.2:10809");
+        assert_eq!(leg["state"], "resyncing");
+        assert_eq!(leg["resync_done"], 27 << 20);
+        assert_eq!(leg["connects"], 2);
+        assert_eq!(leg["problem"], "connection reset by peer");
+        let local = &v["legs"][0];
+        assert_eq!(local["kind"], "local");
+        for key in [
+            "addr",
+            "export",
+            "timeout_ms",
+            "nbd_flags",
+            "connects",
+            "problem",
+        ] {
+            assert!(local[key].is_null(), "{key}");
+        }
+        assert_eq!(local["resync_total"], 0);
     }
 }

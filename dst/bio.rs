@@ -2,7 +2,8 @@
 
 //! Bios submitted to dst devices, and bio sets.
 
-use core::ptr::NonNull;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicPtr, Ordering};
 
 use kernel::bindings;
 use kernel::init::{self, PinInit};
@@ -29,6 +30,17 @@ pub(crate) enum Op {
 const REQ_OP_MASK: u32 = (1 << bindings::REQ_OP_BITS) - 1;
 const REQ_PREFLUSH: u32 = 1 << bindings::req_flag_bits___REQ_PREFLUSH;
 const REQ_FUA: u32 = 1 << bindings::req_flag_bits___REQ_FUA;
+
+/// The operation of a raw bio.
+fn op_of(opf: u32) -> Op {
+    match opf & REQ_OP_MASK {
+        bindings::req_op_REQ_OP_READ => Op::Read,
+        bindings::req_op_REQ_OP_WRITE => Op::Write,
+        bindings::req_op_REQ_OP_DISCARD => Op::Discard,
+        bindings::req_op_REQ_OP_WRITE_ZEROES => Op::WriteZeroes,
+        _ => Op::Other,
+    }
+}
 
 /// Converts a result to a block status.
 pub(crate) fn to_status(res: Result) -> bindings::blk_status_t {
@@ -77,13 +89,7 @@ impl Bio {
 
     /// The operation.
     pub(crate) fn op(&self) -> Op {
-        match self.opf() & REQ_OP_MASK {
-            bindings::req_op_REQ_OP_READ => Op::Read,
-            bindings::req_op_REQ_OP_WRITE => Op::Write,
-            bindings::req_op_REQ_OP_DISCARD => Op::Discard,
-            bindings::req_op_REQ_OP_WRITE_ZEROES => Op::WriteZeroes,
-            _ => Op::Other,
-        }
+        op_of(self.opf())
     }
 
     /// Whether the bio asks for the volatile caches to be flushed first.
@@ -181,6 +187,257 @@ impl Drop for Bio {
     }
 }
 
+/// A bio handed to a leg that is not a local block device (a remote leg):
+/// the leg owns it until it ends it, exactly once.
+pub(crate) struct LegBio(NonNull<bindings::bio>);
+
+// SAFETY: a bio may be handed over and ended from any thread.
+unsafe impl Send for LegBio {}
+
+impl LegBio {
+    /// Takes ownership of `raw`.
+    ///
+    /// # Safety
+    ///
+    /// `raw` must be a live bio with an end_io, not owned by anyone else
+    /// from now on.
+    pub(crate) unsafe fn from_raw(raw: *mut bindings::bio) -> Option<Self> {
+        NonNull::new(raw).map(LegBio)
+    }
+
+    fn opf(&self) -> u32 {
+        // SAFETY: the bio is live while we own it.
+        unsafe { (*self.0.as_ptr()).bi_opf }
+    }
+
+    /// The operation.
+    pub(crate) fn op(&self) -> Op {
+        op_of(self.opf())
+    }
+
+    /// Whether the data must be durable when the bio completes.
+    pub(crate) fn is_fua(&self) -> bool {
+        self.opf() & REQ_FUA != 0
+    }
+
+    /// Whether the volatile cache must be flushed first.
+    pub(crate) fn is_preflush(&self) -> bool {
+        self.opf() & REQ_PREFLUSH != 0
+    }
+
+    /// First sector addressed.
+    pub(crate) fn sector(&self) -> u64 {
+        // SAFETY: the bio is live while we own it.
+        unsafe { (*self.0.as_ptr()).bi_iter.bi_sector }
+    }
+
+    /// Length in bytes.
+    pub(crate) fn bytes(&self) -> u32 {
+        // SAFETY: the bio is live while we own it.
+        unsafe { (*self.0.as_ptr()).bi_iter.bi_size }
+    }
+
+    /// The raw bio, for the socket layer.
+    pub(crate) fn as_raw(&self) -> *mut bindings::bio {
+        self.0.as_ptr()
+    }
+
+    fn into_raw(self) -> *mut bindings::bio {
+        let raw = self.0.as_ptr();
+        core::mem::forget(self);
+        raw
+    }
+
+    /// Ends the bio with `res`.
+    pub(crate) fn end(self, res: Result) {
+        let raw = self.into_raw();
+        // SAFETY: we own the bio; ending it gives it back to its maker.
+        unsafe {
+            (*raw).bi_status = to_status(res);
+            bindings::bio_endio(raw);
+        }
+    }
+
+    /// Records the result to end the bio with later ([`LegBio::end_recorded`]).
+    pub(crate) fn record(&mut self, res: Result) {
+        // SAFETY: the bio is live while we own it.
+        unsafe { (*self.0.as_ptr()).bi_status = to_status(res) };
+    }
+
+    /// Ends the bio with the result recorded by [`LegBio::record`].
+    pub(crate) fn end_recorded(self) {
+        let raw = self.into_raw();
+        // SAFETY: we own the bio; ending it gives it back to its maker.
+        unsafe { bindings::bio_endio(raw) };
+    }
+
+    /// Submits the bio to the block device it names (a local leg).
+    pub(crate) fn submit_local(self) {
+        let raw = self.into_raw();
+        // SAFETY: we own the bio, which names a block device; the device
+        // ends it.
+        unsafe { bindings::submit_bio_noacct(raw) };
+    }
+}
+
+impl Drop for LegBio {
+    fn drop(&mut self) {
+        // Never leak a bio: fail it.
+        // SAFETY: we own the bio.
+        unsafe {
+            (*self.0.as_ptr()).bi_status = to_status(Err(EIO));
+            bindings::bio_endio(self.0.as_ptr());
+        }
+    }
+}
+
+/// A FIFO of leg bios, linked through `bi_next` (unused while a bio is
+/// owned by a leg).
+pub(crate) struct LegBioQueue {
+    head: *mut bindings::bio,
+    tail: *mut bindings::bio,
+    len: usize,
+}
+
+// SAFETY: the queue owns its bios, which may move between threads.
+unsafe impl Send for LegBioQueue {}
+
+impl LegBioQueue {
+    /// An empty queue.
+    pub(crate) const fn new() -> Self {
+        LegBioQueue {
+            head: ptr::null_mut(),
+            tail: ptr::null_mut(),
+            len: 0,
+        }
+    }
+
+    /// Whether the queue is empty.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds `bio` at the end.
+    pub(crate) fn push_back(&mut self, bio: LegBio) {
+        let raw = bio.into_raw();
+        // SAFETY: we own `raw` and the queued bios.
+        unsafe {
+            (*raw).bi_next = ptr::null_mut();
+            if self.tail.is_null() {
+                self.head = raw;
+            } else {
+                (*self.tail).bi_next = raw;
+            }
+        }
+        self.tail = raw;
+        self.len += 1;
+    }
+
+    /// Takes the first bio.
+    pub(crate) fn pop_front(&mut self) -> Option<LegBio> {
+        let raw = self.head;
+        if raw.is_null() {
+            return None;
+        }
+        // SAFETY: `raw` is queued, hence owned by us.
+        unsafe {
+            self.head = (*raw).bi_next;
+            (*raw).bi_next = ptr::null_mut();
+        }
+        if self.head.is_null() {
+            self.tail = ptr::null_mut();
+        }
+        self.len -= 1;
+        // SAFETY: queued bios are live leg bios.
+        unsafe { LegBio::from_raw(raw) }
+    }
+
+    /// Moves every bio of `other` to the end of this queue.
+    pub(crate) fn append(&mut self, mut other: LegBioQueue) {
+        while let Some(bio) = other.pop_front() {
+            self.push_back(bio);
+        }
+    }
+
+    /// Moves every bio of `front` before the bios of this queue.
+    pub(crate) fn prepend(&mut self, mut front: LegBioQueue) {
+        core::mem::swap(self, &mut front);
+        self.append(front);
+    }
+}
+
+impl Drop for LegBioQueue {
+    fn drop(&mut self) {
+        while let Some(bio) = self.pop_front() {
+            bio.end(Err(EIO));
+        }
+    }
+}
+
+/// Bios handed over from any context, taken in batches: a lock-free stack
+/// linked through `bi_next`.
+pub(crate) struct LegBioStack {
+    head: AtomicPtr<bindings::bio>,
+}
+
+// SAFETY: only raw pointers handed over atomically.
+unsafe impl Send for LegBioStack {}
+// SAFETY: as above.
+unsafe impl Sync for LegBioStack {}
+
+impl LegBioStack {
+    /// An empty stack.
+    pub(crate) const fn new() -> Self {
+        LegBioStack {
+            head: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    /// Hands `bio` over.
+    pub(crate) fn push(&self, bio: LegBio) {
+        let raw = bio.into_raw();
+        let mut head = self.head.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: we own `raw` until the exchange publishes it.
+            unsafe { (*raw).bi_next = head };
+            match self
+                .head
+                .compare_exchange_weak(head, raw, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(h) => head = h,
+            }
+        }
+    }
+
+    /// Takes every bio handed over so far, oldest first.
+    pub(crate) fn take(&self) -> LegBioQueue {
+        let mut raw = self.head.swap(ptr::null_mut(), Ordering::Acquire);
+        // The stack is newest first: reverse it into a queue.
+        let mut q = LegBioQueue::new();
+        let mut rev: *mut bindings::bio = ptr::null_mut();
+        while !raw.is_null() {
+            // SAFETY: the stack owned `raw`; now we do.
+            unsafe {
+                let next = (*raw).bi_next;
+                (*raw).bi_next = rev;
+                rev = raw;
+                raw = next;
+            }
+        }
+        while !rev.is_null() {
+            // SAFETY: as above.
+            let next = unsafe { (*rev).bi_next };
+            // SAFETY: every pushed bio is a live leg bio.
+            if let Some(bio) = unsafe { LegBio::from_raw(rev) } {
+                q.push_back(bio);
+            }
+            rev = next;
+        }
+        q
+    }
+}
+
 /// A `struct bio_set`: a mempool of bios, each preceded by `front_pad`
 /// bytes of caller data.  Allocations from it do not fail, and its rescuer
 /// keeps them from deadlocking when called from `submit_bio`.
@@ -224,5 +481,127 @@ impl PinnedDrop for BioSet {
         // SAFETY: initialised in `new`; every bio from it has been freed,
         // since they all belong to I/Os of a device that is idle by now.
         unsafe { bindings::bioset_exit(self.inner.get()) };
+    }
+}
+
+/// Pages of memory for I/O of our own (resync).
+pub(crate) struct PageBuf {
+    pages: NonNull<*mut bindings::page>,
+    n: u32,
+}
+
+// SAFETY: the pages are plain memory, used by one I/O at a time.
+unsafe impl Send for PageBuf {}
+// SAFETY: `&PageBuf` gives no access to the memory itself.
+unsafe impl Sync for PageBuf {}
+
+impl PageBuf {
+    /// A buffer of at least `bytes` bytes, in whole pages.
+    pub(crate) fn new(bytes: u32) -> Result<Self> {
+        let n = bytes.div_ceil(bindings::PAGE_SIZE as u32).max(1);
+        // SAFETY: allocates `n` pages and an array of their pointers.
+        let pages = unsafe { glue::dst_pages_alloc(n) };
+        Ok(PageBuf {
+            pages: NonNull::new(pages).ok_or(ENOMEM)?,
+            n,
+        })
+    }
+
+    /// Size in bytes.
+    pub(crate) fn len(&self) -> u32 {
+        self.n * bindings::PAGE_SIZE as u32
+    }
+
+    /// The page array, for the I/O engine.
+    pub(crate) fn as_raw(&self) -> *mut *mut bindings::page {
+        self.pages.as_ptr()
+    }
+}
+
+impl Drop for PageBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new`; no I/O uses the pages any more (each
+        // I/O holds a reference to its buffer).
+        unsafe { glue::dst_pages_free(self.pages.as_ptr(), self.n) };
+    }
+}
+
+/// Bios from above set aside for later (writes waiting for the resync
+/// barrier): a lock-free stack linked through `bi_next`.
+pub(crate) struct BioStack {
+    head: AtomicPtr<bindings::bio>,
+}
+
+// SAFETY: only raw pointers handed over atomically.
+unsafe impl Send for BioStack {}
+// SAFETY: as above.
+unsafe impl Sync for BioStack {}
+
+impl BioStack {
+    /// An empty stack.
+    pub(crate) const fn new() -> Self {
+        BioStack {
+            head: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    /// Sets `bio` aside.
+    pub(crate) fn push(&self, bio: Bio) {
+        let raw = bio.into_raw();
+        let mut head = self.head.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: we own `raw` until the exchange publishes it.
+            unsafe { (*raw).bi_next = head };
+            match self
+                .head
+                .compare_exchange_weak(head, raw, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(h) => head = h,
+            }
+        }
+    }
+
+    /// Takes every bio set aside so far, oldest first.
+    pub(crate) fn take(&self) -> BioStackDrain {
+        let mut raw = self.head.swap(ptr::null_mut(), Ordering::Acquire);
+        let mut rev: *mut bindings::bio = ptr::null_mut();
+        while !raw.is_null() {
+            // SAFETY: the stack owned `raw`; now we do.
+            unsafe {
+                let next = (*raw).bi_next;
+                (*raw).bi_next = rev;
+                rev = raw;
+                raw = next;
+            }
+        }
+        BioStackDrain { next: rev }
+    }
+}
+
+/// The bios taken from a [`BioStack`]; any not consumed are failed.
+pub(crate) struct BioStackDrain {
+    next: *mut bindings::bio,
+}
+
+impl Iterator for BioStackDrain {
+    type Item = Bio;
+
+    fn next(&mut self) -> Option<Bio> {
+        let raw = NonNull::new(self.next)?;
+        // SAFETY: the drain owns the list.
+        unsafe {
+            self.next = (*raw.as_ptr()).bi_next;
+            (*raw.as_ptr()).bi_next = ptr::null_mut();
+        }
+        Some(Bio(raw))
+    }
+}
+
+impl Drop for BioStackDrain {
+    fn drop(&mut self) {
+        for bio in self.by_ref() {
+            bio.end(Err(EIO));
+        }
     }
 }

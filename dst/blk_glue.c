@@ -48,12 +48,15 @@ int dst_bioset_init(struct bio_set *bs, unsigned int front_pad, bool rescuer)
  * still wait for its mempool under memory pressure.
  */
 struct bio *dst_bio_clone(struct block_device *bdev, struct bio *src,
-			  struct bio_set *bs)
+			  struct bio_set *bs, bool strip_preflush)
 {
 	struct bio *clone = bio_alloc_clone(bdev, src, GFP_NOIO, bs);
 
-	if (clone)
+	if (clone) {
 		clone->bi_opf &= ~REQ_NOWAIT;
+		if (strip_preflush)
+			clone->bi_opf &= ~REQ_PREFLUSH;
+	}
 	return clone;
 }
 
@@ -123,13 +126,56 @@ static const struct block_device_operations dst_fops = {
 	.release = dst_disk_release,
 };
 
-struct gendisk *dst_alloc_disk(struct queue_limits *lim)
+/* Whether @bdev takes discards. */
+bool dst_bdev_discard(struct block_device *bdev)
+{
+	return bdev_max_discard_sectors(bdev) != 0;
+}
+
+/*
+ * Stacks the constraints of a remote leg: its block sizes, and the
+ * capabilities of its server.
+ */
+void dst_limits_stack_remote(struct queue_limits *lim, u32 min_block,
+			     u32 pref_block, bool cache, bool write_zeroes,
+			     bool rotational)
+{
+	lim->logical_block_size = max3(lim->logical_block_size, min_block,
+				       (u32)SECTOR_SIZE);
+	lim->physical_block_size = max(lim->physical_block_size,
+				       lim->logical_block_size);
+	lim->io_min = max(lim->io_min, min_t(u32, pref_block, SZ_1M));
+	if (!write_zeroes)
+		lim->max_write_zeroes_sectors = 0;
+	if (cache)
+		lim->features |= BLK_FEAT_WRITE_CACHE;
+	if (rotational)
+		lim->features |= BLK_FEAT_ROTATIONAL;
+}
+
+/*
+ * Allocates a dst disk.  @max_sectors caps the transfer size (remote legs'
+ * servers have a maximum); @discard says every leg takes discards; @fua
+ * false drops FUA (a remote leg's server lacks it: the block layer then
+ * flushes after such writes).
+ */
+struct gendisk *dst_alloc_disk(struct queue_limits *lim, u32 max_sectors,
+			       bool discard, bool fua)
 {
 	struct gendisk *disk;
 
 	if (lim->features & BLK_FEAT_ZONED)
 		return ERR_PTR(-EOPNOTSUPP);
 	lim->features |= BLK_FEAT_IO_STAT;
+	if (!fua)
+		lim->features &= ~BLK_FEAT_FUA;
+	if (!discard)
+		lim->max_hw_discard_sectors = 0;
+	else
+		lim->max_hw_discard_sectors = min(lim->max_hw_discard_sectors,
+						  max_sectors);
+	lim->max_write_zeroes_sectors = min(lim->max_write_zeroes_sectors,
+					    max_sectors);
 	/*
 	 * Sizes and segments are the legs' business: each leg splits what it
 	 * gets to its own limits (blk-mq always does, bio-based drivers must).
@@ -137,7 +183,7 @@ struct gendisk *dst_alloc_disk(struct queue_limits *lim)
 	 * that needs a split is failed with EAGAIN, sending io_uring to a
 	 * worker thread.  Block sizes, alignment and discard stay stacked.
 	 */
-	lim->max_hw_sectors = UINT_MAX;
+	lim->max_hw_sectors = max_sectors;
 	lim->max_dev_sectors = 0;
 	lim->max_user_sectors = 0;
 	lim->max_segments = USHRT_MAX;
@@ -153,4 +199,72 @@ struct gendisk *dst_alloc_disk(struct queue_limits *lim)
 	disk->major = 0;
 	disk->minors = 0;
 	return disk;
+}
+
+/* ---- page buffers and their bios, for resync (dst/io.rs, dst/bio.rs) ---- */
+
+struct page **dst_pages_alloc(unsigned int n)
+{
+	struct page **pages = kcalloc(n, sizeof(*pages), GFP_KERNEL);
+	unsigned int i;
+
+	if (!pages)
+		return NULL;
+	for (i = 0; i < n; i++) {
+		pages[i] = alloc_page(GFP_KERNEL);
+		if (!pages[i]) {
+			while (i--)
+				__free_page(pages[i]);
+			kfree(pages);
+			return NULL;
+		}
+	}
+	return pages;
+}
+
+void dst_pages_free(struct page **pages, unsigned int n)
+{
+	unsigned int i;
+
+	for (i = 0; i < n; i++)
+		__free_page(pages[i]);
+	kfree(pages);
+}
+
+/*
+ * A bio over the first @bytes of @pages at @sector of @bdev (NULL for a
+ * leg that is not a block device), reading or writing.  Allocated with
+ * kmalloc (any number of pages); free it with dst_bio_kfree().
+ */
+struct bio *dst_bio_pages(struct block_device *bdev, struct page **pages,
+			  u32 bytes, bool write, u64 sector,
+			  void (*end_io)(struct bio *), void *private)
+{
+	unsigned int n = DIV_ROUND_UP(bytes, PAGE_SIZE), i;
+	struct bio *bio = bio_kmalloc(n, GFP_NOIO);
+
+	if (!bio)
+		return NULL;
+	bio_init(bio, bdev, bio->bi_inline_vecs, n,
+		 write ? REQ_OP_WRITE : REQ_OP_READ);
+	for (i = 0; i < n; i++) {
+		u32 len = min_t(u32, bytes - i * PAGE_SIZE, PAGE_SIZE);
+
+		__bio_add_page(bio, pages[i], len, 0);
+	}
+	bio->bi_iter.bi_sector = sector;
+	bio->bi_end_io = end_io;
+	bio->bi_private = private;
+	return bio;
+}
+
+void *dst_bio_private(struct bio *bio)
+{
+	return bio->bi_private;
+}
+
+void dst_bio_kfree(struct bio *bio)
+{
+	bio_uninit(bio);
+	kfree(bio);
 }

@@ -1,26 +1,32 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! A dst device: `/dev/dstN`, its legs, and the glue between the disk, the
-//! I/O engine and the target (mirror or linear) that maps its I/O.
+//! I/O engine, the target (mirror or linear) that maps its I/O, remote legs
+//! coming and going, the resync, and state-change events.
 
 use core::num::NonZeroU64;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use kernel::prelude::*;
 use kernel::str::CStr;
+use kernel::sync::lock::{mutex::MutexBackend, Guard};
 use kernel::sync::{Arc, ArcBorrow, Mutex};
 use kernel::workqueue::{impl_has_work, new_work, Work, WorkItem};
 use kernel::{new_mutex, pr_err, pr_info};
 
-use crate::errno;
 use crate::bdev::Holder;
-use crate::bio::{Bio, BioSet, Op};
+use crate::bio::{Bio, BioSet, BioStack, LegBioStack, Op};
+use crate::bitmap::{DirtyMap, DEFAULT_REGION_SHIFT};
 use crate::disk::{Disk, DiskOps, Limits};
-use crate::io::{BioList, Decision, DeferList, Gate, IoOwner, IoSet, Outcome, Route};
-use crate::leg::{InSync, Leg, Removal};
+use crate::errno;
+use crate::io::{Decision, DeferList, Gate, IoOwner, IoSet, Outcome, PageIoOwner, Route};
+use crate::job::{impl_has_job, Job, JobRun};
+use crate::leg::{Leg, LegDev, LegSet, Removal};
 use crate::msg::{refuse, Refusal};
-use crate::proto::genl::{DevState, LegState, Target, MAX_LEGS};
-use crate::{linear, mirror, wq};
+use crate::proto::genl::{DevState, Event, LegState, Target, MAX_LEGS};
+use crate::remote::{Link, Policy, RemoteConfig};
+use crate::resync::{self, Barrier, IoResult, ResyncState};
+use crate::{glue, linear, mirror, netlink, wq};
 
 /// Who has the device open, and whether it is going away.
 #[derive(Default)]
@@ -44,8 +50,16 @@ impl Name {
 
     /// The name.
     pub(crate) fn as_str(&self) -> &str {
-        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("?")
+        core::str::from_utf8(self.buf.get(..self.len).unwrap_or(&[])).unwrap_or("?")
     }
+}
+
+/// A leg as the administrator asked for it.
+pub(crate) struct LegSpec<'a> {
+    /// As given (a path, or an `nbd://` URI).
+    pub(crate) spec: &'a CStr,
+    /// For a remote leg: where, and its timing.
+    pub(crate) remote: Option<RemoteConfig>,
 }
 
 /// A dst device.
@@ -58,16 +72,28 @@ pub(crate) struct Device {
     block_size: u32,
     /// The legs, in the order given.  Dropped before `holder`.
     legs: KVec<Leg>,
-    /// Which legs are in sync.
-    in_sync: InSync,
+    /// Legs that get every write and serve reads.
+    in_sync: LegSet,
+    /// Legs being resynced: they get every write, serve no reads.
+    resyncing: LegSet,
+    /// Mirror: per leg, the regions that may differ from the device.
+    dirty: KVec<DirtyMap>,
     holder: Holder,
     disk: Disk,
     gate: Gate,
     defer: DeferList,
     /// Clones waiting for a lane (leg `i` uses lane `i % 2`).
-    lanes: [BioList; 2],
+    lanes: [LegBioStack; 2],
     /// Where read balancing starts looking.
     rotor: AtomicU32,
+    barrier: Barrier,
+    /// Writes waiting for the resync barrier.
+    parked: BioStack,
+    resync_result: IoResult,
+    stopping: AtomicBool,
+    last_progress_ms: AtomicU64,
+    #[pin]
+    resync: Mutex<ResyncState>,
     #[pin]
     ioset: BioSet,
     #[pin]
@@ -76,25 +102,33 @@ pub(crate) struct Device {
     openers: Mutex<Openers>,
     /// Retries deferred I/O.
     #[pin]
-    work: Work<Device>,
+    work: Work<Device, RETRY_WORK>,
     /// Submit the clones in `lanes`, two workers at once.
     #[pin]
     lane0_work: Work<Device, LANE0_WORK>,
     #[pin]
     lane1_work: Work<Device, LANE1_WORK>,
+    #[pin]
+    resync_job: Job<Device, RESYNC_JOB>,
+    #[pin]
+    event_job: Job<Device, EVENT_JOB>,
 }
 
-/// Work item id of [`Device::work`].
+/// Work item ids.
 const RETRY_WORK: u64 = 0;
-/// Work item ids of [`Device::lane0_work`] and [`Device::lane1_work`].
 const LANE0_WORK: u64 = 1;
 const LANE1_WORK: u64 = 2;
+/// Job ids.
+const RESYNC_JOB: u64 = 0;
+const EVENT_JOB: u64 = 1;
 
 impl_has_work! {
     impl HasWork<Self, RETRY_WORK> for Device { self.work }
     impl HasWork<Self, LANE0_WORK> for Device { self.lane0_work }
     impl HasWork<Self, LANE1_WORK> for Device { self.lane1_work }
 }
+impl_has_job!(Device, RESYNC_JOB, resync_job);
+impl_has_job!(Device, EVENT_JOB, event_job);
 
 impl WorkItem<RETRY_WORK> for Device {
     type Pointer = Arc<Device>;
@@ -104,11 +138,18 @@ impl WorkItem<RETRY_WORK> for Device {
     }
 }
 
+fn submit_lane(lane: &LegBioStack) {
+    let mut q = lane.take();
+    while let Some(bio) = q.pop_front() {
+        bio.submit_local();
+    }
+}
+
 impl WorkItem<LANE0_WORK> for Device {
     type Pointer = Arc<Device>;
 
     fn run(this: Arc<Device>) {
-        this.lanes[0].submit_all();
+        submit_lane(&this.lanes[0]);
     }
 }
 
@@ -116,8 +157,25 @@ impl WorkItem<LANE1_WORK> for Device {
     type Pointer = Arc<Device>;
 
     fn run(this: Arc<Device>) {
-        this.lanes[1].submit_all();
+        submit_lane(&this.lanes[1]);
     }
+}
+
+impl JobRun<RESYNC_JOB> for Device {
+    fn run(this: Arc<Self>) {
+        resync::run(&this);
+    }
+}
+
+impl JobRun<EVENT_JOB> for Device {
+    fn run(this: Arc<Self>) {
+        netlink::send_event(&this, Event::Changed);
+    }
+}
+
+fn now_ms() -> u64 {
+    // SAFETY: reads the monotonic clock.
+    unsafe { glue::dst_now_ms() }
 }
 
 impl Device {
@@ -127,7 +185,7 @@ impl Device {
         name: &str,
         index: u32,
         target: Target,
-        specs: &[&CStr],
+        specs: KVec<LegSpec<'_>>,
     ) -> Result<Arc<Device>, Refusal> {
         if specs.is_empty() {
             refuse!(EINVAL, "a device needs at least one leg");
@@ -135,25 +193,35 @@ impl Device {
         if specs.len() > MAX_LEGS {
             refuse!(EINVAL, "too many legs (at most {})", MAX_LEGS);
         }
+        let nlegs = specs.len();
         let holder = Holder::new()?;
-        let mut legs = KVec::with_capacity(specs.len(), GFP_KERNEL)?;
-        for spec in specs {
-            let leg = Leg::open(spec, &holder)?;
-            if let Some(other) = legs.iter().find(|l: &&Leg| l.dev().devt() == leg.dev().devt()) {
-                refuse!(
-                    EINVAL,
-                    "leg {} given twice (same device as {})",
-                    leg.spec().to_str().unwrap_or("?"),
-                    other.spec().to_str().unwrap_or("?")
-                );
+        let mut legs: KVec<Leg> = KVec::with_capacity(nlegs, GFP_KERNEL)?;
+        for s in specs {
+            let leg = match s.remote {
+                None => Leg::open(s.spec, &holder)?,
+                Some(cfg) => Leg::remote(s.spec, cfg)?,
+            };
+            let dup = legs.iter().find(|l| match (l.dev(), leg.dev()) {
+                (LegDev::Local(a), LegDev::Local(b)) => a.devt() == b.devt(),
+                (LegDev::Remote(a), LegDev::Remote(b)) => {
+                    a.config().addr == b.config().addr && a.config().export == b.config().export
+                }
+                _ => false,
+            });
+            if let Some(other) = dup {
+                let shown = leg.spec().to_str().unwrap_or("?");
+                let other = other.spec().to_str().unwrap_or("?");
+                stop_remote(&leg);
+                refuse!(EINVAL, "leg {} given twice (same device as {})", shown, other);
             }
             legs.push(leg, GFP_KERNEL)?;
         }
+        let stop_all = |legs: &KVec<Leg>| legs.iter().for_each(stop_remote);
 
         // The largest logical block size among the legs rules the layout.
         let mut probe = Limits::stacking();
         for leg in legs.iter() {
-            probe.stack(leg.dev(), 0);
+            stack(&mut probe, leg, 0);
         }
         let block_size = probe.logical_block_size();
         let unit = NonZeroU64::new(u64::from(block_size >> 9)).unwrap_or(NonZeroU64::MIN);
@@ -162,17 +230,35 @@ impl Device {
             Target::Linear => linear::layout(&mut legs, unit),
         };
         if sectors == 0 {
+            stop_all(&legs);
             refuse!(EINVAL, "legs too small for one {}-byte block", block_size);
         }
         let mut lim = Limits::stacking();
         for leg in legs.iter() {
-            lim.stack(leg.dev(), leg.offset());
+            stack(&mut lim, leg, leg.offset());
+        }
+        let mut dirty = KVec::new();
+        if target == Target::Mirror {
+            for _ in 0..nlegs {
+                match DirtyMap::new(sectors, DEFAULT_REGION_SHIFT) {
+                    Ok(m) => dirty.push(m, GFP_KERNEL)?,
+                    Err(e) => {
+                        stop_all(&legs);
+                        return Err(e.into());
+                    }
+                }
+            }
         }
 
         let disk = match Disk::new(&mut lim, format_args!("dst{}", index), sectors) {
             Ok(d) => d,
-            Err(e) if e == errno::eopnotsupp() => refuse!(e, "zoned legs are not supported"),
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                stop_all(&legs);
+                if e == errno::eopnotsupp() {
+                    refuse!(e, "zoned legs are not supported");
+                }
+                return Err(e.into());
+            }
         };
         let dev = Arc::pin_init(
             try_pin_init!(Device {
@@ -181,37 +267,55 @@ impl Device {
                 target,
                 sectors,
                 block_size,
-                in_sync: InSync::all(specs.len()),
                 legs,
+                in_sync: LegSet::all(nlegs),
+                resyncing: LegSet::none(),
+                dirty,
                 holder,
                 disk,
                 gate: Gate::new(),
                 defer: DeferList::new(),
-                lanes: [BioList::new(), BioList::new()],
+                lanes: [LegBioStack::new(), LegBioStack::new()],
                 rotor: AtomicU32::new(0),
+                barrier: Barrier::new(),
+                parked: BioStack::new(),
+                resync_result: IoResult::new(),
+                stopping: AtomicBool::new(false),
+                last_progress_ms: AtomicU64::new(0),
+                resync <- new_mutex!(ResyncState::new(), "Device::resync"),
                 ioset <- BioSet::new(IoSet::FRONT_PAD),
                 splitset <- BioSet::new(0),
                 openers <- new_mutex!(Openers::default(), "Device::openers"),
                 work <- new_work!("Device::work"),
                 lane0_work <- new_work!("Device::lane0_work"),
                 lane1_work <- new_work!("Device::lane1_work"),
+                resync_job <- Job::new(),
+                event_job <- Job::new(),
             }? Error),
             GFP_KERNEL,
         )?;
-        dev.disk.add(dev.clone())?;
+        for (i, leg) in dev.legs.iter().enumerate() {
+            if let Some(r) = leg.dev().remote() {
+                if let Err(e) = r.start(dev.clone(), i) {
+                    dev.stop_remotes();
+                    return Err(e.into());
+                }
+            }
+        }
+        if let Err(e) = dev.disk.add(dev.clone()) {
+            dev.stop_remotes();
+            return Err(e.into());
+        }
         for leg in dev.legs.iter() {
-            if let Err(e) = dev.disk.link_holder(leg.dev()) {
-                pr_err!(
-                    "{}: cannot link holder for {}: {:?}\n",
-                    dev.name.as_str(),
-                    leg.dev().name(),
-                    e
-                );
+            if let Some(b) = leg.dev().local() {
+                if let Err(e) = dev.disk.link_holder(b) {
+                    pr_err!("{}: cannot link holder for {}: {:?}\n", dev.name(), b.name(), e);
+                }
             }
         }
         pr_info!(
             "{}: created dst{} ({}, {} legs, {} sectors)\n",
-            dev.name.as_str(),
+            dev.name(),
             index,
             target.as_str(),
             dev.legs.len(),
@@ -228,7 +332,7 @@ impl Device {
             refuse!(
                 EBUSY,
                 "device {} is open ({} openers: mounted or in use)",
-                self.name.as_str(),
+                self.name(),
                 o.count
             );
         }
@@ -236,16 +340,30 @@ impl Device {
         Ok(())
     }
 
-    /// Removes the disk, waits for the I/O in flight, and drops the disk's
-    /// reference.  The legs are closed when the last reference goes.
-    pub(crate) fn teardown(&self) {
+    fn stop_remotes(&self) {
+        self.legs.iter().for_each(stop_remote);
+    }
+
+    /// Stops the resync and the remote legs, removes the disk, waits for
+    /// the I/O in flight, and drops the disk's reference.  The legs are
+    /// closed when the last reference goes.
+    pub(crate) fn teardown(self: &Arc<Self>) {
+        self.stopping.store(true, Ordering::Release);
+        // Remote legs fail what they hold, so the resync's I/O ends.
+        self.stop_remotes();
+        Job::<Device, RESYNC_JOB>::disable(self);
+        Job::<Device, EVENT_JOB>::disable(self);
+        self.barrier.lower();
+        self.resubmit_parked();
         for leg in self.legs.iter() {
-            self.disk.unlink_holder(leg.dev());
+            if let Some(b) = leg.dev().local() {
+                self.disk.unlink_holder(b);
+            }
         }
         let disk_ref = self.disk.del();
         self.gate.wait_idle();
         drop(disk_ref);
-        pr_info!("{}: removed dst{}\n", self.name.as_str(), self.index);
+        pr_info!("{}: removed dst{}\n", self.name(), self.index);
     }
 
     /// The name.
@@ -283,18 +401,16 @@ impl Device {
         self.openers.lock().count
     }
 
-    /// I/Os in flight.
-    #[allow(dead_code)]
-    pub(crate) fn in_flight(&self) -> usize {
-        self.gate.in_flight()
-    }
-
     /// The state of the device as a whole.
     pub(crate) fn state(&self) -> DevState {
-        match self.in_sync.count() {
-            0 => DevState::Failed,
-            n if n as usize == self.legs.len() => DevState::Ok,
-            _ => DevState::Degraded,
+        let up = |i: usize| self.legs.get(i).and_then(|l| l.dev().remote()).map_or(true, |r| r.link() == Link::Up);
+        let usable = (0..self.legs.len()).filter(|&i| self.in_sync.contains(i) && up(i)).count();
+        match self.target {
+            Target::Linear if usable == self.legs.len() => DevState::Ok,
+            Target::Linear => DevState::Failed,
+            Target::Mirror if usable == 0 => DevState::Failed,
+            Target::Mirror if usable == self.legs.len() => DevState::Ok,
+            Target::Mirror => DevState::Degraded,
         }
     }
 
@@ -303,12 +419,44 @@ impl Device {
         self.in_sync.contains(i)
     }
 
+    /// Whether leg `i` gets writes (in sync, or being resynced).
+    pub(crate) fn leg_writable(&self, i: usize) -> bool {
+        (self.in_sync.mask() | self.resyncing.mask()) & (1 << i) != 0
+    }
+
     /// The state of leg `i`.
     pub(crate) fn leg_state(&self, i: usize) -> LegState {
+        let Some(leg) = self.legs.get(i) else {
+            return LegState::Faulty;
+        };
         if self.in_sync.contains(i) {
-            LegState::InSync
+            // A held remote leg is still in sync, but its connection is down.
+            return match leg.dev().remote().map(|r| r.link()) {
+                Some(Link::Down) => LegState::Down,
+                _ => LegState::InSync,
+            };
+        }
+        if self.resyncing.contains(i) {
+            return LegState::Resyncing;
+        }
+        leg.state()
+    }
+
+    /// Bytes resynced and to resync on leg `i` (0, 0 when it is not being
+    /// resynced).
+    pub(crate) fn resync_progress_of(&self, i: usize) -> (u64, u64) {
+        if !self.resyncing.contains(i) {
+            return (0, 0);
+        }
+        let st = self.resync.lock();
+        if st.target() == Some(i) {
+            (st.done, st.total)
         } else {
-            self.legs.get(i).map_or(LegState::Faulty, Leg::state)
+            let total = self
+                .dirty
+                .get(i)
+                .map_or(0, |m| m.count() * (m.region_sectors() << 9));
+            (0, total)
         }
     }
 
@@ -317,28 +465,40 @@ impl Device {
         &self.splitset
     }
 
+    /// Reports a change to the listeners of the events group.
+    pub(crate) fn notify(this: ArcBorrow<'_, Self>) {
+        Job::<Device, EVENT_JOB>::queue(this.into(), 0);
+    }
+
     /// Takes leg `i` out of service after a failed write, unless it is the
     /// last in-sync leg: then the leg stays (as md does), the write fails,
     /// and the data remains readable.
-    pub(crate) fn fail_leg(&self, i: usize, e: Error) {
-        let Some(leg) = self.legs.get(i) else { return };
+    pub(crate) fn fail_leg(this: ArcBorrow<'_, Self>, i: usize, e: Error) {
+        let Some(leg) = this.legs.get(i) else { return };
         let spec = leg.spec().to_str().unwrap_or("?");
-        match self.in_sync.remove_unless_last(i) {
+        if this.resyncing.remove(i) {
+            leg.set_state(LegState::Faulty);
+            pr_err!("{}: leg {} failed a write while resyncing (errno {}), now faulty\n", this.name(), spec, e.to_errno());
+            Self::notify(this);
+            return;
+        }
+        match this.in_sync.remove_unless_last(i) {
             Removal::Removed => {
                 leg.set_state(LegState::Faulty);
                 pr_err!(
                     "{}: leg {} ({}) failed a write (errno {}), now faulty; {} of {} legs in sync\n",
-                    self.name.as_str(),
+                    this.name(),
                     spec,
                     leg.dev().name(),
                     e.to_errno(),
-                    self.in_sync.count(),
-                    self.legs.len()
+                    this.in_sync.count(),
+                    this.legs.len()
                 );
+                Self::notify(this);
             }
             Removal::Last => pr_err!(
                 "{}: leg {} ({}), the last in sync, failed a write (errno {})\n",
-                self.name.as_str(),
+                this.name(),
                 spec,
                 leg.dev().name(),
                 e.to_errno()
@@ -347,9 +507,27 @@ impl Device {
         }
     }
 
+    /// Marks the range of a write that leg `i` may have missed.
+    pub(crate) fn mark_dirty(&self, i: usize, sector: u64, bytes: u32) {
+        if let Some(m) = self.dirty.get(i) {
+            m.mark(sector, u64::from(bytes).div_ceil(512));
+        }
+    }
+
+    /// Marks the range of a write in every leg that does not get it.
+    pub(crate) fn mark_missed(&self, sector: u64, bytes: u32) {
+        let writers = self.in_sync.mask() | self.resyncing.mask();
+        for i in 0..self.dirty.len() {
+            if writers & (1 << i) == 0 {
+                self.mark_dirty(i, sector, bytes);
+            }
+        }
+    }
+
     /// Picks an in-sync leg to read from, not in the `tried` mask: the one
     /// with the fewest requests in flight, starting the scan at a rotating
-    /// position so equal legs share the load.
+    /// position so equal legs share the load.  Held remote legs (in sync,
+    /// connection down) are used only when nothing else is left.
     pub(crate) fn pick_read_leg(&self, tried: u32) -> Option<usize> {
         let n = self.legs.len();
         // Only a hint: a lost update between CPUs costs nothing.
@@ -362,12 +540,188 @@ impl Device {
             if tried & (1 << i) != 0 || !self.in_sync.contains(i) {
                 continue;
             }
-            let load = leg.inflight();
+            let down = leg.dev().remote().is_some_and(|r| r.link() != Link::Up);
+            let load = if down { u32::MAX } else { leg.inflight() };
             if best.map_or(true, |(_, b)| load < b) {
                 best = Some((i, load));
             }
         }
         best.map(|(i, _)| i)
+    }
+
+    // ---- resync ----
+
+    pub(crate) fn resync_state(&self) -> Guard<'_, ResyncState, MutexBackend> {
+        self.resync.lock()
+    }
+
+    pub(crate) fn dirty_map(&self, i: usize) -> Option<&DirtyMap> {
+        self.dirty.get(i)
+    }
+
+    pub(crate) fn barrier(&self) -> &Barrier {
+        &self.barrier
+    }
+
+    pub(crate) fn resync_result(&self) -> &IoResult {
+        &self.resync_result
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Runs the resync job soon.
+    pub(crate) fn kick_resync(self: &Arc<Self>) {
+        Job::<Device, RESYNC_JOB>::queue(self.clone(), 0);
+    }
+
+    /// Runs the resync job a little later (after a failure).
+    pub(crate) fn kick_resync_later(self: &Arc<Self>) {
+        Job::<Device, RESYNC_JOB>::queue(self.clone(), 500);
+    }
+
+    /// The next leg to resync.
+    pub(crate) fn next_resync_target(&self) -> Option<usize> {
+        let m = self.resyncing.mask();
+        (m != 0).then(|| m.trailing_zeros() as usize)
+    }
+
+    /// An in-sync leg to copy from, preferring a local one.
+    pub(crate) fn resync_source(&self, target: usize) -> Option<usize> {
+        let ok = |i: &usize| {
+            *i != target
+                && self.in_sync.contains(*i)
+                && self.legs[*i].dev().remote().map_or(true, |r| r.link() == Link::Up)
+        };
+        let local = (0..self.legs.len()).filter(ok).find(|&i| self.legs[i].dev().local().is_some());
+        local.or_else(|| (0..self.legs.len()).find(ok))
+    }
+
+    /// Reports resync progress (at most every two seconds).
+    pub(crate) fn resync_progress(self: &Arc<Self>, _st: &ResyncState) {
+        let now = now_ms();
+        if now.saturating_sub(self.last_progress_ms.load(Ordering::Relaxed)) >= 2000 {
+            self.last_progress_ms.store(now, Ordering::Relaxed);
+            Self::notify(self.as_arc_borrow());
+        }
+    }
+
+    /// Leg `target` is in sync again.
+    pub(crate) fn resync_done(self: &Arc<Self>, target: usize) {
+        if self.resyncing.remove(target) {
+            if let Some(leg) = self.legs.get(target) {
+                leg.set_state(LegState::InSync);
+            }
+            self.in_sync.insert(target);
+            pr_info!("{}: leg {} is in sync again\n", self.name(), target);
+            Self::notify(self.as_arc_borrow());
+        }
+    }
+
+    /// The resync of `target` cannot go on.
+    pub(crate) fn resync_failed(self: &Arc<Self>, target: usize, why: &str) {
+        if self.resyncing.remove(target) {
+            if let Some(leg) = self.legs.get(target) {
+                leg.set_state(LegState::Faulty);
+            }
+            pr_err!("{}: resync of leg {} stopped: {}\n", self.name(), target, why);
+            Self::notify(self.as_arc_borrow());
+        }
+    }
+
+    /// The resync's write to `target` failed.
+    pub(crate) fn resync_target_failed(self: &Arc<Self>, target: usize, e: Error) {
+        let remote = self.legs.get(target).is_some_and(|l| l.dev().remote().is_some());
+        if remote && e == errno::enotconn() {
+            // The connection is down; the remote reported it, the leg is
+            // `down` and will be resynced again when it is back.
+            return;
+        }
+        Self::fail_leg(self.as_arc_borrow(), target, e);
+    }
+
+    /// Resubmits the writes parked by the resync barrier.
+    pub(crate) fn resubmit_parked(self: &Arc<Self>) {
+        for bio in self.parked.take() {
+            mirror::submit(self.as_arc_borrow(), bio);
+        }
+    }
+
+    /// Parks a write until the barrier is lowered.
+    pub(crate) fn park(this: ArcBorrow<'_, Self>, bio: Bio) {
+        this.parked.push(bio);
+        // The barrier may have been lowered meanwhile: make sure the job
+        // runs to resubmit.
+        Job::<Device, RESYNC_JOB>::queue(this.into(), 0);
+    }
+
+    // ---- remote legs ----
+
+    /// Remote leg `i` lost its connection.  Returns what it should do with
+    /// its I/O meanwhile.
+    pub(crate) fn remote_down(self: &Arc<Self>, i: usize) -> Policy {
+        Self::notify(self.as_arc_borrow());
+        if self.target == Target::Linear {
+            return Policy::Hold;
+        }
+        if self.resyncing.remove(i) {
+            if let Some(leg) = self.legs.get(i) {
+                leg.set_state(LegState::Down);
+            }
+            return Policy::FailFast;
+        }
+        match self.in_sync.remove_unless_last(i) {
+            Removal::Removed => {
+                if let Some(leg) = self.legs.get(i) {
+                    leg.set_state(LegState::Down);
+                }
+                pr_warn!(
+                    "{}: leg {} is down; the mirror goes on with {} of {} legs\n",
+                    self.name(),
+                    i,
+                    self.in_sync.count(),
+                    self.legs.len()
+                );
+                Policy::FailFast
+            }
+            Removal::Last => Policy::Hold,
+            Removal::NotMember => Policy::FailFast,
+        }
+    }
+
+    /// Remote leg `i` is connected again.
+    pub(crate) fn remote_up(self: &Arc<Self>, i: usize) {
+        if self.target == Target::Mirror && !self.in_sync.contains(i) {
+            let Some(leg) = self.legs.get(i) else { return };
+            if leg.state() == LegState::Down {
+                // The server may have lost what it had (a restart of a
+                // volatile export): copy everything.
+                if let Some(m) = self.dirty.get(i) {
+                    m.mark_all();
+                }
+                leg.set_state(LegState::Resyncing);
+                self.resyncing.insert(i);
+                pr_info!("{}: leg {} is back; resyncing it\n", self.name(), i);
+                self.kick_resync();
+            }
+        }
+        Self::notify(self.as_arc_borrow());
+    }
+}
+
+/// Stops a remote leg (for a device that never came to be, or goes away).
+fn stop_remote(leg: &Leg) {
+    if let Some(r) = leg.dev().remote() {
+        r.stop();
+    }
+}
+
+/// Stacks a leg's limits.
+fn stack(lim: &mut Limits, leg: &Leg, offset: u64) {
+    match leg.dev() {
+        LegDev::Local(b) => lim.stack(b, offset),
+        LegDev::Remote(r) => lim.stack_remote(&r.info()),
     }
 }
 
@@ -407,19 +761,19 @@ impl IoOwner for Device {
         &self.defer
     }
 
-    fn clone_done(&self, leg: u32, op: Op, res: Result) {
+    fn clone_done(this: ArcBorrow<'_, Self>, leg: u32, op: Op, sector: u64, bytes: u32, res: Result) {
         let i = leg as usize;
-        if let Some(l) = self.legs.get(i) {
+        if let Some(l) = this.legs.get(i) {
             l.done(op, res);
         }
-        if let (Err(e), Target::Mirror) = (res, self.target) {
-            mirror::clone_failed(self, i, op, e);
+        if let (Err(e), Target::Mirror) = (res, this.target) {
+            mirror::clone_failed(this, i, op, sector, bytes, e);
         }
     }
 
-    fn io_done(&self, outcome: &Outcome) -> Decision {
-        match self.target {
-            Target::Mirror => mirror::io_done(self, outcome),
+    fn io_done(this: ArcBorrow<'_, Self>, outcome: &Outcome) -> Decision {
+        match this.target {
+            Target::Mirror => mirror::io_done(this, outcome),
             Target::Linear => linear::io_done(outcome),
         }
     }
@@ -436,7 +790,7 @@ impl IoOwner for Device {
         let _ = wq::queue().enqueue::<Arc<Device>, RETRY_WORK>(Arc::from(this));
     }
 
-    fn later_list(&self, leg: u32) -> &BioList {
+    fn later_list(&self, leg: u32) -> &LegBioStack {
         &self.lanes[leg as usize % 2]
     }
 
@@ -447,5 +801,12 @@ impl IoOwner for Device {
         } else {
             wq::queue().enqueue::<Arc<Device>, LANE1_WORK>(Arc::from(this))
         };
+    }
+}
+
+impl PageIoOwner for Device {
+    fn page_io_done(this: Arc<Self>, res: Result) {
+        this.resync_result.set(res);
+        this.kick_resync();
     }
 }

@@ -21,6 +21,7 @@ use crate::bdev::BlockDev;
 use crate::bio::Bio;
 use crate::device::Device;
 use crate::glue;
+use crate::proto::nbd::{tflag, ExportInfo};
 
 /// What a disk's owner does.
 pub(crate) trait DiskOps: Send + Sync + Sized {
@@ -36,7 +37,12 @@ pub(crate) trait DiskOps: Send + Sync + Sized {
 type Owner = Device;
 
 /// Queue limits, stacked from the legs.
-pub(crate) struct Limits(bindings::queue_limits);
+pub(crate) struct Limits {
+    lim: bindings::queue_limits,
+    max_sectors: u32,
+    discard: bool,
+    fua: bool,
+}
 
 impl Limits {
     /// Limits ready for stacking: permissive until legs are added, and
@@ -47,27 +53,53 @@ impl Limits {
         let mut lim: bindings::queue_limits = unsafe { core::mem::zeroed() };
         // SAFETY: `lim` is a valid, exclusively borrowed `queue_limits`.
         unsafe { glue::dst_limits_init(&mut lim) };
-        Limits(lim)
+        Limits {
+            lim,
+            max_sectors: u32::MAX,
+            discard: true,
+            fua: true,
+        }
     }
 
-    /// Combines with the limits of `leg`, whose data starts at `offset`
-    /// sectors into the device.
+    /// Combines with the limits of a local leg, whose data starts at
+    /// `offset` sectors into the device.
     pub(crate) fn stack(&mut self, leg: &BlockDev, offset: u64) {
-        // SAFETY: `self.0` is valid; `leg` is an open block device; the
+        // SAFETY: `self.lim` is valid; `leg` is an open block device; the
         // prefix is a NUL-terminated static string.
         unsafe {
             bindings::queue_limits_stack_bdev(
-                &mut self.0,
+                &mut self.lim,
                 leg.as_raw(),
                 offset,
                 kernel::c_str!("dst").as_char_ptr(),
             )
         };
+        // SAFETY: `leg` is open.
+        self.discard &= unsafe { glue::dst_bdev_discard(leg.as_raw()) };
+    }
+
+    /// Combines with the constraints of a remote leg.
+    pub(crate) fn stack_remote(&mut self, info: &ExportInfo) {
+        let f = info.flags;
+        // SAFETY: `self.lim` is valid.
+        unsafe {
+            glue::dst_limits_stack_remote(
+                &mut self.lim,
+                info.min_block,
+                info.pref_block,
+                f & tflag::SEND_FLUSH != 0,
+                f & tflag::SEND_WRITE_ZEROES != 0,
+                f & tflag::ROTATIONAL != 0,
+            )
+        };
+        self.max_sectors = self.max_sectors.min(info.max_block >> bindings::SECTOR_SHIFT);
+        self.discard &= f & tflag::SEND_TRIM != 0;
+        self.fua &= f & tflag::SEND_FUA != 0;
     }
 
     /// The logical block size, in bytes.
     pub(crate) fn logical_block_size(&self) -> u32 {
-        self.0.logical_block_size
+        self.lim.logical_block_size
     }
 }
 
@@ -110,7 +142,7 @@ impl Disk {
     /// Allocates a disk named `name` with `sectors` of capacity.
     pub(crate) fn new(lim: &mut Limits, name: fmt::Arguments<'_>, sectors: u64) -> Result<Self> {
         // SAFETY: `lim` is valid; the C side copies it.
-        let raw = unsafe { glue::dst_alloc_disk(&mut lim.0) };
+        let raw = unsafe { glue::dst_alloc_disk(&mut lim.lim, lim.max_sectors, lim.discard, lim.fua) };
         let raw = NonNull::new(kernel::error::from_err_ptr(raw)?).ok_or(ENOMEM)?;
         let disk = Disk {
             raw,

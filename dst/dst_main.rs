@@ -18,12 +18,14 @@ use kernel::sync::Arc;
 
 mod bdev;
 mod bio;
+mod bitmap;
 mod device;
 mod disk;
 mod errno;
 mod genl;
 mod glue;
 mod io;
+mod job;
 mod leg;
 mod linear;
 mod mirror;
@@ -31,6 +33,9 @@ mod msg;
 mod netlink;
 mod proto;
 mod registry;
+mod remote;
+mod resync;
+mod socket;
 mod wq;
 
 module! {

@@ -17,4 +17,7 @@ macro_rules! errnos {
 errnos! {
     eopnotsupp => EOPNOTSUPP,
     emsgsize => EMSGSIZE,
+    etimedout => ETIMEDOUT,
+    econnreset => ECONNRESET,
+    enotconn => ENOTCONN,
 }

@@ -211,17 +211,6 @@ impl<T: Handler> Registration<T> {
         Ok(Registration { spec, handler })
     }
 
-    /// Sends `payload` to the listeners of the events group.
-    #[allow(dead_code)]
-    pub(crate) fn multicast(&self, cmd: u8, payload: &[u8]) -> Result {
-        let len = u32::try_from(payload.len()).map_err(|_| errno::emsgsize())?;
-        // SAFETY: the family is registered while `self` exists; `payload` is
-        // valid for `len` bytes.
-        kernel::error::to_result(unsafe {
-            glue::dst_genl_multicast(cmd, payload.as_ptr().cast(), len)
-        })
-    }
-
     /// The handler.
     #[allow(dead_code)]
     pub(crate) fn handler(&self) -> &Arc<T> {
@@ -299,4 +288,13 @@ unsafe extern "C" fn dumpit_tramp<T: Handler>(
     };
     *cursor = pos as glue::Cursor;
     ret
+}
+
+/// Sends `payload` (attributes) with command `cmd` to the listeners of the
+/// events group.  Does nothing while the family is not registered.
+pub(crate) fn multicast(cmd: u8, payload: &[u8]) -> Result {
+    let len = u32::try_from(payload.len()).map_err(|_| errno::emsgsize())?;
+    // SAFETY: `payload` is valid for `len` bytes; the C side checks that
+    // the family is registered, under a lock unregistering also takes.
+    kernel::error::to_result(unsafe { glue::dst_genl_multicast(cmd, payload.as_ptr().cast(), len) })
 }

@@ -29,6 +29,9 @@ static struct genl_ops *dst_ops;
 static struct nla_policy **dst_policies;
 static u32 dst_npolicies;
 static void *dst_priv;
+/* Multicasts only while the family is registered. */
+static DEFINE_MUTEX(dst_mc_lock);
+static bool dst_registered;
 static const struct dst_nl_spec *dst_spec;
 
 static int dst_genl_doit(struct sk_buff *skb, struct genl_info *info)
@@ -109,20 +112,30 @@ int dst_genl_multicast(u8 cmd, const void *buf, u32 len)
 {
 	struct sk_buff *skb;
 	void *hdr;
+	int err = 0;
 
-	if (!genl_has_listeners(&dst_family, &init_net, 0))
-		return 0;
+	mutex_lock(&dst_mc_lock);
+	if (!dst_registered || !genl_has_listeners(&dst_family, &init_net, 0))
+		goto out;
+	err = -ENOMEM;
 	skb = genlmsg_new(len, GFP_KERNEL);
 	if (!skb)
-		return -ENOMEM;
+		goto out;
 	hdr = genlmsg_put(skb, 0, 0, &dst_family, 0, cmd);
 	if (!hdr) {
 		nlmsg_free(skb);
-		return -EMSGSIZE;
+		err = -EMSGSIZE;
+		goto out;
 	}
 	skb_put_data(skb, buf, len);
 	genlmsg_end(skb, hdr);
-	return genlmsg_multicast(&dst_family, skb, 0, 0, GFP_KERNEL);
+	err = genlmsg_multicast(&dst_family, skb, 0, 0, GFP_KERNEL);
+	/* Nobody listening any more is not an error. */
+	if (err == -ESRCH)
+		err = 0;
+out:
+	mutex_unlock(&dst_mc_lock);
+	return err;
 }
 
 static u16 dst_set_maxattr(const struct dst_nl_set *set)
@@ -244,6 +257,9 @@ int dst_genl_register(const struct dst_nl_spec *spec, void *priv)
 	err = genl_register_family(&dst_family);
 	if (err)
 		goto fail;
+	mutex_lock(&dst_mc_lock);
+	dst_registered = true;
+	mutex_unlock(&dst_mc_lock);
 	return 0;
 fail:
 	dst_free_policies();
@@ -252,6 +268,9 @@ fail:
 
 void dst_genl_unregister(void)
 {
+	mutex_lock(&dst_mc_lock);
+	dst_registered = false;
+	mutex_unlock(&dst_mc_lock);
 	genl_unregister_family(&dst_family);
 	dst_free_policies();
 	dst_priv = NULL;

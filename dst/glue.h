@@ -78,11 +78,16 @@ int dst_genl_multicast(u8 cmd, const void *buf, u32 len);
 /* ---- block layer (blk_glue.c) ---- */
 
 void dst_limits_init(struct queue_limits *lim);
-struct gendisk *dst_alloc_disk(struct queue_limits *lim);
+bool dst_bdev_discard(struct block_device *bdev);
+void dst_limits_stack_remote(struct queue_limits *lim, u32 min_block,
+			     u32 pref_block, bool cache, bool write_zeroes,
+			     bool rotational);
+struct gendisk *dst_alloc_disk(struct queue_limits *lim, u32 max_sectors,
+			       bool discard, bool fua);
 int dst_add_disk(struct gendisk *disk);
 int dst_bioset_init(struct bio_set *bs, unsigned int front_pad, bool rescuer);
 struct bio *dst_bio_clone(struct block_device *bdev, struct bio *src,
-			  struct bio_set *bs);
+			  struct bio_set *bs, bool strip_preflush);
 struct bio *dst_bio_alloc_flush(struct block_device *bdev, struct bio_set *bs);
 struct bio *dst_bio_split(struct bio *bio, unsigned int sectors,
 			  struct bio_set *bs);
@@ -92,5 +97,46 @@ bool dst_bdev_synchronous(struct block_device *bdev);
 void dst_bdev_name(struct block_device *bdev, char *buf, size_t len);
 void dst_wait_var(void *var, bool (*done)(void *var));
 struct workqueue_struct *dst_alloc_workqueue(const char *name);
+struct page;
+struct page **dst_pages_alloc(unsigned int n);
+void dst_pages_free(struct page **pages, unsigned int n);
+struct bio *dst_bio_pages(struct block_device *bdev, struct page **pages,
+			  u32 bytes, bool write, u64 sector,
+			  void (*end_io)(struct bio *), void *private);
+void *dst_bio_private(struct bio *bio);
+void dst_bio_kfree(struct bio *bio);
+
+/* ---- sockets and jobs (net_glue.c) ---- */
+
+struct socket;
+struct delayed_work;
+struct work_struct;
+
+/* What a socket callback reports. */
+enum dst_sock_event {
+	DST_SOCK_READABLE = 1,
+	DST_SOCK_WRITABLE = 2,
+	DST_SOCK_CLOSED = 3,
+};
+
+int dst_sock_connect(int family, const u8 *addr, u16 port, u32 scope_id,
+		     unsigned int timeout_ms, struct socket **out);
+void dst_sock_release(struct socket *sock);
+void dst_sock_shutdown(struct socket *sock);
+int dst_sock_send(struct socket *sock, const void *buf, size_t len,
+		  bool nonblock, bool more);
+int dst_sock_recv(struct socket *sock, void *buf, size_t len, bool nonblock);
+int dst_sock_send_bio(struct socket *sock, struct bio *bio, u32 skip,
+		      bool more);
+int dst_sock_recv_bio(struct socket *sock, struct bio *bio, u32 skip);
+int dst_sock_set_callbacks(struct socket *sock,
+			   void (*fn)(void *data, int what), void *data);
+void dst_sock_clear_callbacks(struct socket *sock);
+
+void dst_dwork_init(struct delayed_work *dw, void (*fn)(struct work_struct *));
+bool dst_dwork_queue(struct delayed_work *dw, struct workqueue_struct *wq,
+		     unsigned int delay_ms);
+bool dst_dwork_disable_sync(struct delayed_work *dw);
+u64 dst_now_ms(void);
 
 #endif /* DST_GLUE_H */

@@ -6,7 +6,7 @@
 //! call these.  Keep every signature identical to `glue.h`.
 
 use core::ffi::c_void;
-use kernel::ffi::{c_char, c_int, c_long};
+use kernel::ffi::{c_char, c_int, c_long, c_uint};
 use kernel::bindings;
 
 /// `struct dst_nl_attr`.
@@ -89,7 +89,21 @@ extern "C" {
     pub(crate) fn dst_genl_multicast(cmd: u8, buf: *const c_void, len: u32) -> c_int;
 
     pub(crate) fn dst_limits_init(lim: *mut bindings::queue_limits);
-    pub(crate) fn dst_alloc_disk(lim: *mut bindings::queue_limits) -> *mut bindings::gendisk;
+    pub(crate) fn dst_bdev_discard(bdev: *mut bindings::block_device) -> bool;
+    pub(crate) fn dst_limits_stack_remote(
+        lim: *mut bindings::queue_limits,
+        min_block: u32,
+        pref_block: u32,
+        cache: bool,
+        write_zeroes: bool,
+        rotational: bool,
+    );
+    pub(crate) fn dst_alloc_disk(
+        lim: *mut bindings::queue_limits,
+        max_sectors: u32,
+        discard: bool,
+        fua: bool,
+    ) -> *mut bindings::gendisk;
     pub(crate) fn dst_add_disk(disk: *mut bindings::gendisk) -> c_int;
     pub(crate) fn dst_bioset_init(bs: *mut bindings::bio_set, front_pad: u32, rescuer: bool)
         -> c_int;
@@ -97,6 +111,7 @@ extern "C" {
         bdev: *mut bindings::block_device,
         src: *mut bindings::bio,
         bs: *mut bindings::bio_set,
+        strip_preflush: bool,
     ) -> *mut bindings::bio;
     pub(crate) fn dst_bio_alloc_flush(
         bdev: *mut bindings::block_device,
@@ -113,7 +128,76 @@ extern "C" {
     pub(crate) fn dst_bdev_name(bdev: *mut bindings::block_device, buf: *mut c_char, len: usize);
     pub(crate) fn dst_wait_var(var: *mut c_void, done: unsafe extern "C" fn(*mut c_void) -> bool);
     pub(crate) fn dst_alloc_workqueue(name: *const c_char) -> *mut bindings::workqueue_struct;
+    pub(crate) fn dst_pages_alloc(n: c_uint) -> *mut *mut bindings::page;
+    pub(crate) fn dst_pages_free(pages: *mut *mut bindings::page, n: c_uint);
+    pub(crate) fn dst_bio_pages(
+        bdev: *mut bindings::block_device,
+        pages: *mut *mut bindings::page,
+        bytes: u32,
+        write: bool,
+        sector: u64,
+        end_io: unsafe extern "C" fn(*mut bindings::bio),
+        private: *mut c_void,
+    ) -> *mut bindings::bio;
+    pub(crate) fn dst_bio_private(bio: *mut bindings::bio) -> *mut c_void;
+    pub(crate) fn dst_bio_kfree(bio: *mut bindings::bio);
+
+    pub(crate) fn dst_sock_connect(
+        family: c_int,
+        addr: *const u8,
+        port: u16,
+        scope_id: u32,
+        timeout_ms: c_uint,
+        out: *mut *mut bindings::socket,
+    ) -> c_int;
+    pub(crate) fn dst_sock_release(sock: *mut bindings::socket);
+    pub(crate) fn dst_sock_shutdown(sock: *mut bindings::socket);
+    pub(crate) fn dst_sock_send(
+        sock: *mut bindings::socket,
+        buf: *const c_void,
+        len: usize,
+        nonblock: bool,
+        more: bool,
+    ) -> c_int;
+    pub(crate) fn dst_sock_recv(
+        sock: *mut bindings::socket,
+        buf: *mut c_void,
+        len: usize,
+        nonblock: bool,
+    ) -> c_int;
+    pub(crate) fn dst_sock_send_bio(
+        sock: *mut bindings::socket,
+        bio: *mut bindings::bio,
+        skip: u32,
+        more: bool,
+    ) -> c_int;
+    pub(crate) fn dst_sock_recv_bio(sock: *mut bindings::socket, bio: *mut bindings::bio, skip: u32)
+        -> c_int;
+    pub(crate) fn dst_sock_set_callbacks(
+        sock: *mut bindings::socket,
+        f: unsafe extern "C" fn(*mut c_void, c_int),
+        data: *mut c_void,
+    ) -> c_int;
+    pub(crate) fn dst_sock_clear_callbacks(sock: *mut bindings::socket);
+
+    pub(crate) fn dst_dwork_init(
+        dw: *mut bindings::delayed_work,
+        f: unsafe extern "C" fn(*mut bindings::work_struct),
+    );
+    pub(crate) fn dst_dwork_queue(
+        dw: *mut bindings::delayed_work,
+        wq: *mut bindings::workqueue_struct,
+        delay_ms: c_uint,
+    ) -> bool;
+    pub(crate) fn dst_dwork_disable_sync(dw: *mut bindings::delayed_work) -> bool;
+    pub(crate) fn dst_now_ms() -> u64;
 }
+
+/// `enum dst_sock_event`.
+pub(crate) const DST_SOCK_READABLE: c_int = 1;
+pub(crate) const DST_SOCK_WRITABLE: c_int = 2;
+#[allow(dead_code)]
+pub(crate) const DST_SOCK_CLOSED: c_int = 3;
 
 /// The dump cursor type passed by `dst_nl_dumpit`.
 pub(crate) type Cursor = c_long;

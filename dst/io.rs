@@ -21,10 +21,10 @@ use core::sync::atomic::{fence, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
 use kernel::bindings;
 use kernel::prelude::*;
-use kernel::sync::ArcBorrow;
+use kernel::sync::{Arc, ArcBorrow};
 
 use crate::bdev::BlockDev;
-use crate::bio::{from_status, to_status, Bio, BioSet, Op};
+use crate::bio::{from_status, to_status, Bio, BioSet, LegBio, LegBioStack, Op, PageBuf};
 use crate::glue;
 
 /// Counts I/Os in flight so a device can wait for them before it goes.
@@ -70,11 +70,6 @@ impl Gate {
         }
     }
 
-    /// Number of I/Os in flight.
-    pub(crate) fn in_flight(&self) -> usize {
-        self.count.load(Ordering::Relaxed) & !WAITING
-    }
-
     /// Waits until no I/O is in flight.  The caller must make sure no new
     /// I/O can start (the disk is deleted).
     pub(crate) fn wait_idle(&self) {
@@ -106,6 +101,8 @@ pub(crate) struct Outcome {
     pub(crate) error: Option<Error>,
     /// The parent's first sector.
     pub(crate) sector: u64,
+    /// The parent's length in bytes.
+    pub(crate) bytes: u32,
 }
 
 /// What to do with an I/O whose clones have all ended.
@@ -120,10 +117,20 @@ pub(crate) enum Decision {
 pub(crate) struct Route<'a> {
     /// Leg index.
     pub(crate) leg: u32,
-    /// The leg's device.
-    pub(crate) dev: &'a BlockDev,
+    /// Where the leg's clones go.
+    pub(crate) sink: &'a dyn BioSink,
     /// First sector on the leg.
     pub(crate) sector: u64,
+}
+
+/// Where a leg's clones go.
+pub(crate) trait BioSink: Sync {
+    /// The block device, for a local leg: clones are submitted to it.
+    fn bdev(&self) -> Option<&BlockDev>;
+    /// Takes a clone, for a leg that is not a block device.  The bio names
+    /// the dst device itself; a `REQ_PREFLUSH` never comes with data (the
+    /// engine sends the flush as a bio of its own).
+    fn submit(&self, bio: LegBio);
 }
 
 /// The device side of the engine.
@@ -134,19 +141,21 @@ pub(crate) trait IoOwner: Send + Sync + Sized {
     fn ioset(&self) -> &BioSet;
     /// Where deferred I/Os wait.
     fn defer_list(&self) -> &DeferList;
-    /// Called for every clone as it ends, in any context.
-    fn clone_done(&self, leg: u32, op: Op, res: Result);
+    /// Called for every clone as it ends, in any context, with the
+    /// parent's range (`sector`, `bytes`).
+    fn clone_done(this: ArcBorrow<'_, Self>, leg: u32, op: Op, sector: u64, bytes: u32, res: Result);
     /// Called once all clones of an I/O have ended, in any context.
-    fn io_done(&self, outcome: &Outcome) -> Decision;
+    fn io_done(this: ArcBorrow<'_, Self>, outcome: &Outcome) -> Decision;
     /// Picks where to send an I/O again, in process context; `None` ends it
     /// with its error.
     fn retry(&self, outcome: &Outcome) -> Option<Route<'_>>;
     /// Arranges for [`DeferList::run`] to be called soon from a workqueue.
     fn kick_deferred(this: ArcBorrow<'_, Self>);
-    /// Where clones for `leg` sent with [`Io::clone_to_later`] wait.
-    fn later_list(&self, leg: u32) -> &BioList;
-    /// Arranges for [`BioList::submit_all`] to be called soon on
-    /// `later_list(leg)`, from a workqueue, on another CPU.
+    /// Where clones for `leg` sent with [`Io::clone_to_later`] wait; the
+    /// owner submits them (`LegBio::submit_local`) when it is kicked.
+    fn later_list(&self, leg: u32) -> &LegBioStack;
+    /// Arranges for `later_list(leg)` to be submitted soon, from a
+    /// workqueue, on another CPU.
     fn kick_later(this: ArcBorrow<'_, Self>, leg: u32);
 }
 
@@ -276,54 +285,84 @@ impl<'a, T: IoOwner> Io<'a, T> {
         }
     }
 
-    /// Makes a clone of the parent for `dev` (leg `leg`) at `sector`,
-    /// counted in the I/O.
-    fn make_clone(&mut self, leg: u32, dev: &BlockDev, sector: u64) -> Result<*mut bindings::bio> {
+    /// Makes a clone of the parent for leg `leg` of `sink` at `sector`,
+    /// counted in the I/O.  Clones for a leg that is not a block device
+    /// name the parent's device and lose `REQ_PREFLUSH` (see `clone_to`).
+    fn make_clone(&mut self, leg: u32, sink: &dyn BioSink, sector: u64) -> Result<LegBio> {
         let parent = self.parent().as_raw();
+        let (bdev, strip) = match sink.bdev() {
+            Some(dev) => (dev.as_raw(), false),
+            // SAFETY: `parent` is live.
+            None => (unsafe { (*parent).bi_bdev }, true),
+        };
         // SAFETY: `parent` is live; the io set is initialised.
-        let clone = unsafe { glue::dst_bio_clone(dev.as_raw(), parent, self.owner.ioset().as_raw()) };
+        let clone = unsafe { glue::dst_bio_clone(bdev, parent, self.owner.ioset().as_raw(), strip) };
         if clone.is_null() {
             return Err(ENOMEM);
         }
         self.attach(clone, leg);
-        // SAFETY: the clone is ours until submitted.
-        unsafe { (*clone).bi_iter.bi_sector = sector };
-        Ok(clone)
+        // SAFETY: the clone is ours until submitted; it has its end_io.
+        unsafe {
+            (*clone).bi_iter.bi_sector = sector;
+            LegBio::from_raw(clone).ok_or(ENOMEM)
+        }
     }
 
-    /// Sends a clone of the parent to `dev` (leg `leg`) at `sector`.
+    /// Sends a clone of the parent to leg `leg` of `sink` at `sector`.  A
+    /// leg that is not a block device gets a `REQ_PREFLUSH` with data as an
+    /// empty flush followed by the data without it: the flush only has to
+    /// cover writes completed before the parent was issued.
     ///
     /// Fails only if no clone can be made (a bio set with `GFP_NOIO` waits
     /// for memory rather than fail, so in practice never); the leg then did
     /// not get the I/O and the caller decides what that means.
-    pub(crate) fn clone_to(&mut self, leg: u32, dev: &BlockDev, sector: u64) -> Result {
-        let clone = self.make_clone(leg, dev, sector)?;
-        // SAFETY: the clone is set up and owned by the I/O; submitting hands
-        // it to the leg, which ends it through `clone_endio`.
-        unsafe { bindings::submit_bio_noacct(clone) };
+    pub(crate) fn clone_to(&mut self, leg: u32, sink: &dyn BioSink, sector: u64) -> Result {
+        if sink.bdev().is_none() && self.parent().is_preflush() && !self.parent().is_flush_only() {
+            self.flush_to(leg, sink)?;
+        }
+        let clone = self.make_clone(leg, sink, sector)?;
+        match sink.bdev() {
+            Some(_) => clone.submit_local(),
+            None => sink.submit(clone),
+        }
         Ok(())
     }
 
-    /// Like [`Io::clone_to`], but the clone is submitted from the workqueue,
-    /// so that another CPU does the leg's share of the work in parallel.
-    pub(crate) fn clone_to_later(&mut self, leg: u32, dev: &BlockDev, sector: u64) -> Result {
-        let clone = self.make_clone(leg, dev, sector)?;
+    /// Like [`Io::clone_to`], for a local leg, but the clone is submitted
+    /// from the workqueue, so that another CPU does the leg's share of the
+    /// work in parallel.
+    pub(crate) fn clone_to_later(&mut self, leg: u32, sink: &dyn BioSink, sector: u64) -> Result {
+        if sink.bdev().is_none() {
+            return self.clone_to(leg, sink, sector);
+        }
+        let clone = self.make_clone(leg, sink, sector)?;
         self.owner.later_list(leg).push(clone);
         T::kick_later(self.owner, leg);
         Ok(())
     }
 
-    /// Sends an empty cache flush to `dev` (leg `leg`).  Fails as
+    /// Sends an empty cache flush to leg `leg` of `sink`.  Fails as
     /// [`Io::clone_to`] does.
-    pub(crate) fn flush_to(&mut self, leg: u32, dev: &BlockDev) -> Result {
+    pub(crate) fn flush_to(&mut self, leg: u32, sink: &dyn BioSink) -> Result {
+        let bdev = match sink.bdev() {
+            Some(dev) => dev.as_raw(),
+            // SAFETY: the parent is live.
+            None => unsafe { (*self.parent().as_raw()).bi_bdev },
+        };
         // SAFETY: the io set is initialised.
-        let bio = unsafe { glue::dst_bio_alloc_flush(dev.as_raw(), self.owner.ioset().as_raw()) };
+        let bio = unsafe { glue::dst_bio_alloc_flush(bdev, self.owner.ioset().as_raw()) };
         if bio.is_null() {
             return Err(ENOMEM);
         }
         self.attach(bio, leg);
-        // SAFETY: as in `clone_to`.
-        unsafe { bindings::submit_bio_noacct(bio) };
+        // SAFETY: the bio is ours until submitted; it has its end_io.
+        let Some(bio) = (unsafe { LegBio::from_raw(bio) }) else {
+            return Err(ENOMEM);
+        };
+        match sink.bdev() {
+            Some(_) => bio.submit_local(),
+            None => sink.submit(bio),
+        }
         Ok(())
     }
 
@@ -404,10 +443,16 @@ unsafe extern "C" fn clone_endio<T: IoOwner>(clone: *mut bindings::bio) {
     // SAFETY: the I/O is live.
     unsafe { record(io, Some(leg), res) };
     {
-        // SAFETY: the owner outlives its I/Os (the gate).
-        let owner = unsafe { &*(*io).owner.cast::<T>() };
-        // SAFETY: as above.
-        owner.clone_done(leg, unsafe { (*io).op }, res);
+        // SAFETY: `owner` is the pointer the disk stores with
+        // `Arc::into_raw`, and the disk's reference lasts while the I/O
+        // holds the gate.
+        let owner = unsafe { ArcBorrow::<T>::from_raw((*io).owner.cast()) };
+        // SAFETY: the parent is live while its I/O is.
+        let (op, sector, bytes) = unsafe {
+            let p = (*io).parent;
+            ((*io).op, (*p).bi_iter.bi_sector, (*p).bi_iter.bi_size)
+        };
+        T::clone_done(owner, leg, op, sector, bytes, res);
     }
     // SAFETY: the first clone holds the state and is put when the I/O ends.
     if clone != unsafe { (*io).first } {
@@ -431,18 +476,16 @@ unsafe fn io_put<T: IoOwner>(io: *mut IoState) {
     // SAFETY: we were the last; the state is ours now.
     let s = unsafe { &*io };
     let outcome = outcome(s);
-    // SAFETY: the owner outlives its I/Os.
-    let owner = unsafe { &*s.owner.cast::<T>() };
-    match owner.io_done(&outcome) {
+    // SAFETY: `owner` is the pointer the disk stores with `Arc::into_raw`,
+    // and the disk's reference lasts while the I/O holds the gate.
+    let this = unsafe { ArcBorrow::<T>::from_raw(s.owner.cast()) };
+    let owner: &T = &this;
+    match T::io_done(this, &outcome) {
         // SAFETY: the I/O is ours and complete.
         Decision::Complete(res) => unsafe { complete::<T>(io, res) },
         Decision::Retry => {
             owner.defer_list().push(io);
-            // SAFETY: `owner` is the pointer the disk stores with
-            // `Arc::into_raw`, and the disk's reference lasts while the I/O
-            // holds the gate.
-            let arc = unsafe { ArcBorrow::<T>::from_raw(s.owner.cast()) };
-            T::kick_deferred(arc);
+            T::kick_deferred(this);
         }
     }
 }
@@ -456,6 +499,8 @@ fn outcome(s: &IoState) -> Outcome {
         error: (code != 0).then(|| Error::from_errno(-(code as i32))),
         // SAFETY: the parent is live while its I/O is.
         sector: unsafe { (*s.parent).bi_iter.bi_sector },
+        // SAFETY: as above.
+        bytes: unsafe { (*s.parent).bi_iter.bi_size },
     }
 }
 
@@ -528,56 +573,6 @@ impl DeferList {
     }
 }
 
-/// Clones waiting to be submitted from the workqueue, linked through
-/// `bi_next` (unused until a bio is submitted).  A lock-free stack.
-pub(crate) struct BioList {
-    head: AtomicPtr<bindings::bio>,
-}
-
-// SAFETY: only raw pointers handed over atomically.
-unsafe impl Send for BioList {}
-// SAFETY: as above.
-unsafe impl Sync for BioList {}
-
-impl BioList {
-    /// An empty list.
-    pub(crate) const fn new() -> Self {
-        BioList {
-            head: AtomicPtr::new(ptr::null_mut()),
-        }
-    }
-
-    fn push(&self, bio: *mut bindings::bio) {
-        let mut head = self.head.load(Ordering::Relaxed);
-        loop {
-            // SAFETY: `bio` is a clone owned by its I/O, not yet submitted.
-            unsafe { (*bio).bi_next = head };
-            match self
-                .head
-                .compare_exchange_weak(head, bio, Ordering::Release, Ordering::Relaxed)
-            {
-                Ok(_) => return,
-                Err(h) => head = h,
-            }
-        }
-    }
-
-    /// Submits every queued clone; call from process context.
-    pub(crate) fn submit_all(&self) {
-        let mut bio = self.head.swap(ptr::null_mut(), Ordering::Acquire);
-        while !bio.is_null() {
-            // SAFETY: pushed by `Io::clone_to_later`, the clone is ours until
-            // submitted; `bi_next` must be clear when it is.
-            unsafe {
-                let next = (*bio).bi_next;
-                (*bio).bi_next = ptr::null_mut();
-                bindings::submit_bio_noacct(bio);
-                bio = next;
-            }
-        }
-    }
-}
-
 /// Sends a deferred I/O to the leg its owner picks, or ends it.
 ///
 /// # Safety
@@ -593,16 +588,22 @@ unsafe fn retry<T: IoOwner>(owner: &T, io: *mut IoState) {
         unsafe { complete::<T>(io, Err(err)) };
         return;
     };
+    let (bdev, local) = match route.sink.bdev() {
+        Some(dev) => (dev.as_raw(), true),
+        // SAFETY: the parent is live (owned by the I/O).
+        None => (unsafe { (*s.parent).bi_bdev }, false),
+    };
     // SAFETY: the parent is live (owned by the I/O), the io set initialised.
-    let clone = unsafe { glue::dst_bio_clone(route.dev.as_raw(), s.parent, owner.ioset().as_raw()) };
+    let clone = unsafe { glue::dst_bio_clone(bdev, s.parent, owner.ioset().as_raw(), false) };
     if clone.is_null() {
         // SAFETY: as above.
         unsafe { complete::<T>(io, Err(ENOMEM)) };
         return;
     }
     // SAFETY: the clone is ours; its pad points at the I/O, which gets one
-    // pending reference for it.
-    unsafe {
+    // pending reference for it.  Only reads are retried, so there is no
+    // flush to split.
+    let clone = unsafe {
         let pad = pad_of(clone);
         (*pad).io = io;
         (*pad).leg = route.leg;
@@ -610,6 +611,75 @@ unsafe fn retry<T: IoOwner>(owner: &T, io: *mut IoState) {
         s.tried.fetch_or(1 << route.leg, Ordering::Relaxed);
         (*clone).bi_end_io = Some(clone_endio::<T>);
         (*clone).bi_iter.bi_sector = route.sector;
-        bindings::submit_bio_noacct(clone);
+        LegBio::from_raw(clone)
+    };
+    match clone {
+        Some(bio) if local => bio.submit_local(),
+        Some(bio) => route.sink.submit(bio),
+        None => {}
     }
+}
+
+/// The owner of page I/O (see [`page_io`]).
+pub(crate) trait PageIoOwner: Send + Sync + Sized {
+    /// A page I/O ended, in any context.
+    fn page_io_done(this: Arc<Self>, res: Result);
+}
+
+/// What a page I/O holds while it runs.
+struct PageIoCtx<T> {
+    owner: Arc<T>,
+    _buf: Arc<PageBuf>,
+}
+
+/// Reads (`write` false) or writes the first `bytes` of `buf` at `sector`
+/// of `sink`, then calls `T::page_io_done`.  The I/O holds references to
+/// `owner` and `buf` until then.  Does not sleep (the context is allocated
+/// with `GFP_NOWAIT`: on `ENOMEM`, try again later).
+pub(crate) fn page_io<T: PageIoOwner>(
+    owner: Arc<T>,
+    buf: Arc<PageBuf>,
+    sink: &dyn BioSink,
+    write: bool,
+    sector: u64,
+    bytes: u32,
+) -> Result {
+    if bytes == 0 || bytes > buf.len() {
+        return Err(EINVAL);
+    }
+    let pages = buf.as_raw();
+    let ctx = KBox::new(PageIoCtx { owner, _buf: buf }, GFP_NOWAIT)?;
+    let bdev = sink.bdev().map_or(ptr::null_mut(), BlockDev::as_raw);
+    let private = KBox::into_raw(ctx).cast::<c_void>();
+    // SAFETY: `pages` has at least `bytes` bytes of pages, kept alive by
+    // the context's buffer reference; `private` is the context, given back
+    // in `page_io_endio`.
+    let bio = unsafe { glue::dst_bio_pages(bdev, pages, bytes, write, sector, page_io_endio::<T>, private) };
+    if bio.is_null() {
+        // SAFETY: `private` came from `KBox::into_raw` and was not used.
+        drop(unsafe { KBox::from_raw(private.cast::<PageIoCtx<T>>()) });
+        return Err(ENOMEM);
+    }
+    // SAFETY: the bio is ours, with its end_io.
+    match unsafe { LegBio::from_raw(bio) } {
+        Some(b) if sink.bdev().is_some() => b.submit_local(),
+        Some(b) => sink.submit(b),
+        None => {}
+    }
+    Ok(())
+}
+
+/// # Safety
+///
+/// Called by the block layer (or a remote leg) only, for a bio made by
+/// [`page_io`].
+unsafe extern "C" fn page_io_endio<T: PageIoOwner>(bio: *mut bindings::bio) {
+    // SAFETY: the bio is live until we free it below.
+    let (res, private) = unsafe { (from_status((*bio).bi_status), glue::dst_bio_private(bio)) };
+    // SAFETY: `private` is the context made in `page_io`.
+    let ctx = unsafe { KBox::from_raw(private.cast::<PageIoCtx<T>>()) };
+    // SAFETY: the bio came from `dst_bio_pages` and has ended.
+    unsafe { glue::dst_bio_kfree(bio) };
+    let PageIoCtx { owner, _buf } = KBox::into_inner(ctx);
+    T::page_io_done(owner, res);
 }

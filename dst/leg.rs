@@ -7,17 +7,21 @@ use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use kernel::prelude::*;
 use kernel::str::{CStr, CString};
 
+use kernel::sync::Arc;
+
 use crate::bdev::{BlockDev, Holder};
-use crate::bio::Op;
+use crate::bio::{LegBio, Op};
+use crate::io::BioSink;
+use crate::remote::{Remote, RemoteConfig};
 use crate::msg::{refuse, Refusal};
 use crate::proto::genl::LegState;
 
-/// The legs of a device that are in sync: they get every write and may
-/// serve reads.  One atomic bitmask (bit `i` for leg `i`), so that "take leg
-/// `i` out unless it is the last one" is a single, race-free decision.
-pub(crate) struct InSync(AtomicU32);
+/// A set of legs of a device (which are in sync, which are resyncing): one
+/// atomic bitmask, bit `i` for leg `i`, so that "take leg `i` out unless it
+/// is the last one" is a single, race-free decision.
+pub(crate) struct LegSet(AtomicU32);
 
-/// What [`InSync::remove_unless_last`] did.
+/// What [`LegSet::remove_unless_last`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Removal {
     /// The leg left the set.
@@ -28,10 +32,30 @@ pub(crate) enum Removal {
     Last,
 }
 
-impl InSync {
-    /// Legs `0..n` all in sync.
+impl LegSet {
+    /// Legs `0..n`.
     pub(crate) fn all(n: usize) -> Self {
-        InSync(AtomicU32::new(((1u64 << n) - 1) as u32))
+        LegSet(AtomicU32::new(((1u64 << n) - 1) as u32))
+    }
+
+    /// No leg.
+    pub(crate) fn none() -> Self {
+        LegSet(AtomicU32::new(0))
+    }
+
+    /// The bitmask.
+    pub(crate) fn mask(&self) -> u32 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Adds leg `i`; returns whether it was absent.
+    pub(crate) fn insert(&self, i: usize) -> bool {
+        self.0.fetch_or(1 << i, Ordering::AcqRel) & (1 << i) == 0
+    }
+
+    /// Removes leg `i`; returns whether it was present.
+    pub(crate) fn remove(&self, i: usize) -> bool {
+        self.0.fetch_and(!(1 << i), Ordering::AcqRel) & (1 << i) != 0
     }
 
     /// Whether leg `i` is in the set.
@@ -85,10 +109,65 @@ pub(crate) struct StatsSnapshot {
     pub(crate) inflight: u32,
 }
 
+/// Where a leg's data lives.
+pub(crate) enum LegDev {
+    /// A local block device.
+    Local(BlockDev),
+    /// An NBD export.
+    Remote(Arc<Remote>),
+}
+
+impl BioSink for LegDev {
+    fn bdev(&self) -> Option<&BlockDev> {
+        match self {
+            LegDev::Local(b) => Some(b),
+            LegDev::Remote(_) => None,
+        }
+    }
+
+    fn submit(&self, bio: LegBio) {
+        match self {
+            LegDev::Local(_) => bio.submit_local(),
+            LegDev::Remote(r) => r.submit(bio),
+        }
+    }
+}
+
+impl LegDev {
+    /// The kernel's name of a local leg; empty for a remote one.
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            LegDev::Local(b) => b.name(),
+            LegDev::Remote(_) => "",
+        }
+    }
+
+    /// Whether the leg does its I/O in the submitter's context.
+    pub(crate) fn is_synchronous(&self) -> bool {
+        match self {
+            LegDev::Local(b) => b.is_synchronous(),
+            LegDev::Remote(_) => false,
+        }
+    }
+
+    /// The remote, for a remote leg.
+    pub(crate) fn remote(&self) -> Option<&Arc<Remote>> {
+        match self {
+            LegDev::Local(_) => None,
+            LegDev::Remote(r) => Some(r),
+        }
+    }
+
+    /// The local block device, for a local leg.
+    pub(crate) fn local(&self) -> Option<&BlockDev> {
+        self.bdev()
+    }
+}
+
 /// One leg of a device.
 pub(crate) struct Leg {
     spec: CString,
-    dev: BlockDev,
+    dev: LegDev,
     /// Sectors of the leg that the device uses.
     sectors: u64,
     /// First device sector stored on this leg (linear; 0 for a mirror).
@@ -121,7 +200,24 @@ impl Leg {
         let sectors = dev.sectors();
         Ok(Leg {
             spec,
-            dev,
+            dev: LegDev::Local(dev),
+            sectors,
+            offset: 0,
+            state: AtomicU8::new(LegState::InSync as u8),
+            stats: Stats::default(),
+        })
+    }
+
+    /// Connects to the NBD export `cfg` describes.
+    pub(crate) fn remote(spec: &CStr, cfg: RemoteConfig) -> Result<Self, Refusal> {
+        let remote = Remote::connect(spec, cfg)?;
+        let sectors = remote.info().size >> 9;
+        if sectors == 0 {
+            refuse!(EINVAL, "leg {}: export smaller than a sector", spec.to_str().unwrap_or("?"));
+        }
+        Ok(Leg {
+            spec: spec.to_cstring()?,
+            dev: LegDev::Remote(remote),
             sectors,
             offset: 0,
             state: AtomicU8::new(LegState::InSync as u8),
@@ -140,8 +236,8 @@ impl Leg {
         &self.spec
     }
 
-    /// The block device.
-    pub(crate) fn dev(&self) -> &BlockDev {
+    /// Where the leg's data lives.
+    pub(crate) fn dev(&self) -> &LegDev {
         &self.dev
     }
 

@@ -2,24 +2,34 @@
 
 //! Mirror (RAID1): every leg holds the whole device.
 //!
-//! Writes, discards and write-zeroes go to every in-sync leg and complete
-//! when all have; they succeed if at least one leg succeeded, and a leg
-//! that fails a write is marked faulty (the device goes on, degraded).
-//! Reads go to one in-sync leg, chosen by load, and are retried on the
-//! other legs if it fails.  Flushes reach every in-sync leg.  Large writes
-//! to legs that work in the submitter's context (RAM disks) are sent from
-//! more than one CPU, in parallel.
+//! Writes, discards and write-zeroes go to every leg that is in sync or
+//! being resynced, and complete when all have; they succeed if at least one
+//! in-sync leg succeeded.  A leg that fails a write is marked faulty (the
+//! device goes on, degraded), except the last in-sync one; a remote leg
+//! whose connection drops is `down` and comes back through a resync.  Legs
+//! that miss a write have its regions marked dirty.  Reads go to one
+//! in-sync leg, chosen by load, and are retried on the other legs if it
+//! fails.  Flushes reach every leg that gets writes.  Large writes to legs
+//! that work in the submitter's context (RAM disks) are sent from more than
+//! one CPU, in parallel.
+//!
+//! Every write registers in the resync barrier while in flight, so that
+//! the resync never copies a region under a write (see [`crate::resync`]).
 
 use core::num::NonZeroU64;
 
 use kernel::prelude::*;
-use kernel::sync::ArcBorrow;
+use kernel::sync::{Arc, ArcBorrow};
 
-use crate::errno;
 use crate::bio::{Bio, Op};
 use crate::device::Device;
+use crate::errno;
 use crate::io::{Decision, Io, Outcome, Route};
 use crate::leg::Leg;
+use crate::resync::Barrier;
+
+/// Writes at least this large go to synchronous legs in parallel.
+const PARALLEL_BYTES: u32 = 64 * 1024;
 
 /// Sizes the legs: each uses as much as the smallest, in whole blocks of
 /// `unit` sectors.  Returns the device's capacity in sectors.
@@ -32,12 +42,19 @@ pub(crate) fn layout(legs: &mut [Leg], unit: NonZeroU64) -> u64 {
     size
 }
 
-/// Writes at least this large go to synchronous legs in parallel.
-const PARALLEL_BYTES: u32 = 64 * 1024;
+/// The barrier buckets a write covers (none for an empty flush).
+fn buckets(dev: &Device, sector: u64, bytes: u32) -> u64 {
+    let Some(map) = dev.dirty_map(0) else { return 0 };
+    if bytes == 0 {
+        return 0;
+    }
+    let last = sector + (u64::from(bytes) - 1) / 512;
+    Barrier::buckets(map.region_of(sector), map.region_of(last))
+}
 
 /// Sends `io` to leg `i`, from here or (`later`) from the workqueue; a leg
 /// that cannot get it is failed.
-fn send(io: &mut Io<'_, Device>, dev: &Device, i: usize, sector: u64, later: bool) -> bool {
+fn send(io: &mut Io<'_, Device>, dev: ArcBorrow<'_, Device>, i: usize, sector: u64, later: bool) -> bool {
     let leg = &dev.legs()[i];
     leg.start();
     let sent = if later {
@@ -49,7 +66,7 @@ fn send(io: &mut Io<'_, Device>, dev: &Device, i: usize, sector: u64, later: boo
         Ok(()) => true,
         Err(e) => {
             leg.done(io.parent().op(), Err(e));
-            dev.fail_leg(i, e);
+            Device::fail_leg(dev, i, e);
             false
         }
     }
@@ -59,33 +76,45 @@ fn send(io: &mut Io<'_, Device>, dev: &Device, i: usize, sector: u64, later: boo
 pub(crate) fn submit(dev: ArcBorrow<'_, Device>, bio: Bio) {
     let op = bio.op();
     let sector = bio.sector();
+    let bytes = bio.bytes();
+    let write = matches!(op, Op::Write | Op::Discard | Op::WriteZeroes);
+    let mask = if write { buckets(&dev, sector, bytes) } else { 0 };
+    if mask != 0 && !dev.barrier().enter(mask) {
+        Device::park(dev, bio);
+        return;
+    }
     let mut io = Io::new(dev, bio);
     match op {
         Op::Other => io.fail(errno::eopnotsupp()),
         Op::Read => match dev.pick_read_leg(0) {
             Some(i) => {
-                if !send(&mut io, &dev, i, sector, false) {
+                if !send(&mut io, dev, i, sector, false) {
                     io.fail(EIO);
                 }
             }
             None => io.fail(EIO),
         },
         Op::Write | Op::Discard | Op::WriteZeroes => {
+            dev.mark_missed(sector, bytes);
             // A leg that does its I/O in the submitter's context (a RAM
             // disk, zram, pmem) costs that context the whole copy.  So a
             // large write to such legs is handed to the workqueue's lanes,
             // which copy to the legs in parallel on other CPUs while the
             // submitter goes on.  Everything else is sent from here: it
             // costs little, and a context switch would only add latency.
-            let large = op == Op::Write && io.parent().bytes() >= PARALLEL_BYTES;
+            let large = op == Op::Write && bytes >= PARALLEL_BYTES;
             let mut sent = 0;
             for i in 0..dev.legs().len() {
                 let later = large && dev.legs()[i].dev().is_synchronous();
-                if dev.leg_in_sync(i) && send(&mut io, &dev, i, sector, later) {
+                if dev.leg_writable(i) && send(&mut io, dev, i, sector, later) {
                     sent += 1;
                 }
             }
             if sent == 0 {
+                // Nothing in flight will leave the barrier for us.
+                if mask != 0 && dev.barrier().exit(mask) {
+                    Arc::from(dev).kick_resync();
+                }
                 io.fail(EIO);
             }
         }
@@ -94,18 +123,37 @@ pub(crate) fn submit(dev: ArcBorrow<'_, Device>, bio: Bio) {
 }
 
 /// A clone to leg `i` failed.
-pub(crate) fn clone_failed(dev: &Device, i: usize, op: Op, e: Error) {
+pub(crate) fn clone_failed(dev: ArcBorrow<'_, Device>, i: usize, op: Op, sector: u64, bytes: u32, e: Error) {
     match op {
-        // The leg may now differ from the others.  A discard is advisory
-        // (the data it covers is undefined anyway), so it does not count.
-        Op::Write | Op::WriteZeroes => dev.fail_leg(i, e),
+        Op::Write | Op::WriteZeroes | Op::Discard => {
+            // The leg may now differ from the others there.
+            dev.mark_dirty(i, sector, bytes);
+            // A remote leg that went down fails its I/O with ENOTCONN: its
+            // state is already taken care of.  A discard is advisory (the
+            // data it covers is undefined anyway): it does not count.
+            if e != errno::enotconn() && op != Op::Discard {
+                Device::fail_leg(dev, i, e);
+            }
+        }
         // A read error is retried elsewhere and leaves the leg in use.
-        Op::Read | Op::Discard | Op::Other => {}
+        Op::Read | Op::Other => {}
     }
 }
 
 /// All clones of an I/O ended.
-pub(crate) fn io_done(dev: &Device, o: &Outcome) -> Decision {
+pub(crate) fn io_done(dev: ArcBorrow<'_, Device>, o: &Outcome) -> Decision {
+    if matches!(o.op, Op::Write | Op::Discard | Op::WriteZeroes) {
+        let mask = buckets(&dev, o.sector, o.bytes);
+        if mask != 0 && dev.barrier().exit(mask) {
+            Arc::from(dev).kick_resync();
+        }
+        // Only a copy on an in-sync leg makes a write good.
+        let in_sync = (0..dev.legs().len()).filter(|&i| dev.leg_in_sync(i)).fold(0u32, |m, i| m | 1 << i);
+        if o.ok & in_sync != 0 {
+            return Decision::Complete(Ok(()));
+        }
+        return Decision::Complete(Err(o.error.unwrap_or(EIO)));
+    }
     if o.ok != 0 {
         return Decision::Complete(Ok(()));
     }
@@ -122,7 +170,7 @@ pub(crate) fn retry<'a>(dev: &'a Device, o: &Outcome) -> Option<Route<'a>> {
     leg.start();
     Some(Route {
         leg: i as u32,
-        dev: leg.dev(),
+        sink: leg.dev(),
         sector: o.sector,
     })
 }

@@ -7,6 +7,7 @@ use core::fmt::{self, Write};
 use kernel::prelude::*;
 
 /// A short message in a fixed buffer (netlink keeps 80 bytes of it).
+#[derive(Clone)]
 pub(crate) struct Msg {
     buf: [u8; 80],
     len: usize,

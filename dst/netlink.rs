@@ -10,10 +10,13 @@ use kernel::prelude::*;
 use kernel::str::CStr;
 
 use crate::errno;
-use crate::device::Device;
-use crate::genl::{Dump, Handler, Request};
-use crate::msg::{refuse, Refusal};
-use crate::proto::genl::{self as schema, cmd, dev, leg, Target, MAX_LEGS};
+use core::net::SocketAddr;
+
+use crate::device::{Device, LegSpec};
+use crate::genl::{self, Dump, Handler, Request};
+use crate::msg::{refuse, Msg, Refusal};
+use crate::proto::genl::{self as schema, cmd, dev, leg, timing, Event, LegKind, Target, MAX_LEGS};
+use crate::remote::RemoteConfig;
 use crate::proto::nlattr::{self, Attr, Attrs, Sink, Writer};
 use crate::registry::Registry;
 
@@ -71,12 +74,120 @@ fn encode(d: &Device) -> Result<KVec<u8>> {
             w.put_u64(leg::READ_ERRORS, s.read_errors)?;
             w.put_u64(leg::WRITE_ERRORS, s.write_errors)?;
             w.put_u32(leg::INFLIGHT, s.inflight)?;
+            let (done, total) = d.resync_progress_of(i);
+            if total > 0 {
+                w.put_u64(leg::RESYNC_DONE, done)?;
+                w.put_u64(leg::RESYNC_TOTAL, total)?;
+            }
+            match l.dev().remote() {
+                None => w.put_u8(leg::KIND, LegKind::Local as u8)?,
+                Some(r) => {
+                    let cfg = r.config();
+                    let st = r.status();
+                    w.put_u8(leg::KIND, LegKind::Remote as u8)?;
+                    w.put_str(leg::ADDR, Msg::new(format_args!("{}", cfg.addr)).as_str())?;
+                    w.put_str_bytes(leg::EXPORT, &cfg.export)?;
+                    w.put_u32(leg::TIMEOUT_MS, cfg.timeout_ms)?;
+                    w.put_u32(leg::DEAD_TIME_MS, cfg.dead_ms)?;
+                    w.put_u32(leg::BACKOFF_MAX_MS, cfg.backoff_max_ms)?;
+                    w.put_u32(leg::NBD_FLAGS, st.flags.into())?;
+                    w.put_u32(leg::CONNECTS, st.connects)?;
+                    if !st.problem.as_str().is_empty() {
+                        w.put_str(leg::PROBLEM, st.problem.as_str())?;
+                    }
+                }
+            }
             w.end_nest(nest)?;
         }
         Ok(())
     })()
     .map_err(encode_err)?;
     Ok(buf.0)
+}
+
+/// Sends an event about `d` to the listeners of the events group.
+pub(crate) fn send_event(d: &Device, event: Event) {
+    let payload = if event == Event::Removed {
+        let mut buf = Buf(KVec::new());
+        let mut w = Writer::new(&mut buf);
+        let mut disk = [0u8; 16];
+        let disk = fmt_into(&mut disk, format_args!("dst{}", d.index()));
+        let ok = w.put_str(dev::NAME, d.name()).is_ok()
+            && w.put_u32(dev::INDEX, d.index()).is_ok()
+            && w.put_str(dev::DISK, disk).is_ok()
+            && w.put_u8(dev::EVENT, event as u8).is_ok();
+        if !ok {
+            return;
+        }
+        buf.0
+    } else {
+        let Ok(mut payload) = encode(d) else { return };
+        let mut buf = Buf(core::mem::take(&mut payload));
+        if Writer::new(&mut buf).put_u8(dev::EVENT, event as u8).is_err() {
+            return;
+        }
+        buf.0
+    };
+    let _ = genl::multicast(cmd::EVENT, &payload);
+}
+
+/// A timing attribute of a leg nest, in milliseconds, checked.
+fn timing_ms(nest: &Attrs<'_>, id: u16, default: u32, what: &str, n: usize) -> Result<u32, Refusal> {
+    let Some(a) = last(nest, id)? else {
+        return Ok(default);
+    };
+    let Ok(v) = a.u32() else {
+        refuse!(EINVAL, "leg {}: bad {}", n, what);
+    };
+    if !(timing::MIN_MS..=timing::MAX_MS).contains(&v) {
+        refuse!(ERANGE, "leg {}: {} must be 100 ms to 24 h", n, what);
+    }
+    Ok(v)
+}
+
+/// Decodes one leg of a CREATE request.
+fn leg_spec<'a>(a: &Attr<'a>, n: usize) -> Result<LegSpec<'a>, Refusal> {
+    let nest = a.nested();
+    let Some(spec) = last(&nest, leg::SPEC)? else {
+        refuse!(EINVAL, "leg {} has no device path", n);
+    };
+    let spec = cstr(&spec)?;
+    if spec.is_empty() {
+        refuse!(EINVAL, "leg {} has an empty device path", n);
+    }
+    let Some(addr) = last(&nest, leg::ADDR)? else {
+        for id in [leg::EXPORT, leg::TIMEOUT_MS, leg::DEAD_TIME_MS, leg::BACKOFF_MAX_MS] {
+            if last(&nest, id)?.is_some() {
+                refuse!(EINVAL, "leg {}: remote settings for a local leg", n);
+            }
+        }
+        return Ok(LegSpec { spec, remote: None });
+    };
+    let Some(addr) = addr.str().ok().and_then(|s| s.parse::<SocketAddr>().ok()) else {
+        refuse!(EINVAL, "leg {}: bad address (IP:PORT or [IPv6]:PORT)", n);
+    };
+    if addr.port() == 0 {
+        refuse!(EINVAL, "leg {}: port 0", n);
+    }
+    let export = match last(&nest, leg::EXPORT)? {
+        Some(e) => match e.str() {
+            Ok(s) => s.as_bytes(),
+            Err(_) => refuse!(EINVAL, "leg {}: bad export name", n),
+        },
+        None => &[],
+    };
+    let mut name = KVec::new();
+    name.extend_from_slice(export, GFP_KERNEL)?;
+    Ok(LegSpec {
+        spec,
+        remote: Some(RemoteConfig {
+            addr,
+            export: name,
+            timeout_ms: timing_ms(&nest, leg::TIMEOUT_MS, timing::TIMEOUT_MS, "timeout", n)?,
+            dead_ms: timing_ms(&nest, leg::DEAD_TIME_MS, timing::DEAD_TIME_MS, "dead time", n)?,
+            backoff_max_ms: timing_ms(&nest, leg::BACKOFF_MAX_MS, timing::BACKOFF_MAX_MS, "backoff maximum", n)?,
+        }),
+    })
 }
 
 /// Formats into `buf`, cut to fit; returns the text.
@@ -141,7 +252,7 @@ impl Registry {
         let Some(target) = t.u8().ok().and_then(Target::from_u8) else {
             refuse!(EINVAL, "unknown target");
         };
-        let mut specs: KVec<&CStr> = KVec::new();
+        let mut specs: KVec<LegSpec<'_>> = KVec::new();
         for a in attrs.clone() {
             let Ok(a) = a else {
                 refuse!(EINVAL, "malformed attributes");
@@ -152,16 +263,10 @@ impl Registry {
             if specs.len() == MAX_LEGS {
                 refuse!(EINVAL, "too many legs (at most {})", MAX_LEGS);
             }
-            let Some(spec) = last(&a.nested(), leg::SPEC)? else {
-                refuse!(EINVAL, "leg {} has no device path", specs.len());
-            };
-            let spec = cstr(&spec)?;
-            if spec.is_empty() {
-                refuse!(EINVAL, "leg {} has an empty device path", specs.len());
-            }
+            let spec = leg_spec(&a, specs.len())?;
             specs.push(spec, GFP_KERNEL)?;
         }
-        let d = self.create(name, target, &specs)?;
+        let d = self.create(name, target, specs)?;
         req.reply(cmd::CREATE, &encode(&d)?)?;
         Ok(())
     }

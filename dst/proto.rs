@@ -10,3 +10,7 @@ pub(crate) mod genl;
 #[allow(dead_code, unreachable_pub, missing_docs)]
 #[path = "../userspace/dst-proto/src/nlattr.rs"]
 pub(crate) mod nlattr;
+
+#[allow(dead_code, unreachable_pub, missing_docs)]
+#[path = "../userspace/dst-proto/src/nbd.rs"]
+pub(crate) mod nbd;

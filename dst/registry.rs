@@ -5,12 +5,12 @@
 use kernel::new_mutex;
 use kernel::prelude::*;
 use kernel::rbtree::{RBTree, RBTreeNodeReservation};
-use kernel::str::CStr;
 use kernel::sync::{Arc, Mutex};
 
-use crate::device::Device;
+use crate::device::{Device, LegSpec};
 use crate::msg::{refuse, Refusal};
-use crate::proto::genl::Target;
+use crate::netlink;
+use crate::proto::genl::{Event, Target};
 
 /// Most devices at once.
 const MAX_DEVICES: u32 = 1024;
@@ -38,7 +38,7 @@ impl Registry {
         &self,
         name: &str,
         target: Target,
-        specs: &[&CStr],
+        specs: KVec<LegSpec<'_>>,
     ) -> Result<Arc<Device>, Refusal> {
         let mut devices = self.devices.lock();
         if devices.values().any(|d| d.name() == name) {
@@ -59,6 +59,7 @@ impl Registry {
         let slot = RBTreeNodeReservation::new(GFP_KERNEL)?;
         let dev = Device::create(name, index, target, specs)?;
         devices.insert(slot.into_node(index, dev.clone()));
+        netlink::send_event(&dev, Event::Created);
         Ok(dev)
     }
 
@@ -71,6 +72,7 @@ impl Registry {
         dev.begin_remove()?;
         dev.teardown();
         devices.remove(&dev.index());
+        netlink::send_event(&dev, Event::Removed);
         Ok(())
     }
 

@@ -54,3 +54,8 @@ pub(crate) fn queue() -> &'static Queue {
     // exists to call this, and it outlives every such call.
     unsafe { Queue::from_raw(raw) }
 }
+
+/// The module's workqueue, as a C pointer (for delayed jobs, see `job`).
+pub(crate) fn raw() -> *mut bindings::workqueue_struct {
+    QUEUE.load(Ordering::Acquire)
+}

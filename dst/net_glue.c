@@ -1,0 +1,355 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Socket and job glue for dst's remote legs.
+ *
+ * The helpers here wrap what Linux 6.12 only has as inline functions or
+ * macros (socket callbacks under sk_callback_lock, bio segment walking,
+ * memalloc scopes, delayed work), and keep C constants (MSG_*, SOL_*) out
+ * of Rust.  Sends and receives on the data path never sleep (MSG_DONTWAIT);
+ * only dst_sock_connect() and the blocking variants used for the handshake
+ * do, bounded by the socket timeouts.
+ */
+
+#include <linux/bio.h>
+#include <linux/in.h>
+#include <linux/in6.h>
+#include <linux/net.h>
+#include <linux/sched/mm.h>
+#include <linux/slab.h>
+#include <linux/tcp.h>
+#include <linux/workqueue.h>
+#include <net/sock.h>
+#include <net/tcp.h>
+
+#include "glue.h"
+
+#ifdef CONFIG_DEBUG_LOCK_ALLOC
+/* dst's sockets carry block I/O: give them their own lockdep classes. */
+static struct lock_class_key dst_sk_key[2];
+static struct lock_class_key dst_slock_key[2];
+
+static void dst_reclassify_socket(struct socket *sock)
+{
+	struct sock *sk = sock->sk;
+
+	if (WARN_ON_ONCE(!sock_allow_reclassification(sk)))
+		return;
+	switch (sk->sk_family) {
+	case AF_INET:
+		sock_lock_init_class_and_name(sk, "slock-AF_INET-DST",
+					      &dst_slock_key[0],
+					      "sk_lock-AF_INET-DST",
+					      &dst_sk_key[0]);
+		break;
+	case AF_INET6:
+		sock_lock_init_class_and_name(sk, "slock-AF_INET6-DST",
+					      &dst_slock_key[1],
+					      "sk_lock-AF_INET6-DST",
+					      &dst_sk_key[1]);
+		break;
+	}
+}
+#else
+static void dst_reclassify_socket(struct socket *sock) { }
+#endif
+
+int dst_sock_connect(int family, const u8 *addr, u16 port, u32 scope_id,
+		     unsigned int timeout_ms, struct socket **out)
+{
+	struct sockaddr_storage ss = {};
+	struct socket *sock;
+	struct sock *sk;
+	int len, err;
+
+	if (family == 4) {
+		struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons(port);
+		memcpy(&sin->sin_addr, addr, 4);
+		len = sizeof(*sin);
+		family = AF_INET;
+	} else if (family == 6) {
+		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = htons(port);
+		memcpy(&sin6->sin6_addr, addr, 16);
+		sin6->sin6_scope_id = scope_id;
+		len = sizeof(*sin6);
+		family = AF_INET6;
+	} else {
+		return -EAFNOSUPPORT;
+	}
+
+	err = sock_create_kern(&init_net, family, SOCK_STREAM, IPPROTO_TCP,
+			       &sock);
+	if (err)
+		return err;
+	dst_reclassify_socket(sock);
+	sk = sock->sk;
+	/* The socket carries writeback: no reclaim recursion, use reserves. */
+	sk->sk_allocation = GFP_NOIO | __GFP_MEMALLOC;
+	sk->sk_use_task_frag = false;
+	sk_set_memalloc(sk);
+	tcp_sock_set_nodelay(sk);
+	sock_no_linger(sk);
+	/* Bounded blocking for connect and the handshake. */
+	sk->sk_sndtimeo = msecs_to_jiffies(timeout_ms);
+	sk->sk_rcvtimeo = msecs_to_jiffies(timeout_ms);
+	/* A dead peer on an idle connection shows within about timeout_ms. */
+	sock_set_keepalive(sk);
+	tcp_sock_set_keepidle(sk, max(1U, timeout_ms / 2000));
+	tcp_sock_set_keepintvl(sk, max(1U, timeout_ms / 6000));
+	tcp_sock_set_keepcnt(sk, 3);
+	tcp_sock_set_user_timeout(sk, timeout_ms);
+
+	err = kernel_connect(sock, (struct sockaddr *)&ss, len, 0);
+	if (err) {
+		sock_release(sock);
+		return err == -EINPROGRESS ? -ETIMEDOUT : err;
+	}
+	*out = sock;
+	return 0;
+}
+
+void dst_sock_release(struct socket *sock)
+{
+	kernel_sock_shutdown(sock, SHUT_RDWR);
+	sock_release(sock);
+}
+
+void dst_sock_shutdown(struct socket *sock)
+{
+	kernel_sock_shutdown(sock, SHUT_RDWR);
+}
+
+int dst_sock_send(struct socket *sock, const void *buf, size_t len,
+		  bool nonblock, bool more)
+{
+	struct msghdr msg = { .msg_flags = MSG_NOSIGNAL };
+	struct kvec iov = { .iov_base = (void *)buf, .iov_len = len };
+	unsigned int noreclaim;
+	int ret;
+
+	if (nonblock)
+		msg.msg_flags |= MSG_DONTWAIT;
+	if (more)
+		msg.msg_flags |= MSG_MORE;
+	noreclaim = memalloc_noreclaim_save();
+	ret = kernel_sendmsg(sock, &msg, &iov, 1, len);
+	memalloc_noreclaim_restore(noreclaim);
+	return ret;
+}
+
+int dst_sock_recv(struct socket *sock, void *buf, size_t len, bool nonblock)
+{
+	struct msghdr msg = { .msg_flags = MSG_NOSIGNAL };
+	struct kvec iov = { .iov_base = buf, .iov_len = len };
+	unsigned int noreclaim;
+	int ret;
+
+	noreclaim = memalloc_noreclaim_save();
+	ret = kernel_recvmsg(sock, &msg, &iov, 1, len,
+			     nonblock ? MSG_DONTWAIT : MSG_WAITALL);
+	memalloc_noreclaim_restore(noreclaim);
+	return ret;
+}
+
+/*
+ * Sends the data of @bio from byte @skip on, segment by segment, without
+ * waiting: the pages go to the socket without a copy when the kernel allows
+ * it (MSG_SPLICE_PAGES).  Returns the bytes sent (possibly fewer than
+ * asked), or a negative errno (-EAGAIN when nothing could be sent).
+ */
+int dst_sock_send_bio(struct socket *sock, struct bio *bio, u32 skip,
+		      bool more)
+{
+	struct bvec_iter iter = bio->bi_iter;
+	unsigned int noreclaim;
+	int sent = 0;
+
+	if (skip > iter.bi_size)
+		return -EINVAL;
+	bio_advance_iter(bio, &iter, skip);
+	noreclaim = memalloc_noreclaim_save();
+	while (iter.bi_size) {
+		struct bio_vec bv = bio_iter_iovec(bio, iter);
+		struct msghdr msg = {
+			.msg_flags = MSG_DONTWAIT | MSG_NOSIGNAL |
+				     MSG_SPLICE_PAGES,
+		};
+		int ret;
+
+		if (more || iter.bi_size > bv.bv_len)
+			msg.msg_flags |= MSG_MORE;
+		if (!sendpages_ok(bv.bv_page, bv.bv_len, bv.bv_offset))
+			msg.msg_flags &= ~MSG_SPLICE_PAGES;
+		iov_iter_bvec(&msg.msg_iter, ITER_SOURCE, &bv, 1, bv.bv_len);
+		ret = sock_sendmsg(sock, &msg);
+		if (ret <= 0) {
+			if (!sent)
+				sent = ret ? ret : -EAGAIN;
+			break;
+		}
+		sent += ret;
+		if (ret < bv.bv_len)
+			break;
+		bio_advance_iter_single(bio, &iter, ret);
+	}
+	memalloc_noreclaim_restore(noreclaim);
+	return sent;
+}
+
+/*
+ * Receives into the pages of @bio from byte @skip on, without waiting.
+ * Returns the bytes received, 0 if the peer closed the connection, or a
+ * negative errno (-EAGAIN when nothing was there).
+ */
+int dst_sock_recv_bio(struct socket *sock, struct bio *bio, u32 skip)
+{
+	struct bvec_iter iter = bio->bi_iter;
+	unsigned int noreclaim;
+	int got = 0;
+
+	if (skip > iter.bi_size)
+		return -EINVAL;
+	bio_advance_iter(bio, &iter, skip);
+	noreclaim = memalloc_noreclaim_save();
+	while (iter.bi_size) {
+		struct bio_vec bv = bio_iter_iovec(bio, iter);
+		struct msghdr msg = { .msg_flags = MSG_NOSIGNAL };
+		int ret;
+
+		iov_iter_bvec(&msg.msg_iter, ITER_DEST, &bv, 1, bv.bv_len);
+		ret = sock_recvmsg(sock, &msg, MSG_DONTWAIT);
+		if (ret <= 0) {
+			if (!got)
+				got = ret;
+			break;
+		}
+		got += ret;
+		if (ret < bv.bv_len)
+			break;
+		bio_advance_iter_single(bio, &iter, ret);
+	}
+	memalloc_noreclaim_restore(noreclaim);
+	return got;
+}
+
+/* ---- socket callbacks ---- */
+
+struct dst_sock_cb {
+	void (*fn)(void *data, int what);
+	void *data;
+	void (*data_ready)(struct sock *sk);
+	void (*write_space)(struct sock *sk);
+	void (*state_change)(struct sock *sk);
+};
+
+static void dst_sk_data_ready(struct sock *sk)
+{
+	struct dst_sock_cb *cb;
+
+	read_lock_bh(&sk->sk_callback_lock);
+	cb = sk->sk_user_data;
+	if (cb)
+		cb->fn(cb->data, DST_SOCK_READABLE);
+	read_unlock_bh(&sk->sk_callback_lock);
+}
+
+static void dst_sk_write_space(struct sock *sk)
+{
+	struct dst_sock_cb *cb;
+
+	read_lock_bh(&sk->sk_callback_lock);
+	cb = sk->sk_user_data;
+	if (cb && sk_stream_is_writeable(sk)) {
+		clear_bit(SOCK_NOSPACE, &sk->sk_socket->flags);
+		cb->fn(cb->data, DST_SOCK_WRITABLE);
+	}
+	read_unlock_bh(&sk->sk_callback_lock);
+}
+
+static void dst_sk_state_change(struct sock *sk)
+{
+	struct dst_sock_cb *cb;
+
+	read_lock_bh(&sk->sk_callback_lock);
+	cb = sk->sk_user_data;
+	if (cb) {
+		switch (sk->sk_state) {
+		case TCP_CLOSE:
+		case TCP_CLOSE_WAIT:
+		case TCP_LAST_ACK:
+		case TCP_FIN_WAIT1:
+		case TCP_FIN_WAIT2:
+			cb->fn(cb->data, DST_SOCK_CLOSED);
+			break;
+		}
+	}
+	read_unlock_bh(&sk->sk_callback_lock);
+}
+
+int dst_sock_set_callbacks(struct socket *sock,
+			   void (*fn)(void *data, int what), void *data)
+{
+	struct sock *sk = sock->sk;
+	struct dst_sock_cb *cb = kzalloc(sizeof(*cb), GFP_KERNEL);
+
+	if (!cb)
+		return -ENOMEM;
+	cb->fn = fn;
+	cb->data = data;
+	write_lock_bh(&sk->sk_callback_lock);
+	cb->data_ready = sk->sk_data_ready;
+	cb->write_space = sk->sk_write_space;
+	cb->state_change = sk->sk_state_change;
+	sk->sk_user_data = cb;
+	sk->sk_data_ready = dst_sk_data_ready;
+	sk->sk_write_space = dst_sk_write_space;
+	sk->sk_state_change = dst_sk_state_change;
+	write_unlock_bh(&sk->sk_callback_lock);
+	return 0;
+}
+
+/* After this returns, no callback runs with the data given above. */
+void dst_sock_clear_callbacks(struct socket *sock)
+{
+	struct sock *sk = sock->sk;
+	struct dst_sock_cb *cb;
+
+	write_lock_bh(&sk->sk_callback_lock);
+	cb = sk->sk_user_data;
+	if (cb) {
+		sk->sk_data_ready = cb->data_ready;
+		sk->sk_write_space = cb->write_space;
+		sk->sk_state_change = cb->state_change;
+		sk->sk_user_data = NULL;
+	}
+	write_unlock_bh(&sk->sk_callback_lock);
+	kfree(cb);
+}
+
+/* ---- delayed work, for dst/job.rs ---- */
+
+void dst_dwork_init(struct delayed_work *dw, void (*fn)(struct work_struct *))
+{
+	INIT_DELAYED_WORK(dw, fn);
+}
+
+bool dst_dwork_queue(struct delayed_work *dw, struct workqueue_struct *wq,
+		     unsigned int delay_ms)
+{
+	return queue_delayed_work(wq, dw, msecs_to_jiffies(delay_ms));
+}
+
+bool dst_dwork_disable_sync(struct delayed_work *dw)
+{
+	return disable_delayed_work_sync(dw);
+}
+
+u64 dst_now_ms(void)
+{
+	return ktime_get_ns() / NSEC_PER_MSEC;
+}

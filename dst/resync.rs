@@ -1,0 +1,388 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Resync: bringing a mirror leg back in sync while the device is in use.
+//!
+//! A leg being resynced gets every write (so regions already copied stay
+//! in sync) but serves no reads.  The resync copies its dirty regions
+//! (see [`crate::bitmap`]) from an in-sync leg, a chunk of up to
+//! [`CHUNK_REGIONS`] consecutive dirty regions at a time:
+//!
+//! 1. raise the [`Barrier`] over the chunk's buckets: new writes there are
+//!    parked, and the copy waits for the writes in flight to end;
+//! 2. read the chunk from the source leg, write it to the target leg;
+//! 3. clear the regions' dirty bits, lower the barrier, resubmit the parked
+//!    writes.
+//!
+//! A region is marked clean only after both copies match, and a write can
+//! never slip between the read and the write of its region: it either ended
+//! before the copy read the source, or waits until the copy is written.  If
+//! the target or the source fails, the chunk stays dirty and the resync
+//! resumes when a source and the target are available again.  It runs as a
+//! job on the module's workqueue, driven by I/O completions; nothing waits.
+
+use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+
+use kernel::prelude::*;
+use kernel::sync::Arc;
+
+use crate::bio::PageBuf;
+use crate::device::Device;
+use crate::io::page_io;
+
+/// Most regions copied in one go.
+pub(crate) const CHUNK_REGIONS: u64 = 16;
+/// Barrier buckets (a region's bucket is its number modulo this).
+const BUCKETS: u64 = 64;
+
+/// Keeps writes and the resync copy of the same regions apart.
+///
+/// Every mirror write registers in the buckets of the regions it touches
+/// for as long as it is in flight.  The resync raises the barrier on the
+/// buckets of the chunk it copies, then waits for them to drain; a write
+/// that finds its buckets raised is parked until the barrier is lowered.
+pub(crate) struct Barrier {
+    raised: AtomicU64,
+    pending: [AtomicU32; BUCKETS as usize],
+}
+
+impl Barrier {
+    /// No barrier, no writes.
+    pub(crate) fn new() -> Self {
+        Barrier {
+            raised: AtomicU64::new(0),
+            pending: [const { AtomicU32::new(0) }; BUCKETS as usize],
+        }
+    }
+
+    /// The buckets of regions `first..=last`.
+    pub(crate) fn buckets(first: u64, last: u64) -> u64 {
+        if last.saturating_sub(first) >= BUCKETS - 1 {
+            return u64::MAX;
+        }
+        let mut mask = 0;
+        for r in first..=last {
+            mask |= 1 << (r % BUCKETS);
+        }
+        mask
+    }
+
+    /// Registers a write in `mask`; `false` if it must be parked.
+    pub(crate) fn enter(&self, mask: u64) -> bool {
+        for b in bits(mask) {
+            self.pending[b].fetch_add(1, Ordering::SeqCst);
+        }
+        if self.raised.load(Ordering::SeqCst) & mask == 0 {
+            return true;
+        }
+        self.exit(mask);
+        false
+    }
+
+    /// Unregisters a write; `true` if the resync may be waiting for it.
+    pub(crate) fn exit(&self, mask: u64) -> bool {
+        let mut wake = false;
+        for b in bits(mask) {
+            if self.pending[b].fetch_sub(1, Ordering::SeqCst) == 1 {
+                wake |= self.raised.load(Ordering::SeqCst) & (1 << b) != 0;
+            }
+        }
+        wake
+    }
+
+    fn raise(&self, mask: u64) {
+        self.raised.store(mask, Ordering::SeqCst);
+    }
+
+    fn drained(&self, mask: u64) -> bool {
+        bits(mask).all(|b| self.pending[b].load(Ordering::SeqCst) == 0)
+    }
+
+    pub(crate) fn lower(&self) {
+        self.raised.store(0, Ordering::SeqCst);
+    }
+}
+
+fn bits(mask: u64) -> impl Iterator<Item = usize> {
+    (0..BUCKETS as usize).filter(move |&b| mask & (1 << b) != 0)
+}
+
+/// Where the copy of a chunk stands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the writes in flight in the chunk's buckets.
+    Draining,
+    /// Reading from the source.
+    Reading,
+    /// Writing to the target.
+    Writing,
+}
+
+#[derive(Clone, Copy)]
+struct Chunk {
+    first: u64,
+    count: u64,
+    source: usize,
+    mask: u64,
+    phase: Phase,
+}
+
+/// The resync state of a device; only its job touches it.
+pub(crate) struct ResyncState {
+    target: Option<usize>,
+    cursor: u64,
+    chunk: Option<Chunk>,
+    buf: Option<Arc<PageBuf>>,
+    /// Bytes to copy and copied, for the target being resynced.
+    pub(crate) total: u64,
+    pub(crate) done: u64,
+    failures: u32,
+}
+
+impl ResyncState {
+    /// Nothing to do yet.
+    pub(crate) fn new() -> Self {
+        ResyncState {
+            target: None,
+            cursor: 0,
+            chunk: None,
+            buf: None,
+            total: 0,
+            done: 0,
+            failures: 0,
+        }
+    }
+
+    /// The leg being resynced.
+    pub(crate) fn target(&self) -> Option<usize> {
+        self.target
+    }
+}
+
+/// Where a page I/O of the resync left its result: 0 pending, 1 success,
+/// a negative errno on failure.
+pub(crate) struct IoResult(AtomicI32);
+
+impl IoResult {
+    /// No result.
+    pub(crate) const fn new() -> Self {
+        IoResult(AtomicI32::new(0))
+    }
+
+    /// Records `res`.
+    pub(crate) fn set(&self, res: Result) {
+        self.0.store(
+            match res {
+                Ok(()) => 1,
+                Err(e) => e.to_errno(),
+            },
+            Ordering::Release,
+        );
+    }
+
+    fn take(&self) -> Option<Result> {
+        match self.0.swap(0, Ordering::AcqRel) {
+            0 => None,
+            1 => Some(Ok(())),
+            e => Some(Err(Error::from_errno(e))),
+        }
+    }
+}
+
+/// What the job should do after a step.
+enum Next {
+    /// Call again at once.
+    Continue,
+    /// Wait for an I/O completion or a write to drain (they kick the job).
+    Wait,
+    /// Nothing to do.
+    Idle,
+}
+
+/// Runs the resync as far as it can go without waiting.
+pub(crate) fn run(dev: &Arc<Device>) {
+    let mut st = dev.resync_state();
+    loop {
+        let next = step(dev, &mut st);
+        match next {
+            Next::Continue => continue,
+            Next::Wait | Next::Idle => break,
+        }
+    }
+    drop(st);
+    dev.resubmit_parked();
+}
+
+/// Ends the current chunk: lowers the barrier (parked writes are
+/// resubmitted when the job returns).
+fn end_chunk(dev: &Device, st: &mut ResyncState) {
+    st.chunk = None;
+    dev.barrier().lower();
+}
+
+fn step(dev: &Arc<Device>, st: &mut ResyncState) -> Next {
+    if dev.is_stopping() {
+        if st.chunk.is_some_and(|c| c.phase != Phase::Draining) {
+            // An I/O is in flight; its completion comes back here.
+            return Next::Wait;
+        }
+        end_chunk(dev, st);
+        return Next::Idle;
+    }
+    let Some(chunk) = st.chunk else {
+        return start_chunk(dev, st);
+    };
+    let Some(target) = st.target else {
+        end_chunk(dev, st);
+        return Next::Continue;
+    };
+    let map = dev.dirty_map(target);
+    let region_sectors = map.map_or(0, |m| m.region_sectors());
+    let sector = chunk.first * region_sectors;
+    let bytes = u32::try_from((chunk.count * region_sectors) << 9).unwrap_or(0);
+    // The last region may be short.
+    let bytes = bytes.min(u32::try_from((dev.sectors().saturating_sub(sector)) << 9).unwrap_or(u32::MAX));
+    match chunk.phase {
+        Phase::Draining => {
+            if !dev.barrier().drained(chunk.mask) {
+                return Next::Wait;
+            }
+            let Some(buf) = st.buf.clone() else {
+                end_chunk(dev, st);
+                return Next::Idle;
+            };
+            let Some(src) = dev.legs().get(chunk.source) else {
+                end_chunk(dev, st);
+                return Next::Continue;
+            };
+            st.chunk = Some(Chunk {
+                phase: Phase::Reading,
+                ..chunk
+            });
+            if page_io(dev.clone(), buf, src.dev(), false, sector, bytes).is_err() {
+                st.chunk = Some(chunk);
+                dev.kick_resync_later();
+                return Next::Wait;
+            }
+            Next::Wait
+        }
+        Phase::Reading | Phase::Writing => {
+            let Some(res) = dev.resync_result().take() else {
+                return Next::Wait;
+            };
+            if chunk.phase == Phase::Reading {
+                if res.is_err() {
+                    // The source failed: try again, perhaps from another
+                    // leg; give up on this target after a few failures.
+                    st.failures += 1;
+                    end_chunk(dev, st);
+                    if st.failures > 8 {
+                        dev.resync_failed(target, "the source legs keep failing");
+                        return Next::Continue;
+                    }
+                    dev.kick_resync_later();
+                    return Next::Wait;
+                }
+                let (Some(buf), Some(dst)) = (st.buf.clone(), dev.legs().get(target)) else {
+                    end_chunk(dev, st);
+                    return Next::Continue;
+                };
+                st.chunk = Some(Chunk {
+                    phase: Phase::Writing,
+                    ..chunk
+                });
+                if page_io(dev.clone(), buf, dst.dev(), true, sector, bytes).is_err() {
+                    end_chunk(dev, st);
+                    dev.kick_resync_later();
+                    return Next::Wait;
+                }
+                return Next::Wait;
+            }
+            match res {
+                Ok(()) => {
+                    if let Some(m) = map {
+                        for r in chunk.first..chunk.first + chunk.count {
+                            m.clear(r);
+                        }
+                    }
+                    st.done += u64::from(bytes);
+                    st.cursor = chunk.first + chunk.count;
+                    st.failures = 0;
+                    end_chunk(dev, st);
+                    dev.resync_progress(st);
+                    // Give other work a turn between chunks.
+                    dev.kick_resync();
+                    Next::Wait
+                }
+                Err(e) => {
+                    // The target failed the write: its state changes (the
+                    // remote reports the connection, a local leg is taken
+                    // out); the chunk stays dirty.
+                    end_chunk(dev, st);
+                    dev.resync_target_failed(target, e);
+                    Next::Continue
+                }
+            }
+        }
+    }
+}
+
+/// Picks the next chunk to copy, or finishes the target.
+fn start_chunk(dev: &Arc<Device>, st: &mut ResyncState) -> Next {
+    let Some(target) = dev.next_resync_target() else {
+        st.target = None;
+        st.buf = None;
+        return Next::Idle;
+    };
+    if st.target != Some(target) {
+        st.target = Some(target);
+        st.cursor = 0;
+        st.failures = 0;
+        st.done = 0;
+        let map = dev.dirty_map(target);
+        st.total = map.map_or(0, |m| m.count() * (m.region_sectors() << 9));
+        dev.resync_progress(st);
+    }
+    let Some(map) = dev.dirty_map(target) else {
+        return Next::Idle;
+    };
+    let Some(source) = dev.resync_source(target) else {
+        // No leg to copy from: wait until one comes back.
+        return Next::Idle;
+    };
+    if st.buf.is_none() {
+        let bytes = u32::try_from((CHUNK_REGIONS * map.region_sectors()) << 9).unwrap_or(1 << 20);
+        match PageBuf::new(bytes).and_then(|b| Ok(Arc::new(b, GFP_KERNEL)?)) {
+            Ok(b) => st.buf = Some(b),
+            Err(_) => {
+                dev.kick_resync_later();
+                return Next::Wait;
+            }
+        }
+    }
+    let first = match map.next_dirty(st.cursor) {
+        Some(r) => r,
+        None => match map.next_dirty(0) {
+            // Regions dirtied behind the cursor meanwhile.
+            Some(r) => r,
+            None => {
+                dev.resync_done(target);
+                st.target = None;
+                return Next::Continue;
+            }
+        },
+    };
+    let mut count = 1;
+    while count < CHUNK_REGIONS && first + count < map.regions() && map.is_dirty(first + count) {
+        count += 1;
+    }
+    let mask = Barrier::buckets(first, first + count - 1);
+    dev.barrier().raise(mask);
+    st.chunk = Some(Chunk {
+        first,
+        count,
+        source,
+        mask,
+        phase: Phase::Draining,
+    });
+    Next::Continue
+}

@@ -1,0 +1,240 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Kernel TCP sockets, for remote legs.
+//!
+//! A [`Socket`] is connected with bounded blocking (connect and handshake
+//! honour the socket timeouts); after that the data path uses only
+//! non-blocking calls, and readiness comes from socket callbacks, which
+//! [`Socket::watch`] turns into calls of [`SockEvents::sock_event`].
+
+use core::ffi::c_void;
+use core::net::SocketAddr;
+use core::ptr::NonNull;
+
+use kernel::bindings;
+use kernel::ffi::c_int;
+use kernel::prelude::*;
+use kernel::sync::{Arc, ArcBorrow};
+
+use crate::bio::LegBio;
+use crate::errno;
+use crate::glue;
+use crate::proto::nbd::Transport;
+
+/// What a socket callback reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SockEvent {
+    /// Data (or end of stream) to read.
+    Readable,
+    /// Room to send again.
+    Writable,
+    /// The connection is closing or closed.
+    Closed,
+}
+
+/// What a watcher of a socket does with its events.  Called in softirq
+/// context: queue work, nothing more.
+pub(crate) trait SockEvents: Send + Sync + Sized {
+    /// Reacts to `event`.
+    fn sock_event(this: ArcBorrow<'_, Self>, event: SockEvent);
+}
+
+/// The reference a watched socket's callbacks hold on their watcher.
+struct Watch {
+    data: *const c_void,
+    release: unsafe fn(*const c_void),
+}
+
+/// A connected TCP socket.
+pub(crate) struct Socket {
+    raw: NonNull<bindings::socket>,
+    watch: Option<Watch>,
+}
+
+// SAFETY: a kernel socket may be used from any thread; the watcher
+// reference is an `Arc` of a `Send + Sync` type.
+unsafe impl Send for Socket {}
+// SAFETY: the socket layer locks; `&Socket` only sends and receives.
+unsafe impl Sync for Socket {}
+
+fn to_len(ret: c_int) -> Result<usize> {
+    if ret < 0 {
+        Err(Error::from_errno(ret))
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+impl Socket {
+    /// Connects to `addr`.  Blocking calls on the socket (the connect, and
+    /// [`Socket::blocking`]) give up after `timeout_ms`; the connection
+    /// itself is dropped when sent data stays unacknowledged that long.
+    pub(crate) fn connect(addr: &SocketAddr, timeout_ms: u32) -> Result<Self> {
+        let (family, bytes, scope) = match addr {
+            SocketAddr::V4(a) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&a.ip().octets());
+                (4, b, 0)
+            }
+            SocketAddr::V6(a) => (6, a.ip().octets(), a.scope_id()),
+        };
+        let mut raw = core::ptr::null_mut();
+        // SAFETY: `bytes` holds the address; `raw` receives the socket.
+        let ret = unsafe {
+            glue::dst_sock_connect(family, bytes.as_ptr(), addr.port(), scope, timeout_ms, &mut raw)
+        };
+        kernel::error::to_result(ret)?;
+        let raw = NonNull::new(raw).ok_or(EINVAL)?;
+        Ok(Socket { raw, watch: None })
+    }
+
+    /// Sends from `buf` without waiting; `Err(EAGAIN)` if nothing fits.
+    /// `more`: more data follows at once (hold back a partial segment).
+    pub(crate) fn send(&self, buf: &[u8], more: bool) -> Result<usize> {
+        // SAFETY: the socket is connected; `buf` is valid for its length.
+        to_len(unsafe { glue::dst_sock_send(self.raw.as_ptr(), buf.as_ptr().cast(), buf.len(), true, more) })
+    }
+
+    /// Receives into `buf` without waiting; `Ok(0)` at end of stream,
+    /// `Err(EAGAIN)` if nothing is there.
+    pub(crate) fn recv(&self, buf: &mut [u8]) -> Result<usize> {
+        // SAFETY: the socket is connected; `buf` is valid for its length.
+        to_len(unsafe { glue::dst_sock_recv(self.raw.as_ptr(), buf.as_mut_ptr().cast(), buf.len(), true) })
+    }
+
+    /// Sends the data of `bio` from byte `skip`, without waiting.
+    pub(crate) fn send_bio(&self, bio: &LegBio, skip: u32, more: bool) -> Result<usize> {
+        // SAFETY: the socket is connected; `bio` is live while borrowed.
+        to_len(unsafe { glue::dst_sock_send_bio(self.raw.as_ptr(), bio.as_raw(), skip, more) })
+    }
+
+    /// Receives into the pages of `bio` from byte `skip`, without waiting;
+    /// `Ok(0)` at end of stream.
+    pub(crate) fn recv_bio(&self, bio: &LegBio, skip: u32) -> Result<usize> {
+        // SAFETY: the socket is connected; `bio` is live while borrowed.
+        to_len(unsafe { glue::dst_sock_recv_bio(self.raw.as_ptr(), bio.as_raw(), skip) })
+    }
+
+    /// Shuts the connection down both ways (the peer sees it at once).
+    pub(crate) fn shutdown(&self) {
+        // SAFETY: the socket is valid.
+        unsafe { glue::dst_sock_shutdown(self.raw.as_ptr()) };
+    }
+
+    /// Blocking, bounded I/O for the handshake.
+    pub(crate) fn blocking(&self) -> BlockingIo<'_> {
+        BlockingIo(self)
+    }
+
+    /// Reports the socket's events to `owner` until the socket is dropped.
+    /// The callbacks hold a reference to `owner` meanwhile.
+    pub(crate) fn watch<T: SockEvents>(&mut self, owner: Arc<T>) -> Result {
+        if self.watch.is_some() {
+            return Err(EBUSY);
+        }
+        /// # Safety
+        ///
+        /// `data` must come from `Arc::<T>::into_raw`, once.
+        unsafe fn release<T>(data: *const c_void) {
+            // SAFETY: per the function's contract.
+            drop(unsafe { Arc::<T>::from_raw(data.cast()) });
+        }
+        let data = Arc::into_raw(owner).cast::<c_void>();
+        // SAFETY: the socket is valid; `data` stays valid until the
+        // callbacks are cleared in `Drop`, which then releases it.
+        let ret = unsafe {
+            glue::dst_sock_set_callbacks(self.raw.as_ptr(), sock_event::<T>, data.cast_mut())
+        };
+        if ret != 0 {
+            // SAFETY: `data` came from `Arc::into_raw` above and is unused.
+            unsafe { release::<T>(data) };
+            return Err(Error::from_errno(ret));
+        }
+        self.watch = Some(Watch {
+            data,
+            release: release::<T>,
+        });
+        Ok(())
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        if let Some(w) = self.watch.take() {
+            // SAFETY: the socket is valid; after clearing, no callback runs
+            // with `w.data`, so its reference can go.
+            unsafe {
+                glue::dst_sock_clear_callbacks(self.raw.as_ptr());
+                (w.release)(w.data);
+            }
+        }
+        // SAFETY: we own the socket.
+        unsafe { glue::dst_sock_release(self.raw.as_ptr()) };
+    }
+}
+
+/// # Safety
+///
+/// Called by the C callbacks only, with the `data` given in `watch`, while
+/// the callbacks are installed.
+unsafe extern "C" fn sock_event<T: SockEvents>(data: *mut c_void, what: c_int) {
+    // SAFETY: `data` is the watcher reference held while callbacks run.
+    let owner = unsafe { ArcBorrow::<T>::from_raw(data.cast_const().cast()) };
+    let event = match what {
+        glue::DST_SOCK_READABLE => SockEvent::Readable,
+        glue::DST_SOCK_WRITABLE => SockEvent::Writable,
+        // `DST_SOCK_CLOSED`, and anything unexpected.
+        _ => SockEvent::Closed,
+    };
+    T::sock_event(owner, event);
+}
+
+/// A socket used with blocking calls, bounded by its timeouts.
+pub(crate) struct BlockingIo<'a>(&'a Socket);
+
+fn blocking_err(ret: c_int) -> Error {
+    let e = Error::from_errno(ret);
+    if e == EAGAIN {
+        errno::etimedout()
+    } else {
+        e
+    }
+}
+
+impl Transport for BlockingIo<'_> {
+    type Error = Error;
+
+    fn send_all(&mut self, mut buf: &[u8]) -> Result<(), Error> {
+        while !buf.is_empty() {
+            // SAFETY: the socket is connected; `buf` is valid.
+            let ret = unsafe {
+                glue::dst_sock_send(self.0.raw.as_ptr(), buf.as_ptr().cast(), buf.len(), false, false)
+            };
+            if ret < 0 {
+                return Err(blocking_err(ret));
+            }
+            if ret == 0 {
+                return Err(errno::econnreset());
+            }
+            buf = buf.get(ret as usize..).unwrap_or(&[]);
+        }
+        Ok(())
+    }
+
+    fn recv_exact(&mut self, mut buf: &mut [u8]) -> Result<(), Error> {
+        while !buf.is_empty() {
+            // SAFETY: the socket is connected; `buf` is valid.
+            let ret = unsafe {
+                glue::dst_sock_recv(self.0.raw.as_ptr(), buf.as_mut_ptr().cast(), buf.len(), false)
+            };
+            if ret < 0 {
+                return Err(blocking_err(ret));
+            }
+            if ret == 0 {
+                return Err(errno::econnreset());
+            }
+            buf = &mut core::mem::take(&mut buf)[ret as usize..];
+        }
+        Ok(())
+    }
+}

@@ -166,6 +166,8 @@ struct gendisk *dst_alloc_disk(struct queue_limits *lim, u32 max_sectors,
 
 	if (lim->features & BLK_FEAT_ZONED)
 		return ERR_PTR(-EOPNOTSUPP);
+	/* Not zoned (the stacking default is "unlimited"). */
+	lim->max_zone_append_sectors = 0;
 	lim->features |= BLK_FEAT_IO_STAT;
 	if (!fua)
 		lim->features &= ~BLK_FEAT_FUA;

@@ -38,7 +38,7 @@ ROUNDS=${DST_BENCH_ROUNDS:-3}
 RUNTIME=${DST_BENCH_RUNTIME:-5}
 SIZE_MB=${DST_BENCH_SIZE_MB:-256}
 ENGINE=${DST_BENCH_ENGINE:-auto}
-CONFIGS=${DST_BENCH_CONFIGS:-raw md dst}
+CONFIGS=${DST_BENCH_CONFIGS:-raw md dst nbd dstnbd}
 SHAPES=${DST_BENCH_SHAPES:-randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd1 randwrite-4k-qd32 read-1m-qd8 write-1m-qd8}
 DSTCTL=${DST_DSTCTL:-$repo/userspace/target/release/dstctl}
 KO=${DST_KO:-}
@@ -50,6 +50,12 @@ RAW_DEV=/dev/ram0
 MIRROR_LEGS=(/dev/ram1 /dev/ram2)
 MD_DEV=/dev/md0
 DST_NAME=bench
+# The NBD peers: one nbdkit memory server, used by the kernel's nbd client
+# (nbd) and by a dst device over one remote leg (dstnbd).
+NBD_PORT=10810
+NBD_DEV=/dev/nbd0
+NBDKIT_PID=''
+UNLOAD_NBD=0
 
 WORK='' RESULTS='' TARGET='' UNLOAD_RAID1=0 T0=$SECONDS
 
@@ -181,6 +187,51 @@ teardown_dst() {
 	"$DSTCTL" remove "$DST_NAME" >/dev/null || { echo "bench-guest: dstctl remove failed" >&2; return 1; }
 }
 
+setup_nbd() {
+	nbd-client -b 512 -N '' 127.0.0.1 "$NBD_PORT" "$NBD_DEV" >/dev/null 2>&1 ||
+		die "nbd-client failed to attach $NBD_DEV"
+	wait_bdev "$NBD_DEV"
+	prefill "$NBD_DEV"
+	TARGET=$NBD_DEV
+}
+teardown_nbd() {
+	[ -e /sys/block/nbd0/pid ] || return 0
+	nbd-client -d "$NBD_DEV" >/dev/null 2>&1 || { echo "bench-guest: nbd-client -d failed" >&2; return 1; }
+}
+
+setup_dstnbd() {
+	local dev
+	"$DSTCTL" create "${DST_NAME}nbd" --linear "nbd://127.0.0.1:$NBD_PORT/" >/dev/null ||
+		die "dstctl create (remote leg) failed"
+	dev=$("$DSTCTL" --json status "${DST_NAME}nbd" |
+		python3 -c 'import json, sys; print(json.load(sys.stdin)["path"])') ||
+		die "dstctl status failed"
+	wait_bdev "$dev"
+	prefill "$dev"
+	TARGET=$dev
+}
+teardown_dstnbd() {
+	grep -q '^dst ' /proc/modules || return 0
+	"$DSTCTL" status "${DST_NAME}nbd" >/dev/null 2>&1 || return 0
+	"$DSTCTL" remove "${DST_NAME}nbd" >/dev/null || { echo "bench-guest: dstctl remove failed" >&2; return 1; }
+}
+
+# The NBD server, when an NBD configuration is measured.
+start_nbdkit() {
+	case " $CONFIGS " in *" nbd "* | *" dstnbd "*) ;; *) return 0 ;; esac
+	command -v nbdkit >/dev/null || die "nbdkit missing"
+	nbdkit -f -i 127.0.0.1 -p "$NBD_PORT" memory $((SIZE_MB + 64))M >"$WORK/nbdkit.log" 2>&1 &
+	NBDKIT_PID=$!
+	local i
+	for ((i = 0; i < 50; i++)); do
+		nbdinfo --size "nbd://127.0.0.1:$NBD_PORT/" >/dev/null 2>&1 && break
+		sleep 0.2
+	done
+	nbdinfo --size "nbd://127.0.0.1:$NBD_PORT/" >/dev/null 2>&1 || die "nbdkit did not start"
+	[ -d /sys/module/nbd ] || UNLOAD_NBD=1
+	modprobe nbd nbds_max=1 || die "modprobe nbd failed"
+}
+
 # wait_bdev DEV: the node appears asynchronously (devtmpfs).
 wait_bdev() {
 	local i
@@ -208,6 +259,7 @@ setup_all() {
 	[ -d /sys/module/raid1 ] || UNLOAD_RAID1=1
 	modprobe raid1 || die "modprobe raid1 failed"
 	insmod "$KO" || die "insmod $KO failed"
+	start_nbdkit
 }
 
 # Undo everything (exit trap): devices first, then the modules.
@@ -219,6 +271,8 @@ cleanup() {
 		"teardown_$c" || rc=1
 	done
 	if grep -q '^dst ' /proc/modules; then rmmod dst || { echo "bench-guest: rmmod dst failed" >&2; rc=1; }; fi
+	if [ -n "$NBDKIT_PID" ]; then kill "$NBDKIT_PID" 2>/dev/null; wait "$NBDKIT_PID" 2>/dev/null; fi
+	if [ "$UNLOAD_NBD" = 1 ] && [ -d /sys/module/nbd ]; then rmmod nbd || rc=1; fi
 	if [ "$UNLOAD_RAID1" = 1 ] && [ -d /sys/module/raid1 ]; then rmmod raid1 md_mod || rc=1; fi
 	if [ -d /sys/module/brd ]; then rmmod brd || { echo "bench-guest: rmmod brd failed" >&2; rc=1; }; fi
 	[ -z "$WORK" ] || rm -rf "$WORK"
@@ -280,6 +334,7 @@ main() {
 		echo "# fio: $(fio --version), ioengine=$ENGINE, direct, ${SIZE_MB} MiB region, ${RUNTIME}s + 1s ramp per run, $ROUNDS rounds"
 		[ -z "${DST_BENCH_REV:-}" ] || echo "# dst: $DST_BENCH_REV"
 		echo "# devices: raw=$RAW_DEV md=raid1 ${MIRROR_LEGS[*]} dst=mirror ${MIRROR_LEGS[*]} (brd ${BRD_MB} MiB)"
+		echo "# nbd peers: nbd=kernel nbd client, dstnbd=dst over one remote leg, both to nbdkit memory on 127.0.0.1:$NBD_PORT"
 	} >"$RESULTS"
 	msg "$(sed -n 's/^# //p' "$RESULTS" | paste -sd ';' | sed 's/;/; /g')"
 	for ((round = 1; round <= ROUNDS; round++)); do

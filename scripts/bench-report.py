@@ -7,8 +7,9 @@ RESULTS has one measurement per line, "CONFIG SHAPE ROUND VALUE UNIT"
 (written by scripts/bench-guest.sh); lines starting with "#" are metadata
 and printed as the header.  The table shows the median per (config, shape),
 configurations in the order they first appear, ratio columns of medians
-(default: dst/md and dst/raw, those whose configurations are present), the
-per-round values with their spread, and the verdict on the targets.  It is a
+(default: dst/md, dst/raw and dstnbd/nbd, those whose configurations are
+present), the per-round values with their spread, and the verdict on the
+targets.  It is a
 report: missed targets do not change the exit status (1 only for a
 malformed file).
 """
@@ -22,6 +23,10 @@ TARGETS = [
     ("dst/md >= 1.00 on every shape", "dst", "md", 1.00, lambda s: True),
     ("mirror randread >= 0.90 x raw", "dst", "raw", 0.90,
      lambda s: s.startswith("randread")),
+    ("remote leg >= 1.00 x kernel nbd on every shape", "dstnbd", "nbd", 1.00,
+     lambda s: True),
+    ("remote leg >= 1.20 x kernel nbd on 1M sequential", "dstnbd", "nbd", 1.20,
+     lambda s: "-1m-" in s),
 ]
 
 
@@ -90,7 +95,7 @@ def main():
     median = {k: statistics.median(v for _, v in vs) for k, vs in values.items()}
 
     ratios = []
-    for r in args.ratio or ["dst/md", "dst/raw"]:
+    for r in args.ratio or ["dst/md", "dst/raw", "dstnbd/nbd"]:
         a, _, b = r.partition("/")
         if not a or not b:
             sys.exit(f"bad --ratio {r!r}: want A/B")

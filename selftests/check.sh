@@ -19,7 +19,9 @@ SUMMARY_RE='^([0-9]+) passed, ([0-9]+) failed, ([0-9]+) skipped'
 
 main() {
 	local vmopts=(--timeout 2700) out rc summary p=0 f=0 s=0
-	if printf '%s\n' "$@" | grep -qx -- --; then
+	local a has_sep=
+	for a in "$@"; do [ "$a" != -- ] || has_sep=1; done
+	if [ -n "$has_sep" ]; then
 		while [ "$1" != -- ]; do
 			vmopts+=("$1")
 			shift

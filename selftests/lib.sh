@@ -124,32 +124,32 @@ assert_eq() {
 # command whose status is tested: a function given to assert_cmd must check
 # its own steps (`a && b`, `|| return 1`).  Do not nest assertions.
 assert_cmd() {
-	local desc='' rc=0 out=$TEST_TMP/.out
-	[ "$1" != -m ] || { desc=$2; shift 2; }
-	desc=${desc:-$(_cmd_desc "$@")}
-	"$@" >"$out" 2>&1 || rc=$?
-	if [ "$rc" -eq 0 ]; then
-		ok "$desc"
+	local _a_desc='' _a_rc=0 _a_out=$TEST_TMP/.out
+	[ "$1" != -m ] || { _a_desc=$2; shift 2; }
+	_a_desc=${_a_desc:-$(_cmd_desc "$@")}
+	"$@" >"$_a_out" 2>&1 || _a_rc=$?
+	if [ "$_a_rc" -eq 0 ]; then
+		ok "$_a_desc"
 	else
-		not_ok "$desc"
-		diag "command failed with status $rc: $*"
-		_show_output "$out"
+		not_ok "$_a_desc"
+		diag "command failed with status $_a_rc: $*"
+		_show_output "$_a_out"
 		return 1
 	fi
 }
 
 # assert_fail [-m DESC] CMD...: CMD must fail (non-zero status).
 assert_fail() {
-	local desc='' rc=0 out=$TEST_TMP/.out
-	[ "$1" != -m ] || { desc=$2; shift 2; }
-	desc=${desc:-"fails: $(_cmd_desc "$@")"}
-	"$@" >"$out" 2>&1 || rc=$?
-	if [ "$rc" -ne 0 ]; then
-		ok "$desc"
+	local _a_desc='' _a_rc=0 _a_out=$TEST_TMP/.out
+	[ "$1" != -m ] || { _a_desc=$2; shift 2; }
+	_a_desc=${_a_desc:-"fails: $(_cmd_desc "$@")"}
+	"$@" >"$_a_out" 2>&1 || _a_rc=$?
+	if [ "$_a_rc" -ne 0 ]; then
+		ok "$_a_desc"
 	else
-		not_ok "$desc"
+		not_ok "$_a_desc"
 		diag "command succeeded but should have failed: $*"
-		_show_output "$out"
+		_show_output "$_a_out"
 		return 1
 	fi
 }
@@ -157,23 +157,23 @@ assert_fail() {
 # expect_err_contains [-m DESC] TEXT CMD...: CMD must fail and its stderr
 # contain TEXT (a fixed string).
 expect_err_contains() {
-	local desc='' rc=0 text out=$TEST_TMP/.out err=$TEST_TMP/.err
-	[ "$1" != -m ] || { desc=$2; shift 2; }
-	text=$1
+	local _a_desc='' _a_rc=0 _a_text _a_out=$TEST_TMP/.out _a_err=$TEST_TMP/.err
+	[ "$1" != -m ] || { _a_desc=$2; shift 2; }
+	_a_text=$1
 	shift
-	desc=${desc:-"fails with '$text': $(_cmd_desc "$@")"}
-	"$@" >"$out" 2>"$err" || rc=$?
-	if [ "$rc" -ne 0 ] && grep -qF -- "$text" "$err"; then
-		ok "$desc"
+	_a_desc=${_a_desc:-"fails with '$_a_text': $(_cmd_desc "$@")"}
+	"$@" >"$_a_out" 2>"$_a_err" || _a_rc=$?
+	if [ "$_a_rc" -ne 0 ] && grep -qF -- "$_a_text" "$_a_err"; then
+		ok "$_a_desc"
 		return 0
 	fi
-	not_ok "$desc"
-	if [ "$rc" -eq 0 ]; then
+	not_ok "$_a_desc"
+	if [ "$_a_rc" -eq 0 ]; then
 		diag "command succeeded but should have failed: $*"
 	else
-		diag "status $rc, but stderr lacks '$text': $*"
+		diag "status $_a_rc, but stderr lacks '$_a_text': $*"
 	fi
-	_show_output "$err"
+	_show_output "$_a_err"
 	return 1
 }
 

@@ -8,4 +8,5 @@
 
 pub mod genl;
 pub mod nbd;
+pub mod nbd_server;
 pub mod nlattr;

@@ -296,7 +296,6 @@ impl Drop for LegBio {
 pub(crate) struct LegBioQueue {
     head: *mut bindings::bio,
     tail: *mut bindings::bio,
-    len: usize,
 }
 
 // SAFETY: the queue owns its bios, which may move between threads.
@@ -308,13 +307,12 @@ impl LegBioQueue {
         LegBioQueue {
             head: ptr::null_mut(),
             tail: ptr::null_mut(),
-            len: 0,
         }
     }
 
     /// Whether the queue is empty.
     pub(crate) fn is_empty(&self) -> bool {
-        self.len == 0
+        self.head.is_null()
     }
 
     /// Adds `bio` at the end.
@@ -330,7 +328,6 @@ impl LegBioQueue {
             }
         }
         self.tail = raw;
-        self.len += 1;
     }
 
     /// Takes the first bio.
@@ -347,7 +344,6 @@ impl LegBioQueue {
         if self.head.is_null() {
             self.tail = ptr::null_mut();
         }
-        self.len -= 1;
         // SAFETY: queued bios are live leg bios.
         unsafe { LegBio::from_raw(raw) }
     }

@@ -196,10 +196,10 @@ impl Device {
         let nlegs = specs.len();
         let holder = Holder::new()?;
         let mut legs: KVec<Leg> = KVec::with_capacity(nlegs, GFP_KERNEL)?;
-        for s in specs {
+        for (i, s) in specs.into_iter().enumerate() {
             let leg = match s.remote {
                 None => Leg::open(s.spec, &holder)?,
-                Some(cfg) => Leg::remote(s.spec, cfg)?,
+                Some(cfg) => Leg::remote(s.spec, i + 1, cfg)?,
             };
             let dup = legs.iter().find(|l| match (l.dev(), leg.dev()) {
                 (LegDev::Local(a), LegDev::Local(b)) => a.devt() == b.devt(),
@@ -211,12 +211,12 @@ impl Device {
             if let Some(other) = dup {
                 let shown = leg.spec().to_str().unwrap_or("?");
                 let other = other.spec().to_str().unwrap_or("?");
-                stop_remote(&leg);
                 refuse!(EINVAL, "leg {} given twice (same device as {})", shown, other);
             }
             legs.push(leg, GFP_KERNEL)?;
         }
-        let stop_all = |legs: &KVec<Leg>| legs.iter().for_each(stop_remote);
+        // On any failure below, dropping the legs closes them (and stops
+        // the remote ones).
 
         // The largest logical block size among the legs rules the layout.
         let mut probe = Limits::stacking();
@@ -230,7 +230,6 @@ impl Device {
             Target::Linear => linear::layout(&mut legs, unit),
         };
         if sectors == 0 {
-            stop_all(&legs);
             refuse!(EINVAL, "legs too small for one {}-byte block", block_size);
         }
         let mut lim = Limits::stacking();
@@ -240,20 +239,13 @@ impl Device {
         let mut dirty = KVec::new();
         if target == Target::Mirror {
             for _ in 0..nlegs {
-                match DirtyMap::new(sectors, DEFAULT_REGION_SHIFT) {
-                    Ok(m) => dirty.push(m, GFP_KERNEL)?,
-                    Err(e) => {
-                        stop_all(&legs);
-                        return Err(e.into());
-                    }
-                }
+                dirty.push(DirtyMap::new(sectors, DEFAULT_REGION_SHIFT)?, GFP_KERNEL)?;
             }
         }
 
         let disk = match Disk::new(&mut lim, format_args!("dst{}", index), sectors) {
             Ok(d) => d,
             Err(e) => {
-                stop_all(&legs);
                 if e == errno::eopnotsupp() {
                     refuse!(e, "zoned legs are not supported");
                 }
@@ -296,13 +288,11 @@ impl Device {
         )?;
         for (i, leg) in dev.legs.iter().enumerate() {
             if let Some(r) = leg.dev().remote() {
-                if let Err(e) = r.start(dev.clone(), i) {
-                    dev.stop_remotes();
-                    return Err(e.into());
-                }
+                r.start(dev.clone(), i);
             }
         }
         if let Err(e) = dev.disk.add(dev.clone()) {
+            // The remotes hold the device: break the cycle.
             dev.stop_remotes();
             return Err(e.into());
         }

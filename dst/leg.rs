@@ -164,6 +164,16 @@ impl LegDev {
     }
 }
 
+impl Drop for LegDev {
+    fn drop(&mut self) {
+        // A remote leg's connection and jobs hold references to it: stop
+        // it (a no-op if the device already did).
+        if let LegDev::Remote(r) = self {
+            r.stop();
+        }
+    }
+}
+
 /// One leg of a device.
 pub(crate) struct Leg {
     spec: CString,
@@ -208,12 +218,15 @@ impl Leg {
         })
     }
 
-    /// Connects to the NBD export `cfg` describes.
-    pub(crate) fn remote(spec: &CStr, cfg: RemoteConfig) -> Result<Self, Refusal> {
-        let remote = Remote::connect(spec, cfg)?;
+    /// Connects to the NBD export `cfg` describes.  Refusals name the
+    /// leg by its position `n` (from 1) as `leg #n`, which dstctl replaces
+    /// with the leg as typed: the reason gets the whole 80 bytes netlink
+    /// keeps of a message.
+    pub(crate) fn remote(spec: &CStr, n: usize, cfg: RemoteConfig) -> Result<Self, Refusal> {
+        let remote = Remote::connect(n, cfg)?;
         let sectors = remote.info().size >> 9;
         if sectors == 0 {
-            refuse!(EINVAL, "leg {}: export smaller than a sector", spec.to_str().unwrap_or("?"));
+            refuse!(EINVAL, "leg #{}: export smaller than a sector", n);
         }
         Ok(Leg {
             spec: spec.to_cstring()?,

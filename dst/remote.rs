@@ -24,11 +24,10 @@
 //! match a request in flight, or is malformed, drops the connection.
 
 use core::net::SocketAddr;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use kernel::new_mutex;
 use kernel::prelude::*;
-use kernel::str::CStr;
 use kernel::sync::{Arc, ArcBorrow, Mutex};
 
 use crate::bio::{LegBio, LegBioQueue, LegBioStack, Op};
@@ -105,86 +104,6 @@ pub(crate) struct RemoteStatus {
     pub(crate) problem: Msg,
 }
 
-/// A request in flight.
-struct Slot {
-    bio: Option<LegBio>,
-    cookie: u64,
-    seq: u64,
-    sent_ms: u64,
-    reads: bool,
-}
-
-/// A request being sent.
-struct Tx {
-    slot: usize,
-    hdr: [u8; Request::SIZE],
-    hdr_done: usize,
-    data: u32,
-    data_done: u32,
-}
-
-/// Where reading replies stands.
-enum Rx {
-    Header { buf: [u8; SimpleReply::SIZE], got: usize },
-    Data { slot: usize, got: u32, len: u32 },
-}
-
-/// The connection and its requests; only jobs (process context) touch it.
-struct Conn {
-    sock: Option<Socket>,
-    info: ExportInfo,
-    queue: LegBioQueue,
-    slots: KVec<Slot>,
-    free: u64,
-    tx: Option<Tx>,
-    rx: Rx,
-    seq: u64,
-    gen: u64,
-    down_since_ms: u64,
-    backoff_ms: u32,
-    problem: Msg,
-}
-
-/// Job ids.
-const SEND: u64 = 0;
-const RECV: u64 = 1;
-const TICK: u64 = 2;
-const CONNECT: u64 = 3;
-
-/// A remote leg.
-#[pin_data]
-pub(crate) struct Remote {
-    cfg: RemoteConfig,
-    link: AtomicU8,
-    hold: AtomicBool,
-    dead: AtomicBool,
-    inflight: AtomicU32,
-    connects: AtomicU32,
-    submitted: LegBioStack,
-    #[pin]
-    conn: Mutex<Conn>,
-    #[pin]
-    owner: Mutex<Option<(Arc<Device>, usize)>>,
-    #[pin]
-    send_job: Job<Remote, SEND>,
-    #[pin]
-    recv_job: Job<Remote, RECV>,
-    #[pin]
-    tick_job: Job<Remote, TICK>,
-    #[pin]
-    connect_job: Job<Remote, CONNECT>,
-}
-
-impl_has_job!(Remote, SEND, send_job);
-impl_has_job!(Remote, RECV, recv_job);
-impl_has_job!(Remote, TICK, tick_job);
-impl_has_job!(Remote, CONNECT, connect_job);
-
-fn now_ms() -> u64 {
-    // SAFETY: reads the monotonic clock.
-    unsafe { glue::dst_now_ms() }
-}
-
 /// Connects to the server and runs the handshake.
 fn dial(cfg: &RemoteConfig) -> Result<(Socket, ExportInfo), Msg> {
     let sock = Socket::connect(&cfg.addr, cfg.timeout_ms).map_err(connect_msg)?;
@@ -199,7 +118,7 @@ fn dial(cfg: &RemoteConfig) -> Result<(Socket, ExportInfo), Msg> {
             "server refused the export: {}",
             nbd::rep::describe(reply)
         ))),
-        Err(HandshakeError::Protocol(why)) => Err(Msg::new(format_args!("handshake: {}", why))),
+        Err(HandshakeError::Protocol(why)) => Err(Msg::new(format_args!("{}", why))),
         Err(HandshakeError::NameTooLong) => Err(Msg::new(format_args!("export name too long"))),
     }
 }
@@ -254,107 +173,200 @@ fn server_error(code: u32) -> Error {
     }
 }
 
-impl Conn {
-    /// Ends every queued bio with `res`, into `done`.
-    fn fail_queue(&mut self, res: Result, done: &mut LegBioQueue) {
-        while let Some(mut bio) = self.queue.pop_front() {
-            bio.record(res);
-            done.push_back(bio);
-        }
-    }
+/// A request slot: reserved when its request starts going out, given its
+/// bio once the request is fully sent, emptied by the reply.
+#[derive(Default)]
+struct Slot {
+    /// The bio, once the request is fully sent.
+    bio: Option<LegBio>,
+    /// The request's cookie; 0 when the slot is free.
+    cookie: u64,
+    seq: u64,
+    sent_ms: u64,
+    reads: bool,
+}
 
-    fn free_slot(&mut self, slot: usize) -> Option<LegBio> {
-        self.free |= 1 << slot;
-        self.slots.get_mut(slot).and_then(|s| s.bio.take())
-    }
+/// The request table.
+struct Slots {
+    slots: KVec<Slot>,
+    free: u64,
+}
 
-    /// Drops the connection: the requests in flight go back to the front
-    /// of the queue, oldest first.
-    fn break_conn(&mut self, why: Msg, inflight: &AtomicU32) {
-        self.sock = None;
-        self.tx = None;
-        self.rx = Rx::Header {
-            buf: [0; SimpleReply::SIZE],
-            got: 0,
-        };
-        let mut back = LegBioQueue::new();
-        loop {
-            // The oldest request still in a slot.
-            let oldest = self
-                .slots
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.bio.is_some())
-                .min_by_key(|(_, s)| s.seq)
-                .map(|(i, _)| i);
-            let Some(i) = oldest else { break };
-            if let Some(bio) = self.free_slot(i) {
-                back.push_back(bio);
-            }
-        }
-        inflight.store(0, Ordering::Relaxed);
-        self.queue.prepend(back);
-        self.gen = self.gen.wrapping_add(1);
-        self.down_since_ms = now_ms();
-        self.problem = why;
+/// The request being sent: its bio stays here until it is fully sent, so
+/// a reply to it before then is a protocol error.
+struct TxCur {
+    slot: usize,
+    cookie: u64,
+    seq: u64,
+    bio: LegBio,
+    hdr: [u8; Request::SIZE],
+    hdr_done: usize,
+    data: u32,
+    data_done: u32,
+}
+
+/// The sending side.
+struct TxState {
+    sock: Option<Arc<Socket>>,
+    queue: LegBioQueue,
+    cur: Option<TxCur>,
+    seq: u64,
+}
+
+/// Where reading replies stands.
+enum Rx {
+    Header { buf: [u8; SimpleReply::SIZE], got: usize },
+    Data { bio: LegBio, seq: u64, got: u32, len: u32 },
+}
+
+const RX_START: Rx = Rx::Header {
+    buf: [0; SimpleReply::SIZE],
+    got: 0,
+};
+
+/// The receiving side.
+struct RxState {
+    sock: Option<Arc<Socket>>,
+    rx: Rx,
+}
+
+/// Job ids.
+const SEND: u64 = 0;
+const RECV: u64 = 1;
+const TICK: u64 = 2;
+const CONNECT: u64 = 3;
+
+/// A remote leg.
+///
+/// The sending and the receiving side have locks of their own, so that
+/// both run at once; the request table has a third, held only briefly.
+/// Lock order: `tx`, `rx`, `slots`; `problem` and `owner` alone.
+#[pin_data]
+pub(crate) struct Remote {
+    cfg: RemoteConfig,
+    /// The export as first negotiated; reconnects must match it.
+    info: ExportInfo,
+    link: AtomicU8,
+    hold: AtomicBool,
+    dead: AtomicBool,
+    /// Connection generation: a failure seen on an older one is stale.
+    gen: AtomicU64,
+    /// When the current outage began: held I/O fails once it is older
+    /// than the dead time.
+    down_since_ms: AtomicU64,
+    /// The connection answered a request, or had none to answer when it
+    /// came up.  A connection that fails without doing either does not end
+    /// the outage: a server that accepts connections but never serves
+    /// them must not hold I/O forever.
+    answered: AtomicBool,
+    backoff_ms: AtomicU32,
+    /// The sender waits for a free slot.
+    tx_stalled: AtomicBool,
+    inflight: AtomicU32,
+    connects: AtomicU32,
+    submitted: LegBioStack,
+    #[pin]
+    tx: Mutex<TxState>,
+    #[pin]
+    rx: Mutex<RxState>,
+    #[pin]
+    slots: Mutex<Slots>,
+    #[pin]
+    problem: Mutex<Msg>,
+    #[pin]
+    owner: Mutex<Option<(Arc<Device>, usize)>>,
+    #[pin]
+    send_job: Job<Remote, SEND>,
+    #[pin]
+    recv_job: Job<Remote, RECV>,
+    #[pin]
+    tick_job: Job<Remote, TICK>,
+    #[pin]
+    connect_job: Job<Remote, CONNECT>,
+}
+
+impl_has_job!(Remote, SEND, send_job);
+impl_has_job!(Remote, RECV, recv_job);
+impl_has_job!(Remote, TICK, tick_job);
+impl_has_job!(Remote, CONNECT, connect_job);
+
+fn now_ms() -> u64 {
+    // SAFETY: reads the monotonic clock.
+    unsafe { glue::dst_now_ms() }
+}
+
+/// Ends every bio of `q` with `res`, into `done`.
+fn fail_all(q: &mut LegBioQueue, res: Result, done: &mut LegBioQueue) {
+    while let Some(mut bio) = q.pop_front() {
+        bio.record(res);
+        done.push_back(bio);
+    }
+}
+
+/// Ends the bios in `done` (outside any lock: their completion may call
+/// back into dst).
+fn finish(mut done: LegBioQueue) {
+    while let Some(bio) = done.pop_front() {
+        bio.end_recorded();
+    }
+}
+
+fn io_msg(what: &str, e: Error) -> Msg {
+    match e.to_errno() {
+        -104 => Msg::new(format_args!("connection reset by the server")),
+        -32 => Msg::new(format_args!("connection broken")),
+        -110 => Msg::new(format_args!("connection timed out")),
+        n => Msg::new(format_args!("{} failed (errno {})", what, n)),
     }
 }
 
 impl Remote {
     /// Connects to the server described by `cfg` (blocking, bounded by
     /// the timeout).  The leg does nothing until [`Remote::start`].
-    pub(crate) fn connect(spec: &CStr, cfg: RemoteConfig) -> Result<Arc<Remote>, Refusal> {
-        let shown = spec.to_str().unwrap_or("?");
+    pub(crate) fn connect(n: usize, cfg: RemoteConfig) -> Result<Arc<Remote>, Refusal> {
         let (sock, info) = match dial(&cfg) {
             Ok(v) => v,
-            Err(m) => refuse!(errno::enotconn(), "leg {}: {}", shown, m.as_str()),
+            Err(m) => refuse!(errno::enotconn(), "leg #{}: {}", n, m.as_str()),
         };
         if info.flags & tflag::READ_ONLY != 0 {
-            refuse!(EROFS, "leg {}: the export is read-only", shown);
+            refuse!(EROFS, "leg #{}: the export is read-only", n);
         }
         if info.min_block > 4096 {
-            refuse!(EINVAL, "leg {}: the server's minimum block size is over 4096", shown);
+            refuse!(EINVAL, "leg #{}: the server's minimum block size is over 4096", n);
         }
         let mut slots = KVec::with_capacity(MAX_INFLIGHT, GFP_KERNEL)?;
         for _ in 0..MAX_INFLIGHT {
-            slots.push(
-                Slot {
-                    bio: None,
-                    cookie: 0,
-                    seq: 0,
-                    sent_ms: 0,
-                    reads: false,
-                },
-                GFP_KERNEL,
-            )?;
+            slots.push(Slot::default(), GFP_KERNEL)?;
         }
-        let conn = Conn {
-            sock: Some(sock),
-            info,
+        let tx = TxState {
+            sock: None,
             queue: LegBioQueue::new(),
-            slots,
-            free: u64::MAX,
-            tx: None,
-            rx: Rx::Header {
-                buf: [0; SimpleReply::SIZE],
-                got: 0,
-            },
+            cur: None,
             seq: 0,
-            gen: 1,
-            down_since_ms: 0,
-            backoff_ms: BACKOFF_MIN_MS,
-            problem: Msg::new(format_args!("")),
         };
-        Ok(Arc::pin_init(
+        let rx = RxState {
+            sock: None,
+            rx: RX_START,
+        };
+        let remote = Arc::pin_init(
             pin_init!(Remote {
                 cfg,
+                info,
                 link: AtomicU8::new(Link::Up as u8),
                 hold: AtomicBool::new(true),
                 dead: AtomicBool::new(false),
+                gen: AtomicU64::new(1),
+                down_since_ms: AtomicU64::new(0),
+                answered: AtomicBool::new(true),
+                backoff_ms: AtomicU32::new(BACKOFF_MIN_MS),
+                tx_stalled: AtomicBool::new(false),
                 inflight: AtomicU32::new(0),
                 connects: AtomicU32::new(1),
                 submitted: LegBioStack::new(),
-                conn <- new_mutex!(conn, "Remote::conn"),
+                tx <- new_mutex!(tx, "Remote::tx"),
+                rx <- new_mutex!(rx, "Remote::rx"),
+                slots <- new_mutex!(Slots { slots, free: u64::MAX }, "Remote::slots"),
+                problem <- new_mutex!(Msg::new(format_args!("")), "Remote::problem"),
                 owner <- new_mutex!(None, "Remote::owner"),
                 send_job <- Job::new(),
                 recv_job <- Job::new(),
@@ -362,12 +374,26 @@ impl Remote {
                 connect_job <- Job::new(),
             }),
             GFP_KERNEL,
-        )?)
+        )?;
+        remote.install(sock)?;
+        Ok(remote)
+    }
+
+    /// Makes `sock` the connection (watched: its events wake the jobs).
+    fn install(self: &Arc<Self>, mut sock: Socket) -> Result {
+        sock.watch(self.clone())?;
+        let sock = Arc::new(sock, GFP_KERNEL)?;
+        let mut tx = self.tx.lock();
+        let mut rx = self.rx.lock();
+        tx.sock = Some(sock.clone());
+        rx.sock = Some(sock);
+        rx.rx = RX_START;
+        Ok(())
     }
 
     /// The export as negotiated.
     pub(crate) fn info(&self) -> ExportInfo {
-        self.conn.lock().info
+        self.info
     }
 
     /// The settings.
@@ -381,13 +407,9 @@ impl Remote {
     }
 
     /// Starts serving leg `leg` of `owner`.
-    pub(crate) fn start(self: &Arc<Self>, owner: Arc<Device>, leg: usize) -> Result {
+    pub(crate) fn start(self: &Arc<Self>, owner: Arc<Device>, leg: usize) {
         *self.owner.lock() = Some((owner, leg));
-        if let Some(sock) = self.conn.lock().sock.as_mut() {
-            sock.watch(self.clone())?;
-        }
         Job::<Remote, RECV>::queue(self.clone(), 0);
-        Ok(())
     }
 
     /// Stops for good: fails everything pending with `EIO`, closes the
@@ -401,10 +423,12 @@ impl Remote {
         Job::<Remote, CONNECT>::disable(self);
         let mut done = LegBioQueue::new();
         {
-            let mut c = self.conn.lock();
-            c.break_conn(Msg::new(format_args!("stopped")), &self.inflight);
-            c.queue.append(self.submitted.take());
-            c.fail_queue(Err(EIO), &mut done);
+            let mut tx = self.tx.lock();
+            let mut rx = self.rx.lock();
+            let mut back = self.reap(&mut tx, &mut rx);
+            back.append(core::mem::replace(&mut tx.queue, LegBioQueue::new()));
+            back.append(self.submitted.take());
+            fail_all(&mut back, Err(EIO), &mut done);
         }
         finish(done);
         *self.owner.lock() = None;
@@ -438,11 +462,10 @@ impl Remote {
 
     /// A snapshot for status reports.
     pub(crate) fn status(&self) -> RemoteStatus {
-        let c = self.conn.lock();
         RemoteStatus {
             connects: self.connects.load(Ordering::Relaxed),
-            flags: c.info.flags,
-            problem: c.problem.clone(),
+            flags: self.info.flags,
+            problem: self.problem.lock().clone(),
         }
     }
 
@@ -450,18 +473,122 @@ impl Remote {
         (self.cfg.timeout_ms / 4).clamp(100, 1000)
     }
 
+    /// Closes the connection and takes back every request in flight,
+    /// oldest first.  The caller holds both sides.
+    fn reap(&self, tx: &mut TxState, rx: &mut RxState) -> LegBioQueue {
+        tx.sock = None;
+        rx.sock = None;
+        let mut cur = tx.cur.take().map(|c| (c.seq, c.bio));
+        let mut rxd = match core::mem::replace(&mut rx.rx, RX_START) {
+            Rx::Data { bio, seq, .. } => Some((seq, bio)),
+            Rx::Header { .. } => None,
+        };
+        let mut s = self.slots.lock();
+        let mut back = LegBioQueue::new();
+        loop {
+            // The oldest of: the slots' bios, the one being sent, the one
+            // being received.
+            let slot = s
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, sl)| sl.bio.is_some())
+                .min_by_key(|(_, sl)| sl.seq)
+                .map(|(i, sl)| (i, sl.seq));
+            let mut best = slot.map(|(_, q)| q);
+            for q in [cur.as_ref().map(|c| c.0), rxd.as_ref().map(|r| r.0)].into_iter().flatten() {
+                best = Some(best.map_or(q, |b| b.min(q)));
+            }
+            let Some(best) = best else { break };
+            if let Some((i, q)) = slot.filter(|&(_, q)| q == best) {
+                let _ = q;
+                if let Some(bio) = s.slots.get_mut(i).and_then(|sl| sl.bio.take()) {
+                    back.push_back(bio);
+                }
+            } else if cur.as_ref().is_some_and(|c| c.0 == best) {
+                if let Some((_, bio)) = cur.take() {
+                    back.push_back(bio);
+                }
+            } else if let Some((_, bio)) = rxd.take() {
+                back.push_back(bio);
+            }
+        }
+        for sl in s.slots.iter_mut() {
+            sl.cookie = 0;
+        }
+        s.free = u64::MAX;
+        self.inflight.store(0, Ordering::Relaxed);
+        back
+    }
+
+    /// Drops connection `gen` for `why`, if it is still the current one:
+    /// its requests in flight go back to the front of the queue.  Returns
+    /// whether it did (the caller then calls [`Remote::went_down`]).
+    fn fail_connection(&self, gen: u64, why: Msg) -> bool {
+        {
+            let mut tx = self.tx.lock();
+            let mut rx = self.rx.lock();
+            if self.gen.load(Ordering::Acquire) != gen || self.link() != Link::Up {
+                return false;
+            }
+            self.gen.fetch_add(1, Ordering::AcqRel);
+            let back = self.reap(&mut tx, &mut rx);
+            tx.queue.prepend(back);
+            if self.answered.swap(false, Ordering::AcqRel) {
+                self.down_since_ms.store(now_ms(), Ordering::Release);
+            }
+            self.link.store(Link::Down as u8, Ordering::Release);
+        }
+        self.log(&why);
+        *self.problem.lock() = why;
+        true
+    }
+
+    /// The connection broke: tell the device, and reconnect.
+    fn went_down(self: &Arc<Self>) {
+        let owner = self.owner.lock().clone();
+        let policy = match owner {
+            Some((dev, leg)) => dev.remote_down(leg),
+            None => Policy::Hold,
+        };
+        self.set_policy(policy);
+        self.check_dead(now_ms());
+        let backoff = self.backoff_ms.load(Ordering::Relaxed);
+        Job::<Remote, CONNECT>::queue(self.clone(), backoff);
+        Job::<Remote, TICK>::queue(self.clone(), self.tick_ms());
+    }
+
+    /// Once the outage is older than the dead time, held I/O fails (the
+    /// send job does it) and new I/O fails at once until a reconnect.
+    /// Returns whether I/O is still held.
+    fn check_dead(self: &Arc<Self>, now: u64) -> bool {
+        if !self.hold.load(Ordering::Acquire) || self.dead.load(Ordering::Acquire) {
+            return false;
+        }
+        let since = self.down_since_ms.load(Ordering::Acquire);
+        if now.saturating_sub(since) < u64::from(self.cfg.dead_ms) {
+            return true;
+        }
+        self.dead.store(true, Ordering::Release);
+        Job::<Remote, SEND>::queue(self.clone(), 0);
+        false
+    }
+
+    fn log(&self, why: &Msg) {
+        if let Some((dev, leg)) = self.owner.lock().as_ref() {
+            pr_warn!("{}: leg {}: {}\n", dev.name(), leg, why.as_str());
+        }
+    }
+
     /// Sends what can be sent.  Fails with why the connection broke, if it
     /// did.
-    fn pump_send(&self, c: &mut Conn, done: &mut LegBioQueue) -> Result<(), Msg> {
+    fn pump_send(&self, tx: &mut TxState, done: &mut LegBioQueue) -> Result<(), Msg> {
         loop {
-            if c.tx.is_none() {
-                if c.free == 0 {
-                    return Ok(());
-                }
-                let Some(mut bio) = c.queue.pop_front() else {
+            if tx.cur.is_none() {
+                let Some(mut bio) = tx.queue.pop_front() else {
                     return Ok(());
                 };
-                let (kind, flags) = match command(&bio, &c.info) {
+                let (kind, flags) = match command(&bio, &self.info) {
                     Ok(Some(k)) => k,
                     Ok(None) => {
                         bio.record(Ok(()));
@@ -476,15 +603,39 @@ impl Remote {
                 };
                 let offset = bio.sector() << 9;
                 let len = bio.bytes();
-                if offset.checked_add(len.into()).map_or(true, |end| end > c.info.size) {
+                if offset.checked_add(len.into()).map_or(true, |end| end > self.info.size) {
                     bio.record(Err(EIO));
                     done.push_back(bio);
                     continue;
                 }
-                let slot = c.free.trailing_zeros() as usize;
-                c.free &= !(1 << slot);
-                c.seq = c.seq.wrapping_add(1);
-                let cookie = (c.gen << 40) | ((c.seq & 0xffff_ffff) << 8) | slot as u64;
+                let seq = tx.seq.wrapping_add(1);
+                let gen = self.gen.load(Ordering::Relaxed);
+                let reserved = {
+                    let mut s = self.slots.lock();
+                    if s.free == 0 {
+                        None
+                    } else {
+                        let slot = s.free.trailing_zeros() as usize;
+                        let cookie = (gen << 40) | ((seq & 0xffff_ffff) << 8) | slot as u64;
+                        s.free &= !(1 << slot);
+                        if let Some(sl) = s.slots.get_mut(slot) {
+                            sl.cookie = cookie;
+                            sl.seq = seq;
+                            sl.sent_ms = now_ms();
+                            sl.reads = kind == cmd::READ;
+                        }
+                        Some((slot, cookie))
+                    }
+                };
+                let Some((slot, cookie)) = reserved else {
+                    // Every slot is busy: a reply will kick us.
+                    let mut front = LegBioQueue::new();
+                    front.push_back(bio);
+                    tx.queue.prepend(front);
+                    self.tx_stalled.store(true, Ordering::Release);
+                    return Ok(());
+                };
+                tx.seq = seq;
                 let req = Request {
                     flags,
                     kind,
@@ -492,64 +643,70 @@ impl Remote {
                     offset,
                     length: if kind == cmd::FLUSH { 0 } else { len },
                 };
-                let data = if kind == cmd::WRITE { len } else { 0 };
-                let Some(s) = c.slots.get_mut(slot) else {
-                    return Err(Msg::new(format_args!("internal error: no slot {}", slot)));
-                };
-                s.cookie = cookie;
-                s.seq = c.seq;
-                s.sent_ms = now_ms();
-                s.reads = kind == cmd::READ;
-                s.bio = Some(bio);
-                c.tx = Some(Tx {
+                tx.cur = Some(TxCur {
                     slot,
+                    cookie,
+                    seq,
+                    bio,
                     hdr: req.encode(),
                     hdr_done: 0,
-                    data,
+                    data: if kind == cmd::WRITE { len } else { 0 },
                     data_done: 0,
                 });
                 self.inflight.fetch_add(1, Ordering::Relaxed);
             }
-            let (Some(tx), Some(sock)) = (c.tx.as_mut(), c.sock.as_ref()) else {
+            // Send under the table's lock, and publish the bio under the
+            // same hold: a reply that finds its slot without a bio then
+            // really came before the request was fully sent.
+            let mut s = self.slots.lock();
+            let TxState { sock, cur, .. } = &mut *tx;
+            let (Some(c), Some(sock)) = (cur.as_mut(), sock.as_ref()) else {
                 return Ok(());
             };
-            while tx.hdr_done < tx.hdr.len() {
-                let rest = tx.hdr.get(tx.hdr_done..).unwrap_or(&[]);
-                match sock.send(rest, tx.data > 0) {
-                    Ok(n) => tx.hdr_done += n,
+            while c.hdr_done < c.hdr.len() {
+                let rest = c.hdr.get(c.hdr_done..).unwrap_or(&[]);
+                match sock.send(rest, c.data > 0) {
+                    Ok(n) => c.hdr_done += n,
                     Err(e) if e == EAGAIN => return Ok(()),
-                    Err(e) => return Err(Msg::new(format_args!("send failed (errno {})", e.to_errno()))),
+                    Err(e) => return Err(io_msg("send", e)),
                 }
             }
-            while tx.data_done < tx.data {
-                let Some(bio) = c.slots.get(tx.slot).and_then(|s| s.bio.as_ref()) else {
-                    return Err(Msg::new(format_args!("internal error: sending a free slot")));
-                };
-                match sock.send_bio(bio, tx.data_done, false) {
-                    Ok(n) => tx.data_done += n as u32,
+            while c.data_done < c.data {
+                match sock.send_bio(&c.bio, c.data_done, false) {
+                    Ok(n) => c.data_done += n as u32,
                     Err(e) if e == EAGAIN => return Ok(()),
-                    Err(e) => return Err(Msg::new(format_args!("send failed (errno {})", e.to_errno()))),
+                    Err(e) => return Err(io_msg("send", e)),
                 }
             }
-            c.tx = None;
+            if let Some(c) = cur.take() {
+                match s.slots.get_mut(c.slot) {
+                    Some(sl) if sl.cookie == c.cookie => sl.bio = Some(c.bio),
+                    _ => {
+                        let mut bio = c.bio;
+                        bio.record(Err(EIO));
+                        done.push_back(bio);
+                    }
+                }
+            }
         }
     }
 
     /// Reads what has arrived.  Fails with why the connection broke, if it
-    /// did.
-    fn pump_recv(&self, c: &mut Conn, done: &mut LegBioQueue) -> Result<(), Msg> {
+    /// did.  Sets `freed` when a slot became free.
+    fn pump_recv(&self, rs: &mut RxState, done: &mut LegBioQueue, freed: &mut bool) -> Result<(), Msg> {
         loop {
-            let Some(sock) = c.sock.as_ref() else {
+            let RxState { sock, rx } = &mut *rs;
+            let Some(sock) = sock.as_ref() else {
                 return Ok(());
             };
-            match &mut c.rx {
+            match rx {
                 Rx::Header { buf, got } => {
                     let rest = buf.get_mut(*got..).unwrap_or(&mut []);
                     match sock.recv(rest) {
                         Ok(0) => return Err(Msg::new(format_args!("the server closed the connection"))),
                         Ok(n) => *got += n,
                         Err(e) if e == EAGAIN => return Ok(()),
-                        Err(e) => return Err(Msg::new(format_args!("receive failed (errno {})", e.to_errno()))),
+                        Err(e) => return Err(io_msg("receive", e)),
                     }
                     if *got < SimpleReply::SIZE {
                         continue;
@@ -562,57 +719,53 @@ impl Remote {
                         Err(_) => return Err(Msg::new(format_args!("protocol error: bad reply magic"))),
                     };
                     let slot = (reply.cookie & 0xff) as usize;
-                    let known = c
-                        .slots
-                        .get(slot)
-                        .is_some_and(|s| s.bio.is_some() && s.cookie == reply.cookie);
-                    if !known {
-                        return Err(Msg::new(format_args!("protocol error: reply to an unknown request")));
-                    }
-                    if c.tx.as_ref().is_some_and(|t| t.slot == slot) {
+                    let taken = {
+                        let mut s = self.slots.lock();
+                        let found = match s.slots.get_mut(slot) {
+                            Some(sl) if reply.cookie != 0 && sl.cookie == reply.cookie => {
+                                Some(sl.bio.take().map(|b| (b, sl.seq, sl.reads)))
+                            }
+                            _ => None,
+                        };
+                        if let Some(Some(_)) = found {
+                            if let Some(sl) = s.slots.get_mut(slot) {
+                                sl.cookie = 0;
+                            }
+                            s.free |= 1 << slot;
+                        }
+                        found
+                    };
+                    let (mut bio, seq, reads) = match taken {
+                        None => return Err(Msg::new(format_args!("protocol error: reply to an unknown request"))),
                         // Not even sent in full: the server cannot know it.
-                        return Err(Msg::new(format_args!("protocol error: reply to a request not sent yet")));
-                    }
-                    let reads = c.slots.get(slot).is_some_and(|s| s.reads);
-                    let len = c
-                        .slots
-                        .get(slot)
-                        .and_then(|s| s.bio.as_ref())
-                        .map_or(0, LegBio::bytes);
+                        Some(None) => {
+                            return Err(Msg::new(format_args!("protocol error: reply to a request not sent yet")))
+                        }
+                        Some(Some(t)) => t,
+                    };
+                    self.inflight.fetch_sub(1, Ordering::Relaxed);
+                    self.answered.store(true, Ordering::Relaxed);
+                    *freed = true;
+                    let len = bio.bytes();
                     if reply.error == 0 && reads && len > 0 {
-                        c.rx = Rx::Data { slot, got: 0, len };
+                        *rx = Rx::Data { bio, seq, got: 0, len };
                         continue;
                     }
-                    c.rx = Rx::Header {
-                        buf: [0; SimpleReply::SIZE],
-                        got: 0,
-                    };
-                    if let Some(mut bio) = c.free_slot(slot) {
-                        self.inflight.fetch_sub(1, Ordering::Relaxed);
-                        bio.record(if reply.error == 0 { Ok(()) } else { Err(server_error(reply.error)) });
-                        done.push_back(bio);
-                    }
+                    *rx = RX_START;
+                    bio.record(if reply.error == 0 { Ok(()) } else { Err(server_error(reply.error)) });
+                    done.push_back(bio);
                 }
-                Rx::Data { slot, got, len } => {
-                    let (slot, len) = (*slot, *len);
-                    let Some(bio) = c.slots.get(slot).and_then(|s| s.bio.as_ref()) else {
-                        return Err(Msg::new(format_args!("internal error: data for a free slot")));
-                    };
+                Rx::Data { bio, got, len, .. } => {
                     match sock.recv_bio(bio, *got) {
                         Ok(0) => return Err(Msg::new(format_args!("the server closed the connection"))),
                         Ok(n) => *got += n as u32,
                         Err(e) if e == EAGAIN => return Ok(()),
-                        Err(e) => return Err(Msg::new(format_args!("receive failed (errno {})", e.to_errno()))),
+                        Err(e) => return Err(io_msg("receive", e)),
                     }
-                    if *got < len {
+                    if *got < *len {
                         continue;
                     }
-                    c.rx = Rx::Header {
-                        buf: [0; SimpleReply::SIZE],
-                        got: 0,
-                    };
-                    if let Some(mut bio) = c.free_slot(slot) {
-                        self.inflight.fetch_sub(1, Ordering::Relaxed);
+                    if let Rx::Data { mut bio, .. } = core::mem::replace(rx, RX_START) {
                         bio.record(Ok(()));
                         done.push_back(bio);
                     }
@@ -620,65 +773,38 @@ impl Remote {
             }
         }
     }
-
-    /// The connection broke: tell the device, and reconnect.
-    fn went_down(self: &Arc<Self>) {
-        self.link.store(Link::Down as u8, Ordering::Release);
-        let owner = self.owner.lock().clone();
-        let policy = match owner {
-            Some((dev, leg)) => dev.remote_down(leg),
-            None => Policy::Hold,
-        };
-        self.set_policy(policy);
-        let backoff = self.conn.lock().backoff_ms;
-        Job::<Remote, CONNECT>::queue(self.clone(), backoff);
-        Job::<Remote, TICK>::queue(self.clone(), self.tick_ms());
-    }
-
-    fn log_problem(&self, c: &Conn) {
-        let owner = self.owner.lock();
-        if let Some((dev, leg)) = owner.as_ref() {
-            pr_warn!("{}: leg {}: {}\n", dev.name(), leg, c.problem.as_str());
-        }
-    }
-}
-
-/// Ends the bios in `done` (outside any lock: their completion may call
-/// back into dst).
-fn finish(mut done: LegBioQueue) {
-    while let Some(bio) = done.pop_front() {
-        bio.end_recorded();
-    }
 }
 
 impl JobRun<SEND> for Remote {
     fn run(this: Arc<Self>) {
         let mut done = LegBioQueue::new();
-        let mut broke = false;
+        let mut broke = None;
         {
-            let mut c = this.conn.lock();
-            c.queue.append(this.submitted.take());
+            let mut tx = this.tx.lock();
+            let queued = this.submitted.take();
+            tx.queue.append(queued);
             match this.link() {
                 Link::Up => {
-                    if let Err(why) = this.pump_send(&mut c, &mut done) {
-                        c.break_conn(why, &this.inflight);
-                        this.log_problem(&c);
-                        broke = true;
+                    let gen = this.gen.load(Ordering::Acquire);
+                    if let Err(why) = this.pump_send(&mut tx, &mut done) {
+                        broke = Some((gen, why));
                     }
                 }
                 Link::Down => {
                     if this.dead.load(Ordering::Acquire) {
-                        c.fail_queue(Err(EIO), &mut done);
+                        fail_all(&mut tx.queue, Err(EIO), &mut done);
                     } else if !this.hold.load(Ordering::Acquire) {
-                        c.fail_queue(Err(errno::enotconn()), &mut done);
+                        fail_all(&mut tx.queue, Err(errno::enotconn()), &mut done);
                     }
                 }
-                Link::Stopped => c.fail_queue(Err(EIO), &mut done),
+                Link::Stopped => fail_all(&mut tx.queue, Err(EIO), &mut done),
             }
         }
         finish(done);
-        if broke {
-            this.went_down();
+        if let Some((gen, why)) = broke {
+            if this.fail_connection(gen, why) {
+                this.went_down();
+            }
         } else if this.inflight.load(Ordering::Relaxed) > 0 {
             Job::<Remote, TICK>::queue(this.clone(), this.tick_ms());
         }
@@ -691,20 +817,21 @@ impl JobRun<RECV> for Remote {
             return;
         }
         let mut done = LegBioQueue::new();
-        let mut broke = false;
+        let mut broke = None;
+        let mut freed = false;
         {
-            let mut c = this.conn.lock();
-            if let Err(why) = this.pump_recv(&mut c, &mut done) {
-                c.break_conn(why, &this.inflight);
-                this.log_problem(&c);
-                broke = true;
+            let mut rx = this.rx.lock();
+            let gen = this.gen.load(Ordering::Acquire);
+            if let Err(why) = this.pump_recv(&mut rx, &mut done, &mut freed) {
+                broke = Some((gen, why));
             }
         }
-        let freed = !done.is_empty();
         finish(done);
-        if broke {
-            this.went_down();
-        } else if freed {
+        if let Some((gen, why)) = broke {
+            if this.fail_connection(gen, why) {
+                this.went_down();
+            }
+        } else if freed && this.tx_stalled.swap(false, Ordering::AcqRel) {
             // Slots are free again: the queue may move.
             Job::<Remote, SEND>::queue(this.clone(), 0);
         }
@@ -714,48 +841,31 @@ impl JobRun<RECV> for Remote {
 impl JobRun<TICK> for Remote {
     fn run(this: Arc<Self>) {
         let now = now_ms();
-        let mut done = LegBioQueue::new();
-        let mut broke = false;
         let mut again = false;
-        {
-            let mut c = this.conn.lock();
-            match this.link() {
-                Link::Up => {
-                    let oldest = c.slots.iter().filter(|s| s.bio.is_some()).map(|s| s.sent_ms).min();
-                    if let Some(t) = oldest {
-                        if now.saturating_sub(t) > u64::from(this.cfg.timeout_ms) {
-                            let why = Msg::new(format_args!(
-                                "a request timed out after {} ms",
-                                this.cfg.timeout_ms
-                            ));
-                            if let Some(sock) = c.sock.as_ref() {
-                                sock.shutdown();
-                            }
-                            c.break_conn(why, &this.inflight);
-                            this.log_problem(&c);
-                            broke = true;
-                        } else {
-                            again = true;
+        match this.link() {
+            Link::Up => {
+                let gen = this.gen.load(Ordering::Acquire);
+                let oldest = {
+                    let s = this.slots.lock();
+                    s.slots.iter().filter(|sl| sl.cookie != 0).map(|sl| sl.sent_ms).min()
+                };
+                if let Some(t) = oldest {
+                    if now.saturating_sub(t) > u64::from(this.cfg.timeout_ms) {
+                        let why = Msg::new(format_args!("a request timed out after {} ms", this.cfg.timeout_ms));
+                        if this.fail_connection(gen, why) {
+                            this.went_down();
                         }
+                        return;
                     }
+                    again = true;
                 }
-                Link::Down => {
-                    if this.hold.load(Ordering::Acquire) && !this.dead.load(Ordering::Acquire) {
-                        if now.saturating_sub(c.down_since_ms) >= u64::from(this.cfg.dead_ms) {
-                            this.dead.store(true, Ordering::Release);
-                            c.fail_queue(Err(EIO), &mut done);
-                        } else {
-                            again = true;
-                        }
-                    }
-                }
-                Link::Stopped => {}
             }
+            Link::Down => {
+                again = this.check_dead(now);
+            }
+            Link::Stopped => {}
         }
-        finish(done);
-        if broke {
-            this.went_down();
-        } else if again {
+        if again {
             Job::<Remote, TICK>::queue(this.clone(), this.tick_ms());
         }
     }
@@ -766,8 +876,8 @@ impl JobRun<CONNECT> for Remote {
         if this.link() != Link::Down {
             return;
         }
+        let old = this.info;
         let res = dial(&this.cfg).and_then(|(sock, info)| {
-            let old = this.conn.lock().info;
             if info.size != old.size {
                 return Err(Msg::new(format_args!(
                     "refused: the export's size changed from {} to {} bytes",
@@ -782,36 +892,40 @@ impl JobRun<CONNECT> for Remote {
             }
             Ok(sock)
         });
-        let mut sock = match res {
+        let sock = match res {
             Ok(s) => s,
             Err(why) => {
-                let backoff = {
-                    let mut c = this.conn.lock();
-                    let changed = c.problem.as_str() != why.as_str();
-                    c.problem = why;
-                    if changed {
-                        this.log_problem(&c);
-                    }
-                    c.backoff_ms = c.backoff_ms.saturating_mul(2).min(this.cfg.backoff_max_ms);
-                    c.backoff_ms
-                };
+                let changed = this.problem.lock().as_str() != why.as_str();
+                if changed {
+                    this.log(&why);
+                }
+                *this.problem.lock() = why;
+                let backoff = this
+                    .backoff_ms
+                    .load(Ordering::Relaxed)
+                    .saturating_mul(2)
+                    .min(this.cfg.backoff_max_ms);
+                this.backoff_ms.store(backoff, Ordering::Relaxed);
                 Job::<Remote, CONNECT>::queue(this.clone(), backoff);
                 return;
             }
         };
-        if sock.watch(this.clone()).is_err() {
+        if this.link() != Link::Down || this.install(sock).is_err() {
             Job::<Remote, CONNECT>::queue(this.clone(), this.cfg.backoff_max_ms);
             return;
         }
         {
-            let mut c = this.conn.lock();
-            c.sock = Some(sock);
-            c.backoff_ms = BACKOFF_MIN_MS;
-            c.problem = Msg::new(format_args!(""));
+            // Nothing held: whatever happens to this connection starts a
+            // new outage.
+            if this.tx.lock().queue.is_empty() {
+                this.answered.store(true, Ordering::Release);
+            }
+            this.backoff_ms.store(BACKOFF_MIN_MS, Ordering::Relaxed);
             this.dead.store(false, Ordering::Release);
             this.connects.fetch_add(1, Ordering::Relaxed);
             this.link.store(Link::Up as u8, Ordering::Release);
         }
+        *this.problem.lock() = Msg::new(format_args!(""));
         let owner = this.owner.lock().clone();
         if let Some((dev, leg)) = owner {
             pr_info!("{}: leg {}: connected again\n", dev.name(), leg);

@@ -748,7 +748,9 @@ impl ExportInfo {
                     return Err("minimum block size is not a power of two up to 64 KiB");
                 }
                 if !pref.is_power_of_two() || pref < min.max(MIN_PREF_BLOCK) {
-                    return Err("preferred block size is not a power of two of at least 512 and the minimum");
+                    return Err(
+                        "preferred block size is not a power of two >= 512 and >= the minimum",
+                    );
                 }
                 let max = if max == NO_MAX_BLOCK {
                     DEFAULT_MAX_BLOCK

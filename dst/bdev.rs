@@ -92,6 +92,33 @@ impl BlockDev {
         core::str::from_utf8(&self.name[..len]).unwrap_or("?")
     }
 
+    /// Flushes the device's write cache (sleeps).
+    pub(crate) fn flush(&self) -> Result {
+        // SAFETY: the device is open; we may sleep here.
+        kernel::error::to_result(unsafe { glue::dst_bdev_flush(self.bdev.as_ptr()) })
+    }
+
+    /// Discards `nr` sectors from `sector` (sleeps).
+    pub(crate) fn trim(&self, sector: u64, nr: u64) -> Result {
+        // SAFETY: the device is open; we may sleep here.
+        kernel::error::to_result(unsafe { glue::dst_bdev_trim(self.bdev.as_ptr(), sector, nr) })
+    }
+
+    /// Writes zeroes over `nr` sectors from `sector`; `nounmap`: keep the
+    /// blocks allocated (sleeps).
+    pub(crate) fn zeroout(&self, sector: u64, nr: u64, nounmap: bool) -> Result {
+        // SAFETY: the device is open; we may sleep here.
+        kernel::error::to_result(unsafe { glue::dst_bdev_zeroout(self.bdev.as_ptr(), sector, nr, nounmap) })
+    }
+
+    /// Whether the device supports discard, and whether it has a volatile
+    /// write cache.
+    pub(crate) fn caps(&self) -> (bool, bool) {
+        // SAFETY: the device is open.
+        let c = unsafe { glue::dst_bdev_caps(self.bdev.as_ptr()) };
+        (c & 1 != 0, c & 2 != 0)
+    }
+
     /// The raw `block_device`.
     pub(crate) fn as_raw(&self) -> *mut bindings::block_device {
         self.bdev.as_ptr()

@@ -7,6 +7,7 @@
 
 #include <linux/bio.h>
 #include <linux/blkdev.h>
+#include <linux/delay.h>
 #include <linux/wait_bit.h>
 #include <linux/workqueue.h>
 
@@ -258,6 +259,48 @@ struct bio *dst_bio_pages(struct block_device *bdev, struct page **pages,
 	bio->bi_end_io = end_io;
 	bio->bi_private = private;
 	return bio;
+}
+
+void dst_msleep(unsigned int ms)
+{
+	msleep(ms);
+}
+
+/* FUA for a write made by dst_bio_pages(). */
+void dst_bio_set_fua(struct bio *bio)
+{
+	bio->bi_opf |= REQ_FUA;
+}
+
+/*
+ * The export's rarer commands, done synchronously by its worker (they may
+ * sleep): flush the write cache, discard, write zeroes (@nounmap: keep the
+ * blocks allocated).  Return 0 or a negative errno.
+ */
+int dst_bdev_flush(struct block_device *bdev)
+{
+	return blkdev_issue_flush(bdev);
+}
+
+int dst_bdev_trim(struct block_device *bdev, u64 sector, u64 nr)
+{
+	if (!bdev_max_discard_sectors(bdev))
+		return -EOPNOTSUPP;
+	return blkdev_issue_discard(bdev, sector, nr, GFP_NOIO);
+}
+
+int dst_bdev_zeroout(struct block_device *bdev, u64 sector, u64 nr,
+		     bool nounmap)
+{
+	return blkdev_issue_zeroout(bdev, sector, nr, GFP_NOIO,
+				    nounmap ? BLKDEV_ZERO_NOUNMAP : 0);
+}
+
+/* What an export may advertise: bit 0 discard, bit 1 write cache. */
+u32 dst_bdev_caps(struct block_device *bdev)
+{
+	return (bdev_max_discard_sectors(bdev) ? 1 : 0) |
+	       (bdev_write_cache(bdev) ? 2 : 0);
 }
 
 void *dst_bio_private(struct bio *bio)

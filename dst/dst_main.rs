@@ -22,6 +22,7 @@ mod bitmap;
 mod device;
 mod disk;
 mod errno;
+mod export;
 mod genl;
 mod glue;
 mod io;

@@ -101,7 +101,7 @@ const MCGRP: &CStr = kernel::c_str!("events");
 
 impl Spec {
     /// Builds the tables from the shared schema: one policy set per command,
-    /// then the nested leg set.
+    /// then the nested leg set, then the nested export set.
     fn build<T: Handler>() -> Result<KBox<Spec>> {
         // The C names must match the schema's.
         if NAME.as_bytes() != schema::FAMILY_NAME.as_bytes()
@@ -111,10 +111,14 @@ impl Spec {
         }
         let leg_set = schema::COMMANDS.len();
         let set_index = u8::try_from(leg_set).map_err(|_| EINVAL)?;
+        let nested = Nested {
+            leg: set_index,
+            export: set_index.checked_add(1).ok_or(EINVAL)?,
+        };
         let mut attrs = KVec::new();
         let mut cmds = KVec::new();
         for (i, c) in schema::COMMANDS.iter().enumerate() {
-            attrs.push(convert(c.policy, set_index)?, GFP_KERNEL)?;
+            attrs.push(convert(c.policy, nested)?, GFP_KERNEL)?;
             cmds.push(
                 glue::NlCmd {
                     cmd: c.cmd,
@@ -125,7 +129,8 @@ impl Spec {
                 GFP_KERNEL,
             )?;
         }
-        attrs.push(convert(schema::LEG_REQUEST, set_index)?, GFP_KERNEL)?;
+        attrs.push(convert(schema::LEG_REQUEST, nested)?, GFP_KERNEL)?;
+        attrs.push(convert(schema::EXPORT_REQUEST, nested)?, GFP_KERNEL)?;
         let mut sets = KVec::new();
         for a in attrs.iter() {
             sets.push(
@@ -159,7 +164,14 @@ impl Spec {
     }
 }
 
-fn convert(policy: &[schema::AttrSpec], leg_set: u8) -> Result<KVec<glue::NlAttr>> {
+/// Where the nested policy sets are.
+#[derive(Clone, Copy)]
+struct Nested {
+    leg: u8,
+    export: u8,
+}
+
+fn convert(policy: &[schema::AttrSpec], nested: Nested) -> Result<KVec<glue::NlAttr>> {
     let mut v = KVec::with_capacity(policy.len(), GFP_KERNEL)?;
     for a in policy {
         let (kind, nested_set, min, max) = match a.kind {
@@ -167,7 +179,8 @@ fn convert(policy: &[schema::AttrSpec], leg_set: u8) -> Result<KVec<glue::NlAttr
             Kind::U32 => (glue::DST_NL_U32, 0, 0, 0),
             Kind::U64 => (glue::DST_NL_U64, 0, 0, 0),
             Kind::Str { max_len } => (glue::DST_NL_STR, 0, 0, max_len),
-            Kind::NestedLeg => (glue::DST_NL_NESTED, leg_set, 0, 0),
+            Kind::NestedLeg => (glue::DST_NL_NESTED, nested.leg, 0, 0),
+            Kind::NestedExport => (glue::DST_NL_NESTED, nested.export, 0, 0),
         };
         v.push(
             glue::NlAttr {

@@ -103,6 +103,13 @@ void dst_pages_free(struct page **pages, unsigned int n);
 struct bio *dst_bio_pages(struct block_device *bdev, struct page **pages,
 			  u32 bytes, bool write, u64 sector,
 			  void (*end_io)(struct bio *), void *private);
+void dst_bio_set_fua(struct bio *bio);
+void dst_msleep(unsigned int ms);
+int dst_bdev_flush(struct block_device *bdev);
+int dst_bdev_trim(struct block_device *bdev, u64 sector, u64 nr);
+int dst_bdev_zeroout(struct block_device *bdev, u64 sector, u64 nr,
+		     bool nounmap);
+u32 dst_bdev_caps(struct block_device *bdev);
 void *dst_bio_private(struct bio *bio);
 void dst_bio_kfree(struct bio *bio);
 
@@ -122,13 +129,22 @@ enum dst_sock_event {
 int dst_sock_connect(int family, const u8 *addr, u16 port, u32 scope_id,
 		     unsigned int timeout_ms, struct socket **out);
 void dst_sock_release(struct socket *sock);
-void dst_sock_shutdown(struct socket *sock);
 int dst_sock_send(struct socket *sock, const void *buf, size_t len,
 		  bool nonblock, bool more);
 int dst_sock_recv(struct socket *sock, void *buf, size_t len, bool nonblock);
 int dst_sock_send_bio(struct socket *sock, struct bio *bio, u32 skip,
 		      bool more);
 int dst_sock_recv_bio(struct socket *sock, struct bio *bio, u32 skip);
+int dst_sock_send_pages(struct socket *sock, struct page **pages, u32 skip,
+			u32 len, bool more);
+int dst_sock_recv_pages(struct socket *sock, struct page **pages, u32 skip,
+			u32 len);
+int dst_sock_listen(int family, const u8 *addr, u16 port, u32 scope_id,
+		    struct socket **out);
+int dst_sock_accept(struct socket *lsock, unsigned int timeout_ms,
+		    struct socket **out);
+int dst_sock_peer(struct socket *sock, int *family, u8 *addr, u16 *port,
+		  u32 *scope_id);
 int dst_sock_set_callbacks(struct socket *sock,
 			   void (*fn)(void *data, int what), void *data);
 void dst_sock_clear_callbacks(struct socket *sock);

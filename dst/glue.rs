@@ -151,7 +151,6 @@ extern "C" {
         out: *mut *mut bindings::socket,
     ) -> c_int;
     pub(crate) fn dst_sock_release(sock: *mut bindings::socket);
-    pub(crate) fn dst_sock_shutdown(sock: *mut bindings::socket);
     pub(crate) fn dst_sock_send(
         sock: *mut bindings::socket,
         buf: *const c_void,
@@ -191,6 +190,45 @@ extern "C" {
     ) -> bool;
     pub(crate) fn dst_dwork_disable_sync(dw: *mut bindings::delayed_work) -> bool;
     pub(crate) fn dst_now_ms() -> u64;
+    pub(crate) fn dst_sock_send_pages(
+        sock: *mut bindings::socket,
+        pages: *mut *mut bindings::page,
+        skip: u32,
+        len: u32,
+        more: bool,
+    ) -> c_int;
+    pub(crate) fn dst_sock_recv_pages(
+        sock: *mut bindings::socket,
+        pages: *mut *mut bindings::page,
+        skip: u32,
+        len: u32,
+    ) -> c_int;
+    pub(crate) fn dst_sock_listen(
+        family: c_int,
+        addr: *const u8,
+        port: u16,
+        scope_id: u32,
+        out: *mut *mut bindings::socket,
+    ) -> c_int;
+    pub(crate) fn dst_sock_accept(
+        lsock: *mut bindings::socket,
+        timeout_ms: u32,
+        out: *mut *mut bindings::socket,
+    ) -> c_int;
+    pub(crate) fn dst_sock_peer(
+        sock: *mut bindings::socket,
+        family: *mut c_int,
+        addr: *mut u8,
+        port: *mut u16,
+        scope_id: *mut u32,
+    ) -> c_int;
+    pub(crate) fn dst_bio_set_fua(bio: *mut bindings::bio);
+    pub(crate) fn dst_msleep(ms: u32);
+    pub(crate) fn dst_bdev_flush(bdev: *mut bindings::block_device) -> c_int;
+    pub(crate) fn dst_bdev_trim(bdev: *mut bindings::block_device, sector: u64, nr: u64) -> c_int;
+    pub(crate) fn dst_bdev_zeroout(bdev: *mut bindings::block_device, sector: u64, nr: u64, nounmap: bool)
+        -> c_int;
+    pub(crate) fn dst_bdev_caps(bdev: *mut bindings::block_device) -> u32;
 }
 
 /// `enum dst_sock_event`.

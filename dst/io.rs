@@ -632,18 +632,30 @@ struct PageIoCtx<T> {
     _buf: Arc<PageBuf>,
 }
 
-/// Reads (`write` false) or writes the first `bytes` of `buf` at `sector`
-/// of `sink`, then calls `T::page_io_done`.  The I/O holds references to
+/// What a page I/O does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PageOp {
+    /// Read into the buffer.
+    Read,
+    /// Write the buffer.
+    Write,
+    /// Write the buffer, durably (FUA) before completing.
+    WriteFua,
+}
+
+/// Does `op` on the first `bytes` of `buf` at `sector` of `sink`, then
+/// calls `T::page_io_done`.  The I/O holds references to
 /// `owner` and `buf` until then.  Does not sleep (the context is allocated
 /// with `GFP_NOWAIT`: on `ENOMEM`, try again later).
 pub(crate) fn page_io<T: PageIoOwner>(
     owner: Arc<T>,
     buf: Arc<PageBuf>,
     sink: &dyn BioSink,
-    write: bool,
+    op: PageOp,
     sector: u64,
     bytes: u32,
 ) -> Result {
+    let write = op != PageOp::Read;
     if bytes == 0 || bytes > buf.len() {
         return Err(EINVAL);
     }
@@ -659,6 +671,10 @@ pub(crate) fn page_io<T: PageIoOwner>(
         // SAFETY: `private` came from `KBox::into_raw` and was not used.
         drop(unsafe { KBox::from_raw(private.cast::<PageIoCtx<T>>()) });
         return Err(ENOMEM);
+    }
+    if op == PageOp::WriteFua {
+        // SAFETY: the bio is ours, not submitted yet.
+        unsafe { glue::dst_bio_set_fua(bio) };
     }
     // SAFETY: the bio is ours, with its end_io.
     match unsafe { LegBio::from_raw(bio) } {

@@ -119,11 +119,6 @@ void dst_sock_release(struct socket *sock)
 	sock_release(sock);
 }
 
-void dst_sock_shutdown(struct socket *sock)
-{
-	kernel_sock_shutdown(sock, SHUT_RDWR);
-}
-
 int dst_sock_send(struct socket *sock, const void *buf, size_t len,
 		  bool nonblock, bool more)
 {
@@ -237,6 +232,187 @@ int dst_sock_recv_bio(struct socket *sock, struct bio *bio, u32 skip)
 	return got;
 }
 
+/*
+ * Page-array variants of the above, for buffers of whole pages (the
+ * export's requests): bytes [@skip, @len) of the buffer go out or come in.
+ */
+int dst_sock_send_pages(struct socket *sock, struct page **pages, u32 skip,
+			u32 len, bool more)
+{
+	unsigned int noreclaim;
+	int sent = 0;
+
+	noreclaim = memalloc_noreclaim_save();
+	while (skip < len) {
+		u32 off = skip % PAGE_SIZE;
+		u32 n = min_t(u32, len - skip, PAGE_SIZE - off);
+		struct bio_vec bv;
+		struct msghdr msg = {
+			.msg_flags = MSG_DONTWAIT | MSG_NOSIGNAL |
+				     MSG_SPLICE_PAGES,
+		};
+		int ret;
+
+		bvec_set_page(&bv, pages[skip / PAGE_SIZE], n, off);
+		if (more || skip + n < len)
+			msg.msg_flags |= MSG_MORE;
+		iov_iter_bvec(&msg.msg_iter, ITER_SOURCE, &bv, 1, n);
+		ret = sock_sendmsg(sock, &msg);
+		if (ret <= 0) {
+			if (!sent)
+				sent = ret ? ret : -EAGAIN;
+			break;
+		}
+		sent += ret;
+		skip += ret;
+		if (ret < n)
+			break;
+	}
+	memalloc_noreclaim_restore(noreclaim);
+	return sent;
+}
+
+int dst_sock_recv_pages(struct socket *sock, struct page **pages, u32 skip,
+			u32 len)
+{
+	unsigned int noreclaim;
+	int got = 0;
+
+	noreclaim = memalloc_noreclaim_save();
+	while (skip < len) {
+		u32 off = skip % PAGE_SIZE;
+		u32 n = min_t(u32, len - skip, PAGE_SIZE - off);
+		struct bio_vec bv;
+		struct msghdr msg = { .msg_flags = MSG_NOSIGNAL };
+		int ret;
+
+		bvec_set_page(&bv, pages[skip / PAGE_SIZE], n, off);
+		iov_iter_bvec(&msg.msg_iter, ITER_DEST, &bv, 1, n);
+		ret = sock_recvmsg(sock, &msg, MSG_DONTWAIT);
+		if (ret <= 0) {
+			if (!got)
+				got = ret;
+			break;
+		}
+		got += ret;
+		skip += ret;
+		if (ret < n)
+			break;
+	}
+	memalloc_noreclaim_restore(noreclaim);
+	return got;
+}
+
+/* ---- listening sockets (exports) ---- */
+
+static void dst_sk_data_ready(struct sock *sk);
+static void dst_sk_write_space(struct sock *sk);
+static void dst_sk_state_change(struct sock *sk);
+static void dst_sock_restore_child(struct socket *lsock, struct sock *sk);
+
+int dst_sock_listen(int family, const u8 *addr, u16 port, u32 scope_id,
+		    struct socket **out)
+{
+	struct sockaddr_storage ss = {};
+	struct socket *sock;
+	int len, err;
+
+	if (family == 4) {
+		struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons(port);
+		memcpy(&sin->sin_addr, addr, 4);
+		len = sizeof(*sin);
+		family = AF_INET;
+	} else if (family == 6) {
+		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = htons(port);
+		memcpy(&sin6->sin6_addr, addr, 16);
+		sin6->sin6_scope_id = scope_id;
+		len = sizeof(*sin6);
+		family = AF_INET6;
+	} else {
+		return -EAFNOSUPPORT;
+	}
+	err = sock_create_kern(&init_net, family, SOCK_STREAM, IPPROTO_TCP,
+			       &sock);
+	if (err)
+		return err;
+	sock_set_reuseaddr(sock->sk);
+	err = kernel_bind(sock, (struct sockaddr *)&ss, len);
+	if (!err)
+		err = kernel_listen(sock, 64);
+	if (err) {
+		sock_release(sock);
+		return err;
+	}
+	*out = sock;
+	return 0;
+}
+
+/*
+ * Accepts a connection without waiting (-EAGAIN: none).  The new socket
+ * blocks for at most @timeout_ms (the handshake), and a peer that stops
+ * acknowledging data for that long is dropped.
+ */
+int dst_sock_accept(struct socket *lsock, unsigned int timeout_ms,
+		    struct socket **out)
+{
+	struct socket *sock;
+	struct sock *sk;
+	int err;
+
+	err = kernel_accept(lsock, &sock, O_NONBLOCK);
+	if (err)
+		return err;
+	sk = sock->sk;
+	dst_sock_restore_child(lsock, sk);
+	tcp_sock_set_nodelay(sk);
+	sk->sk_sndtimeo = msecs_to_jiffies(timeout_ms);
+	sk->sk_rcvtimeo = msecs_to_jiffies(timeout_ms);
+	sock_set_keepalive(sk);
+	tcp_sock_set_keepidle(sk, max(1U, timeout_ms / 2000));
+	tcp_sock_set_keepintvl(sk, max(1U, timeout_ms / 6000));
+	tcp_sock_set_keepcnt(sk, 3);
+	tcp_sock_set_user_timeout(sk, timeout_ms);
+	*out = sock;
+	return 0;
+}
+
+/* The peer's address: family 4 or 6, 16 address bytes, port. */
+int dst_sock_peer(struct socket *sock, int *family, u8 *addr, u16 *port,
+		  u32 *scope_id)
+{
+	struct sockaddr_storage ss = {};
+	int err;
+
+	err = kernel_getpeername(sock, (struct sockaddr *)&ss);
+	if (err < 0)
+		return err;
+	if (ss.ss_family == AF_INET) {
+		struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+
+		*family = 4;
+		memset(addr, 0, 16);
+		memcpy(addr, &sin->sin_addr, 4);
+		*port = ntohs(sin->sin_port);
+		*scope_id = 0;
+	} else if (ss.ss_family == AF_INET6) {
+		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+
+		*family = 6;
+		memcpy(addr, &sin6->sin6_addr, 16);
+		*port = ntohs(sin6->sin6_port);
+		*scope_id = sin6->sin6_scope_id;
+	} else {
+		return -EAFNOSUPPORT;
+	}
+	return 0;
+}
+
 /* ---- socket callbacks ---- */
 
 struct dst_sock_cb {
@@ -289,6 +465,37 @@ static void dst_sk_state_change(struct sock *sk)
 		}
 	}
 	read_unlock_bh(&sk->sk_callback_lock);
+}
+
+/*
+ * A connection accepted on a watched listening socket inherits its
+ * callbacks and user data: give it back the stock ones, unwatched.
+ */
+static void dst_sock_restore_child(struct socket *lsock, struct sock *sk)
+{
+	void (*data_ready)(struct sock *sk) = NULL;
+	void (*write_space)(struct sock *sk) = NULL;
+	void (*state_change)(struct sock *sk) = NULL;
+	struct dst_sock_cb *cb;
+
+	read_lock_bh(&lsock->sk->sk_callback_lock);
+	cb = lsock->sk->sk_user_data;
+	if (cb) {
+		data_ready = cb->data_ready;
+		write_space = cb->write_space;
+		state_change = cb->state_change;
+	}
+	read_unlock_bh(&lsock->sk->sk_callback_lock);
+
+	write_lock_bh(&sk->sk_callback_lock);
+	if (sk->sk_data_ready == dst_sk_data_ready && data_ready)
+		sk->sk_data_ready = data_ready;
+	if (sk->sk_write_space == dst_sk_write_space && write_space)
+		sk->sk_write_space = write_space;
+	if (sk->sk_state_change == dst_sk_state_change && state_change)
+		sk->sk_state_change = state_change;
+	sk->sk_user_data = NULL;
+	write_unlock_bh(&sk->sk_callback_lock);
 }
 
 int dst_sock_set_callbacks(struct socket *sock,

@@ -15,7 +15,9 @@ use core::net::SocketAddr;
 use crate::device::{Device, LegSpec};
 use crate::genl::{self, Dump, Handler, Request};
 use crate::msg::{refuse, Msg, Refusal};
-use crate::proto::genl::{self as schema, cmd, dev, leg, timing, Event, LegKind, Target, MAX_LEGS};
+use crate::export::{self, Cidr, Export, ExportRequest, Exports, Listener};
+use crate::proto::genl::{self as schema, cmd, dev, exp, leg, timing, Event, LegKind, Target, MAX_ALLOW, MAX_LEGS};
+use kernel::sync::Arc;
 use crate::remote::RemoteConfig;
 use crate::proto::nlattr::{self, Attr, Attrs, Sink, Writer};
 use crate::registry::Registry;
@@ -46,7 +48,7 @@ fn encode_err(_: nlattr::Error) -> Error {
 }
 
 /// Encodes a device and its legs as reply attributes.
-fn encode(d: &Device) -> Result<KVec<u8>> {
+fn encode(d: &Device, exports: Option<&Exports>) -> Result<KVec<u8>> {
     let mut buf = Buf(KVec::new());
     let mut w = Writer::new(&mut buf);
     (|| -> Result<(), nlattr::Error> {
@@ -90,6 +92,7 @@ fn encode(d: &Device) -> Result<KVec<u8>> {
                     w.put_u32(leg::TIMEOUT_MS, cfg.timeout_ms)?;
                     w.put_u32(leg::DEAD_TIME_MS, cfg.dead_ms)?;
                     w.put_u32(leg::BACKOFF_MAX_MS, cfg.backoff_max_ms)?;
+                    w.put_u8(leg::FULL_RESYNC, cfg.full_resync.into())?;
                     w.put_u32(leg::NBD_FLAGS, st.flags.into())?;
                     w.put_u32(leg::CONNECTS, st.connects)?;
                     if !st.problem.as_str().is_empty() {
@@ -99,10 +102,36 @@ fn encode(d: &Device) -> Result<KVec<u8>> {
             }
             w.end_nest(nest)?;
         }
-        Ok(())
+        let mut res = Ok(());
+        if let Some(ex) = exports {
+            ex.for_each_of(d, |l, e| {
+                if res.is_ok() {
+                    res = encode_export(&mut w, l, e);
+                }
+            });
+        }
+        res
     })()
     .map_err(encode_err)?;
     Ok(buf.0)
+}
+
+fn encode_export(w: &mut Writer<'_, Buf>, l: &Arc<Listener>, e: &Arc<Export>) -> Result<(), nlattr::Error> {
+    let nest = w.begin_nest(dev::EXPORT)?;
+    w.put_str(exp::LISTEN, Msg::new(format_args!("{}", l.addr())).as_str())?;
+    w.put_str_bytes(exp::NAME, e.name())?;
+    w.put_u8(exp::READ_ONLY, e.read_only().into())?;
+    for c in e.allow() {
+        w.put_str(exp::ALLOW, Msg::new(format_args!("{}", c)).as_str())?;
+    }
+    let clients = l.clients_of(e);
+    w.put_u32(exp::CLIENTS, clients.len() as u32)?;
+    for c in clients.iter() {
+        w.put_str(exp::CLIENT, Msg::new(format_args!("{}", c)).as_str())?;
+    }
+    w.put_u64(exp::REFUSED, l.refused())?;
+    w.put_u64(exp::REQUESTS, e.requests())?;
+    w.end_nest(nest)
 }
 
 /// Sends an event about `d` to the listeners of the events group.
@@ -121,7 +150,7 @@ pub(crate) fn send_event(d: &Device, event: Event) {
         }
         buf.0
     } else {
-        let Ok(mut payload) = encode(d) else { return };
+        let Ok(mut payload) = encode(d, None) else { return };
         let mut buf = Buf(core::mem::take(&mut payload));
         if Writer::new(&mut buf).put_u8(dev::EVENT, event as u8).is_err() {
             return;
@@ -156,7 +185,7 @@ fn leg_spec<'a>(a: &Attr<'a>, n: usize) -> Result<LegSpec<'a>, Refusal> {
         refuse!(EINVAL, "leg {} has an empty device path", n);
     }
     let Some(addr) = last(&nest, leg::ADDR)? else {
-        for id in [leg::EXPORT, leg::TIMEOUT_MS, leg::DEAD_TIME_MS, leg::BACKOFF_MAX_MS] {
+        for id in [leg::EXPORT, leg::TIMEOUT_MS, leg::DEAD_TIME_MS, leg::BACKOFF_MAX_MS, leg::FULL_RESYNC] {
             if last(&nest, id)?.is_some() {
                 refuse!(EINVAL, "leg {}: remote settings for a local leg", n);
             }
@@ -186,6 +215,10 @@ fn leg_spec<'a>(a: &Attr<'a>, n: usize) -> Result<LegSpec<'a>, Refusal> {
             timeout_ms: timing_ms(&nest, leg::TIMEOUT_MS, timing::TIMEOUT_MS, "timeout", n)?,
             dead_ms: timing_ms(&nest, leg::DEAD_TIME_MS, timing::DEAD_TIME_MS, "dead time", n)?,
             backoff_max_ms: timing_ms(&nest, leg::BACKOFF_MAX_MS, timing::BACKOFF_MAX_MS, "backoff maximum", n)?,
+            full_resync: match last(&nest, leg::FULL_RESYNC)? {
+                Some(a) => a.u8().map_err(|_| Refusal::from(EINVAL))? != 0,
+                None => false,
+            },
         }),
     })
 }
@@ -240,7 +273,7 @@ impl Registry {
         let Some(d) = self.get(name) else {
             refuse!(ENODEV, "no device named {}", name);
         };
-        req.reply(cmd::GET, &encode(&d)?)?;
+        req.reply(cmd::GET, &encode(&d, Some(&self.exports))?)?;
         Ok(())
     }
 
@@ -267,12 +300,87 @@ impl Registry {
             specs.push(spec, GFP_KERNEL)?;
         }
         let d = self.create(name, target, specs)?;
-        req.reply(cmd::CREATE, &encode(&d)?)?;
+        req.reply(cmd::CREATE, &encode(&d, Some(&self.exports))?)?;
         Ok(())
     }
 
     fn do_remove(&self, attrs: &Attrs<'_>) -> Result<(), Refusal> {
         self.remove(name(attrs)?)
+    }
+
+    fn do_export(&self, attrs: &Attrs<'_>, req: &mut Request<'_>) -> Result<(), Refusal> {
+        let name = name(attrs)?;
+        let Some(d) = self.get(name) else {
+            refuse!(ENODEV, "no device named {}", name);
+        };
+        let Some(nest) = last(attrs, dev::EXPORT)? else {
+            refuse!(EINVAL, "missing export settings (listen address)");
+        };
+        let nest = nest.nested();
+        let Some(listen) = last(&nest, exp::LISTEN)? else {
+            refuse!(EINVAL, "missing listen address");
+        };
+        let Some(listen) = listen.str().ok().and_then(export::parse_listen) else {
+            refuse!(EINVAL, "bad listen address (IP:PORT or [IPv6]:PORT, port not 0)");
+        };
+        let mut ename = KVec::new();
+        match last(&nest, exp::NAME)? {
+            Some(n) => match n.str() {
+                Ok(s) => ename.extend_from_slice(s.as_bytes(), GFP_KERNEL)?,
+                Err(_) => refuse!(EINVAL, "bad export name"),
+            },
+            None => ename.extend_from_slice(d.name().as_bytes(), GFP_KERNEL)?,
+        }
+        let read_only = match last(&nest, exp::READ_ONLY)? {
+            Some(a) => a.u8().map_err(|_| Refusal::from(EINVAL))? != 0,
+            None => false,
+        };
+        let mut allow = KVec::new();
+        for a in nest.clone() {
+            let Ok(a) = a else {
+                refuse!(EINVAL, "malformed attributes");
+            };
+            if a.kind != exp::ALLOW {
+                continue;
+            }
+            if allow.len() == MAX_ALLOW {
+                refuse!(EINVAL, "too many allowed networks (at most {})", MAX_ALLOW);
+            }
+            let s = a.str().unwrap_or("");
+            let Some(c) = Cidr::parse(s) else {
+                refuse!(EINVAL, "bad network {} (IP/PREFIX)", s);
+            };
+            allow.push(c, GFP_KERNEL)?;
+        }
+        self.exports.add(
+            &d,
+            ExportRequest {
+                listen,
+                name: ename,
+                read_only,
+                allow,
+            },
+        )?;
+        req.reply(cmd::EXPORT, &encode(&d, Some(&self.exports))?)?;
+        Ok(())
+    }
+
+    fn do_unexport(&self, attrs: &Attrs<'_>) -> Result<(), Refusal> {
+        let name = name(attrs)?;
+        let Some(d) = self.get(name) else {
+            refuse!(ENODEV, "no device named {}", name);
+        };
+        let ename = match last(attrs, dev::EXPORT)? {
+            Some(nest) => match last(&nest.nested(), exp::NAME)? {
+                Some(n) => match n.str() {
+                    Ok(s) => Some(s.as_bytes()),
+                    Err(_) => refuse!(EINVAL, "bad export name"),
+                },
+                None => None,
+            },
+            None => None,
+        };
+        self.exports.remove(&d, ename)
     }
 }
 
@@ -283,6 +391,8 @@ impl Handler for Registry {
             cmd::GET => self.do_get(&attrs, req),
             cmd::CREATE => self.do_create(&attrs, req),
             cmd::REMOVE => self.do_remove(&attrs),
+            cmd::EXPORT => self.do_export(&attrs, req),
+            cmd::UNEXPORT => self.do_unexport(&attrs),
             _ => Err(errno::eopnotsupp().into()),
         };
         res.map_err(|r| {
@@ -299,7 +409,7 @@ impl Handler for Registry {
         }
         let mut next = u32::try_from(*cursor).unwrap_or(u32::MAX);
         while let Some(d) = self.next_from(next) {
-            if !dump.put(cmd::GET, &encode(&d)?)? {
+            if !dump.put(cmd::GET, &encode(&d, Some(&self.exports))?)? {
                 break;
             }
             next = d.index() + 1;

@@ -14,3 +14,7 @@ pub(crate) mod nlattr;
 #[allow(dead_code, unreachable_pub, missing_docs)]
 #[path = "../userspace/dst-proto/src/nbd.rs"]
 pub(crate) mod nbd;
+
+#[allow(dead_code, unreachable_pub, missing_docs)]
+#[path = "../userspace/dst-proto/src/nbd_server.rs"]
+pub(crate) mod nbd_server;

@@ -8,6 +8,7 @@ use kernel::rbtree::{RBTree, RBTreeNodeReservation};
 use kernel::sync::{Arc, Mutex};
 
 use crate::device::{Device, LegSpec};
+use crate::export::Exports;
 use crate::msg::{refuse, Refusal};
 use crate::netlink;
 use crate::proto::genl::{Event, Target};
@@ -20,6 +21,9 @@ const MAX_DEVICES: u32 = 1024;
 pub(crate) struct Registry {
     #[pin]
     devices: Mutex<RBTree<u32, Arc<Device>>>,
+    /// The devices' NBD exports.
+    #[pin]
+    pub(crate) exports: Exports,
 }
 
 impl Registry {
@@ -28,6 +32,7 @@ impl Registry {
         Arc::pin_init(
             pin_init!(Registry {
                 devices <- new_mutex!(RBTree::new(), "Registry::devices"),
+                exports <- Exports::new(),
             }),
             GFP_KERNEL,
         )
@@ -69,6 +74,9 @@ impl Registry {
         let Some(dev) = devices.values().find(|d| d.name() == name).cloned() else {
             refuse!(ENODEV, "no device named {}", name);
         };
+        if self.exports.exports_device(&dev) {
+            refuse!(EBUSY, "{} is exported (dstctl unexport {} first)", name, name);
+        }
         dev.begin_remove()?;
         dev.teardown();
         devices.remove(&dev.index());
@@ -79,6 +87,7 @@ impl Registry {
     /// Removes every device.  None can be open: an open device pins the
     /// module, and this runs at module exit.
     pub(crate) fn remove_all(&self) {
+        self.exports.remove_all();
         let mut devices = self.devices.lock();
         loop {
             let Some(index) = devices.keys().next().copied() else {

@@ -27,7 +27,7 @@ use kernel::sync::Arc;
 
 use crate::bio::PageBuf;
 use crate::device::Device;
-use crate::io::page_io;
+use crate::io::{page_io, PageOp};
 
 /// Most regions copied in one go.
 pub(crate) const CHUNK_REGIONS: u64 = 16;
@@ -258,7 +258,7 @@ fn step(dev: &Arc<Device>, st: &mut ResyncState) -> Next {
                 phase: Phase::Reading,
                 ..chunk
             });
-            if page_io(dev.clone(), buf, src.dev(), false, sector, bytes).is_err() {
+            if page_io(dev.clone(), buf, src.dev(), PageOp::Read, sector, bytes).is_err() {
                 st.chunk = Some(chunk);
                 dev.kick_resync_later();
                 return Next::Wait;
@@ -290,7 +290,7 @@ fn step(dev: &Arc<Device>, st: &mut ResyncState) -> Next {
                     phase: Phase::Writing,
                     ..chunk
                 });
-                if page_io(dev.clone(), buf, dst.dev(), true, sector, bytes).is_err() {
+                if page_io(dev.clone(), buf, dst.dev(), PageOp::Write, sector, bytes).is_err() {
                     end_chunk(dev, st);
                     dev.kick_resync_later();
                     return Next::Wait;

@@ -16,7 +16,7 @@ use kernel::ffi::c_int;
 use kernel::prelude::*;
 use kernel::sync::{Arc, ArcBorrow};
 
-use crate::bio::LegBio;
+use crate::bio::{LegBio, PageBuf};
 use crate::errno;
 use crate::glue;
 use crate::proto::nbd::Transport;
@@ -65,19 +65,24 @@ fn to_len(ret: c_int) -> Result<usize> {
     }
 }
 
+/// An address as the C glue takes it: family 4 or 6, 16 bytes, scope.
+fn raw_addr(addr: &SocketAddr) -> (c_int, [u8; 16], u32) {
+    match addr {
+        SocketAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.ip().octets());
+            (4, b, 0)
+        }
+        SocketAddr::V6(a) => (6, a.ip().octets(), a.scope_id()),
+    }
+}
+
 impl Socket {
     /// Connects to `addr`.  Blocking calls on the socket (the connect, and
     /// [`Socket::blocking`]) give up after `timeout_ms`; the connection
     /// itself is dropped when sent data stays unacknowledged that long.
     pub(crate) fn connect(addr: &SocketAddr, timeout_ms: u32) -> Result<Self> {
-        let (family, bytes, scope) = match addr {
-            SocketAddr::V4(a) => {
-                let mut b = [0u8; 16];
-                b[..4].copy_from_slice(&a.ip().octets());
-                (4, b, 0)
-            }
-            SocketAddr::V6(a) => (6, a.ip().octets(), a.scope_id()),
-        };
+        let (family, bytes, scope) = raw_addr(addr);
         let mut raw = core::ptr::null_mut();
         // SAFETY: `bytes` holds the address; `raw` receives the socket.
         let ret = unsafe {
@@ -86,6 +91,69 @@ impl Socket {
         kernel::error::to_result(ret)?;
         let raw = NonNull::new(raw).ok_or(EINVAL)?;
         Ok(Socket { raw, watch: None })
+    }
+
+    /// A socket listening on `addr` (with `SO_REUSEADDR`).
+    pub(crate) fn listen(addr: &SocketAddr) -> Result<Self> {
+        let (family, bytes, scope) = raw_addr(addr);
+        let mut raw = core::ptr::null_mut();
+        // SAFETY: `bytes` holds the address; `raw` receives the socket.
+        let ret = unsafe { glue::dst_sock_listen(family, bytes.as_ptr(), addr.port(), scope, &mut raw) };
+        kernel::error::to_result(ret)?;
+        let raw = NonNull::new(raw).ok_or(EINVAL)?;
+        Ok(Socket { raw, watch: None })
+    }
+
+    /// Accepts a pending connection without waiting: `Ok(None)` if there
+    /// is none.  Blocking calls on it give up after `timeout_ms`.
+    pub(crate) fn accept(&self, timeout_ms: u32) -> Result<Option<Self>> {
+        let mut raw = core::ptr::null_mut();
+        // SAFETY: `self` is a listening socket; `raw` receives the new one.
+        let ret = unsafe { glue::dst_sock_accept(self.raw.as_ptr(), timeout_ms, &mut raw) };
+        if ret == -(bindings::EAGAIN as i32) {
+            return Ok(None);
+        }
+        kernel::error::to_result(ret)?;
+        let raw = NonNull::new(raw).ok_or(EINVAL)?;
+        Ok(Some(Socket { raw, watch: None }))
+    }
+
+    /// The address of the peer.
+    pub(crate) fn peer(&self) -> Result<SocketAddr> {
+        let (mut family, mut addr, mut port, mut scope) = (0, [0u8; 16], 0u16, 0u32);
+        // SAFETY: the socket is connected; the outputs are valid.
+        let ret = unsafe {
+            glue::dst_sock_peer(self.raw.as_ptr(), &mut family, addr.as_mut_ptr(), &mut port, &mut scope)
+        };
+        kernel::error::to_result(ret)?;
+        Ok(if family == 4 {
+            let ip = core::net::Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]);
+            SocketAddr::V4(core::net::SocketAddrV4::new(ip, port))
+        } else {
+            let ip = core::net::Ipv6Addr::from(addr);
+            SocketAddr::V6(core::net::SocketAddrV6::new(ip, port, 0, scope))
+        })
+    }
+
+    /// Sends bytes `[skip, len)` of `buf` without waiting.
+    pub(crate) fn send_pages(&self, buf: &PageBuf, skip: u32, len: u32, more: bool) -> Result<usize> {
+        if len > buf.len() || skip > len {
+            return Err(EINVAL);
+        }
+        // SAFETY: the socket is connected; `buf` has at least `len` bytes
+        // of pages and lives while borrowed.
+        to_len(unsafe { glue::dst_sock_send_pages(self.raw.as_ptr(), buf.as_raw(), skip, len, more) })
+    }
+
+    /// Receives into bytes `[skip, len)` of `buf` without waiting; `Ok(0)`
+    /// at end of stream.
+    pub(crate) fn recv_pages(&self, buf: &PageBuf, skip: u32, len: u32) -> Result<usize> {
+        if len > buf.len() || skip > len {
+            return Err(EINVAL);
+        }
+        // SAFETY: as in `send_pages`; the pages are not used by anything
+        // else while a request's data comes in.
+        to_len(unsafe { glue::dst_sock_recv_pages(self.raw.as_ptr(), buf.as_raw(), skip, len) })
     }
 
     /// Sends from `buf` without waiting; `Err(EAGAIN)` if nothing fits.
@@ -113,12 +181,6 @@ impl Socket {
     pub(crate) fn recv_bio(&self, bio: &LegBio, skip: u32) -> Result<usize> {
         // SAFETY: the socket is connected; `bio` is live while borrowed.
         to_len(unsafe { glue::dst_sock_recv_bio(self.raw.as_ptr(), bio.as_raw(), skip) })
-    }
-
-    /// Shuts the connection down both ways (the peer sees it at once).
-    pub(crate) fn shutdown(&self) {
-        // SAFETY: the socket is valid.
-        unsafe { glue::dst_sock_shutdown(self.raw.as_ptr()) };
     }
 
     /// Blocking, bounded I/O for the handshake.

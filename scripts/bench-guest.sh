@@ -38,7 +38,7 @@ ROUNDS=${DST_BENCH_ROUNDS:-3}
 RUNTIME=${DST_BENCH_RUNTIME:-5}
 SIZE_MB=${DST_BENCH_SIZE_MB:-256}
 ENGINE=${DST_BENCH_ENGINE:-auto}
-CONFIGS=${DST_BENCH_CONFIGS:-raw md dst nbd dstnbd}
+CONFIGS=${DST_BENCH_CONFIGS:-raw md dst nbd dstnbd exp qnbd kitfile}
 SHAPES=${DST_BENCH_SHAPES:-randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd1 randwrite-4k-qd32 read-1m-qd8 write-1m-qd8}
 DSTCTL=${DST_DSTCTL:-$repo/userspace/target/release/dstctl}
 KO=${DST_KO:-}
@@ -56,6 +56,12 @@ NBD_PORT=10810
 NBD_DEV=/dev/nbd0
 NBDKIT_PID=''
 UNLOAD_NBD=0
+# The export peers: the same RAM disk (ram0) served by dst's export (exp,
+# over a linear dst device), qemu-nbd (qnbd) and nbdkit's file plugin
+# (kitfile), each read and written by fio's nbd engine.
+EXP_PORT=10811
+EXP_URI=nbd://127.0.0.1:$EXP_PORT/
+EXP_PID=
 
 WORK='' RESULTS='' TARGET='' UNLOAD_RAID1=0 T0=$SECONDS
 
@@ -120,15 +126,24 @@ fio_run() {
 	fi
 }
 
-# run_shape TARGET SHAPE: measure SHAPE on block device TARGET; print
-# "VALUE UNIT".  (A later NBD peer measured with fio's nbd engine would
-# pass the URI here and add --ioengine=nbd --uri instead of --filename.)
+# target_args TARGET: fio options for a block device or an nbd:// URI
+# (fio's nbd engine; a later --ioengine wins over fio_run's).
+target_args() {
+	case $1 in
+	nbd://*) echo "--ioengine=nbd --uri=$1" ;;
+	*) echo "--filename=$1" ;;
+	esac
+}
+
+# run_shape TARGET SHAPE: measure SHAPE on TARGET (a block device or an
+# NBD URI); print "VALUE UNIT".
 run_shape() {
 	local target=$1 shape=$2 spec rw bs qd unit name value
 	spec=$(shape_spec "$shape") || die "unknown shape '$shape'"
 	read -r rw bs qd unit <<<"$spec"
 	name=$shape.$RANDOM
-	fio_run "$name" --filename="$target" --rw="$rw" --bs="$bs" --iodepth="$qd" \
+	# shellcheck disable=SC2046 # word splitting wanted
+	fio_run "$name" $(target_args "$target") --rw="$rw" --bs="$bs" --iodepth="$qd" \
 		--size="${SIZE_MB}M" --time_based --runtime="$RUNTIME" --ramp_time=1 \
 		--randrepeat=0 --norandommap
 	value=$(fio_value "$WORK/$name.json" "$unit") || die "cannot read fio's result for $shape on $target"
@@ -139,7 +154,8 @@ run_shape() {
 # prefill DEV: write the test region once, so that reads hit allocated brd
 # pages (brd answers reads of never-written pages with zeroes, cheaply).
 prefill() {
-	fio_run "fill" --filename="$1" --rw=write --bs=1M --iodepth=8 --size="${SIZE_MB}M"
+	# shellcheck disable=SC2046 # word splitting wanted
+	fio_run "fill" $(target_args "$1") --rw=write --bs=1M --iodepth=8 --size="${SIZE_MB}M"
 }
 
 # record CONFIG SHAPE ROUND VALUE UNIT
@@ -214,6 +230,56 @@ teardown_dstnbd() {
 	grep -q '^dst ' /proc/modules || return 0
 	"$DSTCTL" status "${DST_NAME}nbd" >/dev/null 2>&1 || return 0
 	"$DSTCTL" remove "${DST_NAME}nbd" >/dev/null || { echo "bench-guest: dstctl remove failed" >&2; return 1; }
+}
+
+wait_uri() {
+	local i
+	for ((i = 0; i < 50; i++)); do
+		nbdinfo --size "$1" >/dev/null 2>&1 && return 0
+		sleep 0.2
+	done
+	die "nothing serves $1"
+}
+
+setup_exp() {
+	"$DSTCTL" create "${DST_NAME}exp" --linear "$RAW_DEV" >/dev/null || die "dstctl create (export) failed"
+	"$DSTCTL" export "${DST_NAME}exp" --listen "127.0.0.1:$EXP_PORT" --name '' >/dev/null ||
+		die "dstctl export failed"
+	wait_uri "$EXP_URI"
+	prefill "$EXP_URI"
+	TARGET=$EXP_URI
+}
+teardown_exp() {
+	grep -q '^dst ' /proc/modules || return 0
+	"$DSTCTL" status "${DST_NAME}exp" >/dev/null 2>&1 || return 0
+	"$DSTCTL" unexport "${DST_NAME}exp" >/dev/null 2>&1 || true
+	"$DSTCTL" remove "${DST_NAME}exp" >/dev/null || { echo "bench-guest: dstctl remove failed" >&2; return 1; }
+}
+
+setup_qnbd() {
+	qemu-nbd -f raw -b 127.0.0.1 -p "$EXP_PORT" --persistent --shared=16 --cache=none --aio=native \
+		"$RAW_DEV" >"$WORK/qemu-nbd.log" 2>&1 &
+	EXP_PID=$!
+	wait_uri "$EXP_URI"
+	prefill "$EXP_URI"
+	TARGET=$EXP_URI
+}
+teardown_qnbd() {
+	[ -n "$EXP_PID" ] || return 0
+	kill "$EXP_PID" 2>/dev/null
+	wait "$EXP_PID" 2>/dev/null
+	EXP_PID=''
+}
+
+setup_kitfile() {
+	nbdkit -f -i 127.0.0.1 -p "$EXP_PORT" file "$RAW_DEV" cache=none >"$WORK/nbdkit-file.log" 2>&1 &
+	EXP_PID=$!
+	wait_uri "$EXP_URI"
+	prefill "$EXP_URI"
+	TARGET=$EXP_URI
+}
+teardown_kitfile() {
+	teardown_qnbd
 }
 
 # The NBD server, when an NBD configuration is measured.
@@ -335,6 +401,7 @@ main() {
 		[ -z "${DST_BENCH_REV:-}" ] || echo "# dst: $DST_BENCH_REV"
 		echo "# devices: raw=$RAW_DEV md=raid1 ${MIRROR_LEGS[*]} dst=mirror ${MIRROR_LEGS[*]} (brd ${BRD_MB} MiB)"
 		echo "# nbd peers: nbd=kernel nbd client, dstnbd=dst over one remote leg, both to nbdkit memory on 127.0.0.1:$NBD_PORT"
+		echo "# export peers (fio --ioengine=nbd to $RAW_DEV): exp=dst export of a linear dst over it, qnbd=qemu-nbd (cache=none, aio=native), kitfile=nbdkit file"
 	} >"$RESULTS"
 	msg "$(sed -n 's/^# //p' "$RESULTS" | paste -sd ';' | sed 's/;/; /g')"
 	for ((round = 1; round <= ROUNDS; round++)); do

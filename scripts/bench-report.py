@@ -7,7 +7,7 @@ RESULTS has one measurement per line, "CONFIG SHAPE ROUND VALUE UNIT"
 (written by scripts/bench-guest.sh); lines starting with "#" are metadata
 and printed as the header.  The table shows the median per (config, shape),
 configurations in the order they first appear, ratio columns of medians
-(default: dst/md, dst/raw and dstnbd/nbd, those whose configurations are
+(default: dst/md, dst/raw, dstnbd/nbd, exp/qnbd and exp/kitfile, those whose configurations are
 present), the per-round values with their spread, and the verdict on the
 targets.  It is a
 report: missed targets do not change the exit status (1 only for a
@@ -27,6 +27,10 @@ TARGETS = [
      lambda s: True),
     ("remote leg >= 1.20 x kernel nbd on 1M sequential", "dstnbd", "nbd", 1.20,
      lambda s: "-1m-" in s),
+    ("export >= 1.30 x qemu-nbd (4k QD32, 1M)", "exp", "qnbd", 1.30,
+     lambda s: "qd32" in s or "-1m-" in s),
+    ("export >= 1.30 x nbdkit file (4k QD32, 1M)", "exp", "kitfile", 1.30,
+     lambda s: "qd32" in s or "-1m-" in s),
 ]
 
 
@@ -95,7 +99,7 @@ def main():
     median = {k: statistics.median(v for _, v in vs) for k, vs in values.items()}
 
     ratios = []
-    for r in args.ratio or ["dst/md", "dst/raw", "dstnbd/nbd"]:
+    for r in args.ratio or ["dst/md", "dst/raw", "dstnbd/nbd", "exp/qnbd", "exp/kitfile"]:
         a, _, b = r.partition("/")
         if not a or not b:
             sys.exit(f"bad --ratio {r!r}: want A/B")

@@ -15,8 +15,18 @@ dstctl() {
 	"$DSTCTL" "$@"
 }
 
+# Stops every export (they keep their devices open).
+dst_unexport_all() {
+	local d
+	for d in $("$DSTCTL" --json list 2>/dev/null |
+		python3 -c 'import json,sys; [print(x["name"]) for x in json.load(sys.stdin)]' 2>/dev/null); do
+		"$DSTCTL" unexport "$d" >/dev/null 2>&1 || true
+	done
+}
+
 dst_unload() {
 	local d
+	dst_unexport_all
 	for d in $("$DSTCTL" --json list 2>/dev/null |
 		python3 -c 'import json,sys; [print(x["name"]) for x in json.load(sys.stdin)]' 2>/dev/null); do
 		"$DSTCTL" remove "$d" || true
@@ -79,4 +89,289 @@ fio_verify() {
 		cat "$out"
 		return 1
 	fi
+}
+
+# ---- remote legs: NBD servers, waiting, network faults ----------------------
+#
+#   free_port                     a TCP port nothing listens on (20000-29999)
+#   nbdkit_start [-6] PORT [PLUGIN ARGS...]
+#                                 nbdkit (default: memory 32M) on 127.0.0.1
+#                                 (-6: ::1); returns once it listens
+#   qemu_nbd_start PORT EXPORT FILE   qemu-nbd (raw FILE, export EXPORT)
+#   nbd_server_start PORT EXPORT FILE nbd-server (FILE, export EXPORT)
+#   hostile_start PORT ARGS...    nbd-hostile on 127.0.0.1 (stderr in
+#                                 $TEST_TMP/srv.PORT.log)
+#   srv_kill PORT [SIGNAL]        kill the server on PORT (default KILL) and
+#                                 wait until nothing listens there
+#   srv_restart PORT              start it again, as it was started
+#   (every server started is stopped at exit)
+#   wait_listen PORT [SECS]       until something listens on PORT
+#   wait_until SECS CMD...        run CMD every 0.2 s until it succeeds;
+#                                 fails after SECS
+#   dst_jq NAME FILTER            jq -r FILTER on `dstctl --json status NAME`
+#                                 (cheaper than dst_json: for polling)
+#   leg_state NAME LEG            state of leg LEG of device NAME
+#   wait_leg NAME LEG STATES [SECS]   until the leg's state is one of STATES
+#                                 ("down|faulty"); prints it on timeout
+#   export_sum URI                sha256 of a whole NBD export (nbdcopy)
+#   nft_cut PORT / nft_heal       drop / let through all TCP to and from PORT
+#   fio_loop_start DEV FIO-ARGS... / fio_loop_stop
+#                                 fio_verify DEV FIO-ARGS... run back to back
+#                                 in the background; fio_loop_stop waits for
+#                                 the run under way and fails if any failed
+#                                 (it prints the log: runs, failures)
+#   monitor_start FILE / monitor_stop
+#                                 `dstctl monitor --json` into FILE (returns
+#                                 once it is ready)
+#   monitor_count FILE EVENT [KEY=VALUE...]   lines of FILE with that event
+
+NBD_HOSTILE=${NBD_HOSTILE:-$DST_REPO/userspace/target/release/nbd-hostile}
+export NBD_HOSTILE
+
+free_port() {
+	local p i used=$TEST_TMP/.ports
+	touch "$used"
+	for ((i = 0; i < 200; i++)); do
+		p=$((20000 + RANDOM % 10000))
+		grep -qx "$p" "$used" && continue
+		[ -z "$(ss -Hltn "( sport = :$p )")" ] || continue
+		echo "$p" >>"$used"
+		echo "$p"
+		return 0
+	done
+	echo "free_port: no free port" >&2
+	return 1
+}
+
+wait_until() {
+	local secs=$1 end
+	shift
+	end=$((${EPOCHREALTIME/./} + secs * 1000000))
+	until "$@"; do
+		[ "${EPOCHREALTIME/./}" -lt "$end" ] || return 1
+		sleep 0.2
+	done
+}
+
+_listening() {
+	[ -n "$(ss -Hltn "( sport = :$1 )")" ]
+}
+
+_not_listening() {
+	! _listening "$1"
+}
+
+wait_listen() {
+	wait_until "${2:-20}" _listening "$1" || { echo "nothing listens on port $1" >&2; return 1; }
+}
+
+# _srv_run PORT: (re)start the server on PORT from its saved command line.
+_srv_run() {
+	local port=$1 cmd
+	cmd=$(cat "$TEST_TMP/srv.$port.cmd") || return 1
+	rm -f "$TEST_TMP/srv.$port.pid"
+	eval "$cmd" || return 1
+	wait_listen "$port"
+}
+
+# _srv_start PORT CMD...: save CMD (which must write $TEST_TMP/srv.PORT.pid
+# and listen on PORT), run it, arrange its stop at exit.
+_srv_start() {
+	local port=$1
+	shift
+	printf '%q ' "$@" >"$TEST_TMP/srv.$port.cmd"
+	if [ ! -e "$TEST_TMP/srv.$port.stop" ]; then
+		touch "$TEST_TMP/srv.$port.stop"
+		cleanup_push srv_stop "$port"
+	fi
+	_srv_run "$port"
+}
+
+_srv_pid() {
+	local pid
+	pid=$(cat "$TEST_TMP/srv.$1.pid" 2>/dev/null) && [ -n "$pid" ] && echo "$pid"
+}
+
+srv_kill() {
+	local port=$1 sig=${2:-KILL} pid
+	pid=$(_srv_pid "$port") || { echo "srv_kill: no server on port $port" >&2; return 1; }
+	kill -"$sig" "$pid" || return 1
+	wait_until 20 _not_listening "$port" || { echo "port $port still listened on" >&2; return 1; }
+	rm -f "$TEST_TMP/srv.$port.pid"
+}
+
+srv_restart() {
+	_srv_run "$1"
+}
+
+# srv_stop PORT: stop the server on PORT if it runs (TERM, then KILL).
+srv_stop() {
+	local pid
+	pid=$(_srv_pid "$1") || return 0
+	kill -TERM "$pid" 2>/dev/null || return 0
+	wait_until 5 _not_listening "$1" || kill -KILL "$pid" 2>/dev/null || true
+	rm -f "$TEST_TMP/srv.$1.pid"
+}
+
+nbdkit_start() {
+	local addr=127.0.0.1 port
+	[ "$1" != -6 ] || { addr=::1; shift; }
+	port=$1
+	shift
+	[ $# -gt 0 ] || set -- memory 32M
+	_srv_start "$port" nbdkit -P "$TEST_TMP/srv.$port.pid" -i "$addr" -p "$port" "$@"
+}
+
+qemu_nbd_start() {
+	_srv_start "$1" qemu-nbd --fork --persistent --shared=8 -f raw -b 127.0.0.1 -p "$1" \
+		-x "$2" --pid-file="$TEST_TMP/srv.$1.pid" "$3"
+}
+
+nbd_server_start() {
+	local conf=$TEST_TMP/nbd-server.$1.conf
+	printf '[generic]\nlistenaddr = 127.0.0.1\nport = %s\n[%s]\nexportname = %s\n' \
+		"$1" "$2" "$3" >"$conf"
+	_srv_start "$1" nbd-server -C "$conf" -p "$TEST_TMP/srv.$1.pid"
+}
+
+# nbd-hostile stays in the foreground: run it in the background.
+_hostile_bg() {
+	local port=$1
+	shift
+	"$NBD_HOSTILE" --listen "127.0.0.1:$port" "$@" 2>>"$TEST_TMP/srv.$port.log" &
+	echo $! >"$TEST_TMP/srv.$port.pid"
+}
+
+hostile_start() {
+	local port=$1
+	shift
+	_srv_start "$port" _hostile_bg "$port" "$@"
+}
+
+dst_jq() {
+	"$DSTCTL" --json status "$1" | jq -r "$2"
+}
+
+leg_state() {
+	dst_jq "$1" ".legs[$2].state"
+}
+
+_leg_state_in() {
+	local s
+	s=$(leg_state "$1" "$2") || return 1
+	[[ "|$3|" == *"|$s|"* ]]
+}
+
+wait_leg() {
+	local name=$1 leg=$2 states=$3 secs=${4:-30}
+	wait_until "$secs" _leg_state_in "$name" "$leg" "$states" && return 0
+	echo "$name leg $leg: state $(leg_state "$name" "$leg"), not $states after ${secs}s" \
+		"(problem: $(dst_jq "$name" ".legs[$leg].problem"))" >&2
+	return 1
+}
+
+export_sum() {
+	nbdcopy "$1" - | sha256sum | cut -d' ' -f1
+}
+
+nft_cut() {
+	if [ -z "${_nft_cleanup:-}" ]; then
+		_nft_cleanup=1
+		cleanup_push nft_heal
+	fi
+	nft -f - <<-EOT
+		table inet dstcut {
+			chain out {
+				type filter hook output priority 0; policy accept;
+				tcp dport $1 drop
+				tcp sport $1 drop
+			}
+		}
+	EOT
+}
+
+nft_heal() {
+	! nft list table inet dstcut >/dev/null 2>&1 || nft delete table inet dstcut
+}
+
+_monitor_ready() {
+	grep -q '"event":"ready"' "$1"
+}
+
+monitor_start() {
+	: >"$1"
+	"$DSTCTL" monitor --json >"$1" 2>&1 &
+	_monitor_pid=$!
+	if [ -z "${_monitor_cleanup:-}" ]; then
+		_monitor_cleanup=1
+		cleanup_push monitor_stop
+	fi
+	wait_until 20 _monitor_ready "$1"
+}
+
+monitor_stop() {
+	[ -n "${_monitor_pid:-}" ] || return 0
+	kill -TERM "$_monitor_pid" 2>/dev/null || true
+	wait "$_monitor_pid" 2>/dev/null || true
+	_monitor_pid=''
+}
+
+monitor_count() {
+	local file=$1 event=$2
+	shift 2
+	python3 - "$file" "$event" "$@" <<-'EOT'
+		import json, sys
+		file, event, conds = sys.argv[1], sys.argv[2], sys.argv[3:]
+		n = 0
+		for line in open(file):
+		    try:
+		        e = json.loads(line)
+		    except ValueError:
+		        continue
+		    if e.get("event") == event and all(str(e.get(k)) == v for k, v in (c.split("=", 1) for c in conds)):
+		        n += 1
+		print(n)
+	EOT
+}
+
+# The loop of fio_loop_start; each run is bounded (180 s).
+_fio_loop() {
+	local dev=$1 n=0 out=$TEST_TMP/.fio_loop.run
+	shift
+	cd "$TEST_TMP" || return 1
+	while [ ! -e "$TEST_TMP/.fio_loop.stop" ]; do
+		n=$((n + 1))
+		if ! timeout -k 5 180 fio --name=verify --filename="$dev" --ioengine=libaio --direct=1 \
+			--verify=crc32c --do_verify=1 --verify_fatal=1 "$@" >"$out" 2>&1 ||
+			grep -qE 'err= *[1-9]|verify: bad|io_u error' "$out"; then
+			echo "fio run $n failed:"
+			cat "$out"
+			return 1
+		fi
+		echo "fio run $n: ok"
+	done
+}
+
+fio_loop_start() {
+	rm -f "$TEST_TMP/.fio_loop.stop"
+	_fio_loop "$@" >"$TEST_TMP/.fio_loop.log" 2>&1 &
+	_fio_loop_pid=$!
+	if [ -z "${_fio_loop_cleanup:-}" ]; then
+		_fio_loop_cleanup=1
+		cleanup_push fio_loop_stop
+	fi
+}
+
+fio_loop_running() {
+	[ -n "${_fio_loop_pid:-}" ] && kill -0 "$_fio_loop_pid" 2>/dev/null
+}
+
+fio_loop_stop() {
+	local rc=0
+	[ -n "${_fio_loop_pid:-}" ] || return 0
+	touch "$TEST_TMP/.fio_loop.stop"
+	wait "$_fio_loop_pid" || rc=$?
+	_fio_loop_pid=''
+	cat "$TEST_TMP/.fio_loop.log"
+	return "$rc"
 }

@@ -21,15 +21,22 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from nl_raw import GenlSocket, nla, nla_nest, nla_str, nla_strn, nla_u8, nla_u32, nla_u64  # noqa: E402
 
 # Commands and attributes (dst-proto genl.rs).
-GET, CREATE, REMOVE = 1, 2, 3
+GET, CREATE, REMOVE, EXPORT, UNEXPORT = 1, 2, 3, 5, 6
+EXP = 11
+LISTEN, EXP_NAME, READ_ONLY, ALLOW = 1, 2, 3, 4
 NAME, TARGET, LEG, SIZE = 1, 2, 3, 6
-SPEC = 1
+SPEC, ADDR, LEG_EXPORT, TIMEOUT_MS, DEAD_TIME_MS = 1, 13, 14, 15, 16
 LINEAR, MIRROR = 1, 2
 ANY = None  # any negative errno
 
 
 def leg(path):
     return nla_nest(LEG, nla_str(SPEC, path))
+
+
+def remote(*inner):
+    """A CREATE with one remote leg made of the attributes `inner`."""
+    return create(legs=()) + nla_nest(LEG, nla_str(SPEC, "nbd://127.0.0.1:1/") + b"".join(inner))
 
 
 def create(name="bad", target=MIRROR, legs=("/dev/ram2",)):
@@ -65,6 +72,38 @@ CASES = {
     "create-length-past-end": (CREATE, create() + nla(NAME, b"x\0", length=200), ANY, None),
     "create-length-below-header": (CREATE, create() + b"\x02\x00\x01\x00", ANY, None),
     "create-too-many-legs": (CREATE, create(legs=["/dev/ram2"] * 17), errno.EINVAL, "too many legs"),
+    "remote-addr-garbage": (CREATE, remote(nla_str(ADDR, "not-an-address")), errno.EINVAL, "bad address"),
+    "remote-addr-no-port": (CREATE, remote(nla_str(ADDR, "127.0.0.1")), errno.EINVAL, "bad address"),
+    "remote-addr-port-0": (CREATE, remote(nla_str(ADDR, "127.0.0.1:0")), errno.EINVAL, "port 0"),
+    "remote-addr-unterminated": (CREATE, remote(nla_strn(ADDR, "127.0.0.1:1")), ANY, None),
+    "remote-nothing-listens": (CREATE, remote(nla_str(ADDR, "127.0.0.1:1")), errno.ENOTCONN, "connection refused"),
+    "remote-timeout-too-small": (CREATE, remote(nla_str(ADDR, "127.0.0.1:1"), nla_u32(TIMEOUT_MS, 10)),
+                                 errno.ERANGE, "timeout must be 100 ms to 24 h"),
+    "remote-dead-time-too-large": (CREATE, remote(nla_str(ADDR, "127.0.0.1:1"), nla_u32(DEAD_TIME_MS, 1 << 31)),
+                                   errno.ERANGE, "dead time must be"),
+    "remote-timeout-wrong-size": (CREATE, remote(nla_str(ADDR, "127.0.0.1:1"), nla_u8(TIMEOUT_MS, 5)), ANY, None),
+    "remote-export-too-long": (CREATE, remote(nla_str(ADDR, "127.0.0.1:1"), nla_str(LEG_EXPORT, "e" * 5000)),
+                               ANY, None),
+    "remote-settings-on-local-leg": (CREATE, create(legs=()) + nla_nest(LEG, nla_str(SPEC, "/dev/ram2")
+                                                                        + nla_u32(TIMEOUT_MS, 1000)),
+                                     errno.EINVAL, "remote settings for a local leg"),
+    "export-unknown-device": (EXPORT, nla_str(NAME, "nope") + nla_nest(EXP, nla_str(LISTEN, "127.0.0.1:10809")),
+                              errno.ENODEV, "no device named nope"),
+    "export-no-settings": (EXPORT, nla_str(NAME, "r1"), errno.EINVAL, "missing export settings"),
+    "export-no-listen": (EXPORT, nla_str(NAME, "r1") + nla_nest(EXP, nla_str(EXP_NAME, "x")),
+                         errno.EINVAL, "missing listen address"),
+    "export-bad-listen": (EXPORT, nla_str(NAME, "r1") + nla_nest(EXP, nla_str(LISTEN, "localhost:10809")),
+                          errno.EINVAL, "bad listen address"),
+    "export-listen-port-0": (EXPORT, nla_str(NAME, "r1") + nla_nest(EXP, nla_str(LISTEN, "127.0.0.1:0")),
+                             errno.EINVAL, "bad listen address"),
+    "export-bad-network": (EXPORT, nla_str(NAME, "r1") + nla_nest(EXP, nla_str(LISTEN, "127.0.0.1:10809")
+                                                                   + nla_str(ALLOW, "10.0.0.0/33")),
+                           errno.EINVAL, "bad network"),
+    "export-read-only-out-of-range": (EXPORT, nla_str(NAME, "r1") + nla_nest(EXP, nla_str(LISTEN, "127.0.0.1:10809")
+                                                                              + nla_u8(READ_ONLY, 7)), ANY, None),
+    "export-not-an-address-here": (EXPORT, nla_str(NAME, "r1") + nla_nest(EXP, nla_str(LISTEN, "192.0.2.1:10809")),
+                                   ANY, "not an address of this machine"),
+    "unexport-not-exported": (UNEXPORT, nla_str(NAME, "r1"), errno.ENOENT, "is not exported"),
     "get-no-name": (GET, b"", errno.EINVAL, "missing device name"),
     "get-unknown-device": (GET, nla_str(NAME, "nope"), errno.ENODEV, "no device named nope"),
     "remove-no-name": (REMOVE, b"", errno.EINVAL, "missing device name"),

@@ -35,6 +35,11 @@ pub mod cmd {
     /// Sent by the module on the events group (never a request): a device
     /// message, as GET's reply, with `dev::EVENT` saying what happened.
     pub const EVENT: u8 = 4;
+    /// Export a device over NBD (`DEV_NAME` and one `dev::EXPORT` nest).
+    pub const EXPORT: u8 = 5;
+    /// Stop exporting a device: every export of it, or only the one whose
+    /// `exp::NAME` is given in a `dev::EXPORT` nest.
+    pub const UNEXPORT: u8 = 6;
 }
 
 /// Device attributes (top level of every message).
@@ -59,9 +64,44 @@ pub mod dev {
     pub const BLOCK_SIZE: u16 = 9;
     /// In an event: what happened, an [`super::Event`] (u8).
     pub const EVENT: u16 = 10;
+    /// One NBD export of the device (nested [`super::exp`] attributes);
+    /// repeated.
+    pub const EXPORT: u16 = 11;
     /// Highest device attribute id.
-    pub const MAX: u16 = 10;
+    pub const MAX: u16 = 11;
 }
+
+/// Export attributes (inside a [`dev::EXPORT`] nest).
+pub mod exp {
+    /// Where the export listens: `IP:PORT` or `[IPv6]:PORT` (string).
+    pub const LISTEN: u16 = 1;
+    /// The export name clients ask for (string; default: the device name).
+    pub const NAME: u16 = 2;
+    /// Read-only export (u8, 0 or 1).
+    pub const READ_ONLY: u16 = 3;
+    /// A network allowed to connect, `IP/PREFIX` (string); repeated.
+    /// Without any, only loopback clients may connect.
+    pub const ALLOW: u16 = 4;
+    /// Clients connected now (u32).
+    pub const CLIENTS: u16 = 5;
+    /// One connected client's address, `IP:PORT` (string); repeated.
+    pub const CLIENT: u16 = 6;
+    /// Connections refused so far (not allowed, or over the limit) (u64).
+    pub const REFUSED: u16 = 7;
+    /// Requests served so far (u64).
+    pub const REQUESTS: u16 = 8;
+    /// Highest export attribute id.
+    pub const MAX: u16 = 8;
+}
+
+/// Most exports in all, and most clients connected to one export.
+pub const MAX_EXPORTS: usize = 64;
+/// Most clients connected to one listening address at once.
+pub const MAX_CLIENTS: usize = 64;
+/// Most `exp::ALLOW` networks per export.
+pub const MAX_ALLOW: usize = 32;
+/// Longest `exp::ALLOW` string (`IPv6/128`).
+pub const ALLOW_MAX: usize = 64;
 
 /// Leg attributes (inside a [`dev::LEG`] nest).
 pub mod leg {
@@ -111,8 +151,12 @@ pub mod leg {
     pub const CONNECTS: u16 = 21;
     /// The last problem seen on the leg, for the administrator (string).
     pub const PROBLEM: u16 = 22;
+    /// Remote legs: after a reconnect, copy the whole leg (1) rather than
+    /// only the regions written while it was away (0, the default), for
+    /// servers that do not keep their data across a restart (u8).
+    pub const FULL_RESYNC: u16 = 23;
     /// Highest leg attribute id.
-    pub const MAX: u16 = 22;
+    pub const MAX: u16 = 23;
 }
 
 macro_rules! wire_enum {
@@ -232,6 +276,8 @@ pub enum Kind {
     },
     /// Nested attributes following [`LEG_REQUEST`].
     NestedLeg,
+    /// Nested attributes following [`EXPORT_REQUEST`].
+    NestedExport,
 }
 
 /// One attribute a command accepts.
@@ -300,6 +346,36 @@ pub const LEG_REQUEST: &[AttrSpec] = &[
         id: leg::BACKOFF_MAX_MS,
         kind: Kind::U32,
     },
+    AttrSpec {
+        id: leg::FULL_RESYNC,
+        kind: Kind::U8 { min: 0, max: 1 },
+    },
+];
+
+/// Attributes accepted inside a [`dev::EXPORT`] nest of a request.
+pub const EXPORT_REQUEST: &[AttrSpec] = &[
+    AttrSpec {
+        id: exp::LISTEN,
+        kind: Kind::Str {
+            max_len: ADDR_MAX as u16,
+        },
+    },
+    AttrSpec {
+        id: exp::NAME,
+        kind: Kind::Str {
+            max_len: EXPORT_NAME_MAX as u16,
+        },
+    },
+    AttrSpec {
+        id: exp::READ_ONLY,
+        kind: Kind::U8 { min: 0, max: 1 },
+    },
+    AttrSpec {
+        id: exp::ALLOW,
+        kind: Kind::Str {
+            max_len: ALLOW_MAX as u16,
+        },
+    },
 ];
 
 /// Remote leg timing defaults and bounds, in milliseconds.
@@ -345,6 +421,30 @@ pub const COMMANDS: &[CmdSpec] = &[
         doit: true,
         dumpit: false,
         policy: &[NAME_SPEC],
+    },
+    CmdSpec {
+        cmd: cmd::EXPORT,
+        doit: true,
+        dumpit: false,
+        policy: &[
+            NAME_SPEC,
+            AttrSpec {
+                id: dev::EXPORT,
+                kind: Kind::NestedExport,
+            },
+        ],
+    },
+    CmdSpec {
+        cmd: cmd::UNEXPORT,
+        doit: true,
+        dumpit: false,
+        policy: &[
+            NAME_SPEC,
+            AttrSpec {
+                id: dev::EXPORT,
+                kind: Kind::NestedExport,
+            },
+        ],
     },
 ];
 

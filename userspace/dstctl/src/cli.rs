@@ -3,9 +3,12 @@
 //! Command line: syntax (clap) and the checks made before asking the kernel.
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
-use dst_proto::genl::{check_name, timing, Target, LEG_SPEC_MAX, MAX_LEGS};
+use dst_proto::genl::{
+    check_name, timing, Target, EXPORT_NAME_MAX, LEG_SPEC_MAX, MAX_ALLOW, MAX_LEGS,
+};
 use dst_proto::nbd::DEFAULT_PORT;
 
+use crate::export::{check_export_name, ExportPlan};
 use crate::remote::{format_ms, parse_ms, LegPlan, Timing};
 
 const ABOUT: &str = "Configure dst distributed block devices";
@@ -30,6 +33,10 @@ lost, and brings a mirror leg back in sync when it returns.  Writes to the
 dst device go to its legs: use block devices and exports that nothing else
 uses and whose contents you do not need.
 
+The kernel can also serve a device over NBD itself (dstctl export), to
+clients on other hosts: nbd-client, qemu, or another host's dst device
+using it as a remote leg.
+
 Every command needs root (CAP_SYS_ADMIN) and the dst kernel module
 (modprobe dst, or insmod dst.ko).";
 
@@ -43,6 +50,9 @@ Examples:
   dstctl status r1                              r1 and its legs in detail
   dstctl --json status                          every device, as JSON
   dstctl monitor                                print changes as they happen
+  dstctl export r1 --listen 0.0.0.0 --allow 10.0.0.0/8
+                                                serve r1 over NBD to 10.0.0.0/8
+  dstctl unexport r1                            stop serving r1
   dstctl remove r1                              remove r1 (its legs are kept)";
 
 /// `dstctl create --help`; the timing defaults come from the shared
@@ -64,15 +74,18 @@ Give exactly one of --mirror and --linear, then the legs in order, at most
                 the kernel connects to its first address.
     PORT        default {port}
     EXPORT      the export name; none for the server's default export
-    PARAMETERS  timeout=T, dead-time=T, backoff-max=T, joined by '&':
-                timing for this leg only, overriding the options below
-                (quote such a URI for the shell)
+    PARAMETERS  timeout=T, dead-time=T, backoff-max=T, resync=full|dirty,
+                joined by '&': settings for this leg only, overriding the
+                options below (quote such a URI for the shell)
 
 The kernel connects to remote legs itself and keeps reconnecting when a
 connection is lost, waiting longer after each failure up to the backoff
 maximum.  While a leg is down, a mirror keeps working on its other legs
-and resyncs the leg when it is back; I/O that can go nowhere else waits up
-to the dead time, then fails.
+and, when it is back, resyncs what it missed (resync=dirty, the default:
+for servers that keep their data, e.g. a file or a disk) or all of it
+(resync=full: for servers that lose their data when restarted, e.g.
+nbdkit memory); I/O that can go nowhere else waits up to the dead time,
+then fails.
 
 Durations T are a number of seconds (30) or a number with a unit: 500ms,
 30s, 2m, 1h; from {min} to {max}.  The timing options apply to every remote
@@ -101,6 +114,64 @@ Examples:
   dstctl create r3 --mirror nbd://store1:10809/vol 'nbd://[fd00::2]/vol' --timeout 10s
   dstctl create r4 --mirror /dev/sdb 'nbd://store1/vol?timeout=5s&dead-time=2m'";
 
+/// `dstctl export --help`; limits and the port come from the shared
+/// protocol definition.
+fn export_long_about() -> String {
+    format!(
+        "\
+Export a device over NBD (the network block device protocol): the kernel
+listens on a TCP address and serves the device to the NBD clients that
+connect, such as nbd-client, qemu, nbdcopy, or another host's dst device
+using it as a remote leg (nbd://HOST[:PORT]/EXPORT), until dstctl
+unexport.  Prints nothing; with --json, the device as dstctl status --json
+shows it.
+
+  --listen ADDR[:PORT]  where to listen (required):
+                          an IPv4 address: 10.0.0.1, 0.0.0.0 for every one;
+                          an IPv6 address in brackets: [fd00::1], [::] for
+                          every one;
+                          a host name, which dstctl resolves once, now (the
+                          kernel listens on its first address).
+                        PORT is {port} (the NBD port) when not given.
+  --name EXPORT         the export name clients ask for, at most {name_max}
+                        bytes (default: the device name; \"\" is the export
+                        of clients that ask for none)
+  --read-only           clients may read but not write
+  --allow CIDR          a network whose clients may connect: IP/PREFIX
+                        (10.0.0.0/8, fd00::/64) or a single IP address;
+                        repeat for more, at most {max_allow}
+
+Without --allow, only loopback clients (127.0.0.0/8, ::1), that is on this
+host, may connect, whatever address the export listens on: give --allow for
+every network that needs the export.  Clients from elsewhere are refused
+and counted.  NBD has no encryption or authentication here: export only to
+networks you trust.  Clients use the device itself: as with any shared
+block device, do not mount it on this host while a client writes to it.
+
+dstctl status shows a device's exports, their clients and counters.",
+        port = DEFAULT_PORT,
+        name_max = EXPORT_NAME_MAX,
+        max_allow = MAX_ALLOW,
+    )
+}
+
+const EXPORT_EXAMPLES: &str = "\
+Examples:
+  dstctl export r1 --listen 127.0.0.1
+                    export r1 on 127.0.0.1:10809, for this host only
+  dstctl export r1 --listen 10.0.0.1 --allow 10.0.0.0/8 --allow 192.168.1.20
+                    for a network and one more host
+  dstctl export r1 --listen '[::]:10900' --name backup --read-only
+                    read-only, as export backup, on every address, port 10900
+On a client (another host):
+  dstctl create m1 --mirror /dev/sdb nbd://10.0.0.1/r1
+  nbd-client -N r1 10.0.0.1 /dev/nbd0";
+
+const UNEXPORT_LONG_ABOUT: &str = "\
+Stop exporting a device over NBD: every export of it, or with --name only
+that one.  Connected clients are disconnected; the device itself is not
+changed.";
+
 const STATUS_LONG_ABOUT: &str = "\
 Show devices in detail: per device its node, target, size, state and
 openers, then a table of its legs with their I/O counters.
@@ -115,7 +186,13 @@ progress).
 Remote legs add a CONN column (connections made so far) and a line with
 the server's address, export and timing; a leg's last problem, if any, is
 shown on a line of its own.  On a terminal, a running resync is also
-shown as a progress bar.";
+shown as a progress bar.
+
+A device that is exported over NBD (dstctl export) then has a table of its
+exports: name, listening address, mode (rw, or ro for read-only), clients
+connected now, requests served, connections refused, and the networks
+allowed to connect (loopback only, when none was given); each connected
+client's address is shown below its export.";
 
 const MONITOR_LONG_ABOUT: &str = "\
 Print changes to devices as they happen, one line each, until interrupted.
@@ -192,6 +269,17 @@ pub enum Command {
         name: Option<String>,
     },
 
+    /// Export a device over NBD, for clients on other hosts
+    #[command(long_about = export_long_about(), after_help = EXPORT_EXAMPLES)]
+    Export(ExportArgs),
+
+    /// Stop exporting a device over NBD (every export, or one)
+    #[command(
+        long_about = UNEXPORT_LONG_ABOUT,
+        after_help = "Examples:\n  dstctl unexport r1\n  dstctl unexport r1 --name backup"
+    )]
+    Unexport(UnexportArgs),
+
     /// Print changes to devices as they happen, until interrupted
     #[command(
         long_about = MONITOR_LONG_ABOUT,
@@ -234,6 +322,55 @@ pub struct CreateArgs {
     /// Remote legs: longest wait between reconnection attempts
     #[arg(long, value_name = "T")]
     pub backoff_max: Option<String>,
+}
+
+/// Arguments of `dstctl export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Name of the device to export
+    #[arg(value_name = "DEVICE")]
+    pub device: String,
+
+    /// Address to listen on: IP, [IPv6] or HOST, then :PORT if not 10809
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    pub listen: String,
+
+    /// Export name clients ask for (default: the device name)
+    #[arg(long, value_name = "EXPORT")]
+    pub name: Option<String>,
+
+    /// Clients may read but not write
+    #[arg(long)]
+    pub read_only: bool,
+
+    /// A network allowed to connect, IP/PREFIX or IP; repeatable
+    /// (default: loopback only)
+    #[arg(long, value_name = "CIDR")]
+    pub allow: Vec<String>,
+}
+
+impl ExportArgs {
+    /// Checks the options as typed (no name resolution yet).
+    pub fn plan(&self) -> Result<ExportPlan, String> {
+        ExportPlan::parse(
+            &self.listen,
+            self.name.as_deref(),
+            self.read_only,
+            &self.allow,
+        )
+    }
+}
+
+/// Arguments of `dstctl unexport`.
+#[derive(Debug, Args)]
+pub struct UnexportArgs {
+    /// Name of the exported device
+    #[arg(value_name = "DEVICE")]
+    pub device: String,
+
+    /// Stop only this export (default: every export of the device)
+    #[arg(long, value_name = "EXPORT")]
+    pub name: Option<String>,
 }
 
 impl CreateArgs {
@@ -302,6 +439,8 @@ impl Command {
         let (verb, name) = match self {
             Command::Create(a) => ("create", Some(&a.name)),
             Command::Remove { name } => ("remove", Some(name)),
+            Command::Export(a) => ("export", Some(&a.device)),
+            Command::Unexport(a) => ("unexport", Some(&a.device)),
             Command::List => ("list", None),
             Command::Status { name } => ("status", name.as_ref()),
             Command::Monitor { name } => ("monitor", name.as_ref()),
@@ -315,19 +454,33 @@ impl Command {
     /// Checks what the kernel would refuse anyway, to answer with a usage
     /// error.  Leg paths are not checked here: whether they exist, or are
     /// given twice, is for the kernel to say.  Remote legs' URIs and the
-    /// timing options are checked, but no name is resolved.
+    /// timing options are checked, as are an export's options, but no
+    /// name is resolved.
     pub fn validate(&self) -> Result<(), String> {
         let name = match self {
             Command::Create(a) => Some(&a.name),
             Command::Remove { name } => Some(name),
+            Command::Export(a) => Some(&a.device),
+            Command::Unexport(a) => Some(&a.device),
             Command::List => None,
             Command::Status { name } | Command::Monitor { name } => name.as_ref(),
         };
         if let Some(name) = name {
             check_name(name)?;
         }
-        if let Command::Create(a) = self {
-            a.plan()?;
+        match self {
+            Command::Create(a) => {
+                a.plan()?;
+            }
+            Command::Export(a) => {
+                a.plan()?;
+            }
+            Command::Unexport(a) => {
+                if let Some(name) = &a.name {
+                    check_export_name(name)?;
+                }
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -539,7 +692,7 @@ mod tests {
         assert_eq!(
             check(&["create", "r1", "--mirror", "nbd://h/x?tmo=1"]),
             Err("leg nbd://h/x?tmo=1: unknown parameter tmo \
-                 (known: timeout, dead-time, backoff-max)"
+                 (known: timeout, dead-time, backoff-max, resync)"
                 .into())
         );
         assert_eq!(
@@ -570,6 +723,219 @@ mod tests {
             .validate()
             .is_err());
         assert!(parse(&["monitor", "r1", "r2"]).is_err());
+    }
+
+    fn export_args(args: &[&str]) -> ExportArgs {
+        match parse(args).unwrap().command {
+            Command::Export(a) => a,
+            c => panic!("parsed as {c:?}"),
+        }
+    }
+
+    #[test]
+    fn export_command() {
+        let a = export_args(&["export", "r1", "--listen", "127.0.0.1"]);
+        assert_eq!((a.device.as_str(), a.listen.as_str()), ("r1", "127.0.0.1"));
+        assert_eq!((a.name, a.read_only, a.allow.len()), (None, false, 0));
+        let p = export_args(&["export", "r1", "--listen", "127.0.0.1"])
+            .plan()
+            .unwrap();
+        assert_eq!(
+            (p.listen.host.as_str(), p.listen.port),
+            ("127.0.0.1", 10809)
+        );
+        assert!(p.allow.is_empty());
+
+        let cli = parse(&[
+            "export",
+            "--read-only",
+            "r1",
+            "--listen=[fd00::1]:10900",
+            "--name",
+            "backup",
+            "--allow",
+            "10.0.0.0/8",
+            "--json",
+            "--allow=fd00::1",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.command.context(), "export r1");
+        assert_eq!(cli.command.validate(), Ok(()));
+        let Command::Export(a) = cli.command else {
+            panic!("not an export");
+        };
+        let p = a.plan().unwrap();
+        assert_eq!((p.listen.host.as_str(), p.listen.port), ("fd00::1", 10900));
+        assert_eq!(p.name.as_deref(), Some("backup"));
+        assert!(p.read_only);
+        assert_eq!(p.allow, ["10.0.0.0/8", "fd00::1/128"]);
+
+        let a = export_args(&["export", "r1", "--listen", "store.example:2000"]);
+        let p = a.plan().unwrap();
+        assert_eq!(
+            (p.listen.host.as_str(), p.listen.port),
+            ("store.example", 2000)
+        );
+    }
+
+    #[test]
+    fn export_syntax_errors() {
+        // --listen is required; DEVICE too.
+        let e = parse(&["export", "r1"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("--listen"), "{e}");
+        let e = parse(&["export", "--listen", "127.0.0.1"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
+        let e = parse(&["export", "r1", "--listen"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        let e = parse(&["export", "r1", "--listen", "h", "--read-only=yes"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(parse(&["export", "r1", "r2", "--listen", "h"]).is_err());
+        assert!(parse(&["unexport"]).is_err());
+        assert!(parse(&["unexport", "r1", "--listen", "h"]).is_err());
+    }
+
+    #[test]
+    fn export_usage_errors() {
+        let check = |args: &[&str]| parse(args).unwrap().command.validate();
+        let export = |extra: &[&str]| {
+            let mut args = vec!["export", "r1"];
+            args.extend_from_slice(extra);
+            check(&args)
+        };
+        assert_eq!(export(&["--listen", "127.0.0.1"]), Ok(()));
+        assert_eq!(
+            export(&["--listen", "127.0.0.1", "--allow", "10.0.0.0/33"]),
+            Err("--allow 10.0.0.0/33: prefix length 33 is out of range for IPv4 (0 to 32)".into())
+        );
+        assert_eq!(
+            export(&["--listen", "127.0.0.1", "--allow", "fd00::/129"]),
+            Err("--allow fd00::/129: prefix length 129 is out of range for IPv6 (0 to 128)".into())
+        );
+        assert_eq!(export(&["--listen", "[::1]", "--allow", "::/128"]), Ok(()));
+        assert_eq!(
+            export(&[
+                "--listen",
+                "127.0.0.1",
+                "--allow",
+                "10.0.0.0/8",
+                "--allow",
+                "10.0.0"
+            ]),
+            Err("--allow 10.0.0: not a network: expected IP/PREFIX \
+                 (10.0.0.0/8, fd00::/64) or an IP address"
+                .into())
+        );
+        assert_eq!(
+            export(&["--listen", "127.0.0.1", "--allow", "10.0.0.0/x"]),
+            Err("--allow 10.0.0.0/x: the prefix length must be a number from 0 to 32".into())
+        );
+        assert_eq!(
+            export(&["--listen", "127.0.0.1:99999"]),
+            Err("--listen 127.0.0.1:99999: the port must be a number from 1 to 65535".into())
+        );
+        assert_eq!(
+            export(&["--listen", "127.0.0.1:http"]),
+            Err("--listen 127.0.0.1:http: the port must be a number from 1 to 65535".into())
+        );
+        assert_eq!(
+            export(&["--listen", ":10809"]),
+            Err("--listen :10809: give an address to listen on, \
+                 e.g. 0.0.0.0:10809 or [::]:10809"
+                .into())
+        );
+        assert_eq!(
+            export(&["--listen", "fd00::1"]),
+            Err("--listen fd00::1: write an IPv6 address in brackets, e.g. [::1]:10809".into())
+        );
+
+        let nets: Vec<String> = (0..=MAX_ALLOW).map(|i| format!("10.{i}.0.0/16")).collect();
+        let mut args = vec!["--listen", "0.0.0.0"];
+        for n in &nets {
+            args.extend(["--allow", n.as_str()]);
+        }
+        assert_eq!(
+            export(&args),
+            Err("33 --allow networks given, an export has at most 32".into())
+        );
+        args.truncate(args.len() - 2);
+        assert_eq!(export(&args), Ok(()));
+
+        let long = "e".repeat(EXPORT_NAME_MAX + 1);
+        let too_long = Err("--name: export name longer than 4096 bytes".into());
+        assert_eq!(export(&["--listen", "h", "--name", &long]), too_long);
+        assert_eq!(check(&["unexport", "r1", "--name", &long]), too_long);
+        let longest = "e".repeat(EXPORT_NAME_MAX);
+        assert_eq!(export(&["--listen", "h", "--name", &longest]), Ok(()));
+        assert_eq!(check(&["unexport", "r1", "--name", &longest]), Ok(()));
+
+        // The device name is checked like everywhere else.
+        assert_eq!(
+            check(&["export", "a/b", "--listen", "h"]),
+            Err("device name may only hold letters, digits, '_', '-' and '.'".into())
+        );
+        assert!(check(&["unexport", &"x".repeat(32)]).is_err());
+    }
+
+    #[test]
+    fn unexport_command() {
+        let cli = parse(&["unexport", "r1"]).unwrap();
+        assert_eq!(cli.command.context(), "unexport r1");
+        assert_eq!(cli.command.validate(), Ok(()));
+        assert!(matches!(
+            &cli.command,
+            Command::Unexport(UnexportArgs { device, name: None }) if device == "r1"
+        ));
+        let cli = parse(&["unexport", "--name", "backup", "r1", "--json"]).unwrap();
+        assert!(cli.json);
+        assert!(matches!(
+            &cli.command,
+            Command::Unexport(UnexportArgs { name: Some(n), .. }) if n == "backup"
+        ));
+    }
+
+    #[test]
+    fn help_explains_exports() {
+        let mut cmd = Cli::command();
+        let export = cmd.find_subcommand_mut("export").unwrap();
+        let help = export.render_long_help().to_string();
+        for word in [
+            "--listen <ADDR[:PORT]>",
+            "--name <EXPORT>",
+            "--read-only",
+            "--allow <CIDR>",
+            "<DEVICE>",
+            "only loopback clients",
+            "(default: loopback only)",
+            "PORT is 10809",
+            "at most 32",
+            "at most 4096",
+            "[::]",
+            "Examples:",
+            "dstctl export r1 --listen 127.0.0.1",
+            "--allow 10.0.0.0/8",
+        ] {
+            assert!(help.contains(word), "export help lacks {word}:\n{help}");
+        }
+        let mut cmd = Cli::command();
+        let unexport = cmd.find_subcommand_mut("unexport").unwrap();
+        let help = unexport.render_long_help().to_string();
+        for word in [
+            "--name <EXPORT>",
+            "<DEVICE>",
+            "every export",
+            "dstctl unexport r1",
+        ] {
+            assert!(help.contains(word), "unexport help lacks {word}:\n{help}");
+        }
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("dstctl export r1"), "{help}");
+        let mut cmd = Cli::command();
+        let status = cmd.find_subcommand_mut("status").unwrap();
+        let help = status.render_long_help().to_string();
+        assert!(help.contains("loopback only"), "{help}");
     }
 
     #[test]

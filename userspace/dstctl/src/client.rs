@@ -4,7 +4,10 @@
 
 use dst_proto::genl::{cmd, Target, FAMILY_NAME, FAMILY_VERSION, MCGRP_EVENTS};
 
-use crate::model::{create_request, name_request, Device, LegRequest};
+use crate::model::{
+    create_request, export_request, name_request, unexport_request, Device, ExportRequest,
+    LegRequest,
+};
 use crate::netlink::{Error, Family, GenlSocket, McastGroup};
 
 /// A connection to the dst kernel module.
@@ -62,6 +65,26 @@ impl Dst {
     pub fn remove(&mut self, name: &str) -> Result<(), Error> {
         self.sock
             .request(self.family, cmd::REMOVE, &name_request(name)?)?;
+        Ok(())
+    }
+
+    /// Exports a device over NBD.  Returns the device as the kernel
+    /// describes it afterwards, if its reply holds it.
+    pub fn export(&mut self, name: &str, export: &ExportRequest) -> Result<Option<Device>, Error> {
+        let attrs = export_request(name, export)?;
+        let replies = self.sock.request(self.family, cmd::EXPORT, &attrs)?;
+        replies
+            .first()
+            .map(|r| Device::decode(r))
+            .transpose()
+            .map_err(Error::from)
+    }
+
+    /// Stops exporting a device: every export of it, or only the one
+    /// named `export`.  A device in the reply, if any, is ignored.
+    pub fn unexport(&mut self, name: &str, export: Option<&str>) -> Result<(), Error> {
+        self.sock
+            .request(self.family, cmd::UNEXPORT, &unexport_request(name, export)?)?;
         Ok(())
     }
 

@@ -7,6 +7,7 @@
 
 mod cli;
 mod client;
+mod export;
 mod model;
 mod monitor;
 mod netlink;
@@ -21,6 +22,7 @@ use clap::Parser;
 
 use crate::cli::{one_line, Cli, Command};
 use crate::client::Dst;
+use crate::model::LegRequest;
 
 /// Why `dstctl` failed; shown as one line on stderr.
 #[derive(Debug)]
@@ -82,6 +84,15 @@ fn run(cli: &Cli) -> Result<String, Failure> {
             .map_err(|m| Failure::Failed(format!("{context}: {}", one_line(&m))))?,
         _ => Vec::new(),
     };
+    let export = match &cli.command {
+        Command::Export(a) => Some(
+            a.plan()
+                .map_err(usage)?
+                .resolve(remote::resolve)
+                .map_err(|m| Failure::Failed(format!("{context}: {}", one_line(&m))))?,
+        ),
+        _ => None,
+    };
     let op = |e| Failure::Op(context.clone(), e);
 
     let mut dst = Dst::connect().map_err(|e| match e {
@@ -91,7 +102,9 @@ fn run(cli: &Cli) -> Result<String, Failure> {
     let json = cli.json;
     Ok(match &cli.command {
         Command::Create(a) => {
-            let d = dst.create(&a.name, a.target(), &legs).map_err(op)?;
+            let d = dst
+                .create(&a.name, a.target(), &legs)
+                .map_err(|e| op(name_legs(e, &legs)))?;
             if json {
                 output::json(&d)
             } else {
@@ -100,6 +113,24 @@ fn run(cli: &Cli) -> Result<String, Failure> {
         }
         Command::Remove { name } => {
             dst.remove(name).map_err(op)?;
+            String::new()
+        }
+        Command::Export(a) => {
+            let request = export.as_ref().expect("resolved above");
+            let d = dst.export(&a.device, request).map_err(op)?;
+            if json {
+                // The kernel answers with the device; ask if it did not.
+                let d = match d {
+                    Some(d) => d,
+                    None => dst.get(&a.device).map_err(op)?,
+                };
+                output::json(&d)
+            } else {
+                String::new()
+            }
+        }
+        Command::Unexport(a) => {
+            dst.unexport(&a.device, a.name.as_deref()).map_err(op)?;
             String::new()
         }
         Command::List => {
@@ -146,6 +177,44 @@ fn tty() -> bool {
     io::stdout().is_terminal()
 }
 
+/// The kernel names a leg by position (`leg #2`) where the leg as typed
+/// would not leave room for the reason in the 80 bytes of an extended ack;
+/// put the leg as typed back.
+fn name_legs(e: netlink::Error, legs: &[LegRequest]) -> netlink::Error {
+    let netlink::Error::Refused(mut r) = e else {
+        return e;
+    };
+    if let Some(m) = &r.message {
+        r.message = Some(expand_leg_numbers(m, |n| {
+            legs.get(n.checked_sub(1)?).map(|l| l.spec.as_str())
+        }));
+    }
+    netlink::Error::Refused(r)
+}
+
+/// Replaces each `leg #N` in `msg` by `leg SPEC` where `spec(N)` knows it.
+fn expand_leg_numbers<'a>(msg: &str, spec: impl Fn(usize) -> Option<&'a str>) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find("leg #") {
+        let (head, tail) = rest.split_at(i + "leg ".len());
+        out.push_str(head);
+        let digits = tail[1..].bytes().take_while(u8::is_ascii_digit).count();
+        match tail[1..1 + digits].parse().ok().and_then(&spec) {
+            Some(s) => {
+                out.push_str(&one_line(s));
+                rest = &tail[1 + digits..];
+            }
+            None => {
+                out.push('#');
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 fn main() -> ExitCode {
     // Usage errors exit with code 2, --help and --version with 0.
     let cli = Cli::parse();
@@ -178,6 +247,22 @@ mod tests {
     }
 
     #[test]
+    fn leg_numbers_expanded() {
+        let spec = |n: usize| ["nbd://a/x", "/dev/ram0"].get(n.wrapping_sub(1)).copied();
+        assert_eq!(
+            expand_leg_numbers("leg #1: connection refused", spec),
+            "leg nbd://a/x: connection refused"
+        );
+        assert_eq!(
+            expand_leg_numbers("leg #2: busy", spec),
+            "leg /dev/ram0: busy"
+        );
+        assert_eq!(expand_leg_numbers("leg #9: what", spec), "leg #9: what");
+        assert_eq!(expand_leg_numbers("leg #: x leg #", spec), "leg #: x leg #");
+        assert_eq!(expand_leg_numbers("no legs", spec), "no legs");
+    }
+
+    #[test]
     fn bad_names_are_usage_errors() {
         for args in [
             &["create", "a/b", "--mirror", "/dev/ram0"][..],
@@ -201,6 +286,30 @@ mod tests {
             let f = run_args(args).unwrap_err();
             assert_eq!(f.exit_code(), 2, "{args:?}");
             assert!(!f.to_string().contains('\n'));
+        }
+        // So are exports' options, before any name is resolved.
+        for (args, want) in [
+            (
+                &["export", "r1", "--listen", "nowhere.invalid", "--allow", "10.0.0.0/33"][..],
+                "export r1: --allow 10.0.0.0/33: prefix length 33 is out of range for IPv4 (0 to 32)",
+            ),
+            (
+                &["export", "r1", "--listen", "nowhere.invalid:0"],
+                "export r1: --listen nowhere.invalid:0: the port must be a number from 1 to 65535",
+            ),
+            (
+                &["export", "a/b", "--listen", "127.0.0.1"],
+                "export a/b: device name may only hold letters, digits, '_', '-' and '.'",
+            ),
+            (
+                &["unexport", ".r1"],
+                "unexport .r1: device name must not start with '-' or '.'",
+            ),
+        ] {
+            let f = run_args(args).unwrap_err();
+            assert!(matches!(f, Failure::Usage(_)), "{args:?}");
+            assert_eq!(f.exit_code(), 2, "{args:?}");
+            assert_eq!(f.to_string(), want);
         }
         let f = run_args(&["create", "r1", "--mirror", "nbds://h/x"]).unwrap_err();
         assert_eq!(

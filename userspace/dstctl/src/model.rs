@@ -5,7 +5,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 
-use dst_proto::genl::{dev, leg, DevState, LegKind, LegState, Target};
+use dst_proto::genl::{dev, exp, leg, DevState, LegKind, LegState, Target};
 use dst_proto::nlattr::{self, Attr, Attrs, Writer};
 use serde::{Serialize, Serializer};
 
@@ -121,6 +121,30 @@ pub struct Device {
     pub block_size: u32,
     /// The legs, in order.
     pub legs: Vec<Leg>,
+    /// The device's NBD exports; empty when it has none.
+    pub exports: Vec<Export>,
+}
+
+/// One NBD export of a device.  Field order is the JSON order; every key
+/// is always present.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Export {
+    /// Where the export listens, `IP:PORT` or `[IPv6]:PORT`.
+    pub listen: String,
+    /// The export name clients ask for (may be empty: the default export).
+    pub name: String,
+    /// Clients may not write.
+    pub read_only: bool,
+    /// Networks allowed to connect, `IP/PREFIX`; empty: loopback only.
+    pub allow: Vec<String>,
+    /// Clients connected now.
+    pub clients: u32,
+    /// The connected clients' addresses, `IP:PORT`.
+    pub client_addrs: Vec<String>,
+    /// Connections refused so far.
+    pub refused: u64,
+    /// Requests served so far.
+    pub requests: u64,
 }
 
 /// One leg of a device.  Field order is the JSON order.
@@ -221,6 +245,7 @@ impl Device {
                 dev::STATE => d.state = Wire::new(a.u8()?),
                 dev::OPENERS => d.openers = a.u32()?,
                 dev::BLOCK_SIZE => d.block_size = a.u32()?,
+                dev::EXPORT => d.exports.push(Export::decode(&a)?),
                 _ => {}
             }
         }
@@ -289,6 +314,27 @@ impl Leg {
     }
 }
 
+impl Export {
+    fn decode(nest: &Attr<'_>) -> Result<Export, nlattr::Error> {
+        let mut e = Export::default();
+        for a in nest.nested() {
+            let a = a?;
+            match a.kind {
+                exp::LISTEN => e.listen = string(&a)?,
+                exp::NAME => e.name = string(&a)?,
+                exp::READ_ONLY => e.read_only = a.u8()? != 0,
+                exp::ALLOW => e.allow.push(string(&a)?),
+                exp::CLIENTS => e.clients = a.u32()?,
+                exp::CLIENT => e.client_addrs.push(string(&a)?),
+                exp::REFUSED => e.refused = a.u64()?,
+                exp::REQUESTS => e.requests = a.u64()?,
+                _ => {}
+            }
+        }
+        Ok(e)
+    }
+}
+
 /// One leg of a `CREATE` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LegRequest {
@@ -307,6 +353,9 @@ pub struct RemoteRequest {
     pub export: String,
     /// Timing; what is unset is left to the kernel's defaults.
     pub timing: Timing,
+    /// Copy the whole leg after a reconnect (`None`: the kernel's default,
+    /// only what it missed).
+    pub full_resync: Option<bool>,
 }
 
 /// Attributes of a `CREATE` request: name, target, then one nest per leg,
@@ -336,7 +385,60 @@ pub fn create_request(
                     w.put_u32(id, v)?;
                 }
             }
+            if let Some(full) = r.full_resync {
+                w.put_u8(leg::FULL_RESYNC, full.into())?;
+            }
         }
+        w.end_nest(nest)?;
+    }
+    Ok(b.0)
+}
+
+/// What an `EXPORT` request says of the export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportRequest {
+    /// The resolved address to listen on, `IP:PORT` or `[IPv6]:PORT`.
+    pub listen: String,
+    /// The export name; `None` leaves the kernel's default (the device
+    /// name).
+    pub name: Option<String>,
+    /// Clients may not write.
+    pub read_only: bool,
+    /// Networks allowed to connect, `IP/PREFIX`.
+    pub allow: Vec<String>,
+}
+
+/// Attributes of an `EXPORT` request: the device's name, then one export
+/// nest with `LISTEN`, the name if given, `READ_ONLY` if set and one
+/// `ALLOW` per network, in order.
+pub fn export_request(device: &str, e: &ExportRequest) -> Result<Vec<u8>, nlattr::Error> {
+    let mut b = Buf::default();
+    let mut w = Writer::new(&mut b);
+    w.put_str(dev::NAME, device)?;
+    let nest = w.begin_nest(dev::EXPORT)?;
+    w.put_str(exp::LISTEN, &e.listen)?;
+    if let Some(name) = &e.name {
+        w.put_str(exp::NAME, name)?;
+    }
+    if e.read_only {
+        w.put_u8(exp::READ_ONLY, 1)?;
+    }
+    for net in &e.allow {
+        w.put_str(exp::ALLOW, net)?;
+    }
+    w.end_nest(nest)?;
+    Ok(b.0)
+}
+
+/// Attributes of an `UNEXPORT` request: the device's name, and with
+/// `export`, an export nest naming the one export to stop.
+pub fn unexport_request(device: &str, export: Option<&str>) -> Result<Vec<u8>, nlattr::Error> {
+    let mut b = Buf::default();
+    let mut w = Writer::new(&mut b);
+    w.put_str(dev::NAME, device)?;
+    if let Some(name) = export {
+        let nest = w.begin_nest(dev::EXPORT)?;
+        w.put_str(exp::NAME, name)?;
         w.end_nest(nest)?;
     }
     Ok(b.0)
@@ -478,7 +580,7 @@ mod tests {
                 "name": "r1", "disk": "dst0", "path": "/dev/dst0", "index": 0,
                 "target": "mirror", "size": 67108864, "state": "unknown(9)",
                 "openers": 1, "block_size": 512,
-                "legs": [leg0, v["legs"][1].clone()]
+                "legs": [leg0, v["legs"][1].clone()], "exports": []
             })
         );
         assert_eq!(v["legs"][1]["state"], "faulty");
@@ -692,6 +794,225 @@ mod tests {
             Device::decode(&b.0).unwrap_err(),
             nlattr::Error::BadValue(leg::RESYNC_TOTAL)
         );
+    }
+
+    /// The attributes of each export nest of a request.
+    fn export_nests(bytes: &[u8]) -> Vec<Vec<(u16, Vec<u8>)>> {
+        Attrs::new(bytes)
+            .map(Result::unwrap)
+            .filter(|a| a.kind == dev::EXPORT)
+            .map(|a| {
+                a.nested()
+                    .map(Result::unwrap)
+                    .map(|a| (a.kind, a.payload.to_vec()))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn export_request_encoding() {
+        use crate::export::ExportPlan;
+
+        let allow = ["10.1.2.3/8", "::1", "10.0.0.0/8"].map(String::from);
+        let req = ExportPlan::parse("[::1]:10900", Some("backup"), true, &allow)
+            .unwrap()
+            .resolve(crate::remote::resolve)
+            .unwrap();
+        let bytes = export_request("r1", &req).unwrap();
+        let attrs: Vec<Attr<'_>> = Attrs::new(&bytes).map(Result::unwrap).collect();
+        let kinds: Vec<u16> = attrs.iter().map(|a| a.kind).collect();
+        assert_eq!(kinds, [dev::NAME, dev::EXPORT]);
+        assert_eq!(attrs[0].str().unwrap(), "r1");
+        assert_eq!(
+            export_nests(&bytes),
+            [vec![
+                (exp::LISTEN, s("[::1]:10900")),
+                (exp::NAME, s("backup")),
+                (exp::READ_ONLY, vec![1]),
+                (exp::ALLOW, s("10.0.0.0/8")),
+                (exp::ALLOW, s("::1/128")),
+            ]]
+        );
+        // The nest carries NLA_F_NESTED on the wire.
+        let nest = 8; // NAME "r1" (4 + 3 -> 8)
+        let raw_type = u16::from_ne_bytes([bytes[nest + 2], bytes[nest + 3]]);
+        assert_eq!(raw_type, dev::EXPORT | NLA_F_NESTED);
+
+        // Defaults: no name, read-write, loopback only.
+        let req = ExportRequest {
+            listen: "127.0.0.1:10809".into(),
+            name: None,
+            read_only: false,
+            allow: Vec::new(),
+        };
+        let bytes = export_request("r1", &req).unwrap();
+        assert_eq!(
+            export_nests(&bytes),
+            [vec![(exp::LISTEN, s("127.0.0.1:10809"))]]
+        );
+        // An empty name is sent: it is NBD's default export.
+        let req = ExportRequest {
+            name: Some(String::new()),
+            ..req
+        };
+        let nests = export_nests(&export_request("r1", &req).unwrap());
+        assert_eq!(nests[0][1], (exp::NAME, s("")));
+
+        // Everything sent is in the policies the kernel builds.
+        let spec = |c: u8| {
+            dst_proto::genl::COMMANDS
+                .iter()
+                .find(|s| s.cmd == c)
+                .unwrap()
+        };
+        for c in [dst_proto::genl::cmd::EXPORT, dst_proto::genl::cmd::UNEXPORT] {
+            assert!(spec(c).policy.iter().any(|a| a.id == dev::NAME));
+            assert!(spec(c).policy.iter().any(|a| a.id == dev::EXPORT));
+        }
+        let bytes = export_request(
+            "r1",
+            &ExportRequest {
+                name: Some("x".into()),
+                read_only: true,
+                allow: vec!["::/0".into()],
+                ..req
+            },
+        )
+        .unwrap();
+        for (id, _) in &export_nests(&bytes)[0] {
+            assert!(
+                dst_proto::genl::EXPORT_REQUEST.iter().any(|a| a.id == *id),
+                "{id}"
+            );
+        }
+    }
+
+    #[test]
+    fn unexport_request_encoding() {
+        let bytes = unexport_request("r1", None).unwrap();
+        let attrs: Vec<Attr<'_>> = Attrs::new(&bytes).map(Result::unwrap).collect();
+        assert_eq!(attrs.len(), 1);
+        assert_eq!((attrs[0].kind, attrs[0].str()), (dev::NAME, Ok("r1")));
+
+        let bytes = unexport_request("r1", Some("backup")).unwrap();
+        let kinds: Vec<u16> = Attrs::new(&bytes).map(|a| a.unwrap().kind).collect();
+        assert_eq!(kinds, [dev::NAME, dev::EXPORT]);
+        assert_eq!(export_nests(&bytes), [vec![(exp::NAME, s("backup"))]]);
+    }
+
+    /// A device with two exports, one with clients, and attributes from
+    /// a newer kernel in and around them.
+    fn export_reply() -> Vec<u8> {
+        let mut b = Buf(sample_reply());
+        let mut w = Writer::new(&mut b);
+        let n = w.begin_nest(dev::EXPORT).unwrap();
+        w.put_str(exp::LISTEN, "0.0.0.0:10809").unwrap();
+        w.put_str(exp::NAME, "r1").unwrap();
+        w.put_u8(exp::READ_ONLY, 0).unwrap();
+        w.put_str(exp::ALLOW, "10.0.0.0/8").unwrap();
+        w.put_str(exp::ALLOW, "fd00::/64").unwrap();
+        w.put_u32(exp::CLIENTS, 2).unwrap();
+        w.put_str(exp::CLIENT, "10.0.0.3:51234").unwrap();
+        w.put_str(exp::CLIENT, "10.0.0.4:40000").unwrap();
+        w.put_u64(exp::REFUSED, 3).unwrap();
+        w.put_u64(exp::REQUESTS, 123_456).unwrap();
+        w.put_u64(exp::MAX + 1, 9).unwrap();
+        w.put_str(exp::MAX + 2, "future").unwrap();
+        w.end_nest(n).unwrap();
+        w.put_u32(dev::MAX + 1, 5).unwrap();
+        let n = w.begin_nest(dev::EXPORT).unwrap();
+        w.put_str(exp::LISTEN, "[::1]:10900").unwrap();
+        w.put_str(exp::NAME, "").unwrap();
+        w.put_u8(exp::READ_ONLY, 1).unwrap();
+        w.put_u32(exp::CLIENTS, 0).unwrap();
+        w.put_u64(exp::REFUSED, 0).unwrap();
+        w.put_u64(exp::REQUESTS, 0).unwrap();
+        w.end_nest(n).unwrap();
+        b.0
+    }
+
+    #[test]
+    fn decode_exports() {
+        let d = Device::decode(&export_reply()).unwrap();
+        assert_eq!(d.name, "r1");
+        assert_eq!(d.legs.len(), 2);
+        assert_eq!(
+            d.exports,
+            [
+                Export {
+                    listen: "0.0.0.0:10809".into(),
+                    name: "r1".into(),
+                    read_only: false,
+                    allow: vec!["10.0.0.0/8".into(), "fd00::/64".into()],
+                    clients: 2,
+                    client_addrs: vec!["10.0.0.3:51234".into(), "10.0.0.4:40000".into()],
+                    refused: 3,
+                    requests: 123_456,
+                },
+                Export {
+                    listen: "[::1]:10900".into(),
+                    read_only: true,
+                    ..Export::default()
+                },
+            ]
+        );
+        // Without exports (an older kernel, or none), the list is empty.
+        assert!(Device::decode(&sample_reply()).unwrap().exports.is_empty());
+
+        // A known attribute with the wrong size is refused.
+        let mut b = Buf::default();
+        let mut w = Writer::new(&mut b);
+        w.put_str(dev::NAME, "x").unwrap();
+        let n = w.begin_nest(dev::EXPORT).unwrap();
+        w.put_u32(exp::REQUESTS, 1).unwrap();
+        w.end_nest(n).unwrap();
+        assert_eq!(
+            Device::decode(&b.0).unwrap_err(),
+            nlattr::Error::BadValue(exp::REQUESTS)
+        );
+        // A truncated nest too.
+        let reply = export_reply();
+        assert!(Device::decode(&reply[..reply.len() - 4]).is_err());
+    }
+
+    #[test]
+    fn json_exports() {
+        let d = Device::decode(&export_reply()).unwrap();
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(
+            v["exports"],
+            json!([
+                {
+                    "listen": "0.0.0.0:10809", "name": "r1", "read_only": false,
+                    "allow": ["10.0.0.0/8", "fd00::/64"], "clients": 2,
+                    "client_addrs": ["10.0.0.3:51234", "10.0.0.4:40000"],
+                    "refused": 3, "requests": 123456
+                },
+                {
+                    "listen": "[::1]:10900", "name": "", "read_only": true,
+                    "allow": [], "clients": 0, "client_addrs": [],
+                    "refused": 0, "requests": 0
+                }
+            ])
+        );
+        // After the legs; keys in the documented order.
+        let text = serde_json::to_string(&d).unwrap();
+        let exports = text.find("\"exports\"").unwrap();
+        assert!(text.find("\"legs\"").unwrap() < exports);
+        let text = &text[exports..];
+        let keys = [
+            "\"listen\"",
+            "\"name\"",
+            "\"read_only\"",
+            "\"allow\"",
+            "\"clients\"",
+            "\"client_addrs\"",
+            "\"refused\"",
+            "\"requests\"",
+        ];
+        let at: Vec<usize> = keys.iter().map(|k| text.find(k).unwrap()).collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::cli::one_line;
-use crate::model::{Device, Leg};
+use crate::model::{Device, Export, Leg};
 use crate::remote::format_ms;
 
 /// A size in bytes in base-1024 units with one decimal, like `lsblk`:
@@ -165,7 +165,70 @@ fn status_block(d: &Device, tty: bool) -> String {
             out.push('\n');
         }
     }
+    out.push_str(&exports_table(&d.exports));
     out
+}
+
+/// Where the lines under an export start: below its name.
+const UNDER_EXPORT: &str = "    ";
+
+/// The exports of a device, after its legs: a table with a line per
+/// export, each followed by its clients' addresses; nothing without
+/// exports.
+fn exports_table(exports: &[Export]) -> String {
+    if exports.is_empty() {
+        return String::new();
+    }
+    let header = [
+        "EXPORT", "LISTEN", "MODE", "CLIENTS", "REQUESTS", "REFUSED", "ALLOW",
+    ];
+    let mut rows = vec![header.map(String::from).to_vec()];
+    rows.extend(exports.iter().map(|e| {
+        vec![
+            export_name(&e.name),
+            one_line(&e.listen),
+            if e.read_only { "ro" } else { "rw" }.to_owned(),
+            e.clients.to_string(),
+            e.requests.to_string(),
+            e.refused.to_string(),
+            allowed(e),
+        ]
+    }));
+    let mut out = String::new();
+    let mut lines = table_lines(&rows, "  ").into_iter();
+    if let Some(line) = lines.next() {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    for (e, line) in exports.iter().zip(lines) {
+        out.push_str(&line);
+        out.push('\n');
+        for addr in &e.client_addrs {
+            out.push_str(UNDER_EXPORT);
+            out.push_str("client ");
+            out.push_str(&one_line(addr));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// An export's name in a table: `(default)` for the empty name.
+fn export_name(name: &str) -> String {
+    if name.is_empty() {
+        "(default)".into()
+    } else {
+        one_line(name)
+    }
+}
+
+/// The networks allowed to connect to an export, in one cell.
+fn allowed(e: &Export) -> String {
+    if e.allow.is_empty() {
+        "loopback only".into()
+    } else {
+        one_line(&e.allow.join(","))
+    }
 }
 
 /// The lines shown under a leg: a remote leg's peer, its problem, and on
@@ -231,7 +294,7 @@ pub fn json<T: Serialize + ?Sized>(value: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Leg, Wire};
+    use crate::model::{Export, Leg, Wire};
 
     #[test]
     fn sizes() {
@@ -403,5 +466,77 @@ mod tests {
             assert!(local[key].is_null(), "{key}");
         }
         assert_eq!(local["resync_total"], 0);
+    }
+
+    /// `device()` exported twice: to two networks with clients, and
+    /// read-only under the default name to loopback only.
+    fn exported_device() -> Device {
+        let mut d = device();
+        d.exports = vec![
+            Export {
+                listen: "0.0.0.0:10809".into(),
+                name: "r1".into(),
+                read_only: false,
+                allow: vec!["10.0.0.0/8".into(), "fd00::/64".into()],
+                clients: 2,
+                client_addrs: vec!["10.0.0.3:51234".into(), "10.0.0.4:40000".into()],
+                refused: 3,
+                requests: 123_456,
+            },
+            Export {
+                listen: "[::1]:10900".into(),
+                read_only: true,
+                ..Export::default()
+            },
+        ];
+        d
+    }
+
+    #[test]
+    fn status_exports() {
+        assert_eq!(
+            status(&[exported_device()], false),
+            "r1: /dev/dst0 mirror 64.0M degraded openers 1 block-size 512\n  \
+             LEG  SPEC       DISK  SIZE   OFFSET  STATE    READS  WRITES  RERR  WERR  INFLIGHT\n  \
+             0    /dev/ram0  ram0  64.0M  0B      in-sync  12345  0       0     0     0\n  \
+             1    /dev/ram1  ram1  64.0M  0B      faulty   12345  0       0     0     0\n  \
+             EXPORT     LISTEN         MODE  CLIENTS  REQUESTS  REFUSED  ALLOW\n  \
+             r1         0.0.0.0:10809  rw    2        123456    3        10.0.0.0/8,fd00::/64\n    \
+             client 10.0.0.3:51234\n    \
+             client 10.0.0.4:40000\n  \
+             (default)  [::1]:10900    ro    0        0         0        loopback only\n"
+        );
+        // Exports do not change the lines of a device without any, and
+        // blocks stay separated by one blank line.
+        let two = status(&[exported_device(), device()], false);
+        assert!(two.contains("loopback only\n\nr1: "), "{two}");
+        assert!(!status(&[device()], false).contains("EXPORT"));
+        // Names from the kernel stay on one line.
+        let mut d = exported_device();
+        d.exports[0].name = "a\nb".into();
+        d.exports[0].client_addrs = vec!["x\ty".into()];
+        let text = status(&[d], false);
+        assert!(text.contains("\n  a\\nb "), "{text}");
+        assert!(text.contains("\n    client x\\ty\n"), "{text}");
+    }
+
+    #[test]
+    fn json_exports() {
+        let v: serde_json::Value = serde_json::from_str(&json(&[exported_device()])).unwrap();
+        let e = &v[0]["exports"];
+        assert_eq!(e.as_array().unwrap().len(), 2);
+        assert_eq!(
+            e[0],
+            serde_json::json!({
+                "listen": "0.0.0.0:10809", "name": "r1", "read_only": false,
+                "allow": ["10.0.0.0/8", "fd00::/64"], "clients": 2,
+                "client_addrs": ["10.0.0.3:51234", "10.0.0.4:40000"],
+                "refused": 3, "requests": 123456
+            })
+        );
+        assert_eq!(e[1]["allow"], serde_json::json!([]));
+        assert_eq!(e[1]["read_only"], true);
+        let v: serde_json::Value = serde_json::from_str(&json(&device())).unwrap();
+        assert_eq!(v["exports"], serde_json::json!([]));
     }
 }

@@ -55,7 +55,7 @@ impl Timing {
 }
 
 /// The URI query keys, in the order the help lists them.
-pub const QUERY_KEYS: [&str; 3] = ["timeout", "dead-time", "backoff-max"];
+pub const QUERY_KEYS: [&str; 4] = ["timeout", "dead-time", "backoff-max", "resync"];
 
 /// A remote leg as typed, its host not yet resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +68,8 @@ pub struct RemoteSpec {
     pub export: String,
     /// Timing from the URI's query, then the command line.
     pub timing: Timing,
+    /// `resync=full` (`Some(true)`) or `resync=dirty` (`Some(false)`).
+    pub full_resync: Option<bool>,
 }
 
 /// One leg of a `create`, checked but not resolved.
@@ -111,6 +113,7 @@ impl LegPlan {
                     .and_then(format_addr)
                     .map_err(|m| format!("leg {}: {m}", one_line(&self.spec)))?;
                 Some(RemoteRequest {
+                    full_resync: r.full_resync,
                     addr,
                     export: r.export,
                     timing: r.timing,
@@ -133,10 +136,27 @@ pub fn parse_remote(spec: &str) -> Result<RemoteSpec, String> {
         return Err(format!("export name longer than {EXPORT_NAME_MAX} bytes"));
     }
     let mut timing = Timing::default();
+    let mut full_resync = None;
     for pair in uri.query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair
             .split_once('=')
             .ok_or_else(|| format!("parameter {} has no value", one_line(pair)))?;
+        if key == "resync" {
+            if full_resync.is_some() {
+                return Err("parameter resync given twice".into());
+            }
+            full_resync = Some(match value {
+                "full" => true,
+                "dirty" => false,
+                _ => {
+                    return Err(format!(
+                        "resync: {} is neither full nor dirty",
+                        one_line(value)
+                    ))
+                }
+            });
+            continue;
+        }
         let slot = match key {
             "timeout" => &mut timing.timeout_ms,
             "dead-time" => &mut timing.dead_time_ms,
@@ -159,6 +179,7 @@ pub fn parse_remote(spec: &str) -> Result<RemoteSpec, String> {
         port: uri.port,
         export: export.to_owned(),
         timing,
+        full_resync,
     })
 }
 
@@ -328,6 +349,7 @@ mod tests {
                 port: 10809,
                 export: "disk".into(),
                 timing: Timing::default(),
+                full_resync: None,
             }
         );
         let r = parse_remote("nbd://[fd00::2]:2000").unwrap();
@@ -352,6 +374,16 @@ mod tests {
             }
         );
         assert!(parse_remote("nbd://h/x?").unwrap().timing.is_empty());
+        assert_eq!(
+            parse_remote("nbd://h/x?resync=full").unwrap().full_resync,
+            Some(true)
+        );
+        assert_eq!(
+            parse_remote("nbd://h/x?resync=dirty").unwrap().full_resync,
+            Some(false)
+        );
+        assert!(parse_remote("nbd://h/x?resync=some").is_err());
+        assert!(parse_remote("nbd://h/x?resync=full&resync=full").is_err());
     }
 
     #[test]
@@ -359,7 +391,7 @@ mod tests {
         for (uri, want) in [
             (
                 "nbd://h/x?retries=3",
-                "unknown parameter retries (known: timeout, dead-time, backoff-max)",
+                "unknown parameter retries (known: timeout, dead-time, backoff-max, resync)",
             ),
             ("nbd://h/x?timeout", "parameter timeout has no value"),
             (

@@ -1,0 +1,1174 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Exports: dst devices served over NBD from the kernel.
+//!
+//! A [`Listener`] owns a listening TCP socket and the exports reachable
+//! through it (selected by export name).  Its accept job takes each new
+//! connection, refuses it at once unless its source address is allowed by
+//! some export of the listener, and starts a [`Conn`].
+//!
+//! A connection first runs the NBD handshake (fixed newstyle, the server
+//! side in `proto::nbd_server`) with blocking socket calls bounded by the
+//! socket timeouts and an overall deadline, in its own job.  Then the
+//! transmission phase is non-blocking: the receive job reads requests,
+//! checks each one, and submits reads and writes to the device as page
+//! I/O that completes asynchronously and possibly out of order; the send
+//! job writes the replies.  A client may have at most [`MAX_INFLIGHT`]
+//! requests or [`MAX_INFLIGHT_BYTES`] in flight: past that the receive
+//! job stops reading, so a client that sends without reading its replies
+//! only stalls itself.  FLUSH, TRIM and WRITE_ZEROES are rare and run
+//! synchronously in the receive job; a FLUSH covers every write completed
+//! before it, on every leg, as the block layer's flush does.
+//!
+//! The device is opened exclusively for the export's lifetime: it cannot
+//! be mounted meanwhile nor removed before being unexported.
+
+use core::net::SocketAddr;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use kernel::prelude::*;
+use kernel::sync::{Arc, ArcBorrow, Mutex};
+use kernel::{new_mutex, str::CString};
+
+use crate::bdev::{BlockDev, Holder};
+use crate::bio::{LegBio, PageBuf};
+use crate::device::Device;
+use crate::errno;
+use crate::glue;
+use crate::io::{page_io, BioSink, PageIoOwner, PageOp};
+use crate::job::{impl_has_job, Job, JobRun};
+use crate::msg::{refuse, Msg, Refusal};
+use crate::proto::genl::{MAX_ALLOW, MAX_CLIENTS, MAX_EXPORTS};
+use crate::proto::nbd::{self, cmd, cmdflag, tflag, Request, SimpleReply, Transport};
+use crate::proto::nbd_server::{self, ExportLookup, RequestVerdict, ServedExport};
+use crate::socket::{SockEvent, SockEvents, Socket};
+
+/// Most requests in flight per client.
+pub(crate) const MAX_INFLIGHT: u32 = 64;
+/// Most bytes of request data held per client.
+pub(crate) const MAX_INFLIGHT_BYTES: u32 = 16 << 20;
+/// Longest read or write advertised.
+const MAX_BLOCK: u32 = 4 << 20;
+/// Timeout of each blocking step of the handshake, and of unacknowledged
+/// sends afterwards.
+const SOCK_TIMEOUT_MS: u32 = 10_000;
+/// The whole handshake must be over by then.
+const HANDSHAKE_MS: u64 = 30_000;
+
+fn now_ms() -> u64 {
+    // SAFETY: reads the monotonic clock.
+    unsafe { glue::dst_now_ms() }
+}
+
+/// A network allowed to connect: an address and a prefix length.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cidr {
+    addr: [u8; 16],
+    v6: bool,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `IP/PREFIX` (or a bare IP, a single host).
+    pub(crate) fn parse(s: &str) -> Option<Cidr> {
+        let (ip, prefix) = match s.split_once('/') {
+            Some((ip, p)) => (ip, Some(p.parse::<u8>().ok()?)),
+            None => (s, None),
+        };
+        if let Ok(a) = ip.parse::<core::net::Ipv4Addr>() {
+            let prefix = prefix.unwrap_or(32);
+            if prefix > 32 {
+                return None;
+            }
+            let mut addr = [0u8; 16];
+            addr[..4].copy_from_slice(&a.octets());
+            return Some(Cidr { addr, v6: false, prefix });
+        }
+        let a = ip.parse::<core::net::Ipv6Addr>().ok()?;
+        let prefix = prefix.unwrap_or(128);
+        if prefix > 128 {
+            return None;
+        }
+        Some(Cidr {
+            addr: a.octets(),
+            v6: true,
+            prefix,
+        })
+    }
+
+    /// Whether `peer` lies in the network.  An IPv4-mapped IPv6 peer
+    /// counts as IPv4.
+    fn contains(&self, peer: &SocketAddr) -> bool {
+        let (bytes, v6) = match peer {
+            SocketAddr::V4(a) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&a.ip().octets());
+                (b, false)
+            }
+            SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+                Some(v4) => {
+                    let mut b = [0u8; 16];
+                    b[..4].copy_from_slice(&v4.octets());
+                    (b, false)
+                }
+                None => (a.ip().octets(), true),
+            },
+        };
+        if v6 != self.v6 {
+            return false;
+        }
+        let full = usize::from(self.prefix / 8);
+        let rest = self.prefix % 8;
+        if bytes[..full] != self.addr[..full] {
+            return false;
+        }
+        if rest == 0 {
+            return true;
+        }
+        let mask = 0xffu8 << (8 - rest);
+        bytes[full] & mask == self.addr[full] & mask
+    }
+}
+
+impl core::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if self.v6 {
+            write!(f, "{}/{}", core::net::Ipv6Addr::from(self.addr), self.prefix)
+        } else {
+            let a = core::net::Ipv4Addr::new(self.addr[0], self.addr[1], self.addr[2], self.addr[3]);
+            write!(f, "{}/{}", a, self.prefix)
+        }
+    }
+}
+
+/// Whether `peer` is a loopback address (the default allowance).
+fn is_loopback(peer: &SocketAddr) -> bool {
+    match peer {
+        SocketAddr::V4(a) => a.ip().is_loopback(),
+        SocketAddr::V6(a) => a.ip().is_loopback() || a.ip().to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}
+
+/// What `dstctl export` asks for.
+pub(crate) struct ExportRequest {
+    /// Where to listen.
+    pub(crate) listen: SocketAddr,
+    /// The export name.
+    pub(crate) name: KVec<u8>,
+    /// Refuse writes.
+    pub(crate) read_only: bool,
+    /// Networks allowed to connect (none: loopback only).
+    pub(crate) allow: KVec<Cidr>,
+}
+
+/// One device served under a name.
+pub(crate) struct Export {
+    dev: Arc<Device>,
+    bdev: BlockDev,
+    _holder: Holder,
+    name: KVec<u8>,
+    read_only: bool,
+    allow: KVec<Cidr>,
+    served: ServedExport,
+    requests: AtomicU64,
+}
+
+impl BioSink for Export {
+    fn bdev(&self) -> Option<&BlockDev> {
+        Some(&self.bdev)
+    }
+
+    fn submit(&self, bio: LegBio) {
+        bio.submit_local();
+    }
+}
+
+impl Export {
+    fn allows(&self, peer: &SocketAddr) -> bool {
+        if self.allow.is_empty() {
+            return is_loopback(peer);
+        }
+        self.allow.iter().any(|c| c.contains(peer))
+    }
+
+    /// The export name.
+    pub(crate) fn name(&self) -> &[u8] {
+        &self.name
+    }
+
+    /// Whether the export refuses writes.
+    pub(crate) fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The networks allowed (empty: loopback only).
+    pub(crate) fn allow(&self) -> &[Cidr] {
+        &self.allow
+    }
+
+    /// Requests served so far.
+    pub(crate) fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+const ACCEPT: u64 = 0;
+
+/// A listening socket and the exports reachable through it.
+#[pin_data]
+pub(crate) struct Listener {
+    addr: SocketAddr,
+    #[pin]
+    sock: Mutex<Option<Socket>>,
+    #[pin]
+    exports: Mutex<KVec<Arc<Export>>>,
+    #[pin]
+    conns: Mutex<KVec<Arc<Conn>>>,
+    refused: AtomicU64,
+    closed: AtomicBool,
+    #[pin]
+    accept_job: Job<Listener, ACCEPT>,
+}
+
+impl_has_job!(Listener, ACCEPT, accept_job);
+
+impl Listener {
+    fn new(addr: SocketAddr) -> Result<Arc<Listener>, Refusal> {
+        let sock = match Socket::listen(&addr) {
+            Ok(s) => s,
+            Err(e) if e.to_errno() == -98 => refuse!(e, "{} is in use", addr),
+            Err(e) if e.to_errno() == -99 => refuse!(e, "{} is not an address of this machine", addr),
+            Err(e) => refuse!(e, "cannot listen on {} (errno {})", addr, e.to_errno()),
+        };
+        let l = Arc::pin_init(
+            pin_init!(Listener {
+                addr,
+                sock <- new_mutex!(None, "Listener::sock"),
+                exports <- new_mutex!(KVec::new(), "Listener::exports"),
+                conns <- new_mutex!(KVec::new(), "Listener::conns"),
+                refused: AtomicU64::new(0),
+                closed: AtomicBool::new(false),
+                accept_job <- Job::new(),
+            }),
+            GFP_KERNEL,
+        )?;
+        let mut sock = sock;
+        sock.watch(l.clone())?;
+        *l.sock.lock() = Some(sock);
+        Ok(l)
+    }
+
+    /// The address listened on.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections refused so far.
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// The addresses of the clients of `export`.
+    pub(crate) fn clients_of(&self, export: &Arc<Export>) -> KVec<SocketAddr> {
+        let mut v = KVec::new();
+        for c in self.conns.lock().iter() {
+            let same = c.export.lock().as_ref().is_some_and(|e| Arc::ptr_eq(e, export));
+            if same {
+                let _ = v.push(c.peer, GFP_KERNEL);
+            }
+        }
+        v
+    }
+
+    /// Stops listening, and closes every connection.  Waits (bounded) for
+    /// their I/O to end.
+    fn shut(self: &Arc<Self>) {
+        self.closed.store(true, Ordering::Release);
+        drop(self.sock.lock().take());
+        Job::<Listener, ACCEPT>::disable(self);
+        let conns = core::mem::take(&mut *self.conns.lock());
+        for c in conns.iter() {
+            c.close();
+        }
+        for c in conns.iter() {
+            c.wait_idle();
+        }
+    }
+
+    /// Closes the connections using `export`, and waits for their I/O.
+    fn close_clients_of(&self, export: &Arc<Export>) {
+        let mut gone = KVec::new();
+        {
+            let mut conns = self.conns.lock();
+            let mut i = 0;
+            while i < conns.len() {
+                let same = conns[i].export.lock().as_ref().is_some_and(|e| Arc::ptr_eq(e, export));
+                if same {
+                    if let Some(c) = take_at(&mut conns, i) {
+                        let _ = gone.push(c, GFP_KERNEL);
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        for c in gone.iter() {
+            c.close();
+        }
+        for c in gone.iter() {
+            c.wait_idle();
+        }
+    }
+
+    fn forget(&self, conn: &Conn) {
+        let mut conns = self.conns.lock();
+        if let Some(i) = conns.iter().position(|c| core::ptr::eq(&**c, conn)) {
+            take_at(&mut conns, i);
+        }
+    }
+}
+
+impl SockEvents for Listener {
+    fn sock_event(this: ArcBorrow<'_, Self>, event: SockEvent) {
+        if event == SockEvent::Readable {
+            Job::<Listener, ACCEPT>::queue(this.into(), 0);
+        }
+    }
+}
+
+impl JobRun<ACCEPT> for Listener {
+    fn run(this: Arc<Self>) {
+        loop {
+            if this.closed.load(Ordering::Acquire) {
+                return;
+            }
+            let accepted = match this.sock.lock().as_ref() {
+                Some(s) => s.accept(SOCK_TIMEOUT_MS),
+                None => return,
+            };
+            let sock = match accepted {
+                Ok(Some(s)) => s,
+                Ok(None) => return,
+                Err(_) => continue,
+            };
+            let Ok(peer) = sock.peer() else {
+                continue;
+            };
+            let allowed = this.exports.lock().iter().any(|e| e.allows(&peer));
+            if !allowed || this.conns.lock().len() >= MAX_CLIENTS {
+                this.refused.fetch_add(1, Ordering::Relaxed);
+                drop(sock);
+                continue;
+            }
+            let Ok(conn) = Conn::new(this.clone(), peer) else {
+                this.refused.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            if this.conns.lock().push(conn.clone(), GFP_KERNEL).is_err() {
+                continue;
+            }
+            *conn.hs_sock.lock() = Some(sock);
+            Job::<Conn, HANDSHAKE>::queue(conn, 0);
+        }
+    }
+}
+
+/// One request being served.
+struct Req {
+    conn: Arc<Conn>,
+    cookie: u64,
+    /// Data to send back (a read), or the written data.
+    buf: Option<Arc<PageBuf>>,
+    len: u32,
+    read: bool,
+    /// NBD error code of the reply, once done.
+    error: AtomicU32,
+    done: AtomicBool,
+}
+
+impl PageIoOwner for Req {
+    fn page_io_done(this: Arc<Self>, res: Result) {
+        let code = match res {
+            Ok(()) => 0,
+            Err(e) => nbd_error(e),
+        };
+        this.error.store(code, Ordering::Relaxed);
+        this.done.store(true, Ordering::Release);
+        Job::<Conn, SEND>::queue(this.conn.clone(), 0);
+    }
+}
+
+/// The NBD error code for an errno.
+fn nbd_error(e: Error) -> u32 {
+    match -e.to_errno() {
+        1 | 13 | 30 => nbd::err::EPERM,
+        12 => nbd::err::ENOMEM,
+        22 => nbd::err::EINVAL,
+        28 => nbd::err::ENOSPC,
+        95 => nbd::err::ENOTSUP,
+        _ => nbd::err::EIO,
+    }
+}
+
+/// Where reading requests stands.
+enum Rx {
+    Header { buf: [u8; Request::SIZE], got: usize },
+    Payload { req: Request, buf: Arc<PageBuf>, got: u32 },
+    Discard { left: u32, error: u32, cookie: u64 },
+}
+
+const RX_START: Rx = Rx::Header {
+    buf: [0; Request::SIZE],
+    got: 0,
+};
+
+/// The reply being sent.
+struct TxCur {
+    req: Arc<Req>,
+    hdr: [u8; SimpleReply::SIZE],
+    hdr_done: usize,
+    data_done: u32,
+}
+
+struct ConnState {
+    sock: Option<Arc<Socket>>,
+    rx: Rx,
+}
+
+const HANDSHAKE: u64 = 0;
+const RECV: u64 = 1;
+const SEND: u64 = 2;
+
+/// One client connection.
+#[pin_data]
+pub(crate) struct Conn {
+    listener: Arc<Listener>,
+    peer: SocketAddr,
+    #[pin]
+    hs_sock: Mutex<Option<Socket>>,
+    #[pin]
+    export: Mutex<Option<Arc<Export>>>,
+    #[pin]
+    rx: Mutex<ConnState>,
+    #[pin]
+    tx: Mutex<Option<TxCur>>,
+    /// Requests submitted and not yet answered.
+    #[pin]
+    pending: Mutex<KVec<Arc<Req>>>,
+    inflight: AtomicU32,
+    inflight_bytes: AtomicU32,
+    closed: AtomicBool,
+    #[pin]
+    hs_job: Job<Conn, HANDSHAKE>,
+    #[pin]
+    recv_job: Job<Conn, RECV>,
+    #[pin]
+    send_job: Job<Conn, SEND>,
+}
+
+impl_has_job!(Conn, HANDSHAKE, hs_job);
+impl_has_job!(Conn, RECV, recv_job);
+impl_has_job!(Conn, SEND, send_job);
+
+/// The exports of a listener, as the handshake sees them for one peer.
+/// It looks them up each time (an unexport meanwhile takes effect), and
+/// holds none but the one chosen last.
+struct Lookup<'a> {
+    listener: &'a Listener,
+    peer: SocketAddr,
+    chosen: Option<Arc<Export>>,
+}
+
+impl Lookup<'_> {
+    fn find(&self, name: &[u8]) -> Option<Arc<Export>> {
+        let exports = self.listener.exports.lock();
+        let mut allowed = exports.iter().filter(|e| e.allows(&self.peer));
+        if name.is_empty() {
+            // The default export: the only one this peer may use.
+            let first = allowed.next();
+            return if allowed.next().is_none() { first.cloned() } else { None };
+        }
+        allowed.find(|e| &e.name[..] == name).cloned()
+    }
+}
+
+impl ExportLookup for Lookup<'_> {
+    fn lookup(&mut self, name: &[u8]) -> Option<ServedExport> {
+        let e = self.find(name)?;
+        let served = e.served;
+        self.chosen = Some(e);
+        Some(served)
+    }
+
+    fn for_each_export(&mut self, f: &mut dyn FnMut(&[u8], &[u8])) {
+        let exports = self.listener.exports.lock();
+        for e in exports.iter().filter(|e| e.allows(&self.peer)) {
+            f(&e.name, e.dev.name().as_bytes());
+        }
+    }
+}
+
+/// Blocking socket I/O with an overall deadline.
+struct Deadline<'a> {
+    sock: &'a Socket,
+    until: u64,
+}
+
+impl Transport for Deadline<'_> {
+    type Error = Error;
+
+    fn send_all(&mut self, buf: &[u8]) -> Result<(), Error> {
+        if now_ms() > self.until {
+            return Err(errno::etimedout());
+        }
+        self.sock.blocking().send_all(buf)
+    }
+
+    fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), Error> {
+        if now_ms() > self.until {
+            return Err(errno::etimedout());
+        }
+        self.sock.blocking().recv_exact(buf)
+    }
+}
+
+impl Conn {
+    fn new(listener: Arc<Listener>, peer: SocketAddr) -> Result<Arc<Conn>> {
+        Arc::pin_init(
+            pin_init!(Conn {
+                listener,
+                peer,
+                hs_sock <- new_mutex!(None, "Conn::hs_sock"),
+                export <- new_mutex!(None, "Conn::export"),
+                rx <- new_mutex!(ConnState { sock: None, rx: RX_START }, "Conn::rx"),
+                tx <- new_mutex!(None, "Conn::tx"),
+                pending <- new_mutex!(KVec::new(), "Conn::pending"),
+                inflight: AtomicU32::new(0),
+                inflight_bytes: AtomicU32::new(0),
+                closed: AtomicBool::new(false),
+                hs_job <- Job::new(),
+                recv_job <- Job::new(),
+                send_job <- Job::new(),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// Closes the connection: no more requests are read nor replies sent.
+    /// Requests in flight end on their own.
+    fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        drop(self.hs_sock.lock().take());
+        drop(self.rx.lock().sock.take());
+        if let Some(cur) = self.tx.lock().take() {
+            // Its request left `pending` but still counts.
+            self.inflight_bytes.fetch_sub(cur.req.len, Ordering::AcqRel);
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.listener.forget(self);
+        self.release_if_idle();
+    }
+
+    /// Once closed and idle, lets go of the export (and so of the
+    /// device, once no connection holds it).
+    fn release_if_idle(&self) {
+        if !self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        // Drop what finished: nobody will get it.
+        {
+            let mut p = self.pending.lock();
+            let mut i = 0;
+            while i < p.len() {
+                if p[i].done.load(Ordering::Acquire) {
+                    if let Some(r) = take_at(&mut p, i) {
+                        self.inflight_bytes.fetch_sub(r.len, Ordering::AcqRel);
+                    }
+                    self.inflight.fetch_sub(1, Ordering::AcqRel);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        if self.inflight.load(Ordering::Acquire) == 0 {
+            drop(self.export.lock().take());
+        }
+    }
+
+    /// Waits until no request of this connection is in flight (at most a
+    /// minute: device I/O fails within its dead time).
+    fn wait_idle(&self) {
+        for _ in 0..6000 {
+            if self.inflight.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            // SAFETY: process context, no lock held.
+            unsafe { glue::dst_msleep(10) };
+        }
+        // Replies nobody will send.
+        drop(core::mem::take(&mut *self.pending.lock()));
+        drop(self.export.lock().take());
+    }
+
+    fn sock(&self) -> Option<Arc<Socket>> {
+        self.rx.lock().sock.clone()
+    }
+
+    fn export(&self) -> Option<Arc<Export>> {
+        self.export.lock().clone()
+    }
+
+    /// Queues an immediate reply.
+    fn reply_now(self: &Arc<Self>, cookie: u64, error: u32) -> Result {
+        let req = Arc::new(
+            Req {
+                conn: self.clone(),
+                cookie,
+                buf: None,
+                len: 0,
+                read: false,
+                error: AtomicU32::new(error),
+                done: AtomicBool::new(true),
+            },
+            GFP_KERNEL,
+        )?;
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        self.pending.lock().push(req, GFP_KERNEL)?;
+        Job::<Conn, SEND>::queue(self.clone(), 0);
+        Ok(())
+    }
+
+    /// Starts a read or a write of `buf` for `r`.
+    fn submit(self: &Arc<Self>, e: &Arc<Export>, r: &Request, buf: Arc<PageBuf>) -> Result {
+        let read = r.kind == cmd::READ;
+        let req = Arc::new(
+            Req {
+                conn: self.clone(),
+                cookie: r.cookie,
+                buf: Some(buf.clone()),
+                len: r.length,
+                read,
+                error: AtomicU32::new(0),
+                done: AtomicBool::new(false),
+            },
+            GFP_KERNEL,
+        )?;
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        self.inflight_bytes.fetch_add(r.length, Ordering::AcqRel);
+        self.pending.lock().push(req.clone(), GFP_KERNEL)?;
+        let op = if read {
+            PageOp::Read
+        } else if r.flags & cmdflag::FUA != 0 {
+            PageOp::WriteFua
+        } else {
+            PageOp::Write
+        };
+        e.requests.fetch_add(1, Ordering::Relaxed);
+        if let Err(err) = page_io(req.clone(), buf, &**e, op, r.offset >> 9, r.length) {
+            Req::page_io_done(req, Err(err));
+        }
+        Ok(())
+    }
+
+    /// Runs a request that needs no data transfer, synchronously.
+    fn run_sync(self: &Arc<Self>, e: &Arc<Export>, r: &Request) -> Result {
+        e.requests.fetch_add(1, Ordering::Relaxed);
+        let (sector, nr) = (r.offset >> 9, u64::from(r.length) >> 9);
+        let res = match r.kind {
+            cmd::FLUSH => e.bdev.flush(),
+            cmd::TRIM => e.bdev.trim(sector, nr).and_then(|()| {
+                if r.flags & cmdflag::FUA != 0 {
+                    e.bdev.flush()
+                } else {
+                    Ok(())
+                }
+            }),
+            cmd::WRITE_ZEROES => e.bdev.zeroout(sector, nr, r.flags & cmdflag::NO_HOLE != 0).and_then(|()| {
+                if r.flags & cmdflag::FUA != 0 {
+                    e.bdev.flush()
+                } else {
+                    Ok(())
+                }
+            }),
+            // CACHE is not advertised; check_request refuses it.
+            _ => Err(EINVAL),
+        };
+        self.reply_now(r.cookie, res.map_or_else(nbd_error, |()| 0))
+    }
+
+    /// Reads and starts requests until the socket is empty or the client
+    /// has too much in flight.  Fails with why the connection must close.
+    fn pump_recv(self: &Arc<Self>, e: &Arc<Export>) -> Result<(), Msg> {
+        let mut st = self.rx.lock();
+        let Some(sock) = st.sock.clone() else {
+            return Ok(());
+        };
+        loop {
+            match &mut st.rx {
+                Rx::Header { buf, got } => {
+                    if self.inflight.load(Ordering::Acquire) >= MAX_INFLIGHT
+                        || self.inflight_bytes.load(Ordering::Acquire) >= MAX_INFLIGHT_BYTES
+                    {
+                        // Resumed when replies go out.
+                        return Ok(());
+                    }
+                    match sock.recv(&mut buf[*got..]) {
+                        Ok(0) => return Err(Msg::new(format_args!("closed by the client"))),
+                        Ok(n) => *got += n,
+                        Err(err) if err == EAGAIN => return Ok(()),
+                        Err(err) => return Err(Msg::new(format_args!("receive failed (errno {})", err.to_errno()))),
+                    }
+                    if *got < Request::SIZE {
+                        continue;
+                    }
+                    let Ok(r) = Request::decode(buf) else {
+                        return Err(Msg::new(format_args!("bad request magic")));
+                    };
+                    st.rx = RX_START;
+                    match nbd_server::check_request(&r, &e.served) {
+                        Ok(()) => {}
+                        Err(RequestVerdict::Fatal(why)) => return Err(Msg::new(format_args!("{}", why))),
+                        Err(RequestVerdict::Error(code)) => {
+                            if r.has_payload() && r.length > 0 {
+                                st.rx = Rx::Discard {
+                                    left: r.length,
+                                    error: code,
+                                    cookie: r.cookie,
+                                };
+                            } else {
+                                self.reply_now(r.cookie, code).map_err(|_| oom())?;
+                            }
+                            continue;
+                        }
+                    }
+                    match r.kind {
+                        cmd::DISC => return Err(Msg::new(format_args!(""))),
+                        cmd::READ => {
+                            let buf = alloc_buf(r.length)?;
+                            self.submit(e, &r, buf).map_err(|_| oom())?;
+                        }
+                        cmd::WRITE => {
+                            let buf = alloc_buf(r.length)?;
+                            st.rx = Rx::Payload { req: r, buf, got: 0 };
+                        }
+                        _ => {
+                            drop(st);
+                            self.run_sync(e, &r).map_err(|_| oom())?;
+                            st = self.rx.lock();
+                        }
+                    }
+                }
+                Rx::Payload { req, buf, got } => {
+                    match sock.recv_pages(buf, *got, req.length) {
+                        Ok(0) => return Err(Msg::new(format_args!("closed by the client"))),
+                        Ok(n) => *got += n as u32,
+                        Err(err) if err == EAGAIN => return Ok(()),
+                        Err(err) => return Err(Msg::new(format_args!("receive failed (errno {})", err.to_errno()))),
+                    }
+                    if *got < req.length {
+                        continue;
+                    }
+                    if let Rx::Payload { req, buf, .. } = core::mem::replace(&mut st.rx, RX_START) {
+                        self.submit(e, &req, buf).map_err(|_| oom())?;
+                    }
+                }
+                Rx::Discard { left, error, cookie } => {
+                    let mut junk = [0u8; 512];
+                    let n = (*left as usize).min(junk.len());
+                    match sock.recv(&mut junk[..n]) {
+                        Ok(0) => return Err(Msg::new(format_args!("closed by the client"))),
+                        Ok(got) => *left -= got as u32,
+                        Err(err) if err == EAGAIN => return Ok(()),
+                        Err(err) => return Err(Msg::new(format_args!("receive failed (errno {})", err.to_errno()))),
+                    }
+                    if *left == 0 {
+                        let (code, cookie) = (*error, *cookie);
+                        st.rx = RX_START;
+                        self.reply_now(cookie, code).map_err(|_| oom())?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the replies of finished requests.  Fails with why the
+    /// connection must close.
+    fn pump_send(self: &Arc<Self>) -> Result<(), Msg> {
+        let Some(sock) = self.sock() else {
+            return Ok(());
+        };
+        let mut tx = self.tx.lock();
+        loop {
+            if tx.is_none() {
+                let next = {
+                    let mut p = self.pending.lock();
+                    match p.iter().position(|r| r.done.load(Ordering::Acquire)) {
+                        Some(i) => take_at(&mut p, i),
+                        None => None,
+                    }
+                };
+                let Some(req) = next else {
+                    return Ok(());
+                };
+                let error = req.error.load(Ordering::Relaxed);
+                let hdr = SimpleReply {
+                    error,
+                    cookie: req.cookie,
+                }
+                .encode();
+                *tx = Some(TxCur {
+                    req,
+                    hdr,
+                    hdr_done: 0,
+                    data_done: 0,
+                });
+            }
+            let Some(cur) = tx.as_mut() else {
+                return Ok(());
+            };
+            let with_data = cur.req.read && cur.req.error.load(Ordering::Relaxed) == 0;
+            if cur.hdr_done < cur.hdr.len() {
+                match sock.send(&cur.hdr[cur.hdr_done..], with_data) {
+                    Ok(n) => cur.hdr_done += n,
+                    Err(err) if err == EAGAIN => return Ok(()),
+                    Err(err) => return Err(Msg::new(format_args!("send failed (errno {})", err.to_errno()))),
+                }
+                continue;
+            }
+            if with_data && cur.data_done < cur.req.len {
+                let Some(buf) = cur.req.buf.as_ref() else {
+                    return Err(Msg::new(format_args!("internal: read without a buffer")));
+                };
+                match sock.send_pages(buf, cur.data_done, cur.req.len, false) {
+                    Ok(n) => cur.data_done += n as u32,
+                    Err(err) if err == EAGAIN => return Ok(()),
+                    Err(err) => return Err(Msg::new(format_args!("send failed (errno {})", err.to_errno()))),
+                }
+                continue;
+            }
+            // Sent in full.
+            if let Some(cur) = tx.take() {
+                self.inflight_bytes.fetch_sub(cur.req.len, Ordering::AcqRel);
+                self.inflight.fetch_sub(1, Ordering::AcqRel);
+                Job::<Conn, RECV>::queue(self.clone(), 0);
+            }
+        }
+    }
+
+    fn drop_with(&self, why: &Msg) {
+        if !why.as_str().is_empty() {
+            if let Some(e) = self.export() {
+                pr_info!("{}: export client {}: {}\n", e.dev.name(), self.peer, why.as_str());
+            }
+        }
+        self.close();
+    }
+}
+
+fn oom() -> Msg {
+    Msg::new(format_args!("out of memory"))
+}
+
+fn alloc_buf(len: u32) -> Result<Arc<PageBuf>, Msg> {
+    let buf = PageBuf::new(len).map_err(|_| oom())?;
+    Arc::new(buf, GFP_KERNEL).map_err(|_| oom())
+}
+
+impl JobRun<HANDSHAKE> for Conn {
+    fn run(this: Arc<Self>) {
+        let Some(mut sock) = this.hs_sock.lock().take() else {
+            return;
+        };
+        let mut lookup = Lookup {
+            listener: &this.listener,
+            peer: this.peer,
+            chosen: None,
+        };
+        let mut scratch = match KVec::from_elem(0u8, nbd_server::SERVER_SCRATCH_LEN, GFP_KERNEL) {
+            Ok(s) => s,
+            Err(_) => {
+                this.close();
+                return;
+            }
+        };
+        let res = {
+            let mut t = Deadline {
+                sock: &sock,
+                until: now_ms() + HANDSHAKE_MS,
+            };
+            nbd_server::server_handshake(&mut t, &mut lookup, &mut scratch)
+        };
+        let export = match (res, lookup.chosen.take()) {
+            (Ok(_), Some(e)) => e,
+            (Ok(_), None) => {
+                this.close();
+                return;
+            }
+            (Err(e), _) => {
+                if !matches!(e, nbd_server::ServerHandshakeError::Aborted) {
+                    pr_info!("export client {}: handshake failed: {}\n", this.peer, e.what());
+                }
+                this.close();
+                return;
+            }
+        };
+        // Still exported?  (An unexport closes the clients it knows of,
+        // and this one may have chosen its export just before.)
+        let live = this.listener.exports.lock().iter().any(|e| Arc::ptr_eq(e, &export));
+        if !live || this.closed.load(Ordering::Acquire) {
+            this.close();
+            return;
+        }
+        *this.export.lock() = Some(export);
+        if sock.watch(this.clone()).is_err() {
+            this.close();
+            return;
+        }
+        let sock = match Arc::new(sock, GFP_KERNEL) {
+            Ok(s) => s,
+            Err(_) => {
+                this.close();
+                return;
+            }
+        };
+        this.rx.lock().sock = Some(sock);
+        if this.closed.load(Ordering::Acquire) {
+            drop(this.rx.lock().sock.take());
+            return;
+        }
+        Job::<Conn, RECV>::queue(this, 0);
+    }
+}
+
+impl JobRun<RECV> for Conn {
+    fn run(this: Arc<Self>) {
+        if this.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(e) = this.export() else {
+            return;
+        };
+        if let Err(why) = this.pump_recv(&e) {
+            this.drop_with(&why);
+        }
+    }
+}
+
+impl JobRun<SEND> for Conn {
+    fn run(this: Arc<Self>) {
+        if this.closed.load(Ordering::Acquire) {
+            this.release_if_idle();
+            return;
+        }
+        if let Err(why) = this.pump_send() {
+            this.drop_with(&why);
+        }
+    }
+}
+
+impl SockEvents for Conn {
+    fn sock_event(this: ArcBorrow<'_, Self>, event: SockEvent) {
+        match event {
+            SockEvent::Writable => Job::<Conn, SEND>::queue(this.into(), 0),
+            SockEvent::Readable => Job::<Conn, RECV>::queue(this.into(), 0),
+            SockEvent::Closed => {
+                // The receive side may be throttled: let the send side
+                // find out too.
+                Job::<Conn, RECV>::queue(this.into(), 0);
+                Job::<Conn, SEND>::queue(this.into(), 0);
+            }
+        }
+    }
+}
+
+/// Every export of the module.
+#[pin_data]
+pub(crate) struct Exports {
+    #[pin]
+    listeners: Mutex<KVec<Arc<Listener>>>,
+}
+
+impl Exports {
+    /// No exports.
+    pub(crate) fn new() -> impl PinInit<Self> {
+        pin_init!(Exports {
+            listeners <- new_mutex!(KVec::new(), "Exports::listeners"),
+        })
+    }
+
+    /// Exports `dev` as `req` asks.
+    pub(crate) fn add(&self, dev: &Arc<Device>, req: ExportRequest) -> Result<(), Refusal> {
+        if req.allow.len() > MAX_ALLOW {
+            refuse!(EINVAL, "too many allowed networks (at most {})", MAX_ALLOW);
+        }
+        let mut listeners = self.listeners.lock();
+        let total: usize = listeners.iter().map(|l| l.exports.lock().len()).sum();
+        if total >= MAX_EXPORTS {
+            refuse!(ENOSPC, "too many exports (at most {})", MAX_EXPORTS);
+        }
+        for l in listeners.iter() {
+            for e in l.exports.lock().iter() {
+                if Arc::ptr_eq(&e.dev, dev) {
+                    refuse!(EBUSY, "{} is already exported (as {} on {})", dev.name(), shown(&e.name), l.addr);
+                }
+            }
+        }
+        let existing = listeners.iter().find(|l| l.addr == req.listen).cloned();
+        if let Some(l) = &existing {
+            if l.exports.lock().iter().any(|e| e.name[..] == req.name[..]) {
+                refuse!(EEXIST, "{} already serves an export named {}", l.addr, shown(&req.name));
+            }
+        }
+        // Open the device itself, exclusively.
+        let holder = Holder::new()?;
+        let path = CString::try_from_fmt(kernel::fmt!("/dev/dst{}", dev.index()))?;
+        let bdev = match BlockDev::open(&path, &holder) {
+            Ok(b) => b,
+            Err(e) if e == EBUSY => refuse!(e, "{} is in use (mounted?)", dev.name()),
+            Err(e) => refuse!(e, "cannot open {} (errno {})", path.to_str().unwrap_or("?"), e.to_errno()),
+        };
+        let (discard, cache) = bdev.caps();
+        let mut tflags = tflag::HAS_FLAGS | tflag::SEND_WRITE_ZEROES | tflag::CAN_MULTI_CONN | tflag::SEND_FUA;
+        if cache {
+            tflags |= tflag::SEND_FLUSH;
+        } else {
+            // Flushes are harmless, and clients like to send them.
+            tflags |= tflag::SEND_FLUSH;
+        }
+        if discard {
+            tflags |= tflag::SEND_TRIM;
+        }
+        if req.read_only {
+            tflags |= tflag::READ_ONLY;
+        }
+        let bs = dev.block_size();
+        let served = ServedExport {
+            size: dev.sectors() << 9,
+            tflags,
+            min_block: bs,
+            pref_block: bs.max(4096),
+            max_block: MAX_BLOCK,
+        };
+        let export = Arc::new(
+            Export {
+                dev: dev.clone(),
+                bdev,
+                _holder: holder,
+                name: req.name,
+                read_only: req.read_only,
+                allow: req.allow,
+                served,
+                requests: AtomicU64::new(0),
+            },
+            GFP_KERNEL,
+        )?;
+        let l = match existing {
+            Some(l) => l,
+            None => {
+                let l = Listener::new(req.listen)?;
+                listeners.push(l.clone(), GFP_KERNEL)?;
+                l
+            }
+        };
+        l.exports.lock().push(export, GFP_KERNEL)?;
+        Ok(())
+    }
+
+    /// Stops exporting `dev` (only as `name`, if given).  Connected
+    /// clients are disconnected.
+    pub(crate) fn remove(&self, dev: &Arc<Device>, name: Option<&[u8]>) -> Result<(), Refusal> {
+        let mut found = false;
+        let mut listeners = self.listeners.lock();
+        let mut i = 0;
+        while i < listeners.len() {
+            let l = listeners[i].clone();
+            loop {
+                let gone = {
+                    let mut ex = l.exports.lock();
+                    let pos = ex
+                        .iter()
+                        .position(|e| Arc::ptr_eq(&e.dev, dev) && name.map_or(true, |n| e.name[..] == *n));
+                    pos.and_then(|p| take_at(&mut ex, p))
+                };
+                let Some(e) = gone else { break };
+                found = true;
+                l.close_clients_of(&e);
+            }
+            if l.exports.lock().is_empty() {
+                l.shut();
+                take_at(&mut listeners, i);
+            } else {
+                i += 1;
+            }
+        }
+        if !found {
+            match name {
+                Some(n) => refuse!(ENOENT, "{} has no export named {}", dev.name(), shown(n)),
+                None => refuse!(ENOENT, "{} is not exported", dev.name()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every export (module unload).
+    pub(crate) fn remove_all(&self) {
+        let listeners = core::mem::take(&mut *self.listeners.lock());
+        for l in listeners.iter() {
+            l.shut();
+            drop(core::mem::take(&mut *l.exports.lock()));
+        }
+    }
+
+    /// Whether `dev` is exported.
+    pub(crate) fn exports_device(&self, dev: &Device) -> bool {
+        self.listeners
+            .lock()
+            .iter()
+            .any(|l| l.exports.lock().iter().any(|e| core::ptr::eq(&*e.dev, dev)))
+    }
+
+    /// Calls `f` with each export of `dev` and its listener.
+    pub(crate) fn for_each_of(&self, dev: &Device, mut f: impl FnMut(&Arc<Listener>, &Arc<Export>)) {
+        for l in self.listeners.lock().iter() {
+            for e in l.exports.lock().iter() {
+                if core::ptr::eq(&*e.dev, dev) {
+                    f(l, e);
+                }
+            }
+        }
+    }
+}
+
+/// Takes element `i` out of `v` (the last one takes its place).
+fn take_at<T>(v: &mut KVec<T>, i: usize) -> Option<T> {
+    let old = core::mem::take(v);
+    let mut out = None;
+    let mut rest = KVec::with_capacity(old.len(), GFP_KERNEL).unwrap_or_default();
+    for (j, x) in old.into_iter().enumerate() {
+        if j == i {
+            out = Some(x);
+        } else {
+            // Cannot fail: the capacity is there.
+            let _ = rest.push(x, GFP_KERNEL);
+        }
+    }
+    *v = rest;
+    out
+}
+
+/// An export name for messages (cut, and lossy for non-UTF-8).
+fn shown(name: &[u8]) -> &str {
+    let n = name.len().min(40);
+    core::str::from_utf8(&name[..n]).unwrap_or("(not UTF-8)")
+}
+
+/// Parses `IP:PORT` or `[IPv6]:PORT`.
+pub(crate) fn parse_listen(s: &str) -> Option<SocketAddr> {
+    let a = s.parse::<SocketAddr>().ok()?;
+    if a.port() == 0 {
+        return None;
+    }
+    Some(a)
+}

@@ -685,14 +685,27 @@ impl Device {
         if self.target == Target::Mirror && !self.in_sync.contains(i) {
             let Some(leg) = self.legs.get(i) else { return };
             if leg.state() == LegState::Down {
-                // The server may have lost what it had (a restart of a
-                // volatile export): copy everything.
+                // The leg missed the writes its dirty map holds (those
+                // made while it was down, and those that failed with the
+                // connection).  A server that does not keep its data
+                // across a restart needs everything (`resync=full`).
+                let full = leg.dev().remote().is_some_and(|r| r.config().full_resync);
+                let mut kib = 0;
                 if let Some(m) = self.dirty.get(i) {
-                    m.mark_all();
+                    if full {
+                        m.mark_all();
+                    }
+                    kib = m.count() * (m.region_sectors() / 2);
                 }
                 leg.set_state(LegState::Resyncing);
                 self.resyncing.insert(i);
-                pr_info!("{}: leg {} is back; resyncing it\n", self.name(), i);
+                pr_info!(
+                    "{}: leg {} is back; resyncing {} ({} KiB)\n",
+                    self.name(),
+                    i,
+                    if full { "all of it" } else { "what it missed" },
+                    kib
+                );
                 self.kick_resync();
             }
         }

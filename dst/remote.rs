@@ -60,6 +60,8 @@ pub(crate) struct RemoteConfig {
     pub(crate) dead_ms: u32,
     /// Longest wait between reconnection attempts.
     pub(crate) backoff_max_ms: u32,
+    /// Copy the whole leg after a reconnect, not only what it missed.
+    pub(crate) full_resync: bool,
 }
 
 /// What becomes of I/O for a leg whose connection is down.

@@ -48,7 +48,7 @@ dst_load
 port=$(free_port)
 assert_cmd -m "nbdkit memory 32M on port $port" nbdkit_start "$port" memory 32M
 assert_cmd -m "create a mirror of ram0 and the export (timeout 3s, backoff-max 1s)" \
-	dstctl create rr --mirror /dev/ram0 "nbd://127.0.0.1:$port/?timeout=3&backoff-max=1"
+	dstctl create rr --mirror /dev/ram0 "nbd://127.0.0.1:$port/?timeout=3&backoff-max=1&resync=full"
 dev=$(dst_dev rr)
 assert_cmd -m "dstctl monitor --json runs" monitor_start "$TEST_TMP/events"
 

@@ -24,15 +24,16 @@ now_us() {
 	echo "${EPOCHREALTIME/./}"
 }
 
-# Probe: 64k O_DIRECT writes to the last 8 MiB of $1 (fio keeps to the
-# first 24), back to back until $TEST_TMP/probe.stop exists; one line per
-# write: start end status (times in microseconds).
+# Probe: 64k O_DIRECT writes to [24 MiB, 30 MiB) of $1 (fio keeps to the
+# first 24 MiB, a check of its own uses the last 2), back to back until
+# $TEST_TMP/probe.stop exists; one line per write: start end status (times
+# in microseconds).
 probe() {
 	local dev=$1 t0 rc
 	while [ ! -e "$TEST_TMP/probe.stop" ]; do
 		t0=$(now_us)
 		rc=0
-		dd if=/dev/urandom of="$dev" bs=64k count=1 seek=$((384 + RANDOM % 128)) \
+		dd if=/dev/urandom of="$dev" bs=64k count=1 seek=$((384 + RANDOM % 96)) \
 			oflag=direct conv=notrunc status=none 2>/dev/null || rc=$?
 		echo "$t0 $(now_us) $rc"
 	done

@@ -62,7 +62,7 @@ done
 port=$(free_port)
 assert_cmd -m "nbdkit memory 64M on port $port" nbdkit_start "$port" memory 64M
 assert_cmd -m "create a mirror of ram0 and the export (timeout 3s, backoff-max 1s)" \
-	dstctl create fe --mirror /dev/ram0 "nbd://127.0.0.1:$port/?timeout=3&backoff-max=1"
+	dstctl create fe --mirror /dev/ram0 "nbd://127.0.0.1:$port/?timeout=3&backoff-max=1&resync=full"
 dev=$(dst_dev fe)
 assert_cmd -m "mkfs.ext4 and mount" eval 'mkfs.ext4 -q -F "$dev" && mount "$dev" "$MNT"'
 

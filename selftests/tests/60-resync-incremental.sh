@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# A remote mirror leg cut off (nft drop) while 1 MiB is written comes back
+# with a resync of what it missed, not of the whole 64 MiB device: the
+# kernel reports the amount, within 2x of the regions written (plus what
+# was in flight), and afterwards the local leg, the export and the device
+# are identical.  With resync=full the same cut copies everything.
+# timeout: 300
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+# shellcheck source=../dst.sh
+. "$SELFTESTS_DIR/dst.sh"
+
+require_cmd nbdkit nbdcopy nft ss jq
+MiB=$((1 << 20))
+SIZE=$((64 * MiB))
+
+same_data() {
+	local dev sum_loc sum_exp
+	dev=$(sum_dev "$1" "$SIZE")
+	sum_loc=$(sum_dev /dev/ram0 "$SIZE")
+	sum_exp=$(export_sum "nbd://127.0.0.1:$2/")
+	echo "device $dev, ram0 $sum_loc, export $sum_exp"
+	[ "$dev" = "$sum_loc" ] && [ "$dev" = "$sum_exp" ]
+}
+
+# The KiB the kernel said it would resync for device $1 (last message).
+resync_kib() {
+	dmesg | sed -n "s/.*dst: $1: leg 1 is back; resyncing .* (\([0-9]*\) KiB)/\1/p" | tail -n 1
+}
+
+# cut_round NAME MODE: cut, write 1 MiB at 40 MiB, heal, wait in sync.
+cut_round() {
+	local name=$1 mode=$2 port dev
+	port=$(free_port)
+	nbdkit_start "$port" memory 64M || return 1
+	dd if=/dev/zero of=/dev/ram0 bs=1M count=64 oflag=direct status=none
+	dstctl create "$name" --mirror /dev/ram0 "nbd://127.0.0.1:$port/?timeout=2&backoff-max=1&resync=$mode" ||
+		return 1
+	dev=$(dst_dev "$name")
+	dd if=/dev/urandom of="$dev" bs=1M count=8 oflag=direct status=none || return 1
+	nft_cut "$port" || return 1
+	dd if=/dev/urandom of="$dev" bs=64k count=16 seek=640 oflag=direct status=none || return 1
+	wait_leg "$name" 1 down 20 || return 1
+	nft_heal
+	wait_leg "$name" 1 in-sync 60 || return 1
+	echo "resynced $(resync_kib "$name") KiB"
+	same_data "$dev" "$port" || return 1
+	dstctl remove "$name" && srv_stop "$port"
+}
+
+plan 5
+brd_setup 1 64
+dst_load
+assert_cmd -m "resync=dirty (default): cut, write 1 MiB, heal: back in sync, legs identical" cut_round rd dirty
+kib=$(resync_kib rd)
+diag "resync=dirty copied ${kib:-?} KiB after 1 MiB was written"
+assert_cmd -m "  ... it copied 1 MiB to 2 MiB, not the device" eval '[ -n "$kib" ] && [ "$kib" -ge 1024 ] && [ "$kib" -le 2048 ]'
+assert_cmd -m "resync=full: the same cut: back in sync, legs identical" cut_round rf full
+kib=$(resync_kib rf)
+diag "resync=full copied ${kib:-?} KiB"
+assert_eq "$kib" $((SIZE / 1024)) "  ... it copied the whole device"
+dmesg_check

@@ -410,6 +410,51 @@ fn nbd_error(e: Error) -> u32 {
     }
 }
 
+/// The requests of a connection not answered yet, in fixed slots (no
+/// allocation per request).
+struct Pending {
+    slots: KVec<Option<Arc<Req>>>,
+    /// Where the search for a finished request starts (round robin, so
+    /// that no finished request waits behind others for long).
+    next: usize,
+}
+
+impl Pending {
+    fn new() -> Result<Self> {
+        let mut slots = KVec::with_capacity(MAX_INFLIGHT as usize + 1, GFP_KERNEL)?;
+        for _ in 0..=MAX_INFLIGHT {
+            slots.push(None, GFP_KERNEL)?;
+        }
+        Ok(Pending { slots, next: 0 })
+    }
+
+    fn insert(&mut self, req: Arc<Req>) -> Result {
+        let slot = self.slots.iter_mut().find(|s| s.is_none()).ok_or(ENOMEM)?;
+        *slot = Some(req);
+        Ok(())
+    }
+
+    /// Takes a finished request, if any.
+    fn take_done(&mut self) -> Option<Arc<Req>> {
+        let n = self.slots.len();
+        for k in 0..n {
+            let i = (self.next + k) % n;
+            let done = self.slots[i].as_ref().is_some_and(|r| r.done.load(Ordering::Acquire));
+            if done {
+                self.next = (i + 1) % n;
+                return self.slots[i].take();
+            }
+        }
+        None
+    }
+
+    fn clear(&mut self) {
+        for s in self.slots.iter_mut() {
+            *s = None;
+        }
+    }
+}
+
 /// Where reading requests stands.
 enum Rx {
     Header { buf: [u8; Request::SIZE], got: usize },
@@ -454,9 +499,12 @@ pub(crate) struct Conn {
     tx: Mutex<Option<TxCur>>,
     /// Requests submitted and not yet answered.
     #[pin]
-    pending: Mutex<KVec<Arc<Req>>>,
+    pending: Mutex<Pending>,
     inflight: AtomicU32,
     inflight_bytes: AtomicU32,
+    /// The receive side stopped at the in-flight limit; the send side
+    /// restarts it once replies went out.
+    throttled: AtomicBool,
     closed: AtomicBool,
     #[pin]
     hs_job: Job<Conn, HANDSHAKE>,
@@ -534,6 +582,7 @@ impl Transport for Deadline<'_> {
 
 impl Conn {
     fn new(listener: Arc<Listener>, peer: SocketAddr) -> Result<Arc<Conn>> {
+        let pending = Pending::new()?;
         Arc::pin_init(
             pin_init!(Conn {
                 listener,
@@ -542,9 +591,10 @@ impl Conn {
                 export <- new_mutex!(None, "Conn::export"),
                 rx <- new_mutex!(ConnState { sock: None, rx: RX_START }, "Conn::rx"),
                 tx <- new_mutex!(None, "Conn::tx"),
-                pending <- new_mutex!(KVec::new(), "Conn::pending"),
+                pending <- new_mutex!(pending, "Conn::pending"),
                 inflight: AtomicU32::new(0),
                 inflight_bytes: AtomicU32::new(0),
+                throttled: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 hs_job <- Job::new(),
                 recv_job <- Job::new(),
@@ -580,16 +630,9 @@ impl Conn {
         // Drop what finished: nobody will get it.
         {
             let mut p = self.pending.lock();
-            let mut i = 0;
-            while i < p.len() {
-                if p[i].done.load(Ordering::Acquire) {
-                    if let Some(r) = take_at(&mut p, i) {
-                        self.inflight_bytes.fetch_sub(r.len, Ordering::AcqRel);
-                    }
-                    self.inflight.fetch_sub(1, Ordering::AcqRel);
-                } else {
-                    i += 1;
-                }
+            while let Some(r) = p.take_done() {
+                self.inflight_bytes.fetch_sub(r.len, Ordering::AcqRel);
+                self.inflight.fetch_sub(1, Ordering::AcqRel);
             }
         }
         if self.inflight.load(Ordering::Acquire) == 0 {
@@ -608,7 +651,7 @@ impl Conn {
             unsafe { glue::dst_msleep(10) };
         }
         // Replies nobody will send.
-        drop(core::mem::take(&mut *self.pending.lock()));
+        self.pending.lock().clear();
         drop(self.export.lock().take());
     }
 
@@ -635,7 +678,7 @@ impl Conn {
             GFP_KERNEL,
         )?;
         self.inflight.fetch_add(1, Ordering::AcqRel);
-        self.pending.lock().push(req, GFP_KERNEL)?;
+        self.pending.lock().insert(req)?;
         Job::<Conn, SEND>::queue(self.clone(), 0);
         Ok(())
     }
@@ -657,7 +700,7 @@ impl Conn {
         )?;
         self.inflight.fetch_add(1, Ordering::AcqRel);
         self.inflight_bytes.fetch_add(r.length, Ordering::AcqRel);
-        self.pending.lock().push(req.clone(), GFP_KERNEL)?;
+        self.pending.lock().insert(req.clone())?;
         let op = if read {
             PageOp::Read
         } else if r.flags & cmdflag::FUA != 0 {
@@ -711,8 +754,17 @@ impl Conn {
                     if self.inflight.load(Ordering::Acquire) >= MAX_INFLIGHT
                         || self.inflight_bytes.load(Ordering::Acquire) >= MAX_INFLIGHT_BYTES
                     {
-                        // Resumed when replies go out.
-                        return Ok(());
+                        // Resumed when replies go out (the send side may
+                        // have made room meanwhile: look again).
+                        // SeqCst: this store and the loads below pair with
+                        // the send side's decrements and swap.
+                        self.throttled.store(true, Ordering::SeqCst);
+                        if self.inflight.load(Ordering::SeqCst) >= MAX_INFLIGHT
+                            || self.inflight_bytes.load(Ordering::SeqCst) >= MAX_INFLIGHT_BYTES
+                        {
+                            return Ok(());
+                        }
+                        self.throttled.store(false, Ordering::Release);
                     }
                     match sock.recv(&mut buf[*got..]) {
                         Ok(0) => return Err(Msg::new(format_args!("closed by the client"))),
@@ -802,13 +854,7 @@ impl Conn {
         let mut tx = self.tx.lock();
         loop {
             if tx.is_none() {
-                let next = {
-                    let mut p = self.pending.lock();
-                    match p.iter().position(|r| r.done.load(Ordering::Acquire)) {
-                        Some(i) => take_at(&mut p, i),
-                        None => None,
-                    }
-                };
+                let next = self.pending.lock().take_done();
                 let Some(req) = next else {
                     return Ok(());
                 };
@@ -850,9 +896,11 @@ impl Conn {
             }
             // Sent in full.
             if let Some(cur) = tx.take() {
-                self.inflight_bytes.fetch_sub(cur.req.len, Ordering::AcqRel);
-                self.inflight.fetch_sub(1, Ordering::AcqRel);
-                Job::<Conn, RECV>::queue(self.clone(), 0);
+                self.inflight_bytes.fetch_sub(cur.req.len, Ordering::SeqCst);
+                self.inflight.fetch_sub(1, Ordering::SeqCst);
+                if self.throttled.swap(false, Ordering::SeqCst) {
+                    Job::<Conn, RECV>::queue(self.clone(), 0);
+                }
             }
         }
     }

@@ -100,9 +100,9 @@ main() {
 	# The guest has no network but loopback: name lookups must fail at
 	# once instead of waiting for the host's resolvers (nbd-server looks
 	# up every client's name).
-	if [ "${DST_VM:-}" = 1 ] && [ -e /etc/resolv.conf ]; then
-		printf 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n' >/tmp/.dst-resolv.conf &&
-			mount --bind /tmp/.dst-resolv.conf /etc/resolv.conf 2>/dev/null || true
+	if [ "${DST_VM:-}" = 1 ] && [ -e /etc/resolv.conf ] &&
+		printf 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n' >/tmp/.dst-resolv.conf; then
+		mount --bind /tmp/.dst-resolv.conf /etc/resolv.conf 2>/dev/null || true
 	fi
 	mapfile -t tests < <(select_tests "$@")
 	echo "TAP version 13"

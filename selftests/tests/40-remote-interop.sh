@@ -6,6 +6,8 @@
 # Then a linear device over two nbdkit exports (each export holds its
 # region of the device), and a remote leg over IPv6.
 # timeout: 420
+# SC2016: the bodies of eval '...' expand when evaluated, as intended.
+# shellcheck disable=SC2016
 # shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 # shellcheck source=../dst.sh
@@ -86,7 +88,7 @@ assert_eq "$(blockdev --getsize64 "$dev")" $((40 * MiB)) "linear: capacity 40M"
 assert_eq "$(dst_json lr '[(l["kind"], l["offset"], l["addr"], l["export"], l["state"]) for l in d["legs"]]')" \
 	"[('remote', 0, '127.0.0.1:$p0', 'lin0', 'in-sync'), ('remote', $((16 * MiB)), '127.0.0.1:$p1', 'lin1', 'in-sync')]" \
 	"linear: two remote legs at offsets 0 and 16M"
-cd "$TEST_TMP"
+cd "$TEST_TMP" || exit 1
 assert_cmd -m "linear: fio randwrite 4k-256k QD16 (across the boundary) + crc32c verify" \
 	fio_verify "$dev" --rw=randwrite --bsrange=4k-256k --iodepth=16 --size=40M
 assert_eq "$(export_sum "$u0")" "$(sum_range "$dev" 0 $((16 * MiB)))" "linear: export 0 holds the first 16M"

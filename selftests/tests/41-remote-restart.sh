@@ -24,7 +24,7 @@ restarts() {
 	local i
 	for ((i = 1; i <= RESTARTS; i++)); do
 		sleep 1.5
-		echo "restart $i at ${SECONDS}s: leg $(leg_state rr 1), fio $(fio_loop_running && echo running || echo done)"
+		echo "restart $i at ${SECONDS}s: leg $(leg_state rr 1), fio $(fio_loop_running && echo running || echo "done")"
 		srv_kill "$port" KILL || return 1
 		sleep 1
 		srv_restart "$port" || return 1

@@ -10,6 +10,8 @@
 #     started after the cut fails with EIO, not before the dead time, then
 #     new I/O fails at once; once healed the leg reconnects and I/O works.
 # timeout: 300
+# SC2016: the bodies of eval '...' expand when evaluated, as intended.
+# shellcheck disable=SC2016
 # shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 # shellcheck source=../dst.sh

@@ -4,6 +4,8 @@
 # leg never drops (TCP recovers the losses well within the default 30 s
 # timeout), and the legs end up identical.
 # timeout: 300
+# SC2016: the bodies of eval '...' expand when evaluated, as intended.
+# shellcheck disable=SC2016
 # shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 # shellcheck source=../dst.sh
@@ -37,7 +39,7 @@ assert_cmd -m "netem on lo: delay 5ms, loss 1%" \
 assert_cmd -m "create a mirror of ram0 and the export (default timing)" \
 	dstctl create mn --mirror /dev/ram0 "nbd://127.0.0.1:$port/"
 dev=$(dst_dev mn)
-cd "$TEST_TMP"
+cd "$TEST_TMP" || exit 1
 assert_cmd -m "fio randwrite 4k QD16 32M + crc32c verify, no errors" \
 	fio_verify "$dev" --rw=randwrite --bs=4k --iodepth=16 --size=32M --verify_backlog=1024
 assert_cmd -m "fio randrw 4k-128k QD8 16M + crc32c verify, no errors" \

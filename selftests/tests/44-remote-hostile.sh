@@ -12,6 +12,8 @@
 # - a server whose export grows between connections: the reconnect is
 #   refused, the leg stays down, its problem names the size.
 # timeout: 400
+# SC2016: the bodies of eval '...' expand when evaluated, as intended.
+# shellcheck disable=SC2016
 # shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 # shellcheck source=../dst.sh

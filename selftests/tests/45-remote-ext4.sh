@@ -6,6 +6,8 @@
 # the leg is back in sync the RAM disk, the export and the device hold the
 # same bytes.
 # timeout: 300
+# SC2016: the bodies of eval '...' expand when evaluated, as intended.
+# shellcheck disable=SC2016
 # shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 # shellcheck source=../dst.sh

@@ -3,8 +3,10 @@
 # clients (nbdinfo, nbdcopy, qemu-img, qemu-io, fio's nbd engine, the
 # kernel's nbd client with ext4), read-only and access-controlled exports,
 # and a tree: a second dst device whose remote leg is the first one's
-# export.
+# export, and a third level over the second one's export.
 # timeout: 400
+# SC2016: the bodies of eval '...' expand when evaluated, as intended.
+# shellcheck disable=SC2016
 # shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 # shellcheck source=../dst.sh
@@ -29,7 +31,7 @@ exp_jq() {
 	dst_jq "$1" ".exports[0].$2"
 }
 
-plan 34
+plan 37
 brd_setup 3 64
 dst_load
 cleanup_push dst_unexport_all
@@ -61,7 +63,7 @@ assert_cmd -m "qemu-img compare: export and image are identical" \
 assert_cmd -m "qemu-io: write, read back and verify patterns" \
 	qemu-io -f raw -c 'write -P 0xa5 1M 192k' -c 'read -P 0xa5 1M 192k' \
 	-c 'write -z 4M 64k' -c 'read -P 0 4M 64k' -c 'flush' "$uri"
-cd "$TEST_TMP"
+cd "$TEST_TMP" || exit 1
 assert_cmd -m "fio --ioengine=nbd randwrite 4k-64k QD16 + crc32c verify" \
 	fio --name=nbd --ioengine=nbd --uri="$uri" --rw=randwrite --bsrange=4k-64k --iodepth=16 \
 	--size=32M --verify=crc32c --do_verify=1 --verify_fatal=1 --output="$TEST_TMP/fio.log"
@@ -107,5 +109,16 @@ assert_cmd -m "fio randwrite 4k QD16 + verify through the top device" \
 	fio_verify "$top" --rw=randwrite --bs=4k --iodepth=16 --size=64M
 assert_cmd -m "ram2, m and both of m's legs hold what top holds" \
 	legs_match_dev "$top" "$SIZE" /dev/ram2 "$dev" /dev/ram0 /dev/ram1
-assert_cmd -m "remove top, unexport and remove m" eval 'dstctl remove top && dstctl unexport m && dstctl remove m'
+
+# A third level: top exported in turn, used by a linear device.
+p2=$(free_port)
+assert_cmd -m "export top on 127.0.0.1:$p2; create chain, linear over nbd://127.0.0.1:$p2/top" eval '
+	dstctl export top --listen "127.0.0.1:$p2" && dstctl create chain --linear "nbd://127.0.0.1:$p2/top?timeout=10"'
+chain=$(dst_dev chain)
+assert_cmd -m "fio randwrite 4k-64k QD16 + verify through the third level" \
+	fio_verify "$chain" --rw=randwrite --bsrange=4k-64k --iodepth=16 --size=64M
+assert_cmd -m "every level and every leg below holds what chain holds" \
+	legs_match_dev "$chain" "$SIZE" "$top" /dev/ram2 "$dev" /dev/ram0 /dev/ram1
+assert_cmd -m "take the chain apart, top first" eval '
+	dstctl remove chain && dstctl unexport top && dstctl remove top && dstctl unexport m && dstctl remove m'
 dmesg_check

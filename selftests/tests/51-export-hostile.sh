@@ -5,6 +5,8 @@
 # error; the kernel stays clean and the module's memory use returns to
 # where it was.
 # timeout: 400
+# SC2016: the bodies of eval '...' expand when evaluated, as intended.
+# shellcheck disable=SC2016
 # shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 # shellcheck source=../dst.sh
@@ -32,7 +34,7 @@ uri="nbd://127.0.0.1:$p/m"
 sync
 echo 3 >/proc/sys/vm/drop_caches
 base=$(slab_kb)
-cd "$TEST_TMP"
+cd "$TEST_TMP" || exit 1
 fio --name=bystander --ioengine=nbd --uri="$uri" --rw=randwrite --bs=4k --iodepth=8 --size=32M \
 	--time_based --runtime=600 --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_backlog=256 \
 	--output="$TEST_TMP/fio.log" &

@@ -5,6 +5,8 @@
 # was in flight), and afterwards the local leg, the export and the device
 # are identical.  With resync=full the same cut copies everything.
 # timeout: 300
+# SC2016: the bodies of eval '...' expand when evaluated, as intended.
+# shellcheck disable=SC2016
 # shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 # shellcheck source=../dst.sh

@@ -34,7 +34,7 @@ use crate::bdev::{BlockDev, Holder};
 use crate::bio::{LegBio, PageBuf};
 use crate::device::Device;
 use crate::errno;
-use crate::glue;
+use crate::glue::{self, now_ms};
 use crate::io::{page_io, BioSink, PageIoOwner, PageOp};
 use crate::job::{impl_has_job, Job, JobRun};
 use crate::msg::{refuse, Msg, Refusal};
@@ -54,11 +54,6 @@ const MAX_BLOCK: u32 = 4 << 20;
 const SOCK_TIMEOUT_MS: u32 = 10_000;
 /// The whole handshake must be over by then.
 const HANDSHAKE_MS: u64 = 30_000;
-
-fn now_ms() -> u64 {
-    // SAFETY: reads the monotonic clock.
-    unsafe { glue::dst_now_ms() }
-}
 
 /// A network allowed to connect: an address and a prefix length.
 #[derive(Clone, Copy, PartialEq, Eq)]

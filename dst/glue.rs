@@ -239,3 +239,9 @@ pub(crate) const DST_SOCK_CLOSED: c_int = 3;
 
 /// The dump cursor type passed by `dst_nl_dumpit`.
 pub(crate) type Cursor = c_long;
+
+/// Milliseconds on the monotonic clock.
+pub(crate) fn now_ms() -> u64 {
+    // SAFETY: reads the monotonic clock; callable in any context.
+    unsafe { dst_now_ms() }
+}

@@ -53,37 +53,47 @@ static void dst_reclassify_socket(struct socket *sock)
 static void dst_reclassify_socket(struct socket *sock) { }
 #endif
 
-int dst_sock_connect(int family, const u8 *addr, u16 port, u32 scope_id,
-		     unsigned int timeout_ms, struct socket **out)
+/*
+ * Fills @ss from dst's address form (family 4 or 6, 16 address bytes, port,
+ * scope); returns its length, or -EAFNOSUPPORT.
+ */
+static int dst_sockaddr(int family, const u8 *addr, u16 port, u32 scope_id,
+			struct sockaddr_storage *ss)
 {
-	struct sockaddr_storage ss = {};
-	struct socket *sock;
-	struct sock *sk;
-	int len, err;
-
+	memset(ss, 0, sizeof(*ss));
 	if (family == 4) {
-		struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+		struct sockaddr_in *sin = (struct sockaddr_in *)ss;
 
 		sin->sin_family = AF_INET;
 		sin->sin_port = htons(port);
 		memcpy(&sin->sin_addr, addr, 4);
-		len = sizeof(*sin);
-		family = AF_INET;
-	} else if (family == 6) {
-		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+		return sizeof(*sin);
+	}
+	if (family == 6) {
+		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
 
 		sin6->sin6_family = AF_INET6;
 		sin6->sin6_port = htons(port);
 		memcpy(&sin6->sin6_addr, addr, 16);
 		sin6->sin6_scope_id = scope_id;
-		len = sizeof(*sin6);
-		family = AF_INET6;
-	} else {
-		return -EAFNOSUPPORT;
+		return sizeof(*sin6);
 	}
+	return -EAFNOSUPPORT;
+}
 
-	err = sock_create_kern(&init_net, family, SOCK_STREAM, IPPROTO_TCP,
-			       &sock);
+int dst_sock_connect(int family, const u8 *addr, u16 port, u32 scope_id,
+		     unsigned int timeout_ms, struct socket **out)
+{
+	struct sockaddr_storage ss;
+	struct socket *sock;
+	struct sock *sk;
+	int len, err;
+
+	len = dst_sockaddr(family, addr, port, scope_id, &ss);
+	if (len < 0)
+		return len;
+	err = sock_create_kern(&init_net, ss.ss_family, SOCK_STREAM,
+			       IPPROTO_TCP, &sock);
 	if (err)
 		return err;
 	dst_reclassify_socket(sock);
@@ -313,32 +323,15 @@ static void dst_sock_restore_child(struct socket *lsock, struct sock *sk);
 int dst_sock_listen(int family, const u8 *addr, u16 port, u32 scope_id,
 		    struct socket **out)
 {
-	struct sockaddr_storage ss = {};
+	struct sockaddr_storage ss;
 	struct socket *sock;
 	int len, err;
 
-	if (family == 4) {
-		struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
-
-		sin->sin_family = AF_INET;
-		sin->sin_port = htons(port);
-		memcpy(&sin->sin_addr, addr, 4);
-		len = sizeof(*sin);
-		family = AF_INET;
-	} else if (family == 6) {
-		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
-
-		sin6->sin6_family = AF_INET6;
-		sin6->sin6_port = htons(port);
-		memcpy(&sin6->sin6_addr, addr, 16);
-		sin6->sin6_scope_id = scope_id;
-		len = sizeof(*sin6);
-		family = AF_INET6;
-	} else {
-		return -EAFNOSUPPORT;
-	}
-	err = sock_create_kern(&init_net, family, SOCK_STREAM, IPPROTO_TCP,
-			       &sock);
+	len = dst_sockaddr(family, addr, port, scope_id, &ss);
+	if (len < 0)
+		return len;
+	err = sock_create_kern(&init_net, ss.ss_family, SOCK_STREAM,
+			       IPPROTO_TCP, &sock);
 	if (err)
 		return err;
 	sock_set_reuseaddr(sock->sk);

@@ -33,7 +33,7 @@ use kernel::sync::{Arc, ArcBorrow, Mutex};
 use crate::bio::{LegBio, LegBioQueue, LegBioStack, Op};
 use crate::device::Device;
 use crate::errno;
-use crate::glue;
+use crate::glue::now_ms;
 use crate::job::{impl_has_job, Job, JobRun};
 use crate::msg::{refuse, Msg, Refusal};
 use crate::proto::nbd::{self, cmd, cmdflag, tflag, ExportInfo, HandshakeError, Request, SimpleReply};
@@ -291,11 +291,6 @@ impl_has_job!(Remote, SEND, send_job);
 impl_has_job!(Remote, RECV, recv_job);
 impl_has_job!(Remote, TICK, tick_job);
 impl_has_job!(Remote, CONNECT, connect_job);
-
-fn now_ms() -> u64 {
-    // SAFETY: reads the monotonic clock.
-    unsafe { glue::dst_now_ms() }
-}
 
 /// Ends every bio of `q` with `res`, into `done`.
 fn fail_all(q: &mut LegBioQueue, res: Result, done: &mut LegBioQueue) {

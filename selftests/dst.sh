@@ -114,6 +114,9 @@ fio_verify() {
 #   wait_leg NAME LEG STATES [SECS]   until the leg's state is one of STATES
 #                                 ("down|faulty"); prints it on timeout
 #   export_sum URI                sha256 of a whole NBD export (nbdcopy)
+#   same_data DEV LEG URI SIZE    the first SIZE bytes of DEV and of the
+#                                 local leg LEG, and the whole export URI
+#                                 (SIZE bytes long), are the same
 #   nft_cut PORT / nft_heal       drop / let through all TCP to and from PORT
 #   fio_loop_start DEV FIO-ARGS... / fio_loop_stop
 #                                 fio_verify DEV FIO-ARGS... run back to back
@@ -272,6 +275,15 @@ wait_leg() {
 
 export_sum() {
 	nbdcopy "$1" - | sha256sum | cut -d' ' -f1
+}
+
+same_data() {
+	local dev sum_loc sum_exp
+	dev=$(sum_dev "$1" "$4")
+	sum_loc=$(sum_dev "$2" "$4")
+	sum_exp=$(export_sum "$3")
+	echo "device $dev, $2 $sum_loc, export $sum_exp"
+	[ "$dev" = "$sum_loc" ] && [ "$dev" = "$sum_exp" ]
 }
 
 nft_cut() {

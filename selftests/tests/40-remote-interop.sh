@@ -23,17 +23,6 @@ sum_range() {
 		sha256sum | cut -d' ' -f1
 }
 
-# The device ($1), its local leg ($2) and the export ($3, a URI) hold the
-# same $SIZE bytes.
-same_data() {
-	local dev sum_loc sum_exp
-	dev=$(sum_dev "$1" "$SIZE")
-	sum_loc=$(sum_dev "$2" "$SIZE")
-	sum_exp=$(export_sum "$3")
-	echo "device $dev, local leg $sum_loc, export $sum_exp"
-	[ "$dev" = "$sum_loc" ] && [ "$dev" = "$sum_exp" ]
-}
-
 # One server: $1 = what, $2 = port, $3 = export name; the server runs.
 mirror_round() {
 	local what=$1 port=$2 export=$3 name=m$1 dev uri
@@ -49,7 +38,7 @@ mirror_round() {
 	cd "$TEST_TMP"
 	assert_cmd -m "$what: fio randwrite 4k QD16 32M + crc32c verify, no errors" \
 		fio_verify "$dev" --rw=randwrite --bs=4k --iodepth=16 --size=32M
-	assert_cmd -m "$what: the export holds what ram0 and the device hold" same_data "$dev" /dev/ram0 "$uri"
+	assert_cmd -m "$what: the export holds what ram0 and the device hold" same_data "$dev" /dev/ram0 "$uri" "$SIZE"
 	assert_eq "$(dst_json "$name" 'd["legs"][1]["write_errors"], d["legs"][1]["read_errors"], d["legs"][1]["writes"] > 0, d["legs"][1]["connects"], d["state"]')" \
 		"0 0 True 1 ok" "$what: the remote leg took writes, no errors, never reconnected"
 	assert_cmd -m "$what: remove the mirror" dstctl remove "$name"
@@ -110,6 +99,6 @@ head -c $((8 * MiB)) /dev/urandom >"$TEST_TMP/blob"
 want=$(sha256sum <"$TEST_TMP/blob" | cut -d' ' -f1)
 assert_cmd -m "IPv6: write 8M and read it back" \
 	eval 'dd if="$TEST_TMP/blob" of="$dev" bs=1M oflag=direct status=none && [ "$(sum_dev "$dev" $((8 * MiB)))" = "$want" ]'
-assert_cmd -m "IPv6: the export holds what ram0 and the device hold" same_data "$dev" /dev/ram0 "nbd://[::1]:$p/"
+assert_cmd -m "IPv6: the export holds what ram0 and the device hold" same_data "$dev" /dev/ram0 "nbd://[::1]:$p/" "$SIZE"
 assert_cmd -m "IPv6: remove" dstctl remove m6
 dmesg_check

@@ -33,15 +33,6 @@ restarts() {
 	done
 }
 
-same_data() {
-	local dev sum_loc sum_exp
-	dev=$(sum_dev "$1" "$SIZE")
-	sum_loc=$(sum_dev /dev/ram0 "$SIZE")
-	sum_exp=$(export_sum "nbd://127.0.0.1:$port/")
-	echo "device $dev, ram0 $sum_loc, export $sum_exp"
-	[ "$dev" = "$sum_loc" ] && [ "$dev" = "$sum_exp" ]
-}
-
 plan 13
 brd_setup 1 32
 dst_load
@@ -78,6 +69,6 @@ assert_cmd -m "every resync started finished or was reported stopped; the last o
 	test "$started" -eq $((finished + stopped)) -a "$finished" -ge 1
 assert_eq "$(dst_json rr 'd["state"], d["legs"][1]["connects"], d["legs"][0]["write_errors"]')" \
 	"ok $((RESTARTS + 1)) 0" "device ok; $((RESTARTS + 1)) connections; no error on ram0"
-assert_cmd -m "ram0, the export and the device hold the same data" same_data "$dev"
+assert_cmd -m "ram0, the export and the device hold the same data" same_data "$dev" /dev/ram0 "nbd://127.0.0.1:$port/" "$SIZE"
 assert_cmd -m "remove the mirror" dstctl remove rr
 dmesg_check

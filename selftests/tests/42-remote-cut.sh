@@ -58,15 +58,6 @@ probe_ok() {
 			exit !(n > 0 && bad == 0 && worst <= max && during >= 3) }' "$TEST_TMP/probe.log"
 }
 
-same_data() {
-	local dev sum_loc sum_exp
-	dev=$(sum_dev "$1" "$SIZE")
-	sum_loc=$(sum_dev /dev/ram0 "$SIZE")
-	sum_exp=$(export_sum "nbd://127.0.0.1:$2/")
-	echo "device $dev, ram0 $sum_loc, export $sum_exp"
-	[ "$dev" = "$sum_loc" ] && [ "$dev" = "$sum_exp" ]
-}
-
 # How long (s, one decimal) `$@` took, in $elapsed; its status in $status
 # and its stderr in $TEST_TMP/timed.err.
 timed() {
@@ -136,7 +127,7 @@ assert_cmd -m "the monitor saw in-sync -> down -> resyncing -> in-sync" eval '
 	[ "$(monitor_count "$TEST_TMP/events" leg-state leg=1 from=down to=resyncing)" -ge 1 ] &&
 	[ "$(monitor_count "$TEST_TMP/events" leg-state leg=1 from=resyncing to=in-sync)" -ge 1 ]'
 assert_eq "$(dst_jq mc '[.state, .legs[1].connects] | map(tostring) | join(" ")')" "ok 2" "device ok, leg reconnected once"
-assert_cmd -m "ram0, the export and the device hold the same data" same_data "$dev" "$port"
+assert_cmd -m "ram0, the export and the device hold the same data" same_data "$dev" /dev/ram0 "nbd://127.0.0.1:$port/" "$SIZE"
 assert_cmd -m "remove the mirror" dstctl remove mc
 srv_stop "$port"
 

@@ -19,15 +19,6 @@ qdisc_del() {
 	! tc qdisc show dev lo | grep -q netem || tc qdisc del dev lo root
 }
 
-same_data() {
-	local dev sum_loc sum_exp
-	dev=$(sum_dev "$1" "$SIZE")
-	sum_loc=$(sum_dev /dev/ram0 "$SIZE")
-	sum_exp=$(export_sum "nbd://127.0.0.1:$2/")
-	echo "device $dev, ram0 $sum_loc, export $sum_exp"
-	[ "$dev" = "$sum_loc" ] && [ "$dev" = "$sum_exp" ]
-}
-
 plan 9
 brd_setup 1 32
 dst_load
@@ -46,6 +37,6 @@ assert_cmd -m "fio randrw 4k-128k QD8 16M + crc32c verify, no errors" \
 	fio_verify "$dev" --rw=randrw --bsrange=4k-128k --iodepth=8 --size=16M
 assert_eq "$(dst_jq mn '[.state, .legs[1].state, .legs[1].connects, .legs[1].write_errors, .legs[1].read_errors] | map(tostring) | join(" ")')" \
 	"ok in-sync 1 0 0" "the leg never dropped: in sync, 1 connection, no errors"
-assert_cmd -m "ram0, the export and the device hold the same data (read through netem)" same_data "$dev" "$port"
+assert_cmd -m "ram0, the export and the device hold the same data (read through netem)" same_data "$dev" /dev/ram0 "nbd://127.0.0.1:$port/" "$SIZE"
 assert_cmd -m "remove the mirror" dstctl remove mn
 dmesg_check

@@ -43,15 +43,6 @@ check_files() {
 	(cd "$MNT" && sha256sum -c --quiet "$TEST_TMP/sums")
 }
 
-same_data() {
-	local dev sum_loc sum_exp
-	dev=$(sum_dev "$1" "$SIZE")
-	sum_loc=$(sum_dev /dev/ram0 "$SIZE")
-	sum_exp=$(export_sum "nbd://127.0.0.1:$port/")
-	echo "device $dev, ram0 $sum_loc, export $sum_exp"
-	[ "$dev" = "$sum_loc" ] && [ "$dev" = "$sum_exp" ]
-}
-
 plan 15
 brd_setup 1 64
 dst_load
@@ -85,7 +76,7 @@ assert_cmd -m "the files' checksums match" check_files
 assert_cmd -m "the leg comes back and is in sync (bounded wait)" wait_leg fe 1 in-sync 60
 assert_cmd -m "remount; the checksums still match" eval 'umount "$MNT" && mount "$dev" "$MNT" && check_files'
 assert_cmd -m "unmount; e2fsck -fn is clean" eval 'umount "$MNT" && e2fsck -fn "$dev" >"$TEST_TMP/fsck.log" 2>&1'
-assert_cmd -m "ram0, the export and the device hold the same data" same_data "$dev"
+assert_cmd -m "ram0, the export and the device hold the same data" same_data "$dev" /dev/ram0 "nbd://127.0.0.1:$port/" "$SIZE"
 assert_eq "$(dst_jq fe '[.state, .legs[1].connects, .legs[0].write_errors] | map(tostring) | join(" ")')" \
 	"ok 2 0" "device ok, the leg reconnected once, no error on ram0"
 assert_cmd -m "remove the mirror" dstctl remove fe

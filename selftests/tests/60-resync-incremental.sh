@@ -16,15 +16,6 @@ require_cmd nbdkit nbdcopy nft ss jq
 MiB=$((1 << 20))
 SIZE=$((64 * MiB))
 
-same_data() {
-	local dev sum_loc sum_exp
-	dev=$(sum_dev "$1" "$SIZE")
-	sum_loc=$(sum_dev /dev/ram0 "$SIZE")
-	sum_exp=$(export_sum "nbd://127.0.0.1:$2/")
-	echo "device $dev, ram0 $sum_loc, export $sum_exp"
-	[ "$dev" = "$sum_loc" ] && [ "$dev" = "$sum_exp" ]
-}
-
 # The KiB the kernel said it would resync for device $1 (last message).
 resync_kib() {
 	dmesg | sed -n "s/.*dst: $1: leg 1 is back; resyncing .* (\([0-9]*\) KiB)/\1/p" | tail -n 1
@@ -46,7 +37,7 @@ cut_round() {
 	nft_heal
 	wait_leg "$name" 1 in-sync 60 || return 1
 	echo "resynced $(resync_kib "$name") KiB"
-	same_data "$dev" "$port" || return 1
+	same_data "$dev" /dev/ram0 "nbd://127.0.0.1:$port/" "$SIZE" || return 1
 	dstctl remove "$name" && srv_stop "$port"
 }
 

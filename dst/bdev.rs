@@ -111,12 +111,10 @@ impl BlockDev {
         kernel::error::to_result(unsafe { glue::dst_bdev_zeroout(self.bdev.as_ptr(), sector, nr, nounmap) })
     }
 
-    /// Whether the device supports discard, and whether it has a volatile
-    /// write cache.
-    pub(crate) fn caps(&self) -> (bool, bool) {
+    /// Whether the device supports discard.
+    pub(crate) fn supports_discard(&self) -> bool {
         // SAFETY: the device is open.
-        let c = unsafe { glue::dst_bdev_caps(self.bdev.as_ptr()) };
-        (c & 1 != 0, c & 2 != 0)
+        unsafe { glue::dst_bdev_discard(self.bdev.as_ptr()) }
     }
 
     /// The raw `block_device`.

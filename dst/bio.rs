@@ -370,28 +370,30 @@ impl Drop for LegBioQueue {
     }
 }
 
-/// Bios handed over from any context, taken in batches: a lock-free stack
-/// linked through `bi_next`.
-pub(crate) struct LegBioStack {
+/// A lock-free stack of bios linked through `bi_next`: the shared core of
+/// [`LegBioStack`] and [`BioStack`].
+struct RawBioStack {
     head: AtomicPtr<bindings::bio>,
 }
 
 // SAFETY: only raw pointers handed over atomically.
-unsafe impl Send for LegBioStack {}
+unsafe impl Send for RawBioStack {}
 // SAFETY: as above.
-unsafe impl Sync for LegBioStack {}
+unsafe impl Sync for RawBioStack {}
 
-impl LegBioStack {
-    /// An empty stack.
-    pub(crate) const fn new() -> Self {
-        LegBioStack {
+impl RawBioStack {
+    const fn new() -> Self {
+        RawBioStack {
             head: AtomicPtr::new(ptr::null_mut()),
         }
     }
 
-    /// Hands `bio` over.
-    pub(crate) fn push(&self, bio: LegBio) {
-        let raw = bio.into_raw();
+    /// Pushes `raw`.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `raw` and hands it over; `bi_next` is the stack's.
+    unsafe fn push(&self, raw: *mut bindings::bio) {
         let mut head = self.head.load(Ordering::Relaxed);
         loop {
             // SAFETY: we own `raw` until the exchange publishes it.
@@ -406,11 +408,11 @@ impl LegBioStack {
         }
     }
 
-    /// Takes every bio handed over so far, oldest first.
-    pub(crate) fn take(&self) -> LegBioQueue {
+    /// Takes every bio pushed so far, as a chain linked through `bi_next`,
+    /// oldest first (null if none).  The caller owns the chain.
+    fn take(&self) -> *mut bindings::bio {
         let mut raw = self.head.swap(ptr::null_mut(), Ordering::Acquire);
-        // The stack is newest first: reverse it into a queue.
-        let mut q = LegBioQueue::new();
+        // The stack is newest first: reverse it.
         let mut rev: *mut bindings::bio = ptr::null_mut();
         while !raw.is_null() {
             // SAFETY: the stack owned `raw`; now we do.
@@ -421,14 +423,37 @@ impl LegBioStack {
                 raw = next;
             }
         }
-        while !rev.is_null() {
-            // SAFETY: as above.
-            let next = unsafe { (*rev).bi_next };
+        rev
+    }
+}
+
+/// Bios handed over from any context, taken in batches.
+pub(crate) struct LegBioStack(RawBioStack);
+
+impl LegBioStack {
+    /// An empty stack.
+    pub(crate) const fn new() -> Self {
+        LegBioStack(RawBioStack::new())
+    }
+
+    /// Hands `bio` over.
+    pub(crate) fn push(&self, bio: LegBio) {
+        // SAFETY: `into_raw` gives up our ownership to the stack.
+        unsafe { self.0.push(bio.into_raw()) };
+    }
+
+    /// Takes every bio handed over so far, oldest first.
+    pub(crate) fn take(&self) -> LegBioQueue {
+        let mut q = LegBioQueue::new();
+        let mut raw = self.0.take();
+        while !raw.is_null() {
+            // SAFETY: we own the chain.
+            let next = unsafe { (*raw).bi_next };
             // SAFETY: every pushed bio is a live leg bio.
-            if let Some(bio) = unsafe { LegBio::from_raw(rev) } {
+            if let Some(bio) = unsafe { LegBio::from_raw(raw) } {
                 q.push_back(bio);
             }
-            rev = next;
+            raw = next;
         }
         q
     }
@@ -523,55 +548,24 @@ impl Drop for PageBuf {
 }
 
 /// Bios from above set aside for later (writes waiting for the resync
-/// barrier): a lock-free stack linked through `bi_next`.
-pub(crate) struct BioStack {
-    head: AtomicPtr<bindings::bio>,
-}
-
-// SAFETY: only raw pointers handed over atomically.
-unsafe impl Send for BioStack {}
-// SAFETY: as above.
-unsafe impl Sync for BioStack {}
+/// barrier).
+pub(crate) struct BioStack(RawBioStack);
 
 impl BioStack {
     /// An empty stack.
     pub(crate) const fn new() -> Self {
-        BioStack {
-            head: AtomicPtr::new(ptr::null_mut()),
-        }
+        BioStack(RawBioStack::new())
     }
 
     /// Sets `bio` aside.
     pub(crate) fn push(&self, bio: Bio) {
-        let raw = bio.into_raw();
-        let mut head = self.head.load(Ordering::Relaxed);
-        loop {
-            // SAFETY: we own `raw` until the exchange publishes it.
-            unsafe { (*raw).bi_next = head };
-            match self
-                .head
-                .compare_exchange_weak(head, raw, Ordering::Release, Ordering::Relaxed)
-            {
-                Ok(_) => return,
-                Err(h) => head = h,
-            }
-        }
+        // SAFETY: `into_raw` gives up our ownership to the stack.
+        unsafe { self.0.push(bio.into_raw()) };
     }
 
     /// Takes every bio set aside so far, oldest first.
     pub(crate) fn take(&self) -> BioStackDrain {
-        let mut raw = self.head.swap(ptr::null_mut(), Ordering::Acquire);
-        let mut rev: *mut bindings::bio = ptr::null_mut();
-        while !raw.is_null() {
-            // SAFETY: the stack owned `raw`; now we do.
-            unsafe {
-                let next = (*raw).bi_next;
-                (*raw).bi_next = rev;
-                rev = raw;
-                raw = next;
-            }
-        }
-        BioStackDrain { next: rev }
+        BioStackDrain { next: self.0.take() }
     }
 }
 

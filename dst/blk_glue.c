@@ -7,7 +7,6 @@
 
 #include <linux/bio.h>
 #include <linux/blkdev.h>
-#include <linux/delay.h>
 #include <linux/wait_bit.h>
 #include <linux/workqueue.h>
 
@@ -240,7 +239,7 @@ void dst_pages_free(struct page **pages, unsigned int n)
  * kmalloc (any number of pages); free it with dst_bio_kfree().
  */
 struct bio *dst_bio_pages(struct block_device *bdev, struct page **pages,
-			  u32 bytes, bool write, u64 sector,
+			  u32 bytes, bool write, bool fua, u64 sector,
 			  void (*end_io)(struct bio *), void *private)
 {
 	unsigned int n = DIV_ROUND_UP(bytes, PAGE_SIZE), i;
@@ -249,7 +248,7 @@ struct bio *dst_bio_pages(struct block_device *bdev, struct page **pages,
 	if (!bio)
 		return NULL;
 	bio_init(bio, bdev, bio->bi_inline_vecs, n,
-		 write ? REQ_OP_WRITE : REQ_OP_READ);
+		 write ? REQ_OP_WRITE | (fua ? REQ_FUA : 0) : REQ_OP_READ);
 	for (i = 0; i < n; i++) {
 		u32 len = min_t(u32, bytes - i * PAGE_SIZE, PAGE_SIZE);
 
@@ -259,17 +258,6 @@ struct bio *dst_bio_pages(struct block_device *bdev, struct page **pages,
 	bio->bi_end_io = end_io;
 	bio->bi_private = private;
 	return bio;
-}
-
-void dst_msleep(unsigned int ms)
-{
-	msleep(ms);
-}
-
-/* FUA for a write made by dst_bio_pages(). */
-void dst_bio_set_fua(struct bio *bio)
-{
-	bio->bi_opf |= REQ_FUA;
 }
 
 /*
@@ -294,13 +282,6 @@ int dst_bdev_zeroout(struct block_device *bdev, u64 sector, u64 nr,
 {
 	return blkdev_issue_zeroout(bdev, sector, nr, GFP_NOIO,
 				    nounmap ? BLKDEV_ZERO_NOUNMAP : 0);
-}
-
-/* What an export may advertise: bit 0 discard, bit 1 write cache. */
-u32 dst_bdev_caps(struct block_device *bdev)
-{
-	return (bdev_max_discard_sectors(bdev) ? 1 : 0) |
-	       (bdev_write_cache(bdev) ? 2 : 0);
 }
 
 void *dst_bio_private(struct bio *bio)

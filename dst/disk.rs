@@ -74,8 +74,7 @@ impl Limits {
                 kernel::c_str!("dst").as_char_ptr(),
             )
         };
-        // SAFETY: `leg` is open.
-        self.discard &= unsafe { glue::dst_bdev_discard(leg.as_raw()) };
+        self.discard &= leg.supports_discard();
     }
 
     /// Combines with the constraints of a remote leg.

@@ -21,3 +21,37 @@ errnos! {
     econnreset => ECONNRESET,
     enotconn => ENOTCONN,
 }
+
+/// The errno an NBD reply's error code stands for (unknown codes count as
+/// `EINVAL`, as the protocol says).
+pub(crate) fn from_nbd(code: u32) -> Error {
+    use crate::proto::nbd::err;
+    use kernel::error::code::*;
+    match err::normalize(code) {
+        err::EPERM => EPERM,
+        err::ENOMEM => ENOMEM,
+        err::EINVAL => EINVAL,
+        err::ENOSPC => ENOSPC,
+        err::ENOTSUP => eopnotsupp(),
+        _ => EIO,
+    }
+}
+
+/// The NBD error code to answer a failed request with.
+pub(crate) fn to_nbd(e: Error) -> u32 {
+    use crate::proto::nbd::err;
+    use kernel::error::code::*;
+    if e == EPERM || e == EACCES || e == EROFS {
+        err::EPERM
+    } else if e == ENOMEM {
+        err::ENOMEM
+    } else if e == EINVAL {
+        err::EINVAL
+    } else if e == ENOSPC {
+        err::ENOSPC
+    } else if e == eopnotsupp() {
+        err::ENOTSUP
+    } else {
+        err::EIO
+    }
+}

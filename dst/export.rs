@@ -24,7 +24,7 @@
 //! be mounted meanwhile nor removed before being unexported.
 
 use core::net::SocketAddr;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use kernel::prelude::*;
 use kernel::sync::{Arc, ArcBorrow, Mutex};
@@ -34,17 +34,17 @@ use crate::bdev::{BlockDev, Holder};
 use crate::bio::{LegBio, PageBuf};
 use crate::device::Device;
 use crate::errno;
-use crate::glue::{self, now_ms};
-use crate::io::{page_io, BioSink, PageIoOwner, PageOp};
+use crate::glue::now_ms;
+use crate::io::{page_io, BioSink, Gate, PageIoOwner, PageOp};
 use crate::job::{impl_has_job, Job, JobRun};
 use crate::msg::{refuse, Msg, Refusal};
 use crate::proto::genl::{MAX_ALLOW, MAX_CLIENTS, MAX_EXPORTS};
-use crate::proto::nbd::{self, cmd, cmdflag, tflag, Request, SimpleReply, Transport};
+use crate::proto::nbd::{cmd, cmdflag, tflag, Request, SimpleReply, Transport};
 use crate::proto::nbd_server::{self, ExportLookup, RequestVerdict, ServedExport};
 use crate::socket::{SockEvent, SockEvents, Socket};
 
 /// Most requests in flight per client.
-pub(crate) const MAX_INFLIGHT: u32 = 64;
+pub(crate) const MAX_INFLIGHT: usize = 64;
 /// Most bytes of request data held per client.
 pub(crate) const MAX_INFLIGHT_BYTES: u32 = 16 << 20;
 /// Longest read or write advertised.
@@ -344,7 +344,12 @@ impl JobRun<ACCEPT> for Listener {
             let sock = match accepted {
                 Ok(Some(s)) => s,
                 Ok(None) => return,
-                Err(_) => continue,
+                // A connection aborted before we took it, or no memory:
+                // try again shortly rather than spin here.
+                Err(_) => {
+                    Job::<Listener, ACCEPT>::queue(this, 100);
+                    return;
+                }
             };
             let Ok(peer) = sock.peer() else {
                 continue;
@@ -385,23 +390,11 @@ impl PageIoOwner for Req {
     fn page_io_done(this: Arc<Self>, res: Result) {
         let code = match res {
             Ok(()) => 0,
-            Err(e) => nbd_error(e),
+            Err(e) => errno::to_nbd(e),
         };
         this.error.store(code, Ordering::Relaxed);
         this.done.store(true, Ordering::Release);
         Job::<Conn, SEND>::queue(this.conn.clone(), 0);
-    }
-}
-
-/// The NBD error code for an errno.
-fn nbd_error(e: Error) -> u32 {
-    match -e.to_errno() {
-        1 | 13 | 30 => nbd::err::EPERM,
-        12 => nbd::err::ENOMEM,
-        22 => nbd::err::EINVAL,
-        28 => nbd::err::ENOSPC,
-        95 => nbd::err::ENOTSUP,
-        _ => nbd::err::EIO,
     }
 }
 
@@ -416,7 +409,7 @@ struct Pending {
 
 impl Pending {
     fn new() -> Result<Self> {
-        let mut slots = KVec::with_capacity(MAX_INFLIGHT as usize + 1, GFP_KERNEL)?;
+        let mut slots = KVec::with_capacity(MAX_INFLIGHT + 1, GFP_KERNEL)?;
         for _ in 0..=MAX_INFLIGHT {
             slots.push(None, GFP_KERNEL)?;
         }
@@ -441,12 +434,6 @@ impl Pending {
             }
         }
         None
-    }
-
-    fn clear(&mut self) {
-        for s in self.slots.iter_mut() {
-            *s = None;
-        }
     }
 }
 
@@ -495,7 +482,8 @@ pub(crate) struct Conn {
     /// Requests submitted and not yet answered.
     #[pin]
     pending: Mutex<Pending>,
-    inflight: AtomicU32,
+    /// Counts the requests not answered (nor dropped) yet.
+    inflight: Gate,
     inflight_bytes: AtomicU32,
     /// The receive side stopped at the in-flight limit; the send side
     /// restarts it once replies went out.
@@ -587,7 +575,7 @@ impl Conn {
                 rx <- new_mutex!(ConnState { sock: None, rx: RX_START }, "Conn::rx"),
                 tx <- new_mutex!(None, "Conn::tx"),
                 pending <- new_mutex!(pending, "Conn::pending"),
-                inflight: AtomicU32::new(0),
+                inflight: Gate::new(),
                 inflight_bytes: AtomicU32::new(0),
                 throttled: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
@@ -609,8 +597,7 @@ impl Conn {
         drop(self.rx.lock().sock.take());
         if let Some(cur) = self.tx.lock().take() {
             // Its request left `pending` but still counts.
-            self.inflight_bytes.fetch_sub(cur.req.len, Ordering::AcqRel);
-            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            self.retire(&cur.req);
         }
         self.listener.forget(self);
         self.release_if_idle();
@@ -626,27 +613,29 @@ impl Conn {
         {
             let mut p = self.pending.lock();
             while let Some(r) = p.take_done() {
-                self.inflight_bytes.fetch_sub(r.len, Ordering::AcqRel);
-                self.inflight.fetch_sub(1, Ordering::AcqRel);
+                self.retire(&r);
             }
         }
-        if self.inflight.load(Ordering::Acquire) == 0 {
+        if self.inflight.count() == 0 {
             drop(self.export.lock().take());
         }
     }
 
-    /// Waits until no request of this connection is in flight (at most a
-    /// minute: device I/O fails within its dead time).
+    /// Whether the client has as much in flight as it may.
+    fn over_budget(&self) -> bool {
+        self.inflight.count() >= MAX_INFLIGHT || self.inflight_bytes.load(Ordering::SeqCst) >= MAX_INFLIGHT_BYTES
+    }
+
+    /// A request is answered, or dropped: it no longer counts.
+    fn retire(&self, req: &Req) {
+        self.inflight_bytes.fetch_sub(req.len, Ordering::SeqCst);
+        self.inflight.leave();
+    }
+
+    /// Waits until no request of this connection is in flight (device
+    /// I/O ends within its dead time).  The connection must be closed.
     fn wait_idle(&self) {
-        for _ in 0..6000 {
-            if self.inflight.load(Ordering::Acquire) == 0 {
-                break;
-            }
-            // SAFETY: process context, no lock held.
-            unsafe { glue::dst_msleep(10) };
-        }
-        // Replies nobody will send.
-        self.pending.lock().clear();
+        self.inflight.wait_idle();
         drop(self.export.lock().take());
     }
 
@@ -672,8 +661,8 @@ impl Conn {
             },
             GFP_KERNEL,
         )?;
-        self.inflight.fetch_add(1, Ordering::AcqRel);
         self.pending.lock().insert(req)?;
+        self.inflight.enter();
         Job::<Conn, SEND>::queue(self.clone(), 0);
         Ok(())
     }
@@ -693,9 +682,9 @@ impl Conn {
             },
             GFP_KERNEL,
         )?;
-        self.inflight.fetch_add(1, Ordering::AcqRel);
-        self.inflight_bytes.fetch_add(r.length, Ordering::AcqRel);
         self.pending.lock().insert(req.clone())?;
+        self.inflight.enter();
+        self.inflight_bytes.fetch_add(r.length, Ordering::SeqCst);
         let op = if read {
             PageOp::Read
         } else if r.flags & cmdflag::FUA != 0 {
@@ -714,26 +703,17 @@ impl Conn {
     fn run_sync(self: &Arc<Self>, e: &Arc<Export>, r: &Request) -> Result {
         e.requests.fetch_add(1, Ordering::Relaxed);
         let (sector, nr) = (r.offset >> 9, u64::from(r.length) >> 9);
-        let res = match r.kind {
+        let mut res = match r.kind {
             cmd::FLUSH => e.bdev.flush(),
-            cmd::TRIM => e.bdev.trim(sector, nr).and_then(|()| {
-                if r.flags & cmdflag::FUA != 0 {
-                    e.bdev.flush()
-                } else {
-                    Ok(())
-                }
-            }),
-            cmd::WRITE_ZEROES => e.bdev.zeroout(sector, nr, r.flags & cmdflag::NO_HOLE != 0).and_then(|()| {
-                if r.flags & cmdflag::FUA != 0 {
-                    e.bdev.flush()
-                } else {
-                    Ok(())
-                }
-            }),
+            cmd::TRIM => e.bdev.trim(sector, nr),
+            cmd::WRITE_ZEROES => e.bdev.zeroout(sector, nr, r.flags & cmdflag::NO_HOLE != 0),
             // CACHE is not advertised; check_request refuses it.
             _ => Err(EINVAL),
         };
-        self.reply_now(r.cookie, res.map_or_else(nbd_error, |()| 0))
+        if res.is_ok() && r.kind != cmd::FLUSH && r.flags & cmdflag::FUA != 0 {
+            res = e.bdev.flush();
+        }
+        self.reply_now(r.cookie, res.map_or_else(errno::to_nbd, |()| 0))
     }
 
     /// Reads and starts requests until the socket is empty or the client
@@ -746,17 +726,13 @@ impl Conn {
         loop {
             match &mut st.rx {
                 Rx::Header { buf, got } => {
-                    if self.inflight.load(Ordering::Acquire) >= MAX_INFLIGHT
-                        || self.inflight_bytes.load(Ordering::Acquire) >= MAX_INFLIGHT_BYTES
-                    {
+                    if self.over_budget() {
                         // Resumed when replies go out (the send side may
                         // have made room meanwhile: look again).
                         // SeqCst: this store and the loads below pair with
-                        // the send side's decrements and swap.
+                        // the send side's fence and swap.
                         self.throttled.store(true, Ordering::SeqCst);
-                        if self.inflight.load(Ordering::SeqCst) >= MAX_INFLIGHT
-                            || self.inflight_bytes.load(Ordering::SeqCst) >= MAX_INFLIGHT_BYTES
-                        {
+                        if self.over_budget() {
                             return Ok(());
                         }
                         self.throttled.store(false, Ordering::Release);
@@ -891,8 +867,9 @@ impl Conn {
             }
             // Sent in full.
             if let Some(cur) = tx.take() {
-                self.inflight_bytes.fetch_sub(cur.req.len, Ordering::SeqCst);
-                self.inflight.fetch_sub(1, Ordering::SeqCst);
+                self.retire(&cur.req);
+                // Pairs with the receive side's store and loads (SeqCst).
+                fence(Ordering::SeqCst);
                 if self.throttled.swap(false, Ordering::SeqCst) {
                     Job::<Conn, RECV>::queue(self.clone(), 0);
                 }
@@ -1072,15 +1049,11 @@ impl Exports {
             Err(e) if e == EBUSY => refuse!(e, "{} is in use (mounted?)", dev.name()),
             Err(e) => refuse!(e, "cannot open {} (errno {})", path.to_str().unwrap_or("?"), e.to_errno()),
         };
-        let (discard, cache) = bdev.caps();
-        let mut tflags = tflag::HAS_FLAGS | tflag::SEND_WRITE_ZEROES | tflag::CAN_MULTI_CONN | tflag::SEND_FUA;
-        if cache {
-            tflags |= tflag::SEND_FLUSH;
-        } else {
-            // Flushes are harmless, and clients like to send them.
-            tflags |= tflag::SEND_FLUSH;
-        }
-        if discard {
+        // FLUSH is advertised even without a volatile cache: harmless, and
+        // clients like to send it.
+        let mut tflags =
+            tflag::HAS_FLAGS | tflag::SEND_FLUSH | tflag::SEND_FUA | tflag::SEND_WRITE_ZEROES | tflag::CAN_MULTI_CONN;
+        if bdev.supports_discard() {
             tflags |= tflag::SEND_TRIM;
         }
         if req.read_only {

@@ -101,15 +101,12 @@ struct page;
 struct page **dst_pages_alloc(unsigned int n);
 void dst_pages_free(struct page **pages, unsigned int n);
 struct bio *dst_bio_pages(struct block_device *bdev, struct page **pages,
-			  u32 bytes, bool write, u64 sector,
+			  u32 bytes, bool write, bool fua, u64 sector,
 			  void (*end_io)(struct bio *), void *private);
-void dst_bio_set_fua(struct bio *bio);
-void dst_msleep(unsigned int ms);
 int dst_bdev_flush(struct block_device *bdev);
 int dst_bdev_trim(struct block_device *bdev, u64 sector, u64 nr);
 int dst_bdev_zeroout(struct block_device *bdev, u64 sector, u64 nr,
 		     bool nounmap);
-u32 dst_bdev_caps(struct block_device *bdev);
 void *dst_bio_private(struct bio *bio);
 void dst_bio_kfree(struct bio *bio);
 

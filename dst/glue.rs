@@ -135,6 +135,7 @@ extern "C" {
         pages: *mut *mut bindings::page,
         bytes: u32,
         write: bool,
+        fua: bool,
         sector: u64,
         end_io: unsafe extern "C" fn(*mut bindings::bio),
         private: *mut c_void,
@@ -222,13 +223,10 @@ extern "C" {
         port: *mut u16,
         scope_id: *mut u32,
     ) -> c_int;
-    pub(crate) fn dst_bio_set_fua(bio: *mut bindings::bio);
-    pub(crate) fn dst_msleep(ms: u32);
     pub(crate) fn dst_bdev_flush(bdev: *mut bindings::block_device) -> c_int;
     pub(crate) fn dst_bdev_trim(bdev: *mut bindings::block_device, sector: u64, nr: u64) -> c_int;
     pub(crate) fn dst_bdev_zeroout(bdev: *mut bindings::block_device, sector: u64, nr: u64, nounmap: bool)
         -> c_int;
-    pub(crate) fn dst_bdev_caps(bdev: *mut bindings::block_device) -> u32;
 }
 
 /// `enum dst_sock_event`.

@@ -46,8 +46,21 @@ impl Gate {
         }
     }
 
-    fn enter(&self) {
+    /// Enters the gate: one more I/O in flight.
+    pub(crate) fn enter(&self) {
         self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Leaves the gate, for an owner the caller keeps alive otherwise (an
+    /// `Arc` it holds), so that `self` outlives the call.
+    pub(crate) fn leave(&self) {
+        // SAFETY: the caller entered the gate, and `self` stays alive.
+        unsafe { Self::exit(self) };
+    }
+
+    /// I/Os in flight now.
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst) & !WAITING
     }
 
     /// Leaves the gate.
@@ -125,12 +138,27 @@ pub(crate) struct Route<'a> {
 
 /// Where a leg's clones go.
 pub(crate) trait BioSink: Sync {
-    /// The block device, for a local leg: clones are submitted to it.
+    /// The block device, for a local leg: its clones name it.
     fn bdev(&self) -> Option<&BlockDev>;
-    /// Takes a clone, for a leg that is not a block device.  The bio names
-    /// the dst device itself; a `REQ_PREFLUSH` never comes with data (the
+    /// Takes a bio for the leg: a local leg submits it to its block
+    /// device.  For a leg that is not a block device the bio names the dst
+    /// device itself, and a `REQ_PREFLUSH` never comes with data (the
     /// engine sends the flush as a bio of its own).
     fn submit(&self, bio: LegBio);
+}
+
+/// The block device a bio for `sink` names: the leg's own, or, for a leg
+/// that is not a block device, the dst device of `parent`.
+///
+/// # Safety
+///
+/// `parent` must be a live bio.
+unsafe fn target_bdev(sink: &dyn BioSink, parent: *mut bindings::bio) -> *mut bindings::block_device {
+    match sink.bdev() {
+        Some(dev) => dev.as_raw(),
+        // SAFETY: per the function's contract.
+        None => unsafe { (*parent).bi_bdev },
+    }
 }
 
 /// The device side of the engine.
@@ -290,13 +318,11 @@ impl<'a, T: IoOwner> Io<'a, T> {
     /// name the parent's device and lose `REQ_PREFLUSH` (see `clone_to`).
     fn make_clone(&mut self, leg: u32, sink: &dyn BioSink, sector: u64) -> Result<LegBio> {
         let parent = self.parent().as_raw();
-        let (bdev, strip) = match sink.bdev() {
-            Some(dev) => (dev.as_raw(), false),
-            // SAFETY: `parent` is live.
-            None => (unsafe { (*parent).bi_bdev }, true),
-        };
+        let strip = sink.bdev().is_none();
         // SAFETY: `parent` is live; the io set is initialised.
-        let clone = unsafe { glue::dst_bio_clone(bdev, parent, self.owner.ioset().as_raw(), strip) };
+        let clone = unsafe {
+            glue::dst_bio_clone(target_bdev(sink, parent), parent, self.owner.ioset().as_raw(), strip)
+        };
         if clone.is_null() {
             return Err(ENOMEM);
         }
@@ -320,11 +346,7 @@ impl<'a, T: IoOwner> Io<'a, T> {
         if sink.bdev().is_none() && self.parent().is_preflush() && !self.parent().is_flush_only() {
             self.flush_to(leg, sink)?;
         }
-        let clone = self.make_clone(leg, sink, sector)?;
-        match sink.bdev() {
-            Some(_) => clone.submit_local(),
-            None => sink.submit(clone),
-        }
+        sink.submit(self.make_clone(leg, sink, sector)?);
         Ok(())
     }
 
@@ -344,13 +366,10 @@ impl<'a, T: IoOwner> Io<'a, T> {
     /// Sends an empty cache flush to leg `leg` of `sink`.  Fails as
     /// [`Io::clone_to`] does.
     pub(crate) fn flush_to(&mut self, leg: u32, sink: &dyn BioSink) -> Result {
-        let bdev = match sink.bdev() {
-            Some(dev) => dev.as_raw(),
-            // SAFETY: the parent is live.
-            None => unsafe { (*self.parent().as_raw()).bi_bdev },
+        // SAFETY: the parent is live; the io set is initialised.
+        let bio = unsafe {
+            glue::dst_bio_alloc_flush(target_bdev(sink, self.parent().as_raw()), self.owner.ioset().as_raw())
         };
-        // SAFETY: the io set is initialised.
-        let bio = unsafe { glue::dst_bio_alloc_flush(bdev, self.owner.ioset().as_raw()) };
         if bio.is_null() {
             return Err(ENOMEM);
         }
@@ -359,10 +378,7 @@ impl<'a, T: IoOwner> Io<'a, T> {
         let Some(bio) = (unsafe { LegBio::from_raw(bio) }) else {
             return Err(ENOMEM);
         };
-        match sink.bdev() {
-            Some(_) => bio.submit_local(),
-            None => sink.submit(bio),
-        }
+        sink.submit(bio);
         Ok(())
     }
 
@@ -588,13 +604,8 @@ unsafe fn retry<T: IoOwner>(owner: &T, io: *mut IoState) {
         unsafe { complete::<T>(io, Err(err)) };
         return;
     };
-    let (bdev, local) = match route.sink.bdev() {
-        Some(dev) => (dev.as_raw(), true),
-        // SAFETY: the parent is live (owned by the I/O).
-        None => (unsafe { (*s.parent).bi_bdev }, false),
-    };
     // SAFETY: the parent is live (owned by the I/O), the io set initialised.
-    let clone = unsafe { glue::dst_bio_clone(bdev, s.parent, owner.ioset().as_raw(), false) };
+    let clone = unsafe { glue::dst_bio_clone(target_bdev(route.sink, s.parent), s.parent, owner.ioset().as_raw(), false) };
     if clone.is_null() {
         // SAFETY: as above.
         unsafe { complete::<T>(io, Err(ENOMEM)) };
@@ -613,10 +624,8 @@ unsafe fn retry<T: IoOwner>(owner: &T, io: *mut IoState) {
         (*clone).bi_iter.bi_sector = route.sector;
         LegBio::from_raw(clone)
     };
-    match clone {
-        Some(bio) if local => bio.submit_local(),
-        Some(bio) => route.sink.submit(bio),
-        None => {}
+    if let Some(bio) = clone {
+        route.sink.submit(bio);
     }
 }
 
@@ -644,9 +653,10 @@ pub(crate) enum PageOp {
 }
 
 /// Does `op` on the first `bytes` of `buf` at `sector` of `sink`, then
-/// calls `T::page_io_done`.  The I/O holds references to
-/// `owner` and `buf` until then.  Does not sleep (the context is allocated
-/// with `GFP_NOWAIT`: on `ENOMEM`, try again later).
+/// calls `T::page_io_done`.  The I/O holds references to `owner` and `buf`
+/// until then.  Process context only: the bio is allocated with
+/// `GFP_NOIO`, which may wait for memory.  Fails with `ENOMEM` when the
+/// small context (`GFP_NOWAIT`) cannot be had: try again later.
 pub(crate) fn page_io<T: PageIoOwner>(
     owner: Arc<T>,
     buf: Arc<PageBuf>,
@@ -655,7 +665,6 @@ pub(crate) fn page_io<T: PageIoOwner>(
     sector: u64,
     bytes: u32,
 ) -> Result {
-    let write = op != PageOp::Read;
     if bytes == 0 || bytes > buf.len() {
         return Err(EINVAL);
     }
@@ -663,24 +672,19 @@ pub(crate) fn page_io<T: PageIoOwner>(
     let ctx = KBox::new(PageIoCtx { owner, _buf: buf }, GFP_NOWAIT)?;
     let bdev = sink.bdev().map_or(ptr::null_mut(), BlockDev::as_raw);
     let private = KBox::into_raw(ctx).cast::<c_void>();
+    let (write, fua) = (op != PageOp::Read, op == PageOp::WriteFua);
     // SAFETY: `pages` has at least `bytes` bytes of pages, kept alive by
     // the context's buffer reference; `private` is the context, given back
     // in `page_io_endio`.
-    let bio = unsafe { glue::dst_bio_pages(bdev, pages, bytes, write, sector, page_io_endio::<T>, private) };
+    let bio = unsafe { glue::dst_bio_pages(bdev, pages, bytes, write, fua, sector, page_io_endio::<T>, private) };
     if bio.is_null() {
         // SAFETY: `private` came from `KBox::into_raw` and was not used.
         drop(unsafe { KBox::from_raw(private.cast::<PageIoCtx<T>>()) });
         return Err(ENOMEM);
     }
-    if op == PageOp::WriteFua {
-        // SAFETY: the bio is ours, not submitted yet.
-        unsafe { glue::dst_bio_set_fua(bio) };
-    }
     // SAFETY: the bio is ours, with its end_io.
-    match unsafe { LegBio::from_raw(bio) } {
-        Some(b) if sink.bdev().is_some() => b.submit_local(),
-        Some(b) => sink.submit(b),
-        None => {}
+    if let Some(b) = unsafe { LegBio::from_raw(bio) } {
+        sink.submit(b);
     }
     Ok(())
 }

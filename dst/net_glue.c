@@ -81,6 +81,23 @@ static int dst_sockaddr(int family, const u8 *addr, u16 port, u32 scope_id,
 	return -EAFNOSUPPORT;
 }
 
+/*
+ * No Nagle; blocking calls (connect, the handshakes) give up after
+ * @timeout_ms; a peer that stops acknowledging data for that long, or an
+ * idle connection whose peer is gone, is dropped in about that time.
+ */
+static void dst_sock_set_timeouts(struct sock *sk, unsigned int timeout_ms)
+{
+	tcp_sock_set_nodelay(sk);
+	sk->sk_sndtimeo = msecs_to_jiffies(timeout_ms);
+	sk->sk_rcvtimeo = msecs_to_jiffies(timeout_ms);
+	sock_set_keepalive(sk);
+	tcp_sock_set_keepidle(sk, max(1U, timeout_ms / 2000));
+	tcp_sock_set_keepintvl(sk, max(1U, timeout_ms / 6000));
+	tcp_sock_set_keepcnt(sk, 3);
+	tcp_sock_set_user_timeout(sk, timeout_ms);
+}
+
 int dst_sock_connect(int family, const u8 *addr, u16 port, u32 scope_id,
 		     unsigned int timeout_ms, struct socket **out)
 {
@@ -102,17 +119,8 @@ int dst_sock_connect(int family, const u8 *addr, u16 port, u32 scope_id,
 	sk->sk_allocation = GFP_NOIO | __GFP_MEMALLOC;
 	sk->sk_use_task_frag = false;
 	sk_set_memalloc(sk);
-	tcp_sock_set_nodelay(sk);
 	sock_no_linger(sk);
-	/* Bounded blocking for connect and the handshake. */
-	sk->sk_sndtimeo = msecs_to_jiffies(timeout_ms);
-	sk->sk_rcvtimeo = msecs_to_jiffies(timeout_ms);
-	/* A dead peer on an idle connection shows within about timeout_ms. */
-	sock_set_keepalive(sk);
-	tcp_sock_set_keepidle(sk, max(1U, timeout_ms / 2000));
-	tcp_sock_set_keepintvl(sk, max(1U, timeout_ms / 6000));
-	tcp_sock_set_keepcnt(sk, 3);
-	tcp_sock_set_user_timeout(sk, timeout_ms);
+	dst_sock_set_timeouts(sk, timeout_ms);
 
 	err = kernel_connect(sock, (struct sockaddr *)&ss, len, 0);
 	if (err) {
@@ -162,10 +170,53 @@ int dst_sock_recv(struct socket *sock, void *buf, size_t len, bool nonblock)
 }
 
 /*
+ * One segment, without waiting.  A send gives the page to the socket
+ * without a copy when the kernel allows it (MSG_SPLICE_PAGES).
+ */
+static int dst_send_bvec(struct socket *sock, struct bio_vec *bv, bool more)
+{
+	struct msghdr msg = {
+		.msg_flags = MSG_DONTWAIT | MSG_NOSIGNAL | MSG_SPLICE_PAGES,
+	};
+
+	if (more)
+		msg.msg_flags |= MSG_MORE;
+	if (!sendpages_ok(bv->bv_page, bv->bv_len, bv->bv_offset))
+		msg.msg_flags &= ~MSG_SPLICE_PAGES;
+	iov_iter_bvec(&msg.msg_iter, ITER_SOURCE, bv, 1, bv->bv_len);
+	return sock_sendmsg(sock, &msg);
+}
+
+static int dst_recv_bvec(struct socket *sock, struct bio_vec *bv)
+{
+	struct msghdr msg = { .msg_flags = MSG_NOSIGNAL };
+
+	iov_iter_bvec(&msg.msg_iter, ITER_DEST, bv, 1, bv->bv_len);
+	return sock_recvmsg(sock, &msg, MSG_DONTWAIT);
+}
+
+/*
+ * Adds the result @ret of a transfer of @want bytes to @total; returns
+ * whether to go on with the next segment.  What the caller returns is
+ * @total: the bytes moved, or if none, the first result: a negative errno,
+ * or 0, which for a receive means end of stream and for a send becomes
+ * -EAGAIN.
+ */
+static bool dst_sock_account(int ret, u32 want, int *total, bool send)
+{
+	if (ret <= 0) {
+		if (!*total)
+			*total = ret ? ret : (send ? -EAGAIN : 0);
+		return false;
+	}
+	*total += ret;
+	return ret == want;
+}
+
+/*
  * Sends the data of @bio from byte @skip on, segment by segment, without
- * waiting: the pages go to the socket without a copy when the kernel allows
- * it (MSG_SPLICE_PAGES).  Returns the bytes sent (possibly fewer than
- * asked), or a negative errno (-EAGAIN when nothing could be sent).
+ * waiting.  Returns the bytes sent (possibly fewer than asked), or a
+ * negative errno (-EAGAIN when nothing could be sent).
  */
 int dst_sock_send_bio(struct socket *sock, struct bio *bio, u32 skip,
 		      bool more)
@@ -180,25 +231,10 @@ int dst_sock_send_bio(struct socket *sock, struct bio *bio, u32 skip,
 	noreclaim = memalloc_noreclaim_save();
 	while (iter.bi_size) {
 		struct bio_vec bv = bio_iter_iovec(bio, iter);
-		struct msghdr msg = {
-			.msg_flags = MSG_DONTWAIT | MSG_NOSIGNAL |
-				     MSG_SPLICE_PAGES,
-		};
-		int ret;
+		int ret = dst_send_bvec(sock, &bv,
+					more || iter.bi_size > bv.bv_len);
 
-		if (more || iter.bi_size > bv.bv_len)
-			msg.msg_flags |= MSG_MORE;
-		if (!sendpages_ok(bv.bv_page, bv.bv_len, bv.bv_offset))
-			msg.msg_flags &= ~MSG_SPLICE_PAGES;
-		iov_iter_bvec(&msg.msg_iter, ITER_SOURCE, &bv, 1, bv.bv_len);
-		ret = sock_sendmsg(sock, &msg);
-		if (ret <= 0) {
-			if (!sent)
-				sent = ret ? ret : -EAGAIN;
-			break;
-		}
-		sent += ret;
-		if (ret < bv.bv_len)
+		if (!dst_sock_account(ret, bv.bv_len, &sent, true))
 			break;
 		bio_advance_iter_single(bio, &iter, ret);
 	}
@@ -223,23 +259,25 @@ int dst_sock_recv_bio(struct socket *sock, struct bio *bio, u32 skip)
 	noreclaim = memalloc_noreclaim_save();
 	while (iter.bi_size) {
 		struct bio_vec bv = bio_iter_iovec(bio, iter);
-		struct msghdr msg = { .msg_flags = MSG_NOSIGNAL };
-		int ret;
 
-		iov_iter_bvec(&msg.msg_iter, ITER_DEST, &bv, 1, bv.bv_len);
-		ret = sock_recvmsg(sock, &msg, MSG_DONTWAIT);
-		if (ret <= 0) {
-			if (!got)
-				got = ret;
+		if (!dst_sock_account(dst_recv_bvec(sock, &bv), bv.bv_len,
+				      &got, false))
 			break;
-		}
-		got += ret;
-		if (ret < bv.bv_len)
-			break;
-		bio_advance_iter_single(bio, &iter, ret);
+		bio_advance_iter_single(bio, &iter, bv.bv_len);
 	}
 	memalloc_noreclaim_restore(noreclaim);
 	return got;
+}
+
+/* The segment of a page array at byte @skip, at most up to byte @len. */
+static struct bio_vec dst_pages_bvec(struct page **pages, u32 skip, u32 len)
+{
+	u32 off = skip % PAGE_SIZE;
+	struct bio_vec bv;
+
+	bvec_set_page(&bv, pages[skip / PAGE_SIZE],
+		      min_t(u32, len - skip, PAGE_SIZE - off), off);
+	return bv;
 }
 
 /*
@@ -254,29 +292,13 @@ int dst_sock_send_pages(struct socket *sock, struct page **pages, u32 skip,
 
 	noreclaim = memalloc_noreclaim_save();
 	while (skip < len) {
-		u32 off = skip % PAGE_SIZE;
-		u32 n = min_t(u32, len - skip, PAGE_SIZE - off);
-		struct bio_vec bv;
-		struct msghdr msg = {
-			.msg_flags = MSG_DONTWAIT | MSG_NOSIGNAL |
-				     MSG_SPLICE_PAGES,
-		};
-		int ret;
+		struct bio_vec bv = dst_pages_bvec(pages, skip, len);
+		int ret = dst_send_bvec(sock, &bv,
+					more || skip + bv.bv_len < len);
 
-		bvec_set_page(&bv, pages[skip / PAGE_SIZE], n, off);
-		if (more || skip + n < len)
-			msg.msg_flags |= MSG_MORE;
-		iov_iter_bvec(&msg.msg_iter, ITER_SOURCE, &bv, 1, n);
-		ret = sock_sendmsg(sock, &msg);
-		if (ret <= 0) {
-			if (!sent)
-				sent = ret ? ret : -EAGAIN;
+		if (!dst_sock_account(ret, bv.bv_len, &sent, true))
 			break;
-		}
-		sent += ret;
 		skip += ret;
-		if (ret < n)
-			break;
 	}
 	memalloc_noreclaim_restore(noreclaim);
 	return sent;
@@ -290,24 +312,12 @@ int dst_sock_recv_pages(struct socket *sock, struct page **pages, u32 skip,
 
 	noreclaim = memalloc_noreclaim_save();
 	while (skip < len) {
-		u32 off = skip % PAGE_SIZE;
-		u32 n = min_t(u32, len - skip, PAGE_SIZE - off);
-		struct bio_vec bv;
-		struct msghdr msg = { .msg_flags = MSG_NOSIGNAL };
-		int ret;
+		struct bio_vec bv = dst_pages_bvec(pages, skip, len);
 
-		bvec_set_page(&bv, pages[skip / PAGE_SIZE], n, off);
-		iov_iter_bvec(&msg.msg_iter, ITER_DEST, &bv, 1, n);
-		ret = sock_recvmsg(sock, &msg, MSG_DONTWAIT);
-		if (ret <= 0) {
-			if (!got)
-				got = ret;
+		if (!dst_sock_account(dst_recv_bvec(sock, &bv), bv.bv_len,
+				      &got, false))
 			break;
-		}
-		got += ret;
-		skip += ret;
-		if (ret < n)
-			break;
+		skip += bv.bv_len;
 	}
 	memalloc_noreclaim_restore(noreclaim);
 	return got;
@@ -363,14 +373,7 @@ int dst_sock_accept(struct socket *lsock, unsigned int timeout_ms,
 		return err;
 	sk = sock->sk;
 	dst_sock_restore_child(lsock, sk);
-	tcp_sock_set_nodelay(sk);
-	sk->sk_sndtimeo = msecs_to_jiffies(timeout_ms);
-	sk->sk_rcvtimeo = msecs_to_jiffies(timeout_ms);
-	sock_set_keepalive(sk);
-	tcp_sock_set_keepidle(sk, max(1U, timeout_ms / 2000));
-	tcp_sock_set_keepintvl(sk, max(1U, timeout_ms / 6000));
-	tcp_sock_set_keepcnt(sk, 3);
-	tcp_sock_set_user_timeout(sk, timeout_ms);
+	dst_sock_set_timeouts(sk, timeout_ms);
 	*out = sock;
 	return 0;
 }

@@ -163,18 +163,6 @@ fn command(bio: &LegBio, info: &ExportInfo) -> Result<Option<(u16, u16)>> {
     }))
 }
 
-/// The errno a server's error code stands for.
-fn server_error(code: u32) -> Error {
-    match nbd::err::normalize(code) {
-        nbd::err::EPERM => EPERM,
-        nbd::err::ENOMEM => ENOMEM,
-        nbd::err::EINVAL => EINVAL,
-        nbd::err::ENOSPC => ENOSPC,
-        nbd::err::ENOTSUP => errno::eopnotsupp(),
-        _ => EIO,
-    }
-}
-
 /// A request slot: reserved when its request starts going out, given its
 /// bio once the request is fully sent, emptied by the reply.
 #[derive(Default)]
@@ -610,6 +598,9 @@ impl Remote {
                 let reserved = {
                     let mut s = self.slots.lock();
                     if s.free == 0 {
+                        // Set under the table's lock: a slot freed from
+                        // now on sees it and kicks us.
+                        self.tx_stalled.store(true, Ordering::Release);
                         None
                     } else {
                         let slot = s.free.trailing_zeros() as usize;
@@ -629,7 +620,6 @@ impl Remote {
                     let mut front = LegBioQueue::new();
                     front.push_back(bio);
                     tx.queue.prepend(front);
-                    self.tx_stalled.store(true, Ordering::Release);
                     return Ok(());
                 };
                 tx.seq = seq;
@@ -749,7 +739,7 @@ impl Remote {
                         continue;
                     }
                     *rx = RX_START;
-                    bio.record(if reply.error == 0 { Ok(()) } else { Err(server_error(reply.error)) });
+                    bio.record(if reply.error == 0 { Ok(()) } else { Err(errno::from_nbd(reply.error)) });
                     done.push_back(bio);
                 }
                 Rx::Data { bio, got, len, .. } => {

@@ -3,8 +3,9 @@
 //! Block devices opened by dst as legs.
 
 use core::ffi::c_void;
-use kernel::ffi::c_char;
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicPtr, Ordering};
+use kernel::ffi::c_char;
 
 use kernel::bindings;
 use kernel::prelude::*;
@@ -30,9 +31,13 @@ impl Holder {
     }
 }
 
-/// A block device opened for reading and writing, exclusively.
+/// A block device opened for reading and writing, exclusively; or, while
+/// its leg is detached, only held open for reading, so that others may
+/// claim it (mount it).  The `block_device` stays the same either way.
 pub(crate) struct BlockDev {
-    file: NonNull<bindings::file>,
+    /// The open file; swapped only by `release_claim` and `reclaim`, which
+    /// the caller serialises.
+    file: AtomicPtr<bindings::file>,
     bdev: NonNull<bindings::block_device>,
     name: [u8; NAME_LEN],
 }
@@ -64,7 +69,39 @@ impl BlockDev {
         // SAFETY: `bdev` is open; the buffer holds `NAME_LEN` bytes and the
         // C side NUL-terminates within it.
         unsafe { glue::dst_bdev_name(bdev.as_ptr(), name.as_mut_ptr().cast::<c_char>(), NAME_LEN) };
-        Ok(BlockDev { file, bdev, name })
+        Ok(BlockDev {
+            file: AtomicPtr::new(file.as_ptr()),
+            bdev,
+            name,
+        })
+    }
+
+    /// Opens the device again, exclusively for `holder` when given, else
+    /// shared and read-only, and swaps the new file in.
+    fn reopen(&self, holder: Option<&Holder>) -> Result {
+        let h = holder.map_or(core::ptr::null_mut(), Holder::as_ptr);
+        // SAFETY: the device number is that of an open device; the holder
+        // pointer is only an identity and outlives the open.
+        let file = unsafe { glue::dst_bdev_open_dev(self.devt(), h) };
+        let file = kernel::error::from_err_ptr(file)?;
+        let old = self.file.swap(file, Ordering::AcqRel);
+        // SAFETY: we owned the reference to the old file; the new one keeps
+        // the same `block_device` alive.
+        unsafe { bindings::bdev_fput(old) };
+        Ok(())
+    }
+
+    /// Gives up the exclusive claim, keeping the device open for reading
+    /// only: others may then open it exclusively (mount it).  No I/O may
+    /// be sent to it until [`BlockDev::reclaim`].
+    pub(crate) fn release_claim(&self) -> Result {
+        self.reopen(None)
+    }
+
+    /// Claims the device exclusively for `holder` again.  Fails with
+    /// `EBUSY` while someone else holds it (it is mounted).
+    pub(crate) fn reclaim(&self, holder: &Holder) -> Result {
+        self.reopen(Some(holder))
     }
 
     /// Size in 512-byte sectors.
@@ -128,6 +165,6 @@ impl Drop for BlockDev {
         // SAFETY: we own the file reference taken at open.  `bdev_fput`
         // gives up the exclusive claim at once (a plain `fput` may defer
         // it), so the device is free for others when this returns.
-        unsafe { bindings::bdev_fput(self.file.as_ptr()) };
+        unsafe { bindings::bdev_fput(*self.file.get_mut()) };
     }
 }

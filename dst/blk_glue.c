@@ -79,6 +79,18 @@ struct file *dst_bdev_open(const char *path, void *holder)
 				      holder, NULL);
 }
 
+/*
+ * Opens the block device @devt again: for reading and writing, exclusively
+ * for @holder, or (NULL @holder) shared and read-only.
+ */
+struct file *dst_bdev_open_dev(dev_t devt, void *holder)
+{
+	if (holder)
+		return bdev_file_open_by_dev(devt, BLK_OPEN_READ | BLK_OPEN_WRITE,
+					     holder, NULL);
+	return bdev_file_open_by_dev(devt, BLK_OPEN_READ, NULL, NULL);
+}
+
 u64 dst_bdev_nr_sectors(struct block_device *bdev)
 {
 	return bdev_nr_sectors(bdev);
@@ -235,7 +247,8 @@ void dst_pages_free(struct page **pages, unsigned int n)
 
 /*
  * A bio over the first @bytes of @pages at @sector of @bdev (NULL for a
- * leg that is not a block device), reading or writing.  Allocated with
+ * leg that is not a block device), reading or writing; a write of no bytes
+ * is a cache flush.  Allocated with
  * kmalloc (any number of pages); free it with dst_bio_kfree().
  */
 struct bio *dst_bio_pages(struct block_device *bdev, struct page **pages,
@@ -248,7 +261,8 @@ struct bio *dst_bio_pages(struct block_device *bdev, struct page **pages,
 	if (!bio)
 		return NULL;
 	bio_init(bio, bdev, bio->bi_inline_vecs, n,
-		 write ? REQ_OP_WRITE | (fua ? REQ_FUA : 0) : REQ_OP_READ);
+		 write ? REQ_OP_WRITE | (fua ? REQ_FUA : 0) |
+			 (bytes ? 0 : REQ_PREFLUSH) : REQ_OP_READ);
 	for (i = 0; i < n; i++) {
 		u32 len = min_t(u32, bytes - i * PAGE_SIZE, PAGE_SIZE);
 

@@ -5,7 +5,7 @@
 //! coming and going, the resync, and state-change events.
 
 use core::num::NonZeroU64;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use kernel::prelude::*;
 use kernel::str::CStr;
@@ -26,7 +26,7 @@ use crate::msg::{refuse, Refusal};
 use crate::proto::genl::{DevState, Event, LegState, Target, MAX_LEGS};
 use crate::remote::{Link, Policy, RemoteConfig};
 use crate::resync::{self, Barrier, IoResult, ResyncState};
-use crate::{glue, linear, mirror, netlink, wq};
+use crate::{glue, io, linear, mirror, netlink, wq};
 
 /// Who has the device open, and whether it is going away.
 #[derive(Default)]
@@ -100,6 +100,9 @@ pub(crate) struct Device {
     splitset: BioSet,
     #[pin]
     openers: Mutex<Openers>,
+    /// Serialises detach, attach and teardown.
+    #[pin]
+    admin: Mutex<()>,
     /// Retries deferred I/O.
     #[pin]
     work: Work<Device, RETRY_WORK>,
@@ -278,6 +281,7 @@ impl Device {
                 ioset <- BioSet::new(IoSet::FRONT_PAD),
                 splitset <- BioSet::new(0),
                 openers <- new_mutex!(Openers::default(), "Device::openers"),
+                admin <- new_mutex!((), "Device::admin"),
                 work <- new_work!("Device::work"),
                 lane0_work <- new_work!("Device::lane0_work"),
                 lane1_work <- new_work!("Device::lane1_work"),
@@ -345,9 +349,15 @@ impl Device {
         Job::<Device, EVENT_JOB>::disable(self);
         self.barrier.lower();
         self.resubmit_parked();
-        for leg in self.legs.iter() {
-            if let Some(b) = leg.dev().local() {
-                self.disk.unlink_holder(b);
+        {
+            // A detached leg is not linked.
+            let _admin = self.admin.lock();
+            for (i, leg) in self.legs.iter().enumerate() {
+                if let Some(b) = leg.dev().local() {
+                    if self.leg_state(i) != LegState::Detached {
+                        self.disk.unlink_holder(b);
+                    }
+                }
             }
         }
         let disk_ref = self.disk.del();
@@ -407,6 +417,18 @@ impl Device {
     /// Whether leg `i` is in sync.
     pub(crate) fn leg_in_sync(&self, i: usize) -> bool {
         self.in_sync.contains(i)
+    }
+
+    /// Whether leg `i` is being resynced.
+    pub(crate) fn leg_resyncing(&self, i: usize) -> bool {
+        self.resyncing.contains(i)
+    }
+
+    /// Whether leg `i` can be reached now (a remote leg is connected).
+    pub(crate) fn leg_reachable(&self, i: usize) -> bool {
+        self.legs
+            .get(i)
+            .is_some_and(|l| l.dev().remote().map_or(true, |r| r.link() == Link::Up))
     }
 
     /// Whether leg `i` gets writes (in sync, or being resynced).
@@ -501,16 +523,6 @@ impl Device {
     pub(crate) fn mark_dirty(&self, i: usize, sector: u64, bytes: u32) {
         if let Some(m) = self.dirty.get(i) {
             m.mark(sector, u64::from(bytes).div_ceil(512));
-        }
-    }
-
-    /// Marks the range of a write in every leg that does not get it.
-    pub(crate) fn mark_missed(&self, sector: u64, bytes: u32) {
-        let writers = self.in_sync.mask() | self.resyncing.mask();
-        for i in 0..self.dirty.len() {
-            if writers & (1 << i) == 0 {
-                self.mark_dirty(i, sector, bytes);
-            }
         }
     }
 
@@ -644,6 +656,122 @@ impl Device {
         // The barrier may have been lowered meanwhile: make sure the job
         // runs to resubmit.
         Job::<Device, RESYNC_JOB>::queue(this.into(), 0);
+    }
+
+    // ---- detach and attach ----
+
+    /// Leg `i` as named in messages: its position and the spec given.
+    fn leg_or_refuse(&self, i: usize) -> Result<&Leg, Refusal> {
+        if self.target != Target::Mirror {
+            refuse!(EINVAL, "{} is linear: only mirror legs can be detached", self.name());
+        }
+        if self.is_stopping() {
+            refuse!(ENODEV, "{} is going away", self.name());
+        }
+        match self.legs.get(i) {
+            Some(l) => Ok(l),
+            None => refuse!(ENOENT, "{} has no leg {} (it has {})", self.name(), i, self.legs.len()),
+        }
+    }
+
+    /// Detaches leg `i`: it stops getting I/O once the I/O in flight to it
+    /// has ended and its cache is flushed, and from then on holds the
+    /// device's contents as of the detach.  Writes meanwhile mark its dirty
+    /// map.  A local leg is released (others may open or mount it), a
+    /// remote leg disconnected.  Refused for the last in-sync leg.
+    pub(crate) fn detach(self: &Arc<Self>, i: usize) -> Result<(), Refusal> {
+        let _admin = self.admin.lock();
+        let leg = self.leg_or_refuse(i)?;
+        if self.leg_state(i) == LegState::Detached {
+            refuse!(errno::ealready(), "leg {} of {} is already detached", i, self.name());
+        }
+        let was_in_sync = match self.in_sync.remove_unless_last(i) {
+            Removal::Last => refuse!(EBUSY, "leg {} is the last in-sync leg of {}", i, self.name()),
+            Removal::Removed => true,
+            Removal::NotMember => false,
+        };
+        self.resyncing.remove(i);
+        leg.set_state(LegState::Detached);
+        // Pairs with the fence after `Leg::start` in the I/O paths: an I/O
+        // that did not see the leg leave is counted by now.
+        fence(Ordering::SeqCst);
+        while leg.inflight() > 0 {
+            glue::sleep_ms(2);
+        }
+        if was_in_sync && self.leg_reachable(i) {
+            if let Err(e) = io::flush_sync(leg.dev()) {
+                pr_warn!("{}: leg {}: flush before detaching failed (errno {})\n", self.name(), i, e.to_errno());
+            }
+        }
+        match leg.dev() {
+            LegDev::Local(b) => {
+                self.disk.unlink_holder(b);
+                if let Err(e) = b.release_claim() {
+                    pr_warn!("{}: leg {}: cannot release it (errno {})\n", self.name(), i, e.to_errno());
+                }
+            }
+            LegDev::Remote(r) => r.park(),
+        }
+        pr_info!(
+            "{}: leg {} ({}) detached{}\n",
+            self.name(),
+            i,
+            leg.spec().to_str().unwrap_or("?"),
+            if was_in_sync { "" } else { " (it was not in sync)" }
+        );
+        Self::notify(self.as_arc_borrow());
+        Ok(())
+    }
+
+    /// Attaches detached leg `i` again and resyncs it: the regions written
+    /// while it was detached, or everything (`full`).  A remote leg is
+    /// resynced once it is connected again.
+    pub(crate) fn attach(self: &Arc<Self>, i: usize, full: bool) -> Result<(), Refusal> {
+        let _admin = self.admin.lock();
+        let leg = self.leg_or_refuse(i)?;
+        if self.leg_state(i) != LegState::Detached {
+            refuse!(EINVAL, "leg {} of {} is not detached", i, self.name());
+        }
+        if let LegDev::Local(b) = leg.dev() {
+            if let Err(e) = b.reclaim(&self.holder) {
+                refuse!(e, "leg {}: cannot claim it again: in use (mounted, or another device)", i);
+            }
+            if b.sectors() < leg.sectors() {
+                let _ = b.release_claim();
+                refuse!(ENOSPC, "leg {} is now smaller than the device ({} < {} sectors)", i, b.sectors(), leg.sectors());
+            }
+            if let Err(e) = self.disk.link_holder(b) {
+                pr_err!("{}: cannot link holder for {}: {:?}\n", self.name(), b.name(), e);
+            }
+        }
+        let mut kib = 0;
+        if let Some(m) = self.dirty.get(i) {
+            if full {
+                m.mark_all();
+            }
+            kib = m.count() * (m.region_sectors() / 2);
+        }
+        match leg.dev() {
+            LegDev::Local(_) => {
+                leg.set_state(LegState::Resyncing);
+                self.resyncing.insert(i);
+                self.kick_resync();
+            }
+            LegDev::Remote(r) => {
+                // Resynced by `remote_up` once connected.
+                leg.set_state(LegState::Down);
+                r.unpark();
+            }
+        }
+        pr_info!(
+            "{}: leg {} attached; resyncing {} ({} KiB)\n",
+            self.name(),
+            i,
+            if full { "all of it" } else { "what changed" },
+            kib
+        );
+        Self::notify(self.as_arc_borrow());
+        Ok(())
     }
 
     // ---- remote legs ----

@@ -20,6 +20,7 @@ errnos! {
     etimedout => ETIMEDOUT,
     econnreset => ECONNRESET,
     enotconn => ENOTCONN,
+    ealready => EALREADY,
 }
 
 /// The errno an NBD reply's error code stands for (unknown codes count as

@@ -92,6 +92,7 @@ struct bio *dst_bio_alloc_flush(struct block_device *bdev, struct bio_set *bs);
 struct bio *dst_bio_split(struct bio *bio, unsigned int sectors,
 			  struct bio_set *bs);
 struct file *dst_bdev_open(const char *path, void *holder);
+struct file *dst_bdev_open_dev(dev_t devt, void *holder);
 u64 dst_bdev_nr_sectors(struct block_device *bdev);
 bool dst_bdev_synchronous(struct block_device *bdev);
 void dst_bdev_name(struct block_device *bdev, char *buf, size_t len);

@@ -123,6 +123,7 @@ extern "C" {
         bs: *mut bindings::bio_set,
     ) -> *mut bindings::bio;
     pub(crate) fn dst_bdev_open(path: *const c_char, holder: *mut c_void) -> *mut bindings::file;
+    pub(crate) fn dst_bdev_open_dev(devt: u32, holder: *mut c_void) -> *mut bindings::file;
     pub(crate) fn dst_bdev_nr_sectors(bdev: *mut bindings::block_device) -> u64;
     pub(crate) fn dst_bdev_synchronous(bdev: *mut bindings::block_device) -> bool;
     pub(crate) fn dst_bdev_name(bdev: *mut bindings::block_device, buf: *mut c_char, len: usize);
@@ -242,4 +243,10 @@ pub(crate) type Cursor = c_long;
 pub(crate) fn now_ms() -> u64 {
     // SAFETY: reads the monotonic clock; callable in any context.
     unsafe { dst_now_ms() }
+}
+
+/// Sleeps for at least `ms` milliseconds (process context only).
+pub(crate) fn sleep_ms(ms: u32) {
+    // SAFETY: `msleep` only sleeps; callers are in process context.
+    unsafe { bindings::msleep(ms) }
 }

@@ -17,7 +17,7 @@
 use core::ffi::c_void;
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{fence, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{fence, AtomicI32, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
 use kernel::bindings;
 use kernel::prelude::*;
@@ -702,4 +702,67 @@ unsafe extern "C" fn page_io_endio<T: PageIoOwner>(bio: *mut bindings::bio) {
     unsafe { glue::dst_bio_kfree(bio) };
     let PageIoCtx { owner, _buf } = KBox::into_inner(ctx);
     T::page_io_done(owner, res);
+}
+
+/// Where [`flush_sync`] waits for its flush: 0 while pending, 1 when it
+/// succeeded, a negative errno when it failed.
+struct FlushWait(AtomicI32);
+
+/// Sends a cache flush to `sink` and waits for it to end (process context
+/// only).  A remote leg ends it within its request timeout.
+pub(crate) fn flush_sync(sink: &dyn BioSink) -> Result {
+    /// # Safety
+    ///
+    /// `var` must point to a live [`FlushWait`] counter.
+    unsafe extern "C" fn ended(var: *mut c_void) -> bool {
+        // SAFETY: `var` is the result of a `FlushWait` we hold.
+        unsafe { (*var.cast::<AtomicI32>()).load(Ordering::Acquire) != 0 }
+    }
+    let wait = Arc::new(FlushWait(AtomicI32::new(0)), GFP_KERNEL)?;
+    let bdev = sink.bdev().map_or(ptr::null_mut(), BlockDev::as_raw);
+    let private = wait.clone().into_raw().cast_mut().cast::<c_void>();
+    // SAFETY: no pages for a flush; `private` is a reference to `wait`,
+    // given back in `flush_endio`.
+    let bio = unsafe { glue::dst_bio_pages(bdev, ptr::null_mut(), 0, true, false, 0, flush_endio, private) };
+    if bio.is_null() {
+        // SAFETY: `private` came from `Arc::into_raw` and was not used.
+        drop(unsafe { Arc::from_raw(private.cast::<FlushWait>()) });
+        return Err(ENOMEM);
+    }
+    // SAFETY: the bio is ours, with its end_io.
+    if let Some(b) = unsafe { LegBio::from_raw(bio) } {
+        sink.submit(b);
+    }
+    let var = ptr::addr_of!(wait.0).cast_mut().cast::<c_void>();
+    // SAFETY: `var` stays valid during the wait (we hold `wait`);
+    // `flush_endio` wakes this address once the result is set.
+    unsafe { glue::dst_wait_var(var, ended) };
+    match wait.0.load(Ordering::Acquire) {
+        1 => Ok(()),
+        e => Err(Error::from_errno(e)),
+    }
+}
+
+/// # Safety
+///
+/// Called by the block layer (or a remote leg) only, for a bio made by
+/// [`flush_sync`].
+unsafe extern "C" fn flush_endio(bio: *mut bindings::bio) {
+    // SAFETY: the bio is live until we free it below.
+    let (res, private) = unsafe { (from_status((*bio).bi_status), glue::dst_bio_private(bio)) };
+    // SAFETY: the bio came from `dst_bio_pages` and has ended.
+    unsafe { glue::dst_bio_kfree(bio) };
+    // SAFETY: `private` is the reference made in `flush_sync`.
+    let wait = unsafe { Arc::from_raw(private.cast::<FlushWait>()) };
+    wait.0.store(
+        match res {
+            Ok(()) => 1,
+            Err(e) => e.to_errno(),
+        },
+        Ordering::Release,
+    );
+    // `wake_up_var` needs a full barrier after the store.
+    fence(Ordering::SeqCst);
+    // SAFETY: plain wake-up keyed by address; our reference keeps it valid.
+    unsafe { bindings::wake_up_var(ptr::addr_of!(wait.0).cast_mut().cast()) };
 }

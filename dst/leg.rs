@@ -98,6 +98,7 @@ pub(crate) struct Stats {
     read_errors: AtomicU64,
     write_errors: AtomicU64,
     inflight: AtomicU32,
+    resynced: AtomicU64,
 }
 
 /// A snapshot of [`Stats`].
@@ -107,6 +108,7 @@ pub(crate) struct StatsSnapshot {
     pub(crate) read_errors: u64,
     pub(crate) write_errors: u64,
     pub(crate) inflight: u32,
+    pub(crate) resynced: u64,
 }
 
 /// Where a leg's data lives.
@@ -290,6 +292,17 @@ impl Leg {
         if res.is_ok() { ok } else { err }.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Ends a request counted by [`Leg::start`] without counting it: one
+    /// that was not sent after all, or a resync I/O.
+    pub(crate) fn end(&self) {
+        self.stats.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts `bytes` copied to the leg by a resync.
+    pub(crate) fn count_resynced(&self, bytes: u32) {
+        self.stats.resynced.fetch_add(bytes.into(), Ordering::Relaxed);
+    }
+
     /// Requests in flight.
     pub(crate) fn inflight(&self) -> u32 {
         self.stats.inflight.load(Ordering::Relaxed)
@@ -304,6 +317,7 @@ impl Leg {
             read_errors: s.read_errors.load(Ordering::Relaxed),
             write_errors: s.write_errors.load(Ordering::Relaxed),
             inflight: s.inflight.load(Ordering::Relaxed),
+            resynced: s.resynced.load(Ordering::Relaxed),
         }
     }
 }

@@ -17,6 +17,7 @@
 //! the resync never copies a region under a write (see [`crate::resync`]).
 
 use core::num::NonZeroU64;
+use core::sync::atomic::{fence, Ordering};
 
 use kernel::prelude::*;
 use kernel::sync::{Arc, ArcBorrow};
@@ -52,22 +53,52 @@ fn buckets(dev: &Device, sector: u64, bytes: u32) -> u64 {
     Barrier::buckets(map.region_of(sector), map.region_of(last))
 }
 
+/// What [`send`] did.
+#[derive(PartialEq, Eq)]
+enum Sent {
+    /// The clone is on its way.
+    Yes,
+    /// The leg left the set the I/O was meant for (it was detached, or
+    /// went down) before the clone went: nothing was sent.
+    Skipped,
+    /// The clone could not be made; the leg was failed.
+    Failed,
+}
+
+/// Whether leg `i` may still get an I/O of kind `write`.  Called after
+/// [`Leg::start`] and a full fence, so that a leg being detached either
+/// sees this I/O in flight (and waits for it) or this I/O sees the leg
+/// gone.
+fn still_usable(dev: &Device, i: usize, write: bool) -> bool {
+    fence(Ordering::SeqCst);
+    if write {
+        dev.leg_writable(i)
+    } else {
+        dev.leg_in_sync(i)
+    }
+}
+
 /// Sends `io` to leg `i`, from here or (`later`) from the workqueue; a leg
 /// that cannot get it is failed.
-fn send(io: &mut Io<'_, Device>, dev: ArcBorrow<'_, Device>, i: usize, sector: u64, later: bool) -> bool {
+fn send(io: &mut Io<'_, Device>, dev: ArcBorrow<'_, Device>, i: usize, sector: u64, later: bool) -> Sent {
     let leg = &dev.legs()[i];
     leg.start();
+    let write = io.parent().op() != Op::Read;
+    if !still_usable(&dev, i, write) {
+        leg.end();
+        return Sent::Skipped;
+    }
     let sent = if later {
         io.clone_to_later(i as u32, leg.dev(), sector)
     } else {
         io.clone_to(i as u32, leg.dev(), sector)
     };
     match sent {
-        Ok(()) => true,
+        Ok(()) => Sent::Yes,
         Err(e) => {
             leg.done(io.parent().op(), Err(e));
             Device::fail_leg(dev, i, e);
-            false
+            Sent::Failed
         }
     }
 }
@@ -86,16 +117,24 @@ pub(crate) fn submit(dev: ArcBorrow<'_, Device>, bio: Bio) {
     let mut io = Io::new(dev, bio);
     match op {
         Op::Other => io.fail(errno::eopnotsupp()),
-        Op::Read => match dev.pick_read_leg(0) {
-            Some(i) => {
-                if !send(&mut io, dev, i, sector, false) {
+        Op::Read => {
+            let mut tried = 0;
+            loop {
+                let Some(i) = dev.pick_read_leg(tried) else {
                     io.fail(EIO);
+                    break;
+                };
+                match send(&mut io, dev, i, sector, false) {
+                    Sent::Yes => break,
+                    Sent::Skipped => tried |= 1 << i,
+                    Sent::Failed => {
+                        io.fail(EIO);
+                        break;
+                    }
                 }
             }
-            None => io.fail(EIO),
-        },
+        }
         Op::Write | Op::Discard | Op::WriteZeroes => {
-            dev.mark_missed(sector, bytes);
             // A leg that does its I/O in the submitter's context (a RAM
             // disk, zram, pmem) costs that context the whole copy.  So a
             // large write to such legs is handed to the workqueue's lanes,
@@ -106,8 +145,15 @@ pub(crate) fn submit(dev: ArcBorrow<'_, Device>, bio: Bio) {
             let mut sent = 0;
             for i in 0..dev.legs().len() {
                 let later = large && dev.legs()[i].dev().is_synchronous();
-                if dev.leg_writable(i) && send(&mut io, dev, i, sector, later) {
-                    sent += 1;
+                if !dev.leg_writable(i) {
+                    // The leg misses this write.
+                    dev.mark_dirty(i, sector, bytes);
+                    continue;
+                }
+                match send(&mut io, dev, i, sector, later) {
+                    Sent::Yes => sent += 1,
+                    Sent::Skipped => dev.mark_dirty(i, sector, bytes),
+                    Sent::Failed => {}
                 }
             }
             if sent == 0 {
@@ -165,12 +211,19 @@ pub(crate) fn io_done(dev: ArcBorrow<'_, Device>, o: &Outcome) -> Decision {
 
 /// Picks another leg for a failed read.
 pub(crate) fn retry<'a>(dev: &'a Device, o: &Outcome) -> Option<Route<'a>> {
-    let i = dev.pick_read_leg(o.tried)?;
-    let leg = &dev.legs()[i];
-    leg.start();
-    Some(Route {
-        leg: i as u32,
-        sink: leg.dev(),
-        sector: o.sector,
-    })
+    let mut tried = o.tried;
+    loop {
+        let i = dev.pick_read_leg(tried)?;
+        let leg = &dev.legs()[i];
+        leg.start();
+        if still_usable(dev, i, false) {
+            return Some(Route {
+                leg: i as u32,
+                sink: leg.dev(),
+                sector: o.sector,
+            });
+        }
+        leg.end();
+        tried |= 1 << i;
+    }
 }

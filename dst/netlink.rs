@@ -76,6 +76,7 @@ fn encode(d: &Device, exports: Option<&Exports>) -> Result<KVec<u8>> {
             w.put_u64(leg::READ_ERRORS, s.read_errors)?;
             w.put_u64(leg::WRITE_ERRORS, s.write_errors)?;
             w.put_u32(leg::INFLIGHT, s.inflight)?;
+            w.put_u64(leg::RESYNCED, s.resynced)?;
             let (done, total) = d.resync_progress_of(i);
             if total > 0 {
                 w.put_u64(leg::RESYNC_DONE, done)?;
@@ -365,6 +366,39 @@ impl Registry {
         Ok(())
     }
 
+    /// The device and leg index a DETACH or ATTACH names.
+    fn leg_request(&self, attrs: &Attrs<'_>) -> Result<(Arc<Device>, usize), Refusal> {
+        let name = name(attrs)?;
+        let Some(d) = self.get(name) else {
+            refuse!(ENODEV, "no device named {}", name);
+        };
+        let Some(i) = last(attrs, dev::LEG_INDEX)? else {
+            refuse!(EINVAL, "missing leg index");
+        };
+        let Ok(i) = i.u32() else {
+            refuse!(EINVAL, "bad leg index");
+        };
+        Ok((d, i as usize))
+    }
+
+    fn do_detach(&self, attrs: &Attrs<'_>, req: &mut Request<'_>) -> Result<(), Refusal> {
+        let (d, i) = self.leg_request(attrs)?;
+        d.detach(i)?;
+        req.reply(cmd::DETACH, &encode(&d, Some(&self.exports))?)?;
+        Ok(())
+    }
+
+    fn do_attach(&self, attrs: &Attrs<'_>, req: &mut Request<'_>) -> Result<(), Refusal> {
+        let (d, i) = self.leg_request(attrs)?;
+        let full = match last(attrs, dev::FULL)? {
+            Some(a) => a.u8().map_err(|_| Refusal::from(EINVAL))? != 0,
+            None => false,
+        };
+        d.attach(i, full)?;
+        req.reply(cmd::ATTACH, &encode(&d, Some(&self.exports))?)?;
+        Ok(())
+    }
+
     fn do_unexport(&self, attrs: &Attrs<'_>) -> Result<(), Refusal> {
         let name = name(attrs)?;
         let Some(d) = self.get(name) else {
@@ -393,6 +427,8 @@ impl Handler for Registry {
             cmd::REMOVE => self.do_remove(&attrs),
             cmd::EXPORT => self.do_export(&attrs, req),
             cmd::UNEXPORT => self.do_unexport(&attrs),
+            cmd::DETACH => self.do_detach(&attrs, req),
+            cmd::ATTACH => self.do_attach(&attrs, req),
             _ => Err(errno::eopnotsupp().into()),
         };
         res.map_err(|r| {

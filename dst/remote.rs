@@ -238,6 +238,9 @@ pub(crate) struct Remote {
     info: ExportInfo,
     link: AtomicU8,
     hold: AtomicBool,
+    /// Detached by the administrator: disconnected, and not reconnecting
+    /// until attached again.
+    parked: AtomicBool,
     dead: AtomicBool,
     /// Connection generation: a failure seen on an older one is stale.
     gen: AtomicU64,
@@ -339,6 +342,7 @@ impl Remote {
                 info,
                 link: AtomicU8::new(Link::Up as u8),
                 hold: AtomicBool::new(true),
+                parked: AtomicBool::new(false),
                 dead: AtomicBool::new(false),
                 gen: AtomicU64::new(1),
                 down_since_ms: AtomicU64::new(0),
@@ -417,6 +421,27 @@ impl Remote {
         }
         finish(done);
         *self.owner.lock() = None;
+    }
+
+    /// Disconnects and stays disconnected until [`Remote::unpark`] (the
+    /// leg is detached: its server may be used on its own).  The caller
+    /// has made sure no I/O is in flight.
+    pub(crate) fn park(self: &Arc<Self>) {
+        self.parked.store(true, Ordering::SeqCst);
+        if Link::from_u8(self.link.load(Ordering::SeqCst)) == Link::Up {
+            let gen = self.gen.load(Ordering::Acquire);
+            if self.fail_connection(gen, Msg::new(format_args!("detached"))) {
+                self.went_down();
+            }
+        }
+    }
+
+    /// Connects again after [`Remote::park`].
+    pub(crate) fn unpark(self: &Arc<Self>) {
+        self.parked.store(false, Ordering::SeqCst);
+        *self.problem.lock() = Msg::new(format_args!(""));
+        self.backoff_ms.store(BACKOFF_MIN_MS, Ordering::Relaxed);
+        Job::<Remote, CONNECT>::queue(self.clone(), 0);
     }
 
     /// Takes a bio for the server.
@@ -860,7 +885,7 @@ impl JobRun<TICK> for Remote {
 
 impl JobRun<CONNECT> for Remote {
     fn run(this: Arc<Self>) {
-        if this.link() != Link::Down {
+        if this.link() != Link::Down || this.parked.load(Ordering::SeqCst) {
             return;
         }
         let old = this.info;
@@ -910,7 +935,15 @@ impl JobRun<CONNECT> for Remote {
             this.backoff_ms.store(BACKOFF_MIN_MS, Ordering::Relaxed);
             this.dead.store(false, Ordering::Release);
             this.connects.fetch_add(1, Ordering::Relaxed);
-            this.link.store(Link::Up as u8, Ordering::Release);
+            this.link.store(Link::Up as u8, Ordering::SeqCst);
+        }
+        if this.parked.load(Ordering::SeqCst) {
+            // Parked while connecting: `park` may not have seen the link up.
+            let gen = this.gen.load(Ordering::Acquire);
+            if this.fail_connection(gen, Msg::new(format_args!("detached"))) {
+                this.went_down();
+            }
+            return;
         }
         *this.problem.lock() = Msg::new(format_args!(""));
         let owner = this.owner.lock().clone();

@@ -20,7 +20,7 @@
 //! resumes when a source and the target are available again.  It runs as a
 //! job on the module's workqueue, driven by I/O completions; nothing waits.
 
-use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{fence, AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 use kernel::prelude::*;
 use kernel::sync::Arc;
@@ -188,6 +188,21 @@ impl IoResult {
     }
 }
 
+/// Whether leg `i` may still get a resync I/O: the source must be in sync,
+/// the target (`target`) being resynced.  Called after [`Leg::start`] and
+/// a full fence, so that a leg being detached either sees the I/O in
+/// flight (and waits for it) or the I/O sees the leg gone.
+///
+/// [`Leg::start`]: crate::leg::Leg::start
+fn still_usable(dev: &Device, i: usize, target: bool) -> bool {
+    fence(Ordering::SeqCst);
+    if target {
+        dev.leg_resyncing(i)
+    } else {
+        dev.leg_in_sync(i) && dev.leg_reachable(i)
+    }
+}
+
 /// What the job should do after a step.
 enum Next {
     /// Call again at once.
@@ -254,11 +269,20 @@ fn step(dev: &Arc<Device>, st: &mut ResyncState) -> Next {
                 end_chunk(dev, st);
                 return Next::Continue;
             };
+            src.start();
+            if !still_usable(dev, chunk.source, false) {
+                // The source was detached or went down: pick another.
+                src.end();
+                end_chunk(dev, st);
+                dev.kick_resync_later();
+                return Next::Wait;
+            }
             st.chunk = Some(Chunk {
                 phase: Phase::Reading,
                 ..chunk
             });
             if page_io(dev.clone(), buf, src.dev(), PageOp::Read, sector, bytes).is_err() {
+                src.end();
                 st.chunk = Some(chunk);
                 dev.kick_resync_later();
                 return Next::Wait;
@@ -269,6 +293,10 @@ fn step(dev: &Arc<Device>, st: &mut ResyncState) -> Next {
             let Some(res) = dev.resync_result().take() else {
                 return Next::Wait;
             };
+            let ended = if chunk.phase == Phase::Reading { chunk.source } else { target };
+            if let Some(leg) = dev.legs().get(ended) {
+                leg.end();
+            }
             if chunk.phase == Phase::Reading {
                 if res.is_err() {
                     // The source failed: try again, perhaps from another
@@ -286,11 +314,19 @@ fn step(dev: &Arc<Device>, st: &mut ResyncState) -> Next {
                     end_chunk(dev, st);
                     return Next::Continue;
                 };
+                dst.start();
+                if !still_usable(dev, target, true) {
+                    // The target was detached or went down.
+                    dst.end();
+                    end_chunk(dev, st);
+                    return Next::Continue;
+                }
                 st.chunk = Some(Chunk {
                     phase: Phase::Writing,
                     ..chunk
                 });
                 if page_io(dev.clone(), buf, dst.dev(), PageOp::Write, sector, bytes).is_err() {
+                    dst.end();
                     end_chunk(dev, st);
                     dev.kick_resync_later();
                     return Next::Wait;
@@ -305,6 +341,9 @@ fn step(dev: &Arc<Device>, st: &mut ResyncState) -> Next {
                         }
                     }
                     st.done += u64::from(bytes);
+                    if let Some(leg) = dev.legs().get(target) {
+                        leg.count_resynced(bytes);
+                    }
                     st.cursor = chunk.first + chunk.count;
                     st.failures = 0;
                     end_chunk(dev, st);

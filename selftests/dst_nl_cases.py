@@ -21,7 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from nl_raw import GenlSocket, nla, nla_nest, nla_str, nla_strn, nla_u8, nla_u32, nla_u64  # noqa: E402
 
 # Commands and attributes (dst-proto genl.rs).
-GET, CREATE, REMOVE, EXPORT, UNEXPORT = 1, 2, 3, 5, 6
+GET, CREATE, REMOVE, EXPORT, UNEXPORT, DETACH, ATTACH = 1, 2, 3, 5, 6, 7, 8
+LEG_INDEX, FULL = 12, 13
 EXP = 11
 LISTEN, EXP_NAME, READ_ONLY, ALLOW = 1, 2, 3, 4
 NAME, TARGET, LEG, SIZE = 1, 2, 3, 6
@@ -104,6 +105,12 @@ CASES = {
     "export-not-an-address-here": (EXPORT, nla_str(NAME, "r1") + nla_nest(EXP, nla_str(LISTEN, "192.0.2.1:10809")),
                                    ANY, "not an address of this machine"),
     "unexport-not-exported": (UNEXPORT, nla_str(NAME, "r1"), errno.ENOENT, "is not exported"),
+    "detach-no-leg-index": (DETACH, nla_str(NAME, "r1"), errno.EINVAL, "missing leg index"),
+    "detach-leg-out-of-range": (DETACH, nla_str(NAME, "r1") + nla_u32(LEG_INDEX, 99), errno.ENOENT, "has no leg 99"),
+    "detach-leg-index-wrong-size": (DETACH, nla_str(NAME, "r1") + nla_u8(LEG_INDEX, 1), ANY, None),
+    "detach-unknown-device": (DETACH, nla_str(NAME, "nope") + nla_u32(LEG_INDEX, 0), errno.ENODEV, "no device named"),
+    "attach-in-sync-leg": (ATTACH, nla_str(NAME, "r1") + nla_u32(LEG_INDEX, 0), errno.EINVAL, "is not detached"),
+    "attach-full-out-of-range": (ATTACH, nla_str(NAME, "r1") + nla_u32(LEG_INDEX, 1) + nla_u8(FULL, 2), ANY, None),
     "get-no-name": (GET, b"", errno.EINVAL, "missing device name"),
     "get-unknown-device": (GET, nla_str(NAME, "nope"), errno.ENODEV, "no device named nope"),
     "remove-no-name": (REMOVE, b"", errno.EINVAL, "missing device name"),

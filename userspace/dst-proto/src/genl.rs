@@ -40,6 +40,13 @@ pub mod cmd {
     /// Stop exporting a device: every export of it, or only the one whose
     /// `exp::NAME` is given in a `dev::EXPORT` nest.
     pub const UNEXPORT: u8 = 6;
+    /// Detach a mirror leg (`DEV_NAME`, `dev::LEG_INDEX`): it stops getting
+    /// I/O and keeps the device's contents as of the detach.
+    pub const DETACH: u8 = 7;
+    /// Attach a detached leg again (`DEV_NAME`, `dev::LEG_INDEX`,
+    /// `dev::FULL`): it is resynced, only the regions written meanwhile
+    /// unless `dev::FULL` is 1.
+    pub const ATTACH: u8 = 8;
 }
 
 /// Device attributes (top level of every message).
@@ -67,8 +74,13 @@ pub mod dev {
     /// One NBD export of the device (nested [`super::exp`] attributes);
     /// repeated.
     pub const EXPORT: u16 = 11;
+    /// DETACH and ATTACH: the leg, by its index from 0 (u32).
+    pub const LEG_INDEX: u16 = 12;
+    /// ATTACH: copy the whole leg (1) rather than only the regions written
+    /// while it was detached (0, the default) (u8).
+    pub const FULL: u16 = 13;
     /// Highest device attribute id.
-    pub const MAX: u16 = 11;
+    pub const MAX: u16 = 13;
 }
 
 /// Export attributes (inside a [`dev::EXPORT`] nest).
@@ -155,8 +167,11 @@ pub mod leg {
     /// only the regions written while it was away (0, the default), for
     /// servers that do not keep their data across a restart (u8).
     pub const FULL_RESYNC: u16 = 23;
+    /// Bytes copied to the leg by resyncs since the device was created
+    /// (u64).
+    pub const RESYNCED: u16 = 24;
     /// Highest leg attribute id.
-    pub const MAX: u16 = 23;
+    pub const MAX: u16 = 24;
 }
 
 macro_rules! wire_enum {
@@ -230,6 +245,9 @@ wire_enum! {
         Connecting = 4 => "connecting",
         /// Being brought back in sync: gets writes, serves no reads.
         Resyncing = 5 => "resyncing",
+        /// Detached by the administrator (a backup): gets no I/O; the
+        /// regions written meanwhile are remembered.
+        Detached = 6 => "detached",
     }
 }
 
@@ -307,6 +325,11 @@ const NAME_SPEC: AttrSpec = AttrSpec {
     kind: Kind::Str {
         max_len: NAME_MAX as u16,
     },
+};
+
+const LEG_INDEX_SPEC: AttrSpec = AttrSpec {
+    id: dev::LEG_INDEX,
+    kind: Kind::U32,
 };
 
 /// Longest NBD export name (the NBD protocol's limit).
@@ -435,6 +458,25 @@ pub const COMMANDS: &[CmdSpec] = &[
         ],
     },
     CmdSpec {
+        cmd: cmd::DETACH,
+        doit: true,
+        dumpit: false,
+        policy: &[NAME_SPEC, LEG_INDEX_SPEC],
+    },
+    CmdSpec {
+        cmd: cmd::ATTACH,
+        doit: true,
+        dumpit: false,
+        policy: &[
+            NAME_SPEC,
+            LEG_INDEX_SPEC,
+            AttrSpec {
+                id: dev::FULL,
+                kind: Kind::U8 { min: 0, max: 1 },
+            },
+        ],
+    },
+    CmdSpec {
         cmd: cmd::UNEXPORT,
         doit: true,
         dumpit: false,
@@ -500,6 +542,7 @@ mod tests {
             LegState::Down,
             LegState::Connecting,
             LegState::Resyncing,
+            LegState::Detached,
         ] {
             assert_eq!(LegState::from_u8(s as u8), Some(s));
         }

@@ -37,6 +37,11 @@ The kernel can also serve a device over NBD itself (dstctl export), to
 clients on other hosts: nbd-client, qemu, or another host's dst device
 using it as a remote leg.
 
+A mirror leg can be detached while the device is in use (dstctl detach),
+as a live backup: it keeps the device's contents of that moment, to
+mount, check or copy.  Attached again (dstctl attach), it is resynced
+with only what was written meanwhile.
+
 Every command needs root (CAP_SYS_ADMIN) and the dst kernel module
 (modprobe dst, or insmod dst.ko).";
 
@@ -53,6 +58,8 @@ Examples:
   dstctl export r1 --listen 0.0.0.0 --allow 10.0.0.0/8
                                                 serve r1 over NBD to 10.0.0.0/8
   dstctl unexport r1                            stop serving r1
+  dstctl detach r1 1 --freeze                   take leg 1 out as a clean backup
+  dstctl attach r1 1                            put it back, copy what changed
   dstctl remove r1                              remove r1 (its legs are kept)";
 
 /// `dstctl create --help`; the timing defaults come from the shared
@@ -181,7 +188,9 @@ not), failed (no I/O possible).  Leg states: in-sync (up to date, receives
 every write), faulty (failed an I/O, no longer used), connecting (a remote
 leg not connected yet), down (a remote leg whose connection is lost; the
 kernel reconnects), resyncing (being brought back in sync, shown with its
-progress).
+progress), detached (taken out by dstctl detach; see dstctl attach).
+A leg that resyncs have copied data to shows how much, in all since the
+device was created, on a line of its own.
 
 Remote legs add a CONN column (connections made so far) and a line with
 the server's address, export and timing; a leg's last problem, if any, is
@@ -193,6 +202,70 @@ exports: name, listening address, mode (rw, or ro for read-only), clients
 connected now, requests served, connections refused, and the networks
 allowed to connect (loopback only, when none was given); each connected
 client's address is shown below its export.";
+
+const DETACH_LONG_ABOUT: &str = "\
+Detach a leg from a mirror while the device stays in use, as a live
+backup: the device goes on with its other legs, degraded, and the
+detached leg keeps the device's contents as of the detach.  Prints
+nothing; with --json, the device as dstctl status --json shows it.
+
+dst waits for the writes in flight to the leg to complete, flushes the
+leg's write cache, then stops sending it I/O.  The leg then holds the
+device as it was at that moment: crash-consistent, as after a power cut,
+which a journaling filesystem recovers from when mounted.  With --freeze,
+the filesystem mounted on the device is frozen (FIFREEZE) just before the
+detach and thawed (FITHAW) just after it, even if the detach failed: the
+copy is then a clean filesystem.  Writers to it wait meanwhile, usually
+for well under a second.  --freeze needs the device to be mounted.
+
+A detached local leg is released, so that it can be mounted or copied
+(dd, a backup tool); mount it read-only, and unmount it before attaching
+it again.  Without --freeze, even a read-only mount may replay the
+filesystem's journal onto the copy (use -o ro,noload for ext4, -o
+ro,norecovery for xfs, or attach --full later).  A detached remote leg is
+disconnected, so that its server may be used on its own.
+
+Meanwhile the device remembers which 64 KiB regions are written, so that
+dstctl attach copies only those back.  The last in-sync leg of a mirror
+cannot be detached, nor a leg of a linear device.
+
+LEG is the leg's index as dstctl status shows it (0, 1, ...), the leg as
+given to dstctl create (/dev/sdb, nbd://10.0.0.2/disk), or its kernel
+disk (sdb, /dev/sdb).";
+
+const DETACH_EXAMPLES: &str = "\
+Examples:
+  dstctl detach r1 2                  detach leg 2 of r1
+  dstctl detach r1 /dev/sdc --freeze  freeze the filesystem on r1 around it
+  dstctl detach r2 nbd://10.0.0.2/disk
+After a detach with --freeze, for example:
+  e2fsck -fn /dev/sdc                 check the copy without changing it
+  mount -o ro /dev/sdc /mnt/backup    read it; umount before attaching";
+
+const ATTACH_LONG_ABOUT: &str = "\
+Attach a leg that dstctl detach took out: dst claims it again and resyncs
+it from the other legs while the device stays in use; the leg serves
+reads again once it is in sync.  Prints nothing; with --json, the device
+as dstctl status --json shows it.
+
+By default only the 64 KiB regions written to the device while the leg
+was detached are copied.  That is only right if the detached copy itself
+was NOT written meanwhile.  If it was (mounted read-write, fsck'd with
+repairs, a journal replayed when mounting), give --full: the whole
+device is copied.
+
+A local leg must not be in use (mounted, or open exclusively) to be
+attached: unmount it first.  A remote leg is reconnected, and resynced
+once connected.  dstctl status and dstctl monitor show the progress.
+
+LEG is as for dstctl detach: the leg's index (0, 1, ...), the leg as
+given to dstctl create, or its kernel disk.";
+
+const ATTACH_EXAMPLES: &str = "\
+Examples:
+  dstctl attach r1 2                  resync what changed since the detach
+  dstctl attach r1 /dev/sdc --full    the copy was written: resync all of it
+  dstctl status r1                    the progress";
 
 const MONITOR_LONG_ABOUT: &str = "\
 Print changes to devices as they happen, one line each, until interrupted.
@@ -279,6 +352,14 @@ pub enum Command {
         after_help = "Examples:\n  dstctl unexport r1\n  dstctl unexport r1 --name backup"
     )]
     Unexport(UnexportArgs),
+
+    /// Detach a mirror leg, as a live backup of the device
+    #[command(long_about = DETACH_LONG_ABOUT, after_help = DETACH_EXAMPLES)]
+    Detach(DetachArgs),
+
+    /// Attach a detached leg again and resync what changed
+    #[command(long_about = ATTACH_LONG_ABOUT, after_help = ATTACH_EXAMPLES)]
+    Attach(AttachArgs),
 
     /// Print changes to devices as they happen, until interrupted
     #[command(
@@ -373,6 +454,42 @@ pub struct UnexportArgs {
     pub name: Option<String>,
 }
 
+/// Arguments of `dstctl detach`.
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    /// Name of the mirror
+    #[arg(value_name = "DEVICE")]
+    pub device: String,
+
+    /// The leg: its index (as dstctl status shows it), the leg as given
+    /// to dstctl create, or its kernel disk (sdb, /dev/sdb)
+    #[arg(value_name = "LEG")]
+    pub leg: String,
+
+    /// Freeze the filesystem mounted on the device around the detach, for
+    /// a clean copy
+    #[arg(long)]
+    pub freeze: bool,
+}
+
+/// Arguments of `dstctl attach`.
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// Name of the mirror
+    #[arg(value_name = "DEVICE")]
+    pub device: String,
+
+    /// The detached leg: its index, the leg as given to dstctl create, or
+    /// its kernel disk
+    #[arg(value_name = "LEG")]
+    pub leg: String,
+
+    /// Copy the whole device to the leg, not only what was written while
+    /// it was detached (needed if the detached copy was written)
+    #[arg(long)]
+    pub full: bool,
+}
+
 impl CreateArgs {
     /// The target chosen by the flags.
     pub fn target(&self) -> Target {
@@ -441,6 +558,8 @@ impl Command {
             Command::Remove { name } => ("remove", Some(name)),
             Command::Export(a) => ("export", Some(&a.device)),
             Command::Unexport(a) => ("unexport", Some(&a.device)),
+            Command::Detach(a) => ("detach", Some(&a.device)),
+            Command::Attach(a) => ("attach", Some(&a.device)),
             Command::List => ("list", None),
             Command::Status { name } => ("status", name.as_ref()),
             Command::Monitor { name } => ("monitor", name.as_ref()),
@@ -462,6 +581,8 @@ impl Command {
             Command::Remove { name } => Some(name),
             Command::Export(a) => Some(&a.device),
             Command::Unexport(a) => Some(&a.device),
+            Command::Detach(a) => Some(&a.device),
+            Command::Attach(a) => Some(&a.device),
             Command::List => None,
             Command::Status { name } | Command::Monitor { name } => name.as_ref(),
         };
@@ -479,6 +600,11 @@ impl Command {
                 if let Some(name) = &a.name {
                     check_export_name(name)?;
                 }
+            }
+            Command::Detach(DetachArgs { leg, .. }) | Command::Attach(AttachArgs { leg, .. })
+                if leg.is_empty() =>
+            {
+                return Err("LEG is empty".into());
             }
             _ => {}
         }
@@ -936,6 +1062,121 @@ mod tests {
         let status = cmd.find_subcommand_mut("status").unwrap();
         let help = status.render_long_help().to_string();
         assert!(help.contains("loopback only"), "{help}");
+    }
+
+    #[test]
+    fn detach_and_attach_commands() {
+        let cli = parse(&["detach", "r1", "1"]).unwrap();
+        assert!(!cli.json);
+        assert_eq!(cli.command.context(), "detach r1");
+        assert_eq!(cli.command.validate(), Ok(()));
+        assert!(matches!(
+            &cli.command,
+            Command::Detach(DetachArgs { device, leg, freeze: false }) if device == "r1" && leg == "1"
+        ));
+        let cli = parse(&["detach", "--freeze", "r1", "/dev/ram1", "--json"]).unwrap();
+        assert!(cli.json);
+        assert!(matches!(
+            &cli.command,
+            Command::Detach(DetachArgs { leg, freeze: true, .. }) if leg == "/dev/ram1"
+        ));
+
+        let cli = parse(&["attach", "r1", "nbd://127.0.0.1:10809/x"]).unwrap();
+        assert_eq!(cli.command.context(), "attach r1");
+        assert_eq!(cli.command.validate(), Ok(()));
+        assert!(matches!(
+            &cli.command,
+            Command::Attach(AttachArgs { device, leg, full: false })
+                if device == "r1" && leg == "nbd://127.0.0.1:10809/x"
+        ));
+        let cli = parse(&["attach", "r1", "ram1", "--full"]).unwrap();
+        assert!(matches!(
+            &cli.command,
+            Command::Attach(AttachArgs { leg, full: true, .. }) if leg == "ram1"
+        ));
+        assert_eq!(
+            parse(&["attach", "a\nb", "0"]).unwrap().command.context(),
+            "attach a\\nb"
+        );
+    }
+
+    #[test]
+    fn detach_and_attach_errors() {
+        // Both DEVICE and LEG are required; one LEG only; each its own flag.
+        for args in [
+            &["detach"][..],
+            &["detach", "r1"],
+            &["attach", "r1"],
+            &["detach", "r1", "0", "1"],
+            &["detach", "r1", "0", "--full"],
+            &["attach", "r1", "0", "--freeze"],
+            &["attach", "r1", "0", "--full=yes"],
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+        }
+        let check = |args: &[&str]| parse(args).unwrap().command.validate();
+        assert_eq!(check(&["detach", "r1", ""]), Err("LEG is empty".into()));
+        assert_eq!(check(&["attach", "r1", ""]), Err("LEG is empty".into()));
+        assert_eq!(
+            check(&["detach", "a/b", "0"]),
+            Err("device name may only hold letters, digits, '_', '-' and '.'".into())
+        );
+        assert!(check(&["attach", &"x".repeat(32), "0"]).is_err());
+    }
+
+    #[test]
+    fn help_explains_detach_and_attach() {
+        let mut cmd = Cli::command();
+        let detach = cmd.find_subcommand_mut("detach").unwrap();
+        let help = detach.render_long_help().to_string();
+        for word in [
+            "<DEVICE>",
+            "<LEG>",
+            "--freeze",
+            "in flight",
+            "flushes",
+            "crash-consistent",
+            "FIFREEZE",
+            "64 KiB regions",
+            "last in-sync leg",
+            "read-only",
+            "disconnected",
+            "Examples:",
+            "dstctl detach r1 2",
+        ] {
+            assert!(help.contains(word), "detach help lacks {word}:\n{help}");
+        }
+        let mut cmd = Cli::command();
+        let attach = cmd.find_subcommand_mut("attach").unwrap();
+        let help = attach.render_long_help().to_string();
+        for word in [
+            "<DEVICE>",
+            "<LEG>",
+            "--full",
+            "NOT written",
+            "reconnected",
+            "dstctl monitor",
+            "Examples:",
+            "dstctl attach r1 2",
+        ] {
+            assert!(help.contains(word), "attach help lacks {word}:\n{help}");
+        }
+        let help = Cli::command().render_long_help().to_string();
+        for word in [
+            "dstctl detach",
+            "dstctl attach",
+            "dstctl detach r1 1 --freeze",
+        ] {
+            assert!(help.contains(word), "help lacks {word}:\n{help}");
+        }
+        let mut cmd = Cli::command();
+        let status = cmd.find_subcommand_mut("status").unwrap();
+        let help = status.render_long_help().to_string();
+        assert!(
+            help.contains("detached (taken out by dstctl detach"),
+            "{help}"
+        );
     }
 
     #[test]

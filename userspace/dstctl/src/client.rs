@@ -5,8 +5,8 @@
 use dst_proto::genl::{cmd, Target, FAMILY_NAME, FAMILY_VERSION, MCGRP_EVENTS};
 
 use crate::model::{
-    create_request, export_request, name_request, unexport_request, Device, ExportRequest,
-    LegRequest,
+    create_request, export_request, leg_request, name_request, unexport_request, Device,
+    ExportRequest, LegRequest,
 };
 use crate::netlink::{Error, Family, GenlSocket, McastGroup};
 
@@ -73,11 +73,7 @@ impl Dst {
     pub fn export(&mut self, name: &str, export: &ExportRequest) -> Result<Option<Device>, Error> {
         let attrs = export_request(name, export)?;
         let replies = self.sock.request(self.family, cmd::EXPORT, &attrs)?;
-        replies
-            .first()
-            .map(|r| Device::decode(r))
-            .transpose()
-            .map_err(Error::from)
+        first(&replies)
     }
 
     /// Stops exporting a device: every export of it, or only the one
@@ -86,6 +82,24 @@ impl Dst {
         self.sock
             .request(self.family, cmd::UNEXPORT, &unexport_request(name, export)?)?;
         Ok(())
+    }
+
+    /// Detaches leg `index` of a mirror.  Returns the device as the
+    /// kernel describes it afterwards, if its reply holds it.
+    pub fn detach(&mut self, name: &str, index: u32) -> Result<Option<Device>, Error> {
+        let attrs = leg_request(name, index, false)?;
+        let replies = self.sock.request(self.family, cmd::DETACH, &attrs)?;
+        first(&replies)
+    }
+
+    /// Attaches detached leg `index` of a mirror again, to be resynced:
+    /// all of it if `full`, else what was written while it was detached.
+    /// Returns the device as the kernel describes it afterwards, if its
+    /// reply holds it.
+    pub fn attach(&mut self, name: &str, index: u32, full: bool) -> Result<Option<Device>, Error> {
+        let attrs = leg_request(name, index, full)?;
+        let replies = self.sock.request(self.family, cmd::ATTACH, &attrs)?;
+        first(&replies)
     }
 
     /// Describes one device.
@@ -106,6 +120,15 @@ impl Dst {
         devices.sort_by_key(|d| d.index);
         Ok(devices)
     }
+}
+
+/// The device described by the first reply to a request, if any.
+fn first(replies: &[Vec<u8>]) -> Result<Option<Device>, Error> {
+    replies
+        .first()
+        .map(|r| Device::decode(r))
+        .transpose()
+        .map_err(Error::from)
 }
 
 /// The device described by the (first) reply to a request.

@@ -7,6 +7,7 @@
 
 mod cli;
 mod client;
+mod detach;
 mod export;
 mod model;
 mod monitor;
@@ -16,6 +17,7 @@ mod remote;
 
 use std::fmt;
 use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -94,6 +96,7 @@ fn run(cli: &Cli) -> Result<String, Failure> {
         _ => None,
     };
     let op = |e| Failure::Op(context.clone(), e);
+    let failed = |m: String| Failure::Failed(format!("{context}: {}", one_line(&m)));
 
     let mut dst = Dst::connect().map_err(|e| match e {
         netlink::Error::Refused(r) if r.errno == libc::ENOENT => Failure::NotLoaded,
@@ -118,20 +121,37 @@ fn run(cli: &Cli) -> Result<String, Failure> {
         Command::Export(a) => {
             let request = export.as_ref().expect("resolved above");
             let d = dst.export(&a.device, request).map_err(op)?;
-            if json {
-                // The kernel answers with the device; ask if it did not.
-                let d = match d {
-                    Some(d) => d,
-                    None => dst.get(&a.device).map_err(op)?,
-                };
-                output::json(&d)
-            } else {
-                String::new()
-            }
+            reply_json(&mut dst, &a.device, d, json).map_err(op)?
         }
         Command::Unexport(a) => {
             dst.unexport(&a.device, a.name.as_deref()).map_err(op)?;
             String::new()
+        }
+        Command::Detach(a) => {
+            let d = dst.get(&a.device).map_err(op)?;
+            let index = detach::resolve_leg(&d, &a.leg, canonical).map_err(failed)?;
+            // Frozen before the detach, thawed after it whatever happened.
+            let frozen = if a.freeze {
+                let point = detach::mount_point(&d.path).map_err(failed)?;
+                Some(detach::Frozen::freeze(&point).map_err(failed)?)
+            } else {
+                None
+            };
+            let detached = dst.detach(&a.device, index);
+            let thawed = frozen.map_or(Ok(()), detach::Frozen::thaw);
+            let d = match (detached, thawed) {
+                (Ok(d), Ok(())) => d,
+                (Ok(_), Err(t)) => return Err(failed(format!("leg {index} is detached, but {t}"))),
+                (Err(e), Ok(())) => return Err(op(e)),
+                (Err(e), Err(t)) => return Err(Failure::Failed(format!("{}; and {t}", op(e)))),
+            };
+            reply_json(&mut dst, &a.device, d, json).map_err(op)?
+        }
+        Command::Attach(a) => {
+            let d = dst.get(&a.device).map_err(op)?;
+            let index = detach::resolve_leg(&d, &a.leg, canonical).map_err(failed)?;
+            let d = dst.attach(&a.device, index, a.full).map_err(op)?;
+            reply_json(&mut dst, &a.device, d, json).map_err(op)?
         }
         Command::List => {
             let devices = dst.list().map_err(op)?;
@@ -170,6 +190,30 @@ fn run(cli: &Cli) -> Result<String, Failure> {
             }
         },
     })
+}
+
+/// What to print after a command that changed device `name`: nothing, or
+/// with `json` the device, from the kernel's `reply` or asked for if it
+/// has none.
+fn reply_json(
+    dst: &mut Dst,
+    name: &str,
+    reply: Option<model::Device>,
+    json: bool,
+) -> Result<String, netlink::Error> {
+    if !json {
+        return Ok(String::new());
+    }
+    let d = match reply {
+        Some(d) => d,
+        None => dst.get(name)?,
+    };
+    Ok(output::json(&d))
+}
+
+/// The canonical form of a path that exists (links resolved).
+fn canonical(p: &Path) -> Option<PathBuf> {
+    std::fs::canonicalize(p).ok()
 }
 
 /// Whether stdout is a terminal (which gets progress bars).
@@ -311,6 +355,24 @@ mod tests {
             assert_eq!(f.exit_code(), 2, "{args:?}");
             assert_eq!(f.to_string(), want);
         }
+        // detach and attach: the names and LEG, before any socket.
+        for (args, want) in [
+            (
+                &["detach", "a/b", "0"][..],
+                "detach a/b: device name may only hold letters, digits, '_', '-' and '.'",
+            ),
+            (
+                &["attach", ".r1", "/dev/ram1", "--full"],
+                "attach .r1: device name must not start with '-' or '.'",
+            ),
+            (&["detach", "r1", "", "--freeze"], "detach r1: LEG is empty"),
+            (&["attach", "r1", ""], "attach r1: LEG is empty"),
+        ] {
+            let f = run_args(args).unwrap_err();
+            assert!(matches!(f, Failure::Usage(_)), "{args:?}");
+            assert_eq!(f.exit_code(), 2, "{args:?}");
+            assert_eq!(f.to_string(), want);
+        }
         let f = run_args(&["create", "r1", "--mirror", "nbds://h/x"]).unwrap_err();
         assert_eq!(
             f.to_string(),
@@ -353,6 +415,23 @@ mod tests {
 
         let f = Failure::Op("list".into(), refused(libc::EINVAL, Some("two\nlines")));
         assert!(!f.to_string().contains('\n'));
+
+        // What detach and attach add: an unknown leg, a detach with the
+        // filesystem left thawed or not.
+        let f = Failure::Failed("attach r1: /dev/ram5 is not a leg of r1".into());
+        assert_eq!(f.exit_code(), 1);
+        let f = Failure::Failed(format!(
+            "{}; and thawing the filesystem on /mnt failed: x",
+            Failure::Op(
+                "detach r1".into(),
+                refused(libc::EBUSY, Some("leg 0 is the last in-sync leg of r1"))
+            )
+        ));
+        assert_eq!(
+            f.to_string(),
+            "detach r1: leg 0 is the last in-sync leg of r1 (EBUSY); \
+             and thawing the filesystem on /mnt failed: x"
+        );
 
         assert_eq!(Failure::NotLoaded.exit_code(), 1);
         let f = Failure::Failed("create r1: leg nbd://x/y: cannot resolve x: no address".into());

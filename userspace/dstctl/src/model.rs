@@ -152,8 +152,9 @@ pub struct Export {
 /// The keys are always present.  Those that only remote legs have
 /// (`addr` to `backoff_max_ms`, `nbd_flags`, `connects`) are `null` for
 /// local legs, and for remote legs when the kernel did not report them;
-/// `resync_done` and `resync_total` are 0 when no resync runs; `problem`
-/// is `null` when there is none.
+/// `resync_done` and `resync_total` are 0 when no resync runs; `resynced`
+/// is 0 from a kernel that does not report it; `problem` is `null` when
+/// there is none.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct Leg {
     /// Position in the device, from 0.
@@ -194,6 +195,8 @@ pub struct Leg {
     pub resync_done: u64,
     /// Bytes the running resync has to bring in sync; 0 if none runs.
     pub resync_total: u64,
+    /// Bytes copied to the leg by resyncs since the device was created.
+    pub resynced: u64,
     /// Remote: the server's NBD transmission flags.
     pub nbd_flags: Option<u32>,
     /// Remote: successful connections so far.
@@ -286,6 +289,7 @@ impl Leg {
                 leg::BACKOFF_MAX_MS => l.backoff_max_ms = Some(a.u32()?),
                 leg::RESYNC_DONE => l.resync_done = a.u64()?,
                 leg::RESYNC_TOTAL => l.resync_total = a.u64()?,
+                leg::RESYNCED => l.resynced = a.u64()?,
                 leg::NBD_FLAGS => l.nbd_flags = Some(a.u32()?),
                 leg::CONNECTS => l.connects = Some(a.u32()?),
                 leg::PROBLEM => l.problem = Some(string(&a)?).filter(|p| !p.is_empty()),
@@ -444,6 +448,19 @@ pub fn unexport_request(device: &str, export: Option<&str>) -> Result<Vec<u8>, n
     Ok(b.0)
 }
 
+/// Attributes of a `DETACH` or `ATTACH` request: the device's name, the
+/// leg's index, and `FULL` when `full` (attach only).
+pub fn leg_request(device: &str, index: u32, full: bool) -> Result<Vec<u8>, nlattr::Error> {
+    let mut b = Buf::default();
+    let mut w = Writer::new(&mut b);
+    w.put_str(dev::NAME, device)?;
+    w.put_u32(dev::LEG_INDEX, index)?;
+    if full {
+        w.put_u8(dev::FULL, 1)?;
+    }
+    Ok(b.0)
+}
+
 /// Attributes of a request naming one device (`GET`, `REMOVE`).
 pub fn name_request(name: &str) -> Result<Vec<u8>, nlattr::Error> {
     let mut b = Buf::default();
@@ -496,6 +513,36 @@ mod tests {
         let linear = create_request("l", Target::Linear, &legs[..1]).unwrap();
         let t = Attrs::new(&linear).find(dev::TARGET).unwrap().unwrap();
         assert_eq!(t.u8().unwrap(), 1);
+    }
+
+    #[test]
+    fn leg_request_encoding() {
+        let bytes = leg_request("r1", 2, false).unwrap();
+        let attrs: Vec<Attr<'_>> = Attrs::new(&bytes).map(Result::unwrap).collect();
+        let kinds: Vec<u16> = attrs.iter().map(|a| a.kind).collect();
+        assert_eq!(kinds, [dev::NAME, dev::LEG_INDEX]);
+        assert_eq!(attrs[0].str().unwrap(), "r1");
+        assert_eq!(attrs[1].u32().unwrap(), 2);
+
+        let bytes = leg_request("r1", 0, true).unwrap();
+        let attrs: Vec<Attr<'_>> = Attrs::new(&bytes).map(Result::unwrap).collect();
+        let kinds: Vec<u16> = attrs.iter().map(|a| a.kind).collect();
+        assert_eq!(kinds, [dev::NAME, dev::LEG_INDEX, dev::FULL]);
+        assert_eq!(attrs[1].u32().unwrap(), 0);
+        assert_eq!(attrs[2].u8().unwrap(), 1);
+
+        // Everything sent is in the policies the kernel builds.
+        use dst_proto::genl::{cmd, COMMANDS};
+        for (c, bytes) in [
+            (cmd::DETACH, leg_request("r1", 1, false).unwrap()),
+            (cmd::ATTACH, leg_request("r1", 1, true).unwrap()),
+        ] {
+            let spec = COMMANDS.iter().find(|s| s.cmd == c).unwrap();
+            for a in Attrs::new(&bytes) {
+                let id = a.unwrap().kind;
+                assert!(spec.policy.iter().any(|p| p.id == id), "{c}: {id}");
+            }
+        }
     }
 
     #[test]
@@ -572,7 +619,8 @@ mod tests {
             "read_errors": 0, "write_errors": 0, "inflight": 3,
             "kind": "local", "addr": null, "export": null, "timeout_ms": null,
             "dead_time_ms": null, "backoff_max_ms": null, "resync_done": 0,
-            "resync_total": 0, "nbd_flags": null, "connects": null, "problem": null
+            "resync_total": 0, "resynced": 0, "nbd_flags": null, "connects": null,
+            "problem": null
         });
         assert_eq!(
             v,
@@ -584,6 +632,8 @@ mod tests {
             })
         );
         assert_eq!(v["legs"][1]["state"], "faulty");
+        // Without RESYNCED (an older kernel), 0.
+        assert_eq!(d.legs[0].resynced, 0);
         // Key order is the documented one.
         let text = serde_json::to_string(&d).unwrap();
         let keys = [
@@ -714,6 +764,7 @@ mod tests {
         w.put_u32(leg::BACKOFF_MAX_MS, 10_000).unwrap();
         w.put_u64(leg::RESYNC_DONE, 42 << 20).unwrap();
         w.put_u64(leg::RESYNC_TOTAL, 100 << 20).unwrap();
+        w.put_u64(leg::RESYNCED, 5 << 20).unwrap();
         w.put_u32(leg::NBD_FLAGS, 0x1ed).unwrap();
         w.put_u32(leg::CONNECTS, 2).unwrap();
         w.put_str(leg::PROBLEM, "connection reset by peer").unwrap();
@@ -742,7 +793,7 @@ mod tests {
                 "kind": "remote", "addr": "10.0.0.2:10809", "export": "disk",
                 "timeout_ms": 30000, "dead_time_ms": 60000, "backoff_max_ms": 10000,
                 "resync_done": 44040192, "resync_total": 104857600,
-                "nbd_flags": 493, "connects": 2, "problem": "connection reset by peer"
+                "resynced": 5242880, "nbd_flags": 493, "connects": 2, "problem": "connection reset by peer"
             })
         );
     }

@@ -289,10 +289,10 @@ fn summary(d: &Device) -> String {
 }
 
 /// A leg's problem, unless the leg is healthy (the kernel keeps the last
-/// problem after the leg recovers).
+/// problem after the leg recovers) or detached on purpose.
 fn shown_problem(l: &Leg) -> Option<&str> {
     match l.state.get() {
-        Some(LegState::InSync | LegState::Resyncing) => None,
+        Some(LegState::InSync | LegState::Resyncing | LegState::Detached) => None,
         _ => l.problem.as_deref(),
     }
 }
@@ -916,6 +916,34 @@ mod tests {
         assert_eq!(
             text(&t.event(Some(Event::Changed), flap, soon)),
             ["r1: leg 1 nbd://10.0.0.2/disk: reconnected (connection 3)"]
+        );
+    }
+
+    #[test]
+    fn detached_and_attached() {
+        let now = Instant::now();
+        let mut t = Tracker::new(None);
+        t.start(vec![device("r1", 0, DevState::Ok)], now);
+        let mut detached = device("r1", 0, DevState::Degraded);
+        detached.legs[1].state = Wire::new(LegState::Detached as u8);
+        // A remote leg's connection ends with the reason "detached".
+        detached.legs[1].problem = Some("detached".into());
+        assert_eq!(
+            text(&t.event(Some(Event::Changed), detached.clone(), now)),
+            [
+                "r1: leg 1 nbd://10.0.0.2/disk: in-sync -> detached",
+                "r1: ok -> degraded",
+            ]
+        );
+        let mut attached = detached.clone();
+        attached.legs[1].state = Wire::new(LegState::Resyncing as u8);
+        attached.legs[1].resync_total = 1 << 20;
+        assert_eq!(
+            text(&t.event(Some(Event::Changed), attached, now)),
+            [
+                "r1: leg 1 nbd://10.0.0.2/disk: detached -> resyncing",
+                "r1: leg 1 nbd://10.0.0.2/disk: resync started, 1.0M to copy",
+            ]
         );
     }
 

@@ -231,8 +231,9 @@ fn allowed(e: &Export) -> String {
     }
 }
 
-/// The lines shown under a leg: a remote leg's peer, its problem, and on
-/// a terminal the progress of its resync.
+/// The lines shown under a leg: a remote leg's peer, how much resyncs
+/// copied to it, its problem, and on a terminal the progress of its
+/// resync.
 fn leg_details(l: &Leg, tty: bool) -> Vec<String> {
     let mut lines = Vec::new();
     if l.is_remote() {
@@ -257,6 +258,9 @@ fn leg_details(l: &Leg, tty: bool) -> Vec<String> {
         if !parts.is_empty() {
             lines.push(parts.join("  "));
         }
+    }
+    if l.resynced > 0 {
+        lines.push(format!("resynced {} in all", human_size(l.resynced)));
     }
     if let Some(p) = &l.problem {
         lines.push(format!("problem: {}", one_line(p)));
@@ -432,6 +436,34 @@ mod tests {
         assert!(text.contains("\n       peer 10.0.0.2:10809  export (default)\n"));
         assert!(text.contains("\n       problem: refused\\nagain\n"));
         assert!(!text.contains('['), "{text}");
+    }
+
+    #[test]
+    fn status_detached_and_resynced() {
+        let mut d = device();
+        d.legs[1].state = Wire::new(6);
+        d.legs[1].resynced = 640 << 10;
+        assert_eq!(
+            status(&[d.clone()], false),
+            "r1: /dev/dst0 mirror 64.0M degraded openers 1 block-size 512\n  \
+             LEG  SPEC       DISK  SIZE   OFFSET  STATE     READS  WRITES  RERR  WERR  INFLIGHT\n  \
+             0    /dev/ram0  ram0  64.0M  0B      in-sync   12345  0       0     0     0\n  \
+             1    /dev/ram1  ram1  64.0M  0B      detached  12345  0       0     0     0\n       \
+             resynced 640.0K in all\n"
+        );
+        assert!(list(&[d]).ends_with("/dev/ram0,/dev/ram1(detached)\n"));
+        // Under a remote leg: after its peer, before its problem.
+        let mut d = remote_device();
+        d.legs[1].resynced = 3 << 30;
+        let text = status(&[d], false);
+        assert!(
+            text.contains(
+                "backoff-max 10s\n       resynced 3.0G in all\n       problem: connection"
+            ),
+            "{text}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&json(&device())).unwrap();
+        assert_eq!(v["legs"][0]["resynced"], 0);
     }
 
     #[test]

@@ -635,7 +635,7 @@ impl Device {
     /// The resync's write to `target` failed.
     pub(crate) fn resync_target_failed(self: &Arc<Self>, target: usize, e: Error) {
         let remote = self.legs.get(target).is_some_and(|l| l.dev().remote().is_some());
-        if remote && e == errno::enotconn() {
+        if remote && e == errno::leg_away() {
             // The connection is down; the remote reported it, the leg is
             // `down` and will be resynced again when it is back.
             return;

@@ -23,6 +23,16 @@ errnos! {
     ealready => EALREADY,
 }
 
+/// The error a remote leg fails its I/O with while its connection is down
+/// and the device chose not to hold it: `-ENOLINK`, the one errno that
+/// survives the trip through a bio's status (`BLK_STS_TRANSPORT`), so the
+/// mirror can tell "leg away" from a failed write.  Never reaches users:
+/// the mirror turns it into `EIO` if nothing else served the I/O.
+pub(crate) fn leg_away() -> Error {
+    Error::from_errno(-(bindings::ENOLINK as i32))
+}
+
+
 /// The errno an NBD reply's error code stands for (unknown codes count as
 /// `EINVAL`, as the protocol says).
 pub(crate) fn from_nbd(code: u32) -> Error {

@@ -174,10 +174,12 @@ pub(crate) fn clone_failed(dev: ArcBorrow<'_, Device>, i: usize, op: Op, sector:
         Op::Write | Op::WriteZeroes | Op::Discard => {
             // The leg may now differ from the others there.
             dev.mark_dirty(i, sector, bytes);
-            // A remote leg that went down fails its I/O with ENOTCONN: its
-            // state is already taken care of.  A discard is advisory (the
-            // data it covers is undefined anyway): it does not count.
-            if e != errno::enotconn() && op != Op::Discard {
+            // A remote leg whose connection is down fails its I/O with
+            // `leg_away`: the remote reports the outage itself (perhaps a
+            // moment after this), and the leg comes back through a resync.
+            // A discard is advisory (the data it covers is undefined
+            // anyway): it does not count.
+            if e != errno::leg_away() && op != Op::Discard {
                 Device::fail_leg(dev, i, e);
             }
         }
@@ -198,7 +200,7 @@ pub(crate) fn io_done(dev: ArcBorrow<'_, Device>, o: &Outcome) -> Decision {
         if o.ok & in_sync != 0 {
             return Decision::Complete(Ok(()));
         }
-        return Decision::Complete(Err(o.error.unwrap_or(EIO)));
+        return Decision::Complete(Err(user_error(o.error)));
     }
     if o.ok != 0 {
         return Decision::Complete(Ok(()));
@@ -206,7 +208,16 @@ pub(crate) fn io_done(dev: ArcBorrow<'_, Device>, o: &Outcome) -> Decision {
     if o.op == Op::Read && dev.pick_read_leg(o.tried).is_some() {
         return Decision::Retry;
     }
-    Decision::Complete(Err(o.error.unwrap_or(EIO)))
+    Decision::Complete(Err(user_error(o.error)))
+}
+
+/// The error an I/O that no leg served ends with: a leg that was away
+/// counts as an I/O error.
+fn user_error(e: Option<Error>) -> Error {
+    match e {
+        Some(e) if e != errno::leg_away() => e,
+        _ => EIO,
+    }
 }
 
 /// Picks another leg for a failed read.

@@ -70,7 +70,7 @@ pub(crate) enum Policy {
     /// Keep it, re-send it after the reconnect, fail it after the dead
     /// time.
     Hold,
-    /// Fail it at once with `ENOTCONN`: the device does without the leg.
+    /// Fail it at once with [`errno::leg_away`]: the device does without the leg.
     FailFast,
 }
 
@@ -806,7 +806,7 @@ impl JobRun<SEND> for Remote {
                     if this.dead.load(Ordering::Acquire) {
                         fail_all(&mut tx.queue, Err(EIO), &mut done);
                     } else if !this.hold.load(Ordering::Acquire) {
-                        fail_all(&mut tx.queue, Err(errno::enotconn()), &mut done);
+                        fail_all(&mut tx.queue, Err(errno::leg_away()), &mut done);
                     }
                 }
                 Link::Stopped => fail_all(&mut tx.queue, Err(EIO), &mut done),

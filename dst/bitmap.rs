@@ -117,4 +117,9 @@ impl DirtyMap {
             .map(|w| u64::from(w.load(Ordering::Relaxed).count_ones()))
             .sum()
     }
+
+    /// Bytes of the dirty regions.
+    pub(crate) fn dirty_bytes(&self) -> u64 {
+        self.count() * (self.region_sectors() << 9)
+    }
 }

@@ -19,14 +19,28 @@ use crate::bio::{Bio, BioSet, BioStack, LegBioStack, Op};
 use crate::bitmap::{DirtyMap, DEFAULT_REGION_SHIFT};
 use crate::disk::{Disk, DiskOps, Limits};
 use crate::errno;
-use crate::io::{Decision, DeferList, Gate, IoOwner, IoSet, Outcome, PageIoOwner, Route};
+use crate::io::{Decision, DeferList, Gate, IoOwner, IoResult, IoSet, Outcome, PageIoOwner, Route};
 use crate::job::{impl_has_job, Job, JobRun};
 use crate::leg::{Leg, LegDev, LegSet, Removal};
 use crate::msg::{refuse, Refusal};
 use crate::proto::genl::{DevState, Event, LegState, Target, MAX_LEGS};
 use crate::remote::{Link, Policy, RemoteConfig};
-use crate::resync::{self, Barrier, IoResult, ResyncState};
-use crate::{glue, io, linear, mirror, netlink, wq};
+use crate::resync::{self, Barrier, ResyncState};
+use crate::glue::now_ms;
+use crate::{io, linear, mirror, netlink, wq};
+
+/// What an I/O wants of a leg (see [`Device::enter_leg`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LegUse {
+    /// A read: the leg is in sync.
+    Read,
+    /// A write: the leg is in sync or being resynced.
+    Write,
+    /// A resync read: the leg is in sync and reachable.
+    ResyncSource,
+    /// A resync write: the leg is being resynced.
+    ResyncTarget,
+}
 
 /// Who has the device open, and whether it is going away.
 #[derive(Default)]
@@ -174,11 +188,6 @@ impl JobRun<EVENT_JOB> for Device {
     fn run(this: Arc<Self>) {
         netlink::send_event(&this, Event::Changed);
     }
-}
-
-fn now_ms() -> u64 {
-    // SAFETY: reads the monotonic clock.
-    unsafe { glue::dst_now_ms() }
 }
 
 impl Device {
@@ -403,8 +412,7 @@ impl Device {
 
     /// The state of the device as a whole.
     pub(crate) fn state(&self) -> DevState {
-        let up = |i: usize| self.legs.get(i).and_then(|l| l.dev().remote()).map_or(true, |r| r.link() == Link::Up);
-        let usable = (0..self.legs.len()).filter(|&i| self.in_sync.contains(i) && up(i)).count();
+        let usable = (0..self.legs.len()).filter(|&i| self.in_sync.contains(i) && self.leg_reachable(i)).count();
         match self.target {
             Target::Linear if usable == self.legs.len() => DevState::Ok,
             Target::Linear => DevState::Failed,
@@ -419,16 +427,33 @@ impl Device {
         self.in_sync.contains(i)
     }
 
-    /// Whether leg `i` is being resynced.
-    pub(crate) fn leg_resyncing(&self, i: usize) -> bool {
-        self.resyncing.contains(i)
-    }
-
     /// Whether leg `i` can be reached now (a remote leg is connected).
     pub(crate) fn leg_reachable(&self, i: usize) -> bool {
         self.legs
             .get(i)
             .is_some_and(|l| l.dev().remote().map_or(true, |r| r.link() == Link::Up))
+    }
+
+    /// Counts an I/O on leg `i` ([`Leg::start`]) if the leg is still in
+    /// the set `what` needs, and returns whether it did.  The full fence
+    /// between counting and checking pairs with the one in
+    /// [`Device::detach`]: an I/O either sees the leg gone, or is counted
+    /// before detach waits for the leg's I/O to end.  A counted I/O ends
+    /// with [`Leg::done`] or [`Leg::end`].
+    pub(crate) fn enter_leg(&self, i: usize, what: LegUse) -> bool {
+        let Some(leg) = self.legs.get(i) else { return false };
+        leg.start();
+        fence(Ordering::SeqCst);
+        let usable = match what {
+            LegUse::Read => self.leg_in_sync(i),
+            LegUse::Write => self.leg_writable(i),
+            LegUse::ResyncSource => self.leg_in_sync(i) && self.leg_reachable(i),
+            LegUse::ResyncTarget => self.resyncing.contains(i),
+        };
+        if !usable {
+            leg.end();
+        }
+        usable
     }
 
     /// Whether leg `i` gets writes (in sync, or being resynced).
@@ -467,7 +492,7 @@ impl Device {
             let total = self
                 .dirty
                 .get(i)
-                .map_or(0, |m| m.count() * (m.region_sectors() << 9));
+                .map_or(0, |m| m.dirty_bytes());
             (0, total)
         }
     }
@@ -542,8 +567,7 @@ impl Device {
             if tried & (1 << i) != 0 || !self.in_sync.contains(i) {
                 continue;
             }
-            let down = leg.dev().remote().is_some_and(|r| r.link() != Link::Up);
-            let load = if down { u32::MAX } else { leg.inflight() };
+            let load = if self.leg_reachable(i) { leg.inflight() } else { u32::MAX };
             if best.map_or(true, |(_, b)| load < b) {
                 best = Some((i, load));
             }
@@ -594,7 +618,7 @@ impl Device {
         let ok = |i: &usize| {
             *i != target
                 && self.in_sync.contains(*i)
-                && self.legs[*i].dev().remote().map_or(true, |r| r.link() == Link::Up)
+                && self.leg_reachable(*i)
         };
         let local = (0..self.legs.len()).filter(ok).find(|&i| self.legs[i].dev().local().is_some());
         local.or_else(|| (0..self.legs.len()).find(ok))
@@ -692,12 +716,10 @@ impl Device {
         };
         self.resyncing.remove(i);
         leg.set_state(LegState::Detached);
-        // Pairs with the fence after `Leg::start` in the I/O paths: an I/O
-        // that did not see the leg leave is counted by now.
+        // Pairs with the fence in `enter_leg`: an I/O that did not see the
+        // leg leave is counted by now.
         fence(Ordering::SeqCst);
-        while leg.inflight() > 0 {
-            glue::sleep_ms(2);
-        }
+        leg.wait_idle();
         if was_in_sync && self.leg_reachable(i) {
             if let Err(e) = io::flush_sync(leg.dev()) {
                 pr_warn!("{}: leg {}: flush before detaching failed (errno {})\n", self.name(), i, e.to_errno());
@@ -749,7 +771,7 @@ impl Device {
             if full {
                 m.mark_all();
             }
-            kib = m.count() * (m.region_sectors() / 2);
+            kib = m.dirty_bytes() >> 10;
         }
         match leg.dev() {
             LegDev::Local(_) => {
@@ -823,7 +845,7 @@ impl Device {
                     if full {
                         m.mark_all();
                     }
-                    kib = m.count() * (m.region_sectors() / 2);
+                    kib = m.dirty_bytes() >> 10;
                 }
                 leg.set_state(LegState::Resyncing);
                 self.resyncing.insert(i);

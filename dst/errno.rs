@@ -32,7 +32,6 @@ pub(crate) fn leg_away() -> Error {
     Error::from_errno(-(bindings::ENOLINK as i32))
 }
 
-
 /// The errno an NBD reply's error code stands for (unknown codes count as
 /// `EINVAL`, as the protocol says).
 pub(crate) fn from_nbd(code: u32) -> Error {

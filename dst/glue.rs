@@ -244,9 +244,3 @@ pub(crate) fn now_ms() -> u64 {
     // SAFETY: reads the monotonic clock; callable in any context.
     unsafe { dst_now_ms() }
 }
-
-/// Sleeps for at least `ms` milliseconds (process context only).
-pub(crate) fn sleep_ms(ms: u32) {
-    // SAFETY: `msleep` only sleeps; callers are in process context.
-    unsafe { bindings::msleep(ms) }
-}

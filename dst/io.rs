@@ -83,8 +83,9 @@ impl Gate {
         }
     }
 
-    /// Waits until no I/O is in flight.  The caller must make sure no new
-    /// I/O can start (the disk is deleted).
+    /// Waits until no I/O is in flight.  The caller must make sure that
+    /// no new I/O starts, or that any that does ends on its own.  Later
+    /// exits no longer wake anyone.
     pub(crate) fn wait_idle(&self) {
         /// # Safety
         ///
@@ -98,6 +99,13 @@ impl Gate {
         // SAFETY: `var` stays valid during the wait, which ends when the
         // count is zero; `Gate::exit` wakes this address.
         unsafe { glue::dst_wait_var(var, idle) };
+        self.count.fetch_and(!WAITING, Ordering::SeqCst);
+    }
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate::new()
     }
 }
 
@@ -704,43 +712,81 @@ unsafe extern "C" fn page_io_endio<T: PageIoOwner>(bio: *mut bindings::bio) {
     T::page_io_done(owner, res);
 }
 
-/// Where [`flush_sync`] waits for its flush: 0 while pending, 1 when it
-/// succeeded, a negative errno when it failed.
-struct FlushWait(AtomicI32);
+/// Where an I/O done from process context leaves its result: 0 pending,
+/// 1 success, a negative errno on failure.  Its owner polls it
+/// ([`IoResult::take`]) or sleeps until it is set ([`IoResult::wait`]).
+pub(crate) struct IoResult(AtomicI32);
+
+impl IoResult {
+    /// No result.
+    pub(crate) const fn new() -> Self {
+        IoResult(AtomicI32::new(0))
+    }
+
+    /// Records `res`, and wakes a waiter.  Any context.
+    pub(crate) fn set(&self, res: Result) {
+        self.0.store(
+            match res {
+                Ok(()) => 1,
+                Err(e) => e.to_errno(),
+            },
+            Ordering::Release,
+        );
+        // `wake_up_var` needs a full barrier after the store.
+        fence(Ordering::SeqCst);
+        // SAFETY: plain wake-up keyed by address; the caller keeps `self`
+        // alive for the call.
+        unsafe { bindings::wake_up_var(self.var()) };
+    }
+
+    /// Takes the result, if there is one.
+    pub(crate) fn take(&self) -> Option<Result> {
+        match self.0.swap(0, Ordering::AcqRel) {
+            0 => None,
+            1 => Some(Ok(())),
+            e => Some(Err(Error::from_errno(e))),
+        }
+    }
+
+    /// Sleeps until there is a result, and takes it (process context).
+    pub(crate) fn wait(&self) -> Result {
+        /// # Safety
+        ///
+        /// `var` must point to a live [`IoResult`].
+        unsafe extern "C" fn set(var: *mut c_void) -> bool {
+            // SAFETY: `var` is the result we wait on, alive meanwhile.
+            unsafe { (*var.cast::<AtomicI32>()).load(Ordering::Acquire) != 0 }
+        }
+        // SAFETY: `self` stays valid during the wait; `set` wakes this
+        // address once the result is there.
+        unsafe { glue::dst_wait_var(self.var(), set) };
+        self.take().unwrap_or(Err(EIO))
+    }
+
+    fn var(&self) -> *mut c_void {
+        ptr::addr_of!(self.0).cast_mut().cast()
+    }
+}
 
 /// Sends a cache flush to `sink` and waits for it to end (process context
 /// only).  A remote leg ends it within its request timeout.
 pub(crate) fn flush_sync(sink: &dyn BioSink) -> Result {
-    /// # Safety
-    ///
-    /// `var` must point to a live [`FlushWait`] counter.
-    unsafe extern "C" fn ended(var: *mut c_void) -> bool {
-        // SAFETY: `var` is the result of a `FlushWait` we hold.
-        unsafe { (*var.cast::<AtomicI32>()).load(Ordering::Acquire) != 0 }
-    }
-    let wait = Arc::new(FlushWait(AtomicI32::new(0)), GFP_KERNEL)?;
+    let res = Arc::new(IoResult::new(), GFP_KERNEL)?;
     let bdev = sink.bdev().map_or(ptr::null_mut(), BlockDev::as_raw);
-    let private = wait.clone().into_raw().cast_mut().cast::<c_void>();
-    // SAFETY: no pages for a flush; `private` is a reference to `wait`,
+    let private = res.clone().into_raw().cast_mut().cast::<c_void>();
+    // SAFETY: no pages for a flush; `private` is a reference to `res`,
     // given back in `flush_endio`.
     let bio = unsafe { glue::dst_bio_pages(bdev, ptr::null_mut(), 0, true, false, 0, flush_endio, private) };
     if bio.is_null() {
         // SAFETY: `private` came from `Arc::into_raw` and was not used.
-        drop(unsafe { Arc::from_raw(private.cast::<FlushWait>()) });
+        drop(unsafe { Arc::from_raw(private.cast::<IoResult>()) });
         return Err(ENOMEM);
     }
     // SAFETY: the bio is ours, with its end_io.
     if let Some(b) = unsafe { LegBio::from_raw(bio) } {
         sink.submit(b);
     }
-    let var = ptr::addr_of!(wait.0).cast_mut().cast::<c_void>();
-    // SAFETY: `var` stays valid during the wait (we hold `wait`);
-    // `flush_endio` wakes this address once the result is set.
-    unsafe { glue::dst_wait_var(var, ended) };
-    match wait.0.load(Ordering::Acquire) {
-        1 => Ok(()),
-        e => Err(Error::from_errno(e)),
-    }
+    res.wait()
 }
 
 /// # Safety
@@ -752,17 +798,7 @@ unsafe extern "C" fn flush_endio(bio: *mut bindings::bio) {
     let (res, private) = unsafe { (from_status((*bio).bi_status), glue::dst_bio_private(bio)) };
     // SAFETY: the bio came from `dst_bio_pages` and has ended.
     unsafe { glue::dst_bio_kfree(bio) };
-    // SAFETY: `private` is the reference made in `flush_sync`.
-    let wait = unsafe { Arc::from_raw(private.cast::<FlushWait>()) };
-    wait.0.store(
-        match res {
-            Ok(()) => 1,
-            Err(e) => e.to_errno(),
-        },
-        Ordering::Release,
-    );
-    // `wake_up_var` needs a full barrier after the store.
-    fence(Ordering::SeqCst);
-    // SAFETY: plain wake-up keyed by address; our reference keeps it valid.
-    unsafe { bindings::wake_up_var(ptr::addr_of!(wait.0).cast_mut().cast()) };
+    // SAFETY: `private` is the reference made in `flush_sync`, which keeps
+    // the result alive for `set`.
+    unsafe { Arc::from_raw(private.cast::<IoResult>()) }.set(res);
 }

@@ -11,7 +11,7 @@ use kernel::sync::Arc;
 
 use crate::bdev::{BlockDev, Holder};
 use crate::bio::{LegBio, Op};
-use crate::io::BioSink;
+use crate::io::{BioSink, Gate};
 use crate::remote::{Remote, RemoteConfig};
 use crate::msg::{refuse, Refusal};
 use crate::proto::genl::LegState;
@@ -97,7 +97,8 @@ pub(crate) struct Stats {
     writes: AtomicU64,
     read_errors: AtomicU64,
     write_errors: AtomicU64,
-    inflight: AtomicU32,
+    /// Requests and resync I/Os in flight; detach waits on it.
+    inflight: Gate,
     resynced: AtomicU64,
 }
 
@@ -278,13 +279,13 @@ impl Leg {
 
     /// Counts a request sent to the leg.
     pub(crate) fn start(&self) {
-        self.stats.inflight.fetch_add(1, Ordering::Relaxed);
+        self.stats.inflight.enter();
     }
 
     /// Counts a request the leg ended.
     pub(crate) fn done(&self, op: Op, res: Result) {
         let s = &self.stats;
-        s.inflight.fetch_sub(1, Ordering::Relaxed);
+        s.inflight.leave();
         let (ok, err) = match op {
             Op::Read => (&s.reads, &s.read_errors),
             _ => (&s.writes, &s.write_errors),
@@ -295,7 +296,7 @@ impl Leg {
     /// Ends a request counted by [`Leg::start`] without counting it: one
     /// that was not sent after all, or a resync I/O.
     pub(crate) fn end(&self) {
-        self.stats.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.stats.inflight.leave();
     }
 
     /// Counts `bytes` copied to the leg by a resync.
@@ -305,7 +306,14 @@ impl Leg {
 
     /// Requests in flight.
     pub(crate) fn inflight(&self) -> u32 {
-        self.stats.inflight.load(Ordering::Relaxed)
+        self.stats.inflight.count() as u32
+    }
+
+    /// Waits until nothing counted by [`Leg::start`] is in flight.  I/O
+    /// that starts meanwhile must see the leg gone and end at once (see
+    /// [`crate::device::Device::enter_leg`]).
+    pub(crate) fn wait_idle(&self) {
+        self.stats.inflight.wait_idle();
     }
 
     /// The counters.
@@ -316,7 +324,7 @@ impl Leg {
             writes: s.writes.load(Ordering::Relaxed),
             read_errors: s.read_errors.load(Ordering::Relaxed),
             write_errors: s.write_errors.load(Ordering::Relaxed),
-            inflight: s.inflight.load(Ordering::Relaxed),
+            inflight: s.inflight.count() as u32,
             resynced: s.resynced.load(Ordering::Relaxed),
         }
     }

@@ -17,13 +17,12 @@
 //! the resync never copies a region under a write (see [`crate::resync`]).
 
 use core::num::NonZeroU64;
-use core::sync::atomic::{fence, Ordering};
 
 use kernel::prelude::*;
 use kernel::sync::{Arc, ArcBorrow};
 
 use crate::bio::{Bio, Op};
-use crate::device::Device;
+use crate::device::{Device, LegUse};
 use crate::errno;
 use crate::io::{Decision, Io, Outcome, Route};
 use crate::leg::Leg;
@@ -54,7 +53,6 @@ fn buckets(dev: &Device, sector: u64, bytes: u32) -> u64 {
 }
 
 /// What [`send`] did.
-#[derive(PartialEq, Eq)]
 enum Sent {
     /// The clone is on its way.
     Yes,
@@ -65,29 +63,15 @@ enum Sent {
     Failed,
 }
 
-/// Whether leg `i` may still get an I/O of kind `write`.  Called after
-/// [`Leg::start`] and a full fence, so that a leg being detached either
-/// sees this I/O in flight (and waits for it) or this I/O sees the leg
-/// gone.
-fn still_usable(dev: &Device, i: usize, write: bool) -> bool {
-    fence(Ordering::SeqCst);
-    if write {
-        dev.leg_writable(i)
-    } else {
-        dev.leg_in_sync(i)
-    }
-}
-
 /// Sends `io` to leg `i`, from here or (`later`) from the workqueue; a leg
 /// that cannot get it is failed.
 fn send(io: &mut Io<'_, Device>, dev: ArcBorrow<'_, Device>, i: usize, sector: u64, later: bool) -> Sent {
-    let leg = &dev.legs()[i];
-    leg.start();
-    let write = io.parent().op() != Op::Read;
-    if !still_usable(&dev, i, write) {
-        leg.end();
+    let op = io.parent().op();
+    let what = if op == Op::Read { LegUse::Read } else { LegUse::Write };
+    if !dev.enter_leg(i, what) {
         return Sent::Skipped;
     }
+    let leg = &dev.legs()[i];
     let sent = if later {
         io.clone_to_later(i as u32, leg.dev(), sector)
     } else {
@@ -96,7 +80,7 @@ fn send(io: &mut Io<'_, Device>, dev: ArcBorrow<'_, Device>, i: usize, sector: u
     match sent {
         Ok(()) => Sent::Yes,
         Err(e) => {
-            leg.done(io.parent().op(), Err(e));
+            leg.done(op, Err(e));
             Device::fail_leg(dev, i, e);
             Sent::Failed
         }
@@ -145,15 +129,11 @@ pub(crate) fn submit(dev: ArcBorrow<'_, Device>, bio: Bio) {
             let mut sent = 0;
             for i in 0..dev.legs().len() {
                 let later = large && dev.legs()[i].dev().is_synchronous();
-                if !dev.leg_writable(i) {
-                    // The leg misses this write.
-                    dev.mark_dirty(i, sector, bytes);
-                    continue;
-                }
                 match send(&mut io, dev, i, sector, later) {
                     Sent::Yes => sent += 1,
-                    Sent::Skipped => dev.mark_dirty(i, sector, bytes),
-                    Sent::Failed => {}
+                    // The leg misses this write (a failed leg too: it may
+                    // be attached again and resynced from its map).
+                    Sent::Skipped | Sent::Failed => dev.mark_dirty(i, sector, bytes),
                 }
             }
             if sent == 0 {
@@ -225,16 +205,13 @@ pub(crate) fn retry<'a>(dev: &'a Device, o: &Outcome) -> Option<Route<'a>> {
     let mut tried = o.tried;
     loop {
         let i = dev.pick_read_leg(tried)?;
-        let leg = &dev.legs()[i];
-        leg.start();
-        if still_usable(dev, i, false) {
+        if dev.enter_leg(i, LegUse::Read) {
             return Some(Route {
                 leg: i as u32,
-                sink: leg.dev(),
+                sink: dev.legs()[i].dev(),
                 sector: o.sector,
             });
         }
-        leg.end();
         tried |= 1 << i;
     }
 }

@@ -98,6 +98,24 @@ static void dst_sock_set_timeouts(struct sock *sk, unsigned int timeout_ms)
 	tcp_sock_set_user_timeout(sk, timeout_ms);
 }
 
+/*
+ * A new kernel TCP socket in @sock, for the address made from @family,
+ * @addr, @port and @scope_id, which is left in @ss.  Returns the address's
+ * length, or a negative errno.
+ */
+static int dst_sock_new(int family, const u8 *addr, u16 port, u32 scope_id,
+			struct sockaddr_storage *ss, struct socket **sock)
+{
+	int len = dst_sockaddr(family, addr, port, scope_id, ss);
+	int err;
+
+	if (len < 0)
+		return len;
+	err = sock_create_kern(&init_net, ss->ss_family, SOCK_STREAM,
+			       IPPROTO_TCP, sock);
+	return err ? err : len;
+}
+
 int dst_sock_connect(int family, const u8 *addr, u16 port, u32 scope_id,
 		     unsigned int timeout_ms, struct socket **out)
 {
@@ -106,13 +124,9 @@ int dst_sock_connect(int family, const u8 *addr, u16 port, u32 scope_id,
 	struct sock *sk;
 	int len, err;
 
-	len = dst_sockaddr(family, addr, port, scope_id, &ss);
+	len = dst_sock_new(family, addr, port, scope_id, &ss, &sock);
 	if (len < 0)
 		return len;
-	err = sock_create_kern(&init_net, ss.ss_family, SOCK_STREAM,
-			       IPPROTO_TCP, &sock);
-	if (err)
-		return err;
 	dst_reclassify_socket(sock);
 	sk = sock->sk;
 	/* The socket carries writeback: no reclaim recursion, use reserves. */
@@ -337,13 +351,9 @@ int dst_sock_listen(int family, const u8 *addr, u16 port, u32 scope_id,
 	struct socket *sock;
 	int len, err;
 
-	len = dst_sockaddr(family, addr, port, scope_id, &ss);
+	len = dst_sock_new(family, addr, port, scope_id, &ss, &sock);
 	if (len < 0)
 		return len;
-	err = sock_create_kern(&init_net, ss.ss_family, SOCK_STREAM,
-			       IPPROTO_TCP, &sock);
-	if (err)
-		return err;
 	sock_set_reuseaddr(sock->sk);
 	err = kernel_bind(sock, (struct sockaddr *)&ss, len);
 	if (!err)

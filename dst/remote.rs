@@ -24,7 +24,7 @@
 //! match a request in flight, or is malformed, drops the connection.
 
 use core::net::SocketAddr;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use kernel::new_mutex;
 use kernel::prelude::*;
@@ -427,18 +427,14 @@ impl Remote {
     /// leg is detached: its server may be used on its own).  The caller
     /// has made sure no I/O is in flight.
     pub(crate) fn park(self: &Arc<Self>) {
-        self.parked.store(true, Ordering::SeqCst);
-        if Link::from_u8(self.link.load(Ordering::SeqCst)) == Link::Up {
-            let gen = self.gen.load(Ordering::Acquire);
-            if self.fail_connection(gen, Msg::new(format_args!("detached"))) {
-                self.went_down();
-            }
-        }
+        self.parked.store(true, Ordering::Relaxed);
+        self.disconnect_if_parked();
     }
 
     /// Connects again after [`Remote::park`].
     pub(crate) fn unpark(self: &Arc<Self>) {
         self.parked.store(false, Ordering::SeqCst);
+        // What went wrong before the detach is history.
         *self.problem.lock() = Msg::new(format_args!(""));
         self.backoff_ms.store(BACKOFF_MIN_MS, Ordering::Relaxed);
         Job::<Remote, CONNECT>::queue(self.clone(), 0);
@@ -475,7 +471,12 @@ impl Remote {
         RemoteStatus {
             connects: self.connects.load(Ordering::Relaxed),
             flags: self.info.flags,
-            problem: self.problem.lock().clone(),
+            // A detached leg is disconnected on purpose: no problem.
+            problem: if self.parked.load(Ordering::Acquire) {
+                Msg::new(format_args!(""))
+            } else {
+                self.problem.lock().clone()
+            },
         }
     }
 
@@ -532,14 +533,14 @@ impl Remote {
     }
 
     /// Drops connection `gen` for `why`, if it is still the current one:
-    /// its requests in flight go back to the front of the queue.  Returns
-    /// whether it did (the caller then calls [`Remote::went_down`]).
-    fn fail_connection(&self, gen: u64, why: Msg) -> bool {
+    /// its requests in flight go back to the front of the queue, the
+    /// device is told, and reconnecting starts (unless parked).
+    fn fail_connection(self: &Arc<Self>, gen: u64, why: Msg) {
         {
             let mut tx = self.tx.lock();
             let mut rx = self.rx.lock();
             if self.gen.load(Ordering::Acquire) != gen || self.link() != Link::Up {
-                return false;
+                return;
             }
             self.gen.fetch_add(1, Ordering::AcqRel);
             let back = self.reap(&mut tx, &mut rx);
@@ -551,6 +552,19 @@ impl Remote {
         }
         self.log(&why);
         *self.problem.lock() = why;
+        self.went_down();
+    }
+
+    /// Drops the connection if the leg is parked.  `park` stores `parked`
+    /// and the connect job stores `link` before calling this: the fence
+    /// makes sure at least one of them sees the other's store.
+    fn disconnect_if_parked(self: &Arc<Self>) -> bool {
+        fence(Ordering::SeqCst);
+        if !self.parked.load(Ordering::Relaxed) {
+            return false;
+        }
+        let gen = self.gen.load(Ordering::Acquire);
+        self.fail_connection(gen, Msg::new(format_args!("detached")));
         true
     }
 
@@ -814,9 +828,7 @@ impl JobRun<SEND> for Remote {
         }
         finish(done);
         if let Some((gen, why)) = broke {
-            if this.fail_connection(gen, why) {
-                this.went_down();
-            }
+            this.fail_connection(gen, why);
         } else if this.inflight.load(Ordering::Relaxed) > 0 {
             Job::<Remote, TICK>::queue(this.clone(), this.tick_ms());
         }
@@ -840,9 +852,7 @@ impl JobRun<RECV> for Remote {
         }
         finish(done);
         if let Some((gen, why)) = broke {
-            if this.fail_connection(gen, why) {
-                this.went_down();
-            }
+            this.fail_connection(gen, why);
         } else if freed && this.tx_stalled.swap(false, Ordering::AcqRel) {
             // Slots are free again: the queue may move.
             Job::<Remote, SEND>::queue(this.clone(), 0);
@@ -864,9 +874,7 @@ impl JobRun<TICK> for Remote {
                 if let Some(t) = oldest {
                     if now.saturating_sub(t) > u64::from(this.cfg.timeout_ms) {
                         let why = Msg::new(format_args!("a request timed out after {} ms", this.cfg.timeout_ms));
-                        if this.fail_connection(gen, why) {
-                            this.went_down();
-                        }
+                        this.fail_connection(gen, why);
                         return;
                     }
                     again = true;
@@ -935,14 +943,10 @@ impl JobRun<CONNECT> for Remote {
             this.backoff_ms.store(BACKOFF_MIN_MS, Ordering::Relaxed);
             this.dead.store(false, Ordering::Release);
             this.connects.fetch_add(1, Ordering::Relaxed);
-            this.link.store(Link::Up as u8, Ordering::SeqCst);
+            this.link.store(Link::Up as u8, Ordering::Release);
         }
-        if this.parked.load(Ordering::SeqCst) {
-            // Parked while connecting: `park` may not have seen the link up.
-            let gen = this.gen.load(Ordering::Acquire);
-            if this.fail_connection(gen, Msg::new(format_args!("detached"))) {
-                this.went_down();
-            }
+        if this.disconnect_if_parked() {
+            // Parked while connecting.
             return;
         }
         *this.problem.lock() = Msg::new(format_args!(""));

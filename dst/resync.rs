@@ -20,13 +20,13 @@
 //! resumes when a source and the target are available again.  It runs as a
 //! job on the module's workqueue, driven by I/O completions; nothing waits.
 
-use core::sync::atomic::{fence, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
 use crate::bio::PageBuf;
-use crate::device::Device;
+use crate::device::{Device, LegUse};
 use crate::io::{page_io, PageOp};
 
 /// Most regions copied in one go.
@@ -158,51 +158,6 @@ impl ResyncState {
     }
 }
 
-/// Where a page I/O of the resync left its result: 0 pending, 1 success,
-/// a negative errno on failure.
-pub(crate) struct IoResult(AtomicI32);
-
-impl IoResult {
-    /// No result.
-    pub(crate) const fn new() -> Self {
-        IoResult(AtomicI32::new(0))
-    }
-
-    /// Records `res`.
-    pub(crate) fn set(&self, res: Result) {
-        self.0.store(
-            match res {
-                Ok(()) => 1,
-                Err(e) => e.to_errno(),
-            },
-            Ordering::Release,
-        );
-    }
-
-    fn take(&self) -> Option<Result> {
-        match self.0.swap(0, Ordering::AcqRel) {
-            0 => None,
-            1 => Some(Ok(())),
-            e => Some(Err(Error::from_errno(e))),
-        }
-    }
-}
-
-/// Whether leg `i` may still get a resync I/O: the source must be in sync,
-/// the target (`target`) being resynced.  Called after [`Leg::start`] and
-/// a full fence, so that a leg being detached either sees the I/O in
-/// flight (and waits for it) or the I/O sees the leg gone.
-///
-/// [`Leg::start`]: crate::leg::Leg::start
-fn still_usable(dev: &Device, i: usize, target: bool) -> bool {
-    fence(Ordering::SeqCst);
-    if target {
-        dev.leg_resyncing(i)
-    } else {
-        dev.leg_in_sync(i) && dev.leg_reachable(i)
-    }
-}
-
 /// What the job should do after a step.
 enum Next {
     /// Call again at once.
@@ -269,10 +224,8 @@ fn step(dev: &Arc<Device>, st: &mut ResyncState) -> Next {
                 end_chunk(dev, st);
                 return Next::Continue;
             };
-            src.start();
-            if !still_usable(dev, chunk.source, false) {
+            if !dev.enter_leg(chunk.source, LegUse::ResyncSource) {
                 // The source was detached or went down: pick another.
-                src.end();
                 end_chunk(dev, st);
                 dev.kick_resync_later();
                 return Next::Wait;
@@ -314,10 +267,8 @@ fn step(dev: &Arc<Device>, st: &mut ResyncState) -> Next {
                     end_chunk(dev, st);
                     return Next::Continue;
                 };
-                dst.start();
-                if !still_usable(dev, target, true) {
+                if !dev.enter_leg(target, LegUse::ResyncTarget) {
                     // The target was detached or went down.
-                    dst.end();
                     end_chunk(dev, st);
                     return Next::Continue;
                 }
@@ -378,7 +329,7 @@ fn start_chunk(dev: &Arc<Device>, st: &mut ResyncState) -> Next {
         st.failures = 0;
         st.done = 0;
         let map = dev.dirty_map(target);
-        st.total = map.map_or(0, |m| m.count() * (m.region_sectors() << 9));
+        st.total = map.map_or(0, |m| m.dirty_bytes());
         dev.resync_progress(st);
     }
     let Some(map) = dev.dirty_map(target) else {

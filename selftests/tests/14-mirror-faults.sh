@@ -53,7 +53,7 @@ fio_wait() {
 	wait "$fio_pid" || { cat "$TEST_TMP/fio.bg"; return 1; }
 }
 
-plan 29
+plan 34
 brd_setup 4 48
 modprobe dm-mod
 modprobe dm-flakey
@@ -104,6 +104,16 @@ assert_cmd -m "switch the dm leg to the error target" \
 	sh -c "dmsetup load dleg --table '0 $sectors error' && dmsetup resume dleg"
 assert_cmd -m "fio completes with no error" fio_wait
 assert_eq "$(dst_json fd 'd["legs"][1]["state"]')" faulty "the dm leg is faulty"
+# Repaired, the faulty leg comes back online: detached and attached, it is
+# resynced from its dirty map alone (what it failed or missed), and ends
+# identical to the good leg.
+assert_cmd -m "repair the dm leg (linear again) and write on" \
+	sh -c "dmsetup load dleg --table '0 $sectors linear /dev/ram3 0' && dmsetup resume dleg &&
+		dd if=/dev/urandom of=$dev bs=64k count=32 seek=100 oflag=direct status=none"
+assert_cmd dstctl detach fd 1
+assert_cmd dstctl attach fd 1
+assert_cmd wait_leg fd 1 in-sync 60
+assert_cmd legs_match_dev "$dev" "$(dst_json fd 'd["size"]')" /dev/ram2 /dev/mapper/dleg
 assert_cmd -m "remove fd" dstctl remove fd
 
 # 4. Reads failing on one leg are retried on the other.

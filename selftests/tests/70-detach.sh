@@ -37,6 +37,11 @@ leg_states() {
 	dst_jq "$1" '[.legs[].state] | join(" ")'
 }
 
+# The established TCP connections to local port PORT.
+connected() {
+	ss -Htn state established "( dport = :$1 )"
+}
+
 # Unmounts DIR if something is mounted there.
 unmount_if() {
 	! mountpoint -q "$1" || umount -l "$1"
@@ -144,8 +149,9 @@ remote_round() {
 	dev=$(dst_dev rm)
 	dd if=/dev/urandom of="$dev" bs=1M count=64 oflag=direct status=none || return 1
 	at_detach=$(sum_dev "$dev" "$SIZE")
+	[ -n "$(connected "$port")" ] || { echo "no connection to the server before the detach"; return 1; }
 	dstctl detach rm 1 || return 1
-	[ -z "$(ss -Htn state established "( dport = :$port )")" ] || { echo "still connected"; return 1; }
+	[ -z "$(connected "$port")" ] || { echo "still connected"; return 1; }
 	[ "$(export_sum "nbd://127.0.0.1:$port/")" = "$at_detach" ] || { echo "export != device at detach"; return 1; }
 	write_regions "$dev" 16 || return 1
 	before=$(resynced rm 1)

@@ -738,16 +738,11 @@ mod tests {
 
     #[test]
     fn help_explains_targets_and_legs() {
-        let help = Cli::command().render_long_help().to_string();
-        for word in ["mirror", "linear", "LEG", "Examples:", "--json"] {
-            assert!(help.contains(word), "help lacks {word}");
-        }
-        let mut cmd = Cli::command();
-        let create = cmd.find_subcommand_mut("create").unwrap();
-        let help = create.render_long_help().to_string();
-        for word in ["--mirror", "--linear", "<LEG>", "Examples:"] {
-            assert!(help.contains(word), "create help lacks {word}");
-        }
+        assert_help(None, &["mirror", "linear", "LEG", "Examples:", "--json"]);
+        assert_help(
+            Some("create"),
+            &["--mirror", "--linear", "<LEG>", "Examples:"],
+        );
     }
 
     #[test]
@@ -1024,44 +1019,36 @@ mod tests {
 
     #[test]
     fn help_explains_exports() {
-        let mut cmd = Cli::command();
-        let export = cmd.find_subcommand_mut("export").unwrap();
-        let help = export.render_long_help().to_string();
-        for word in [
-            "--listen <ADDR[:PORT]>",
-            "--name <EXPORT>",
-            "--read-only",
-            "--allow <CIDR>",
-            "<DEVICE>",
-            "only loopback clients",
-            "(default: loopback only)",
-            "PORT is 10809",
-            "at most 32",
-            "at most 4096",
-            "[::]",
-            "Examples:",
-            "dstctl export r1 --listen 127.0.0.1",
-            "--allow 10.0.0.0/8",
-        ] {
-            assert!(help.contains(word), "export help lacks {word}:\n{help}");
-        }
-        let mut cmd = Cli::command();
-        let unexport = cmd.find_subcommand_mut("unexport").unwrap();
-        let help = unexport.render_long_help().to_string();
-        for word in [
-            "--name <EXPORT>",
-            "<DEVICE>",
-            "every export",
-            "dstctl unexport r1",
-        ] {
-            assert!(help.contains(word), "unexport help lacks {word}:\n{help}");
-        }
-        let help = Cli::command().render_long_help().to_string();
-        assert!(help.contains("dstctl export r1"), "{help}");
-        let mut cmd = Cli::command();
-        let status = cmd.find_subcommand_mut("status").unwrap();
-        let help = status.render_long_help().to_string();
-        assert!(help.contains("loopback only"), "{help}");
+        assert_help(
+            Some("export"),
+            &[
+                "--listen <ADDR[:PORT]>",
+                "--name <EXPORT>",
+                "--read-only",
+                "--allow <CIDR>",
+                "<DEVICE>",
+                "only loopback clients",
+                "(default: loopback only)",
+                "PORT is 10809",
+                "at most 32",
+                "at most 4096",
+                "[::]",
+                "Examples:",
+                "dstctl export r1 --listen 127.0.0.1",
+                "--allow 10.0.0.0/8",
+            ],
+        );
+        assert_help(
+            Some("unexport"),
+            &[
+                "--name <EXPORT>",
+                "<DEVICE>",
+                "every export",
+                "dstctl unexport r1",
+            ],
+        );
+        assert_help(None, &["dstctl export r1"]);
+        assert_help(Some("status"), &["loopback only"]);
     }
 
     #[test]
@@ -1127,86 +1114,82 @@ mod tests {
 
     #[test]
     fn help_explains_detach_and_attach() {
-        let mut cmd = Cli::command();
-        let detach = cmd.find_subcommand_mut("detach").unwrap();
-        let help = detach.render_long_help().to_string();
-        for word in [
-            "<DEVICE>",
-            "<LEG>",
-            "--freeze",
-            "in flight",
-            "flushes",
-            "crash-consistent",
-            "FIFREEZE",
-            "64 KiB regions",
-            "last in-sync leg",
-            "read-only",
-            "disconnected",
-            "Examples:",
-            "dstctl detach r1 2",
-        ] {
-            assert!(help.contains(word), "detach help lacks {word}:\n{help}");
-        }
-        let mut cmd = Cli::command();
-        let attach = cmd.find_subcommand_mut("attach").unwrap();
-        let help = attach.render_long_help().to_string();
-        for word in [
-            "<DEVICE>",
-            "<LEG>",
-            "--full",
-            "NOT written",
-            "reconnected",
-            "dstctl monitor",
-            "Examples:",
-            "dstctl attach r1 2",
-        ] {
-            assert!(help.contains(word), "attach help lacks {word}:\n{help}");
-        }
-        let help = Cli::command().render_long_help().to_string();
-        for word in [
-            "dstctl detach",
-            "dstctl attach",
-            "dstctl detach r1 1 --freeze",
-        ] {
-            assert!(help.contains(word), "help lacks {word}:\n{help}");
-        }
-        let mut cmd = Cli::command();
-        let status = cmd.find_subcommand_mut("status").unwrap();
-        let help = status.render_long_help().to_string();
-        assert!(
-            help.contains("detached (taken out by dstctl detach"),
-            "{help}"
+        assert_help(
+            Some("detach"),
+            &[
+                "<DEVICE>",
+                "<LEG>",
+                "--freeze",
+                "in flight",
+                "flushes",
+                "crash-consistent",
+                "FIFREEZE",
+                "64 KiB regions",
+                "last in-sync leg",
+                "read-only",
+                "disconnected",
+                "Examples:",
+                "dstctl detach r1 2",
+            ],
         );
+        assert_help(
+            Some("attach"),
+            &[
+                "<DEVICE>",
+                "<LEG>",
+                "--full",
+                "NOT written",
+                "reconnected",
+                "dstctl monitor",
+                "Examples:",
+                "dstctl attach r1 2",
+            ],
+        );
+        assert_help(
+            None,
+            &[
+                "dstctl detach",
+                "dstctl attach",
+                "dstctl detach r1 1 --freeze",
+            ],
+        );
+        assert_help(Some("status"), &["detached (taken out by dstctl detach"]);
     }
 
     #[test]
     fn help_explains_remote_legs() {
-        let mut cmd = Cli::command();
-        let create = cmd.find_subcommand_mut("create").unwrap();
-        let help = create.render_long_help().to_string();
-        for word in [
-            "nbd://HOST[:PORT][/EXPORT]",
-            "--timeout <T>",
-            "--dead-time <T>",
-            "--backoff-max <T>",
-            "(default 30s)",
-            "(default 60s)",
-            "(default 10s)",
-            "from 100ms to 24h",
-            "reconnecting",
-            "timeout=T",
-            "nbd://10.0.0.2/disk",
-        ] {
-            assert!(help.contains(word), "create help lacks {word}:\n{help}");
-        }
-        let help = Cli::command().render_long_help().to_string();
-        assert!(help.contains("nbd://"));
-        assert!(help.contains("monitor"));
-        let mut cmd = Cli::command();
-        let monitor = cmd.find_subcommand_mut("monitor").unwrap();
-        let help = monitor.render_long_help().to_string();
-        for word in ["SIGINT", "--json", "ready", "[NAME]"] {
-            assert!(help.contains(word), "monitor help lacks {word}:\n{help}");
+        assert_help(
+            Some("create"),
+            &[
+                "nbd://HOST[:PORT][/EXPORT]",
+                "--timeout <T>",
+                "--dead-time <T>",
+                "--backoff-max <T>",
+                "(default 30s)",
+                "(default 60s)",
+                "(default 10s)",
+                "from 100ms to 24h",
+                "reconnecting",
+                "timeout=T",
+                "nbd://10.0.0.2/disk",
+            ],
+        );
+        assert_help(None, &["nbd://", "monitor"]);
+        assert_help(Some("monitor"), &["SIGINT", "--json", "ready", "[NAME]"]);
+    }
+
+    /// Fails unless the long help of subcommand `sub` (of dstctl itself
+    /// when `None`) holds every one of `words`.
+    fn assert_help(sub: Option<&str>, words: &[&str]) {
+        let mut top = Cli::command();
+        let cmd = match sub {
+            Some(name) => top.find_subcommand_mut(name).unwrap(),
+            None => &mut top,
+        };
+        let help = cmd.render_long_help().to_string();
+        for word in words {
+            let what = sub.unwrap_or("dstctl");
+            assert!(help.contains(word), "{what} help lacks {word}:\n{help}");
         }
     }
 }

@@ -15,7 +15,7 @@ use dst_proto::genl::LegKind;
 
 use crate::cli::one_line;
 use crate::model::Device;
-use crate::netlink::{errno_name, strerror};
+use crate::netlink::{errno_suffix, strerror};
 
 /// The index of the leg of `d` that `leg` names: its index (a plain
 /// number), the leg as given at creation, its kernel disk (`sdb`) or
@@ -152,10 +152,7 @@ pub fn find_mount(mounts: &[Mount], node: &Path, rdev: Option<(u32, u32)>) -> Op
 /// An OS error as dstctl shows errors: `device or resource busy (EBUSY)`.
 pub fn os_error(e: &io::Error) -> String {
     match e.raw_os_error() {
-        Some(errno) => match errno_name(errno) {
-            Some(name) => format!("{} ({name})", strerror(errno)),
-            None => strerror(errno),
-        },
+        Some(errno) => strerror(errno) + &errno_suffix(errno),
         None => e.to_string(),
     }
 }

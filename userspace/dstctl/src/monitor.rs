@@ -289,10 +289,10 @@ fn summary(d: &Device) -> String {
 }
 
 /// A leg's problem, unless the leg is healthy (the kernel keeps the last
-/// problem after the leg recovers) or detached on purpose.
+/// problem after the leg recovers).
 fn shown_problem(l: &Leg) -> Option<&str> {
     match l.state.get() {
-        Some(LegState::InSync | LegState::Resyncing | LegState::Detached) => None,
+        Some(LegState::InSync | LegState::Resyncing) => None,
         _ => l.problem.as_deref(),
     }
 }
@@ -926,8 +926,6 @@ mod tests {
         t.start(vec![device("r1", 0, DevState::Ok)], now);
         let mut detached = device("r1", 0, DevState::Degraded);
         detached.legs[1].state = Wire::new(LegState::Detached as u8);
-        // A remote leg's connection ends with the reason "detached".
-        detached.legs[1].problem = Some("detached".into());
         assert_eq!(
             text(&t.event(Some(Event::Changed), detached.clone(), now)),
             [

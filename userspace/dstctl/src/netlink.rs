@@ -125,10 +125,7 @@ impl fmt::Display for Error {
                     Some(m) => f.write_str(m)?,
                     None => f.write_str(&strerror(r.errno))?,
                 }
-                match errno_name(r.errno) {
-                    Some(name) => write!(f, " ({name})")?,
-                    None => write!(f, " (errno {})", r.errno)?,
-                }
+                f.write_str(&errno_suffix(r.errno))?;
                 if let (None, Some(a)) = (&r.message, r.missing_attr) {
                     write!(f, ", missing attribute {a}")?;
                 }
@@ -534,8 +531,17 @@ fn strip_os_error(text: &str) -> &str {
     }
 }
 
+/// What dstctl shows after an error's text: ` (EBUSY)`, or ` (errno N)`
+/// for a number it has no name for.
+pub fn errno_suffix(errno: i32) -> String {
+    match errno_name(errno) {
+        Some(name) => format!(" ({name})"),
+        None => format!(" (errno {errno})"),
+    }
+}
+
 /// The symbolic name of an error number, for the errors dst can return.
-pub fn errno_name(errno: i32) -> Option<&'static str> {
+fn errno_name(errno: i32) -> Option<&'static str> {
     use libc::*;
     Some(match errno {
         EPERM => "EPERM",

@@ -3,7 +3,8 @@
 //! Dirty-region bitmaps: which regions of a mirror leg may differ from the
 //! device.
 //!
-//! One bit per region (64 KiB by default), set from any context when a
+//! One bit per region (64 KiB by default, see
+//! [`crate::proto::genl::resync::REGION_DEFAULT`]), set from any context when a
 //! write misses the leg (the leg is down, faulty or failed the write), and
 //! cleared by the resync once the region has been copied.  The cost is one
 //! bit per region and leg: 2 MiB per TiB of device and leg at 64 KiB.
@@ -11,9 +12,6 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use kernel::prelude::*;
-
-/// Default region size, as a shift of sectors (128 sectors = 64 KiB).
-pub(crate) const DEFAULT_REGION_SHIFT: u32 = 7;
 
 /// A dirty-region bitmap.
 pub(crate) struct DirtyMap {

@@ -16,14 +16,14 @@ use kernel::{new_mutex, pr_err, pr_info};
 
 use crate::bdev::Holder;
 use crate::bio::{Bio, BioSet, BioStack, LegBioStack, Op};
-use crate::bitmap::{DirtyMap, DEFAULT_REGION_SHIFT};
+use crate::bitmap::DirtyMap;
 use crate::disk::{Disk, DiskOps, Limits};
 use crate::errno;
 use crate::io::{Decision, DeferList, Gate, IoOwner, IoResult, IoSet, Outcome, PageIoOwner, Route};
 use crate::job::{impl_has_job, Job, JobRun};
 use crate::leg::{Leg, LegDev, LegSet, Removal};
 use crate::msg::{refuse, Refusal};
-use crate::proto::genl::{DevState, Event, LegState, Target, MAX_LEGS};
+use crate::proto::genl::{resync as limits, DevState, Event, LegState, Target, MAX_LEGS};
 use crate::remote::{Link, Policy, RemoteConfig};
 use crate::resync::{self, Barrier, ResyncState};
 use crate::glue::now_ms;
@@ -76,6 +76,27 @@ pub(crate) struct LegSpec<'a> {
     pub(crate) remote: Option<RemoteConfig>,
 }
 
+/// A mirror's resync settings (see [`crate::resync`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Settings {
+    /// Bytes per dirty-map bit: a power of two, checked by the caller.
+    pub(crate) region_bytes: u32,
+    /// Resync speed limits in KiB/s (0: none): while the device has other
+    /// I/O, and always.
+    pub(crate) resync_rate_kib: u32,
+    pub(crate) resync_max_kib: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            region_bytes: limits::REGION_DEFAULT,
+            resync_rate_kib: limits::RATE_DEFAULT_KIB,
+            resync_max_kib: 0,
+        }
+    }
+}
+
 /// A dst device.
 #[pin_data]
 pub(crate) struct Device {
@@ -106,6 +127,11 @@ pub(crate) struct Device {
     resync_result: IoResult,
     stopping: AtomicBool,
     last_progress_ms: AtomicU64,
+    /// Mirror: bytes per dirty-map bit.
+    region_bytes: u32,
+    /// Mirror: resync speed limits, see [`Settings`].
+    resync_rate_kib: AtomicU32,
+    resync_max_kib: AtomicU32,
     #[pin]
     resync: Mutex<ResyncState>,
     #[pin]
@@ -198,6 +224,7 @@ impl Device {
         index: u32,
         target: Target,
         specs: KVec<LegSpec<'_>>,
+        settings: Settings,
     ) -> Result<Arc<Device>, Refusal> {
         if specs.is_empty() {
             refuse!(EINVAL, "a device needs at least one leg");
@@ -251,7 +278,8 @@ impl Device {
         let mut dirty = KVec::new();
         if target == Target::Mirror {
             for _ in 0..nlegs {
-                dirty.push(DirtyMap::new(sectors, DEFAULT_REGION_SHIFT)?, GFP_KERNEL)?;
+                let shift = settings.region_bytes.trailing_zeros().saturating_sub(9);
+                dirty.push(DirtyMap::new(sectors, shift)?, GFP_KERNEL)?;
             }
         }
 
@@ -286,6 +314,9 @@ impl Device {
                 resync_result: IoResult::new(),
                 stopping: AtomicBool::new(false),
                 last_progress_ms: AtomicU64::new(0),
+                region_bytes: settings.region_bytes,
+                resync_rate_kib: AtomicU32::new(settings.resync_rate_kib),
+                resync_max_kib: AtomicU32::new(settings.resync_max_kib),
                 resync <- new_mutex!(ResyncState::new(), "Device::resync"),
                 ioset <- BioSet::new(IoSet::FRONT_PAD),
                 splitset <- BioSet::new(0),
@@ -479,22 +510,61 @@ impl Device {
         leg.state()
     }
 
-    /// Bytes resynced and to resync on leg `i` (0, 0 when it is not being
-    /// resynced).
-    pub(crate) fn resync_progress_of(&self, i: usize) -> (u64, u64) {
+    /// Bytes resynced and to resync on leg `i`, and the speed in bytes per
+    /// second (all 0 when it is not being resynced).
+    pub(crate) fn resync_progress_of(&self, i: usize) -> (u64, u64, u64) {
         if !self.resyncing.contains(i) {
-            return (0, 0);
+            return (0, 0, 0);
         }
         let st = self.resync.lock();
         if st.target() == Some(i) {
-            (st.done, st.total)
+            (st.done, st.total, st.speed())
         } else {
             let total = self
                 .dirty
                 .get(i)
                 .map_or(0, |m| m.dirty_bytes());
-            (0, total)
+            (0, total, 0)
         }
+    }
+
+    /// Mirror: bytes per dirty-map bit.
+    pub(crate) fn region_bytes(&self) -> u32 {
+        self.region_bytes
+    }
+
+    /// The resync speed limits in KiB/s: while busy, and always.
+    pub(crate) fn resync_limits(&self) -> (u32, u32) {
+        (
+            self.resync_rate_kib.load(Ordering::Relaxed),
+            self.resync_max_kib.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Changes the resync speed limits given; they apply from the next
+    /// chunk.
+    pub(crate) fn set_resync_limits(self: &Arc<Self>, rate: Option<u32>, max: Option<u32>) -> Result<(), Refusal> {
+        if self.target != Target::Mirror {
+            refuse!(EINVAL, "{} is linear: resync settings apply to mirrors", self.name());
+        }
+        if let Some(r) = rate {
+            self.resync_rate_kib.store(r, Ordering::Relaxed);
+        }
+        if let Some(m) = max {
+            self.resync_max_kib.store(m, Ordering::Relaxed);
+        }
+        self.resync.lock().reset_schedule();
+        self.kick_resync();
+        Ok(())
+    }
+
+    /// Requests the legs have served (a resync tells from it whether the
+    /// device is in use).
+    pub(crate) fn foreground_requests(&self) -> u64 {
+        self.legs.iter().map(|l| {
+            let s = l.stats();
+            s.reads.wrapping_add(s.writes)
+        }).fold(0, u64::wrapping_add)
     }
 
     /// The bio set used to split bios.
@@ -607,16 +677,24 @@ impl Device {
         Job::<Device, RESYNC_JOB>::queue(self.clone(), 500);
     }
 
+    /// Runs the resync job in `ms` milliseconds (keeping a rate), unless it
+    /// is queued already.
+    pub(crate) fn kick_resync_in(self: &Arc<Self>, ms: u64) {
+        Job::<Device, RESYNC_JOB>::queue(self.clone(), u32::try_from(ms).unwrap_or(u32::MAX));
+    }
+
     /// The next leg to resync.
     pub(crate) fn next_resync_target(&self) -> Option<usize> {
         let m = self.resyncing.mask();
         (m != 0).then(|| m.trailing_zeros() as usize)
     }
 
-    /// An in-sync leg to copy from, preferring a local one.
-    pub(crate) fn resync_source(&self, target: usize) -> Option<usize> {
+    /// An in-sync leg to copy from, not in the `avoid` mask, preferring a
+    /// local one.
+    pub(crate) fn resync_source(&self, target: usize, avoid: u32) -> Option<usize> {
         let ok = |i: &usize| {
             *i != target
+                && avoid & (1 << *i) == 0
                 && self.in_sync.contains(*i)
                 && self.leg_reachable(*i)
         };
@@ -633,14 +711,22 @@ impl Device {
         }
     }
 
-    /// Leg `target` is in sync again.
-    pub(crate) fn resync_done(self: &Arc<Self>, target: usize) {
+    /// Leg `target` is in sync again, after a resync that copied `bytes`
+    /// in `ms` milliseconds.
+    pub(crate) fn resync_done(self: &Arc<Self>, target: usize, bytes: u64, ms: u64) {
         if self.resyncing.remove(target) {
             if let Some(leg) = self.legs.get(target) {
                 leg.set_state(LegState::InSync);
             }
             self.in_sync.insert(target);
-            pr_info!("{}: leg {} is in sync again\n", self.name(), target);
+            pr_info!(
+                "{}: leg {} is in sync again ({} KiB copied in {} ms, {} KiB/s)\n",
+                self.name(),
+                target,
+                bytes >> 10,
+                ms,
+                (bytes >> 10) * 1000 / ms.max(1)
+            );
             Self::notify(self.as_arc_borrow());
         }
     }

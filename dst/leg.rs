@@ -299,6 +299,20 @@ impl Leg {
         self.stats.inflight.leave();
     }
 
+    /// Ends a resync I/O counted by [`Leg::start`]: a failure counts as an
+    /// error, a success is not counted (the request counters are those of
+    /// the device's users; a resync tells from them whether it is in use).
+    pub(crate) fn end_resync(&self, op: Op, res: Result) {
+        self.stats.inflight.leave();
+        if res.is_err() {
+            let err = match op {
+                Op::Read => &self.stats.read_errors,
+                _ => &self.stats.write_errors,
+            };
+            err.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Counts `bytes` copied to the leg by a resync.
     pub(crate) fn count_resynced(&self, bytes: u32) {
         self.stats.resynced.fetch_add(bytes.into(), Ordering::Relaxed);

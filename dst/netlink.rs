@@ -12,11 +12,11 @@ use kernel::str::CStr;
 use crate::errno;
 use core::net::SocketAddr;
 
-use crate::device::{Device, LegSpec};
+use crate::device::{Device, LegSpec, Settings};
 use crate::genl::{self, Dump, Handler, Request};
 use crate::msg::{refuse, Msg, Refusal};
 use crate::export::{self, Cidr, Export, ExportRequest, Exports, Listener};
-use crate::proto::genl::{self as schema, cmd, dev, exp, leg, timing, Event, LegKind, Target, MAX_ALLOW, MAX_LEGS};
+use crate::proto::genl::{self as schema, cmd, dev, exp, leg, resync, timing, Event, LegKind, Target, MAX_ALLOW, MAX_LEGS};
 use kernel::sync::Arc;
 use crate::remote::RemoteConfig;
 use crate::proto::nlattr::{self, Attr, Attrs, Sink, Writer};
@@ -62,6 +62,12 @@ fn encode(d: &Device, exports: Option<&Exports>) -> Result<KVec<u8>> {
         w.put_u8(dev::STATE, d.state() as u8)?;
         w.put_u32(dev::OPENERS, d.openers())?;
         w.put_u32(dev::BLOCK_SIZE, d.block_size())?;
+        if d.target() == Target::Mirror {
+            let (rate, max) = d.resync_limits();
+            w.put_u32(dev::REGION_SIZE, d.region_bytes())?;
+            w.put_u32(dev::RESYNC_RATE, rate)?;
+            w.put_u32(dev::RESYNC_MAX, max)?;
+        }
         for (i, l) in d.legs().iter().enumerate() {
             let nest = w.begin_nest(dev::LEG)?;
             let s = l.stats();
@@ -77,10 +83,11 @@ fn encode(d: &Device, exports: Option<&Exports>) -> Result<KVec<u8>> {
             w.put_u64(leg::WRITE_ERRORS, s.write_errors)?;
             w.put_u32(leg::INFLIGHT, s.inflight)?;
             w.put_u64(leg::RESYNCED, s.resynced)?;
-            let (done, total) = d.resync_progress_of(i);
+            let (done, total, speed) = d.resync_progress_of(i);
             if total > 0 {
                 w.put_u64(leg::RESYNC_DONE, done)?;
                 w.put_u64(leg::RESYNC_TOTAL, total)?;
+                w.put_u64(leg::RESYNC_SPEED, speed)?;
             }
             match l.dev().remote() {
                 None => w.put_u8(leg::KIND, LegKind::Local as u8)?,
@@ -255,6 +262,40 @@ fn name<'a>(attrs: &Attrs<'a>) -> Result<&'a str, Refusal> {
     Ok(name)
 }
 
+/// The last u32 attribute of type `kind`, if any.
+fn optional_u32(attrs: &Attrs<'_>, kind: u16) -> Result<Option<u32>, Refusal> {
+    match last(attrs, kind)? {
+        Some(a) => match a.u32() {
+            Ok(v) => Ok(Some(v)),
+            Err(_) => refuse!(EINVAL, "attribute {}: not a u32", kind),
+        },
+        None => Ok(None),
+    }
+}
+
+/// A CREATE's resync settings, checked; the defaults for those not given.
+fn settings(attrs: &Attrs<'_>, target: Target) -> Result<Settings, Refusal> {
+    let region = optional_u32(attrs, dev::REGION_SIZE)?;
+    let rate = optional_u32(attrs, dev::RESYNC_RATE)?;
+    let max = optional_u32(attrs, dev::RESYNC_MAX)?;
+    let mut s = Settings::default();
+    if target != Target::Mirror {
+        if region.is_some() || rate.is_some() || max.is_some() {
+            refuse!(EINVAL, "region size and resync rates apply to mirrors");
+        }
+        return Ok(s);
+    }
+    if let Some(r) = region {
+        if let Err(why) = resync::check_region(r) {
+            refuse!(EINVAL, "{}", why);
+        }
+        s.region_bytes = r;
+    }
+    s.resync_rate_kib = rate.unwrap_or(s.resync_rate_kib);
+    s.resync_max_kib = max.unwrap_or(s.resync_max_kib);
+    Ok(s)
+}
+
 /// The last attribute of type `kind` (netlink's rule for repeats).
 fn last<'a>(attrs: &Attrs<'a>, kind: u16) -> Result<Option<Attr<'a>>, Refusal> {
     let mut found = None;
@@ -300,8 +341,24 @@ impl Registry {
             let spec = leg_spec(&a, specs.len())?;
             specs.push(spec, GFP_KERNEL)?;
         }
-        let d = self.create(name, target, specs)?;
+        let settings = settings(attrs, target)?;
+        let d = self.create(name, target, specs, settings)?;
         req.reply(cmd::CREATE, &encode(&d, Some(&self.exports))?)?;
+        Ok(())
+    }
+
+    fn do_set(&self, attrs: &Attrs<'_>, req: &mut Request<'_>) -> Result<(), Refusal> {
+        let name = name(attrs)?;
+        let Some(d) = self.get(name) else {
+            refuse!(ENODEV, "no device named {}", name);
+        };
+        let rate = optional_u32(attrs, dev::RESYNC_RATE)?;
+        let max = optional_u32(attrs, dev::RESYNC_MAX)?;
+        if rate.is_none() && max.is_none() {
+            refuse!(EINVAL, "nothing to set (resync rate or resync max)");
+        }
+        d.set_resync_limits(rate, max)?;
+        req.reply(cmd::SET, &encode(&d, Some(&self.exports))?)?;
         Ok(())
     }
 
@@ -429,6 +486,7 @@ impl Handler for Registry {
             cmd::UNEXPORT => self.do_unexport(&attrs),
             cmd::DETACH => self.do_detach(&attrs, req),
             cmd::ATTACH => self.do_attach(&attrs, req),
+            cmd::SET => self.do_set(&attrs, req),
             _ => Err(errno::eopnotsupp().into()),
         };
         res.map_err(|r| {

@@ -7,7 +7,7 @@ use kernel::prelude::*;
 use kernel::rbtree::{RBTree, RBTreeNodeReservation};
 use kernel::sync::{Arc, Mutex};
 
-use crate::device::{Device, LegSpec};
+use crate::device::{Device, LegSpec, Settings};
 use crate::export::Exports;
 use crate::msg::{refuse, Refusal};
 use crate::netlink;
@@ -44,6 +44,7 @@ impl Registry {
         name: &str,
         target: Target,
         specs: KVec<LegSpec<'_>>,
+        settings: Settings,
     ) -> Result<Arc<Device>, Refusal> {
         let mut devices = self.devices.lock();
         if devices.values().any(|d| d.name() == name) {
@@ -62,7 +63,7 @@ impl Registry {
         }
         // Allocate the node first: once the device exists, nothing fails.
         let slot = RBTreeNodeReservation::new(GFP_KERNEL)?;
-        let dev = Device::create(name, index, target, specs)?;
+        let dev = Device::create(name, index, target, specs, settings)?;
         devices.insert(slot.into_node(index, dev.clone()));
         netlink::send_event(&dev, Event::Created);
         Ok(dev)

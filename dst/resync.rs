@@ -5,7 +5,8 @@
 //! A leg being resynced gets every write (so regions already copied stay
 //! in sync) but serves no reads.  The resync copies its dirty regions
 //! (see [`crate::bitmap`]) from an in-sync leg, a chunk of up to
-//! [`CHUNK_REGIONS`] consecutive dirty regions at a time:
+//! [`CHUNK_BYTES`] of consecutive dirty regions at a time (at least one
+//! region):
 //!
 //! 1. raise the [`Barrier`] over the chunk's buckets: new writes there are
 //!    parked, and the copy waits for the writes in flight to end;
@@ -19,18 +20,34 @@
 //! the target or the source fails, the chunk stays dirty and the resync
 //! resumes when a source and the target are available again.  It runs as a
 //! job on the module's workqueue, driven by I/O completions; nothing waits.
+//!
+//! Speed: while the device has other I/O (its legs served requests since
+//! the last chunk), the copy is held to the device's `resync_rate`; at all
+//! times to its `resync_max` (KiB/s, 0: no limit).  Like md's
+//! `speed_limit_min` and `speed_limit_max`: an idle device resyncs as fast
+//! as the legs allow, a busy one keeps most of their bandwidth.  The limit
+//! is kept by starting the next chunk no earlier than its cost at that
+//! rate allows.
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
-use crate::bio::PageBuf;
+use crate::bio::{Op, PageBuf};
 use crate::device::{Device, LegUse};
+use crate::glue::now_ms;
 use crate::io::{page_io, PageOp};
 
-/// Most regions copied in one go.
-pub(crate) const CHUNK_REGIONS: u64 = 16;
+/// Most bytes copied in one go (unless one region is larger).
+const CHUNK_BYTES: u64 = 1 << 20;
+/// Longest the job sleeps to keep a rate (it then checks again, so a
+/// changed limit applies soon).
+const MAX_SLEEP_MS: u64 = 1000;
+/// How far behind its schedule the copy may fall and catch up at once.
+const BURST_US: u64 = 100_000;
+/// The speed shown is measured over about this long.
+const SPEED_WINDOW_MS: u64 = 2000;
 /// Barrier buckets (a region's bucket is its number modulo this).
 const BUCKETS: u64 = 64;
 
@@ -136,6 +153,21 @@ pub(crate) struct ResyncState {
     pub(crate) total: u64,
     pub(crate) done: u64,
     failures: u32,
+    /// Legs whose resync reads failed, for the current target: others are
+    /// preferred as sources.
+    bad_sources: u32,
+    /// When the next chunk may start, in microseconds of the monotonic
+    /// clock (rate limit).
+    next_us: u64,
+    /// The legs' request count when the last chunk ended.
+    last_requests: u64,
+    /// Speed measurement: `done` at `mark_ms`, and the speed found over
+    /// the window before it (bytes per second).
+    mark_ms: u64,
+    mark_done: u64,
+    speed: u64,
+    /// When the resync of the current target started.
+    started_ms: u64,
 }
 
 impl ResyncState {
@@ -149,12 +181,83 @@ impl ResyncState {
             total: 0,
             done: 0,
             failures: 0,
+            bad_sources: 0,
+            next_us: 0,
+            last_requests: 0,
+            mark_ms: 0,
+            mark_done: 0,
+            speed: 0,
+            started_ms: 0,
         }
     }
 
     /// The leg being resynced.
     pub(crate) fn target(&self) -> Option<usize> {
         self.target
+    }
+
+    /// Forgets the schedule (the limits changed).
+    pub(crate) fn reset_schedule(&mut self) {
+        self.next_us = 0;
+    }
+
+    /// Bytes per second copied lately.
+    pub(crate) fn speed(&self) -> u64 {
+        let now = now_ms();
+        let since = now.saturating_sub(self.mark_ms);
+        if since > SPEED_WINDOW_MS {
+            // Stalled or slowed down since the last measure.
+            return self.done.saturating_sub(self.mark_done) * 1000 / since;
+        }
+        self.speed
+    }
+
+    fn start_target(&mut self, target: usize, total: u64) {
+        self.target = Some(target);
+        self.cursor = 0;
+        self.failures = 0;
+        self.bad_sources = 0;
+        self.done = 0;
+        self.total = total;
+        self.mark_ms = now_ms();
+        self.started_ms = self.mark_ms;
+        self.mark_done = 0;
+        self.speed = 0;
+    }
+
+    /// Accounts for a chunk of `bytes` copied: progress, speed, and when
+    /// the next chunk may start at the rate that applies now.
+    fn copied(&mut self, dev: &Device, bytes: u64) {
+        self.done += bytes;
+        let now = now_ms();
+        let since = now.saturating_sub(self.mark_ms);
+        if since >= SPEED_WINDOW_MS {
+            self.speed = (self.done - self.mark_done) * 1000 / since;
+            self.mark_ms = now;
+            self.mark_done = self.done;
+        }
+        let requests = dev.foreground_requests();
+        let busy = requests != self.last_requests;
+        self.last_requests = requests;
+        let (rate, max) = dev.resync_limits();
+        let kib = match (busy, rate, max) {
+            (true, r, m) if r != 0 && m != 0 => r.min(m),
+            (true, r, 0) if r != 0 => r,
+            (_, _, m) => m,
+        };
+        if kib == 0 {
+            self.next_us = 0;
+            return;
+        }
+        let now_us = now * 1000;
+        let cost_us = bytes * 1_000_000 / (u64::from(kib) * 1024);
+        self.next_us = self.next_us.max(now_us.saturating_sub(BURST_US)) + cost_us;
+    }
+
+    /// Milliseconds until the next chunk may start (0: now).
+    fn wait_ms(&self) -> u64 {
+        let now_us = now_ms() * 1000;
+        self.next_us.saturating_sub(now_us).div_ceil(1000).min(MAX_SLEEP_MS)
     }
 }
 
@@ -226,7 +329,11 @@ fn step(dev: &Arc<Device>, st: &mut ResyncState) -> Next {
             };
             if !dev.enter_leg(chunk.source, LegUse::ResyncSource) {
                 // The source was detached or went down: pick another.
+                st.bad_sources |= 1 << chunk.source;
                 end_chunk(dev, st);
+                if dev.resync_source(target, st.bad_sources).is_some() {
+                    return Next::Continue;
+                }
                 dev.kick_resync_later();
                 return Next::Wait;
             }
@@ -246,20 +353,30 @@ fn step(dev: &Arc<Device>, st: &mut ResyncState) -> Next {
             let Some(res) = dev.resync_result().take() else {
                 return Next::Wait;
             };
-            let ended = if chunk.phase == Phase::Reading { chunk.source } else { target };
+            let (ended, op) = if chunk.phase == Phase::Reading {
+                (chunk.source, Op::Read)
+            } else {
+                (target, Op::Write)
+            };
             if let Some(leg) = dev.legs().get(ended) {
-                leg.end();
+                leg.end_resync(op, res);
             }
             if chunk.phase == Phase::Reading {
                 if res.is_err() {
-                    // The source failed: try again, perhaps from another
-                    // leg; give up on this target after a few failures.
+                    // The source failed: copy from another leg if there
+                    // is one, else try again later; give up on this target
+                    // after a few failures in a row.
                     st.failures += 1;
+                    st.bad_sources |= 1 << chunk.source;
                     end_chunk(dev, st);
                     if st.failures > 8 {
                         dev.resync_failed(target, "the source legs keep failing");
                         return Next::Continue;
                     }
+                    if dev.resync_source(target, st.bad_sources).is_some() {
+                        return Next::Continue;
+                    }
+                    st.bad_sources = 0;
                     dev.kick_resync_later();
                     return Next::Wait;
                 }
@@ -291,7 +408,7 @@ fn step(dev: &Arc<Device>, st: &mut ResyncState) -> Next {
                             m.clear(r);
                         }
                     }
-                    st.done += u64::from(bytes);
+                    st.copied(dev, u64::from(bytes));
                     if let Some(leg) = dev.legs().get(target) {
                         leg.count_resynced(bytes);
                     }
@@ -324,23 +441,26 @@ fn start_chunk(dev: &Arc<Device>, st: &mut ResyncState) -> Next {
         return Next::Idle;
     };
     if st.target != Some(target) {
-        st.target = Some(target);
-        st.cursor = 0;
-        st.failures = 0;
-        st.done = 0;
-        let map = dev.dirty_map(target);
-        st.total = map.map_or(0, |m| m.dirty_bytes());
+        let total = dev.dirty_map(target).map_or(0, |m| m.dirty_bytes());
+        st.start_target(target, total);
         dev.resync_progress(st);
     }
     let Some(map) = dev.dirty_map(target) else {
         return Next::Idle;
     };
-    let Some(source) = dev.resync_source(target) else {
+    let wait = st.wait_ms();
+    if wait > 0 {
+        dev.kick_resync_in(wait);
+        return Next::Wait;
+    }
+    let Some(source) = dev.resync_source(target, st.bad_sources).or_else(|| dev.resync_source(target, 0)) else {
         // No leg to copy from: wait until one comes back.
         return Next::Idle;
     };
+    let region_bytes = map.region_sectors() << 9;
+    let chunk_regions = (CHUNK_BYTES / region_bytes).max(1);
     if st.buf.is_none() {
-        let bytes = u32::try_from((CHUNK_REGIONS * map.region_sectors()) << 9).unwrap_or(1 << 20);
+        let bytes = u32::try_from(chunk_regions * region_bytes).unwrap_or(1 << 20);
         match PageBuf::new(bytes).and_then(|b| Ok(Arc::new(b, GFP_KERNEL)?)) {
             Ok(b) => st.buf = Some(b),
             Err(_) => {
@@ -355,14 +475,14 @@ fn start_chunk(dev: &Arc<Device>, st: &mut ResyncState) -> Next {
             // Regions dirtied behind the cursor meanwhile.
             Some(r) => r,
             None => {
-                dev.resync_done(target);
+                dev.resync_done(target, st.done, now_ms().saturating_sub(st.started_ms));
                 st.target = None;
                 return Next::Continue;
             }
         },
     };
     let mut count = 1;
-    while count < CHUNK_REGIONS && first + count < map.regions() && map.is_dirty(first + count) {
+    while count < chunk_regions && first + count < map.regions() && map.is_dirty(first + count) {
         count += 1;
     }
     let mask = Barrier::buckets(first, first + count - 1);

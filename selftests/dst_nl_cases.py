@@ -21,8 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from nl_raw import GenlSocket, nla, nla_nest, nla_str, nla_strn, nla_u8, nla_u32, nla_u64  # noqa: E402
 
 # Commands and attributes (dst-proto genl.rs).
-GET, CREATE, REMOVE, EXPORT, UNEXPORT, DETACH, ATTACH = 1, 2, 3, 5, 6, 7, 8
-LEG_INDEX, FULL = 12, 13
+GET, CREATE, REMOVE, EXPORT, UNEXPORT, DETACH, ATTACH, SET = 1, 2, 3, 5, 6, 7, 8, 9
+LEG_INDEX, FULL, REGION_SIZE, RESYNC_RATE, RESYNC_MAX = 12, 13, 14, 15, 16
 EXP = 11
 LISTEN, EXP_NAME, READ_ONLY, ALLOW = 1, 2, 3, 4
 NAME, TARGET, LEG, SIZE = 1, 2, 3, 6
@@ -111,6 +111,18 @@ CASES = {
     "detach-unknown-device": (DETACH, nla_str(NAME, "nope") + nla_u32(LEG_INDEX, 0), errno.ENODEV, "no device named"),
     "attach-in-sync-leg": (ATTACH, nla_str(NAME, "r1") + nla_u32(LEG_INDEX, 0), errno.EINVAL, "is not detached"),
     "attach-full-out-of-range": (ATTACH, nla_str(NAME, "r1") + nla_u32(LEG_INDEX, 1) + nla_u8(FULL, 2), ANY, None),
+    "create-region-not-power-of-two": (CREATE, create() + nla_u32(REGION_SIZE, 3000), errno.EINVAL, "power of two"),
+    "create-region-too-small": (CREATE, create() + nla_u32(REGION_SIZE, 512), errno.EINVAL, "power of two"),
+    "create-region-too-big": (CREATE, create() + nla_u32(REGION_SIZE, 8 << 20), errno.EINVAL, "power of two"),
+    "create-region-on-linear": (CREATE, create(target=LINEAR) + nla_u32(REGION_SIZE, 65536),
+                                errno.EINVAL, "apply to mirrors"),
+    "create-rate-on-linear": (CREATE, create(target=LINEAR) + nla_u32(RESYNC_RATE, 1024),
+                              errno.EINVAL, "apply to mirrors"),
+    "create-rate-wrong-size": (CREATE, create() + nla_u8(RESYNC_RATE, 1), ANY, None),
+    "set-nothing": (SET, nla_str(NAME, "r1"), errno.EINVAL, "nothing to set"),
+    "set-unknown-device": (SET, nla_str(NAME, "nope") + nla_u32(RESYNC_MAX, 1024), errno.ENODEV, "no device named"),
+    "set-max-wrong-size": (SET, nla_str(NAME, "r1") + nla_u64(RESYNC_MAX, 1024), ANY, None),
+    "set-region-not-settable": (SET, nla_str(NAME, "r1") + nla_u32(REGION_SIZE, 65536), ANY, None),
     "get-no-name": (GET, b"", errno.EINVAL, "missing device name"),
     "get-unknown-device": (GET, nla_str(NAME, "nope"), errno.ENODEV, "no device named nope"),
     "remove-no-name": (REMOVE, b"", errno.EINVAL, "missing device name"),

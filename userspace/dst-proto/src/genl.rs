@@ -47,6 +47,9 @@ pub mod cmd {
     /// `dev::FULL`): it is resynced, only the regions written meanwhile
     /// unless `dev::FULL` is 1.
     pub const ATTACH: u8 = 8;
+    /// Change a device's settings (`DEV_NAME`, and any of
+    /// `dev::RESYNC_RATE`, `dev::RESYNC_MAX`); the others stay.
+    pub const SET: u8 = 9;
 }
 
 /// Device attributes (top level of every message).
@@ -79,8 +82,20 @@ pub mod dev {
     /// ATTACH: copy the whole leg (1) rather than only the regions written
     /// while it was detached (0, the default) (u8).
     pub const FULL: u16 = 13;
+    /// Mirror: bytes of device one dirty-map bit stands for (u32; CREATE,
+    /// a power of two in [`super::resync::REGION_MIN`]..=
+    /// [`super::resync::REGION_MAX`], default
+    /// [`super::resync::REGION_DEFAULT`]).
+    pub const REGION_SIZE: u16 = 14;
+    /// Mirror: resync speed limit while the device has other I/O, in KiB/s
+    /// (u32; CREATE, SET; 0: none; default
+    /// [`super::resync::RATE_DEFAULT_KIB`]).
+    pub const RESYNC_RATE: u16 = 15;
+    /// Mirror: resync speed limit at all times, in KiB/s (u32; CREATE, SET;
+    /// 0, the default: none).
+    pub const RESYNC_MAX: u16 = 16;
     /// Highest device attribute id.
-    pub const MAX: u16 = 13;
+    pub const MAX: u16 = 16;
 }
 
 /// Export attributes (inside a [`dev::EXPORT`] nest).
@@ -170,8 +185,11 @@ pub mod leg {
     /// Bytes copied to the leg by resyncs since the device was created
     /// (u64).
     pub const RESYNCED: u16 = 24;
+    /// Speed of the running resync over the last seconds, in bytes per
+    /// second (u64; with `RESYNC_DONE`).
+    pub const RESYNC_SPEED: u16 = 25;
     /// Highest leg attribute id.
-    pub const MAX: u16 = 24;
+    pub const MAX: u16 = 25;
 }
 
 macro_rules! wire_enum {
@@ -415,6 +433,37 @@ pub mod timing {
     pub const MAX_MS: u32 = 86_400_000;
 }
 
+/// Resync settings: defaults and bounds.
+pub mod resync {
+    /// Smallest dirty region, in bytes.
+    pub const REGION_MIN: u32 = 4096;
+    /// Largest dirty region, in bytes.
+    pub const REGION_MAX: u32 = 4 << 20;
+    /// Default dirty region, in bytes.
+    pub const REGION_DEFAULT: u32 = 64 << 10;
+    /// Default resync speed limit while the device is in use, in KiB/s.
+    pub const RATE_DEFAULT_KIB: u32 = 16 << 10;
+
+    /// Checks a region size: a power of two within the bounds.
+    pub fn check_region(bytes: u32) -> Result<(), &'static str> {
+        if !bytes.is_power_of_two() || !(REGION_MIN..=REGION_MAX).contains(&bytes) {
+            return Err("region size must be a power of two from 4 KiB to 4 MiB");
+        }
+        Ok(())
+    }
+}
+
+const RATE_SPECS: [AttrSpec; 2] = [
+    AttrSpec {
+        id: dev::RESYNC_RATE,
+        kind: Kind::U32,
+    },
+    AttrSpec {
+        id: dev::RESYNC_MAX,
+        kind: Kind::U32,
+    },
+];
+
 /// Every command of the family.
 pub const COMMANDS: &[CmdSpec] = &[
     CmdSpec {
@@ -437,7 +486,19 @@ pub const COMMANDS: &[CmdSpec] = &[
                 id: dev::LEG,
                 kind: Kind::NestedLeg,
             },
+            AttrSpec {
+                id: dev::REGION_SIZE,
+                kind: Kind::U32,
+            },
+            RATE_SPECS[0],
+            RATE_SPECS[1],
         ],
+    },
+    CmdSpec {
+        cmd: cmd::SET,
+        doit: true,
+        dumpit: false,
+        policy: &[NAME_SPEC, RATE_SPECS[0], RATE_SPECS[1]],
     },
     CmdSpec {
         cmd: cmd::REMOVE,

@@ -4,12 +4,14 @@
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use dst_proto::genl::{
-    check_name, timing, Target, EXPORT_NAME_MAX, LEG_SPEC_MAX, MAX_ALLOW, MAX_LEGS,
+    check_name, resync, timing, Target, EXPORT_NAME_MAX, LEG_SPEC_MAX, MAX_ALLOW, MAX_LEGS,
 };
 use dst_proto::nbd::DEFAULT_PORT;
 
 use crate::export::{check_export_name, ExportPlan};
+use crate::model::{ResyncLimits, ResyncSettings};
 use crate::remote::{format_ms, parse_ms, LegPlan, Timing};
+use crate::resync::{exact_size, format_rate_kib, parse_rate_kib, parse_region};
 
 const ABOUT: &str = "Configure dst distributed block devices";
 
@@ -29,9 +31,10 @@ target:
 A LEG is the path of a local block device, such as /dev/sdb or /dev/ram0,
 or a remote NBD export, nbd://HOST[:PORT]/EXPORT (see dstctl create
 --help).  The kernel keeps reconnecting a remote leg whose connection is
-lost, and brings a mirror leg back in sync when it returns.  Writes to the
-dst device go to its legs: use block devices and exports that nothing else
-uses and whose contents you do not need.
+lost, and brings a mirror leg back in sync when it returns: a resync
+copies what it missed, at a speed that dstctl set limits.  Writes to the
+dst device go to its legs: use block devices and exports that nothing
+else uses and whose contents you do not need.
 
 The kernel can also serve a device over NBD itself (dstctl export), to
 clients on other hosts: nbd-client, qemu, or another host's dst device
@@ -60,6 +63,7 @@ Examples:
   dstctl unexport r1                            stop serving r1
   dstctl detach r1 1 --freeze                   take leg 1 out as a clean backup
   dstctl attach r1 1                            put it back, copy what changed
+  dstctl set r1 --resync-rate 50M               limit resyncs of r1 while in use
   dstctl remove r1                              remove r1 (its legs are kept)";
 
 /// `dstctl create --help`; the timing defaults come from the shared
@@ -102,13 +106,41 @@ leg (giving one without a remote leg is an error):
                     (default {timeout})
   --dead-time T     how long I/O waits for a down leg (default {dead})
   --backoff-max T   longest wait between reconnection attempts
-                    (default {backoff})",
+                    (default {backoff})
+
+A mirror keeps a dirty map per leg: one bit per region of the device, set
+when a write to the region does not reach the leg (down, detached, or the
+write failed), so that a resync copies only those regions back to it.
+These options apply to mirrors only:
+
+  --region-size SIZE  bytes of device per bit, a power of two from {region_min}
+                      to {region_max} (default {region}).  The maps take one bit
+                      per region per leg, allocated at creation: 64 KiB
+                      regions cost 2 MiB of memory per TiB of device per
+                      leg (4 KiB regions 32 MiB, 1 MiB regions 128 KiB).
+                      Smaller regions copy less after an outage, bigger
+                      ones cost less memory.
+  --resync-rate RATE  the resync speed limit while the device has other
+                      I/O (default {rate}).  When the device is idle, the
+                      resync runs at full speed, up to --resync-max.  Like
+                      md's speed_limit_min and speed_limit_max.
+  --resync-max RATE   the resync speed limit at all times (default {rate_max})
+
+SIZE is a number of bytes with an optional unit K, M or G (1024-based):
+4096, 64K, 1M.  RATE is bytes per second, written the same way with an
+optional /s (50M, 500K/s), rounded down to whole KiB/s; 0 or none means
+no limit.  dstctl set changes the limits later.",
         port = DEFAULT_PORT,
         min = format_ms(timing::MIN_MS),
         max = format_ms(timing::MAX_MS),
         timeout = format_ms(timing::TIMEOUT_MS),
         dead = format_ms(timing::DEAD_TIME_MS),
         backoff = format_ms(timing::BACKOFF_MAX_MS),
+        region_min = exact_size(resync::REGION_MIN.into()),
+        region_max = exact_size(resync::REGION_MAX.into()),
+        region = exact_size(resync::REGION_DEFAULT.into()),
+        rate = format_rate_kib(resync::RATE_DEFAULT_KIB),
+        rate_max = format_rate_kib(0),
     )
 }
 
@@ -119,7 +151,44 @@ Examples:
   dstctl --json create r1 --mirror /dev/ram0 /dev/ram1
   dstctl create r2 --mirror /dev/sdb nbd://10.0.0.2/disk
   dstctl create r3 --mirror nbd://store1:10809/vol 'nbd://[fd00::2]/vol' --timeout 10s
-  dstctl create r4 --mirror /dev/sdb 'nbd://store1/vol?timeout=5s&dead-time=2m'";
+  dstctl create r4 --mirror /dev/sdb 'nbd://store1/vol?timeout=5s&dead-time=2m'
+  dstctl create r5 --mirror /dev/sdb /dev/sdc --region-size 256K --resync-rate 100M";
+
+/// `dstctl set --help`; the default comes from the shared protocol
+/// definition.
+fn set_long_about() -> String {
+    format!(
+        "\
+Change a mirror's resync speed limits while it is in use; a limit not
+given stays as it is.  The new limits apply at once, to a running resync
+too.  Prints nothing; with --json, the device as dstctl status --json
+shows it.
+
+  --resync-rate RATE  the resync speed limit while the device has other
+                      I/O ({rate} unless dstctl create said otherwise).
+                      When the device is idle, the resync runs at full
+                      speed, up to --resync-max.
+  --resync-max RATE   the resync speed limit at all times (none unless
+                      dstctl create said otherwise)
+
+RATE is bytes per second: a number with an optional unit K, M or G
+(1024-based) and an optional /s: 50M, 500K/s, 1G; rounded down to whole
+KiB/s; 0 or none means no limit.  Lower the limits to leave more of the
+legs' bandwidth to the device's users, raise them to have the mirror in
+sync again sooner.  dstctl status shows the limits, and a running
+resync's speed and time left.  The region size is set once, by dstctl
+create --region-size.",
+        rate = format_rate_kib(resync::RATE_DEFAULT_KIB),
+    )
+}
+
+const SET_EXAMPLES: &str = "\
+Examples:
+  dstctl set r1 --resync-rate 50M     up to 50 MiB/s while r1 is in use
+  dstctl set r1 --resync-max 200M/s   never faster than 200 MiB/s
+  dstctl set r1 --resync-rate 0       as fast while r1 is in use as when idle
+  dstctl set r1 --resync-max none     no limit when r1 is idle
+  dstctl status r1                    the limits, a resync's speed and ETA";
 
 /// `dstctl export --help`; limits and the port come from the shared
 /// protocol definition.
@@ -192,10 +261,15 @@ progress), detached (taken out by dstctl detach; see dstctl attach).
 A leg that resyncs have copied data to shows how much, in all since the
 device was created, on a line of its own.
 
+A mirror shows its resync settings on a line under the device's: the
+region size and the speed limits (see dstctl create --help and dstctl
+set).  A running resync shows on a line under its leg how much it has
+copied and, once measured, its speed over the last seconds and the time
+it needs at that speed to finish (ETA); on a terminal, as a progress bar.
+
 Remote legs add a CONN column (connections made so far) and a line with
 the server's address, export and timing; a leg's last problem, if any, is
-shown on a line of its own.  On a terminal, a running resync is also
-shown as a progress bar.
+shown on a line of its own.
 
 A device that is exported over NBD (dstctl export) then has a table of its
 exports: name, listening address, mode (rw, or ro for read-only), clients
@@ -225,9 +299,10 @@ filesystem's journal onto the copy (use -o ro,noload for ext4, -o
 ro,norecovery for xfs, or attach --full later).  A detached remote leg is
 disconnected, so that its server may be used on its own.
 
-Meanwhile the device remembers which 64 KiB regions are written, so that
-dstctl attach copies only those back.  The last in-sync leg of a mirror
-cannot be detached, nor a leg of a linear device.
+Meanwhile the device remembers which regions are written (64 KiB regions
+unless dstctl create --region-size said otherwise), so that dstctl attach
+copies only those back.  The last in-sync leg of a mirror cannot be
+detached, nor a leg of a linear device.
 
 LEG is the leg's index as dstctl status shows it (0, 1, ...), the leg as
 given to dstctl create (/dev/sdb, nbd://10.0.0.2/disk), or its kernel
@@ -248,15 +323,16 @@ it from the other legs while the device stays in use; the leg serves
 reads again once it is in sync.  Prints nothing; with --json, the device
 as dstctl status --json shows it.
 
-By default only the 64 KiB regions written to the device while the leg
-was detached are copied.  That is only right if the detached copy itself
+By default only the regions written to the device while the leg was
+detached are copied.  That is only right if the detached copy itself
 was NOT written meanwhile.  If it was (mounted read-write, fsck'd with
 repairs, a journal replayed when mounting), give --full: the whole
 device is copied.
 
 A local leg must not be in use (mounted, or open exclusively) to be
 attached: unmount it first.  A remote leg is reconnected, and resynced
-once connected.  dstctl status and dstctl monitor show the progress.
+once connected.  dstctl status and dstctl monitor show the progress;
+dstctl set changes the resync's speed limits.
 
 LEG is as for dstctl detach: the leg's index (0, 1, ...), the leg as
 given to dstctl create, or its kernel disk.";
@@ -273,8 +349,8 @@ Print changes to devices as they happen, one line each, until interrupted.
 First a line per existing device (exists) and a line saying the monitor is
 ready, then one line per change: devices created and removed, device and
 leg state changes (with the leg's problem, when the kernel reports one),
-reconnections, and resyncs starting, progressing (at most every 5 seconds)
-and finishing.  Every line starts with the time, in UTC, and is flushed at
+reconnections, and resyncs starting, progressing (at most every 5 seconds,
+with the speed and the time left once known) and finishing.  Every line starts with the time, in UTC, and is flushed at
 once.  With --json, each line is one JSON object instead.  With NAME, only
 that device is watched (it need not exist yet).  Stops, with exit code 0,
 on SIGINT or SIGTERM.
@@ -285,7 +361,7 @@ For example:
   2026-05-04T10:00:05.120Z r1: ok -> degraded
   2026-05-04T10:00:20.310Z r1: leg 1 nbd://10.0.0.2/disk: down -> resyncing
   2026-05-04T10:00:20.310Z r1: leg 1 nbd://10.0.0.2/disk: resync started, 64.0M to copy
-  2026-05-04T10:00:25.400Z r1: leg 1 nbd://10.0.0.2/disk: resync 42% (27.0M of 64.0M)";
+  2026-05-04T10:00:25.400Z r1: leg 1 nbd://10.0.0.2/disk: resync 42% (27.0M of 64.0M), 5.4M/s, ETA 0:07";
 
 /// Command line of `dstctl`.
 #[derive(Debug, Parser)]
@@ -361,6 +437,10 @@ pub enum Command {
     #[command(long_about = ATTACH_LONG_ABOUT, after_help = ATTACH_EXAMPLES)]
     Attach(AttachArgs),
 
+    /// Change a mirror's resync speed limits
+    #[command(long_about = set_long_about(), after_help = SET_EXAMPLES)]
+    Set(SetArgs),
+
     /// Print changes to devices as they happen, until interrupted
     #[command(
         long_about = MONITOR_LONG_ABOUT,
@@ -403,6 +483,20 @@ pub struct CreateArgs {
     /// Remote legs: longest wait between reconnection attempts
     #[arg(long, value_name = "T")]
     pub backoff_max: Option<String>,
+
+    /// Mirror: bytes of device per dirty-map bit, a power of two from 4K
+    /// to 4M (default 64K)
+    #[arg(long, value_name = "SIZE")]
+    pub region_size: Option<String>,
+
+    /// Mirror: resync speed limit while the device has other I/O
+    /// (default 16M/s; 0: none)
+    #[arg(long, value_name = "RATE")]
+    pub resync_rate: Option<String>,
+
+    /// Mirror: resync speed limit at all times (default: none)
+    #[arg(long, value_name = "RATE")]
+    pub resync_max: Option<String>,
 }
 
 /// Arguments of `dstctl export`.
@@ -490,7 +584,72 @@ pub struct AttachArgs {
     pub full: bool,
 }
 
+/// Arguments of `dstctl set`.
+#[derive(Debug, Args)]
+#[command(group(
+    ArgGroup::new("limits")
+        .required(true)
+        .multiple(true)
+        .args(["resync_rate", "resync_max"])
+))]
+pub struct SetArgs {
+    /// Name of the mirror
+    #[arg(value_name = "DEVICE")]
+    pub device: String,
+
+    /// Resync speed limit while the device has other I/O (0: none)
+    #[arg(long, value_name = "RATE")]
+    pub resync_rate: Option<String>,
+
+    /// Resync speed limit at all times (0: none)
+    #[arg(long, value_name = "RATE")]
+    pub resync_max: Option<String>,
+}
+
+impl SetArgs {
+    /// The limits given, checked.
+    pub fn limits(&self) -> Result<ResyncLimits, String> {
+        resync_limits(&self.resync_rate, &self.resync_max)
+    }
+}
+
+/// `--resync-rate` and `--resync-max` as given, in KiB/s.
+fn resync_limits(rate: &Option<String>, max: &Option<String>) -> Result<ResyncLimits, String> {
+    let opt =
+        |name: &str, v: &Option<String>| v.as_deref().map(|v| parse_rate_kib(name, v)).transpose();
+    Ok(ResyncLimits {
+        rate_kib: opt("--resync-rate", rate)?,
+        max_kib: opt("--resync-max", max)?,
+    })
+}
+
 impl CreateArgs {
+    /// The resync settings given on the command line; mirrors only.
+    pub fn settings(&self) -> Result<ResyncSettings, String> {
+        if !self.mirror {
+            let given = [
+                ("--region-size", &self.region_size),
+                ("--resync-rate", &self.resync_rate),
+                ("--resync-max", &self.resync_max),
+            ]
+            .into_iter()
+            .find_map(|(name, v)| v.as_ref().map(|_| name));
+            if let Some(name) = given {
+                return Err(format!(
+                    "{name} applies to mirrors (--mirror), not to --linear"
+                ));
+            }
+        }
+        Ok(ResyncSettings {
+            region_size: self
+                .region_size
+                .as_deref()
+                .map(|s| parse_region("--region-size", s))
+                .transpose()?,
+            limits: resync_limits(&self.resync_rate, &self.resync_max)?,
+        })
+    }
+
     /// The target chosen by the flags.
     pub fn target(&self) -> Target {
         if self.mirror {
@@ -560,6 +719,7 @@ impl Command {
             Command::Unexport(a) => ("unexport", Some(&a.device)),
             Command::Detach(a) => ("detach", Some(&a.device)),
             Command::Attach(a) => ("attach", Some(&a.device)),
+            Command::Set(a) => ("set", Some(&a.device)),
             Command::List => ("list", None),
             Command::Status { name } => ("status", name.as_ref()),
             Command::Monitor { name } => ("monitor", name.as_ref()),
@@ -572,9 +732,9 @@ impl Command {
 
     /// Checks what the kernel would refuse anyway, to answer with a usage
     /// error.  Leg paths are not checked here: whether they exist, or are
-    /// given twice, is for the kernel to say.  Remote legs' URIs and the
-    /// timing options are checked, as are an export's options, but no
-    /// name is resolved.
+    /// given twice, is for the kernel to say.  Remote legs' URIs, the
+    /// timing and resync options are checked, as are an export's options,
+    /// but no name is resolved.
     pub fn validate(&self) -> Result<(), String> {
         let name = match self {
             Command::Create(a) => Some(&a.name),
@@ -583,6 +743,7 @@ impl Command {
             Command::Unexport(a) => Some(&a.device),
             Command::Detach(a) => Some(&a.device),
             Command::Attach(a) => Some(&a.device),
+            Command::Set(a) => Some(&a.device),
             Command::List => None,
             Command::Status { name } | Command::Monitor { name } => name.as_ref(),
         };
@@ -592,6 +753,10 @@ impl Command {
         match self {
             Command::Create(a) => {
                 a.plan()?;
+                a.settings()?;
+            }
+            Command::Set(a) => {
+                a.limits()?;
             }
             Command::Export(a) => {
                 a.plan()?;
@@ -828,6 +993,251 @@ mod tests {
             check(&["create", "r1", "--timeout", "1m", "--mirror", "nbd://h/x"]),
             Ok(())
         );
+    }
+
+    #[test]
+    fn create_resync_options() {
+        let a = create(&[
+            "create",
+            "r1",
+            "--mirror",
+            "/dev/sdb",
+            "/dev/sdc",
+            "--region-size",
+            "256K",
+            "--resync-rate=50M/s",
+            "--resync-max",
+            "1G",
+        ]);
+        assert_eq!(
+            a.settings(),
+            Ok(ResyncSettings {
+                region_size: Some(256 << 10),
+                limits: ResyncLimits {
+                    rate_kib: Some(50 << 10),
+                    max_kib: Some(1 << 20),
+                },
+            })
+        );
+        assert_eq!(a.legs, ["/dev/sdb", "/dev/sdc"]);
+        // Nothing given: nothing sent, the kernel's defaults apply.
+        let a = create(&["create", "r1", "--mirror", "/dev/sdb"]);
+        assert_eq!(a.settings(), Ok(ResyncSettings::default()));
+        let a = create(&["create", "r1", "--linear", "/dev/sdb"]);
+        assert_eq!(a.settings(), Ok(ResyncSettings::default()));
+        // 0 and none: no limit.
+        let a = create(&[
+            "create",
+            "r1",
+            "--resync-rate",
+            "0",
+            "--resync-max",
+            "none",
+            "--mirror",
+            "/dev/sdb",
+        ]);
+        let limits = a.settings().unwrap().limits;
+        assert_eq!((limits.rate_kib, limits.max_kib), (Some(0), Some(0)));
+    }
+
+    #[test]
+    fn create_resync_usage_errors() {
+        let check = |args: &[&str]| parse(args).unwrap().command.validate();
+        let mirror = |extra: &[&str]| {
+            let mut args = vec!["create", "r1", "--mirror", "/dev/sdb"];
+            args.extend_from_slice(extra);
+            check(&args)
+        };
+        assert_eq!(mirror(&["--region-size", "4K"]), Ok(()));
+        assert_eq!(mirror(&["--region-size", "4MiB"]), Ok(()));
+        assert_eq!(
+            mirror(&["--region-size", "96K"]),
+            Err("--region-size 96K: region size must be a power of two from 4 KiB to 4 MiB".into())
+        );
+        assert_eq!(
+            mirror(&["--region-size", "2K"]),
+            Err("--region-size 2K: region size must be a power of two from 4 KiB to 4 MiB".into())
+        );
+        assert_eq!(
+            mirror(&["--region-size", "64 K"]),
+            Err("--region-size: invalid size \"64 K\" (e.g. 64K, 1M, 4096)".into())
+        );
+        assert_eq!(
+            mirror(&["--resync-rate", "100"]),
+            Err("--resync-rate: 100 is out of range (1K/s to 4095G/s, or 0 for no limit)".into())
+        );
+        assert_eq!(
+            mirror(&["--resync-max", "5000G/s"]),
+            Err(
+                "--resync-max: 5000G/s is out of range (1K/s to 4095G/s, or 0 for no limit)".into()
+            )
+        );
+        assert_eq!(
+            mirror(&["--resync-max", "fast"]),
+            Err(
+                "--resync-max: invalid rate \"fast\" (e.g. 50M, 500K/s, 1G; 0 for no limit)".into()
+            )
+        );
+        // Mirrors only.
+        for opt in ["--region-size", "--resync-rate", "--resync-max"] {
+            assert_eq!(
+                check(&["create", "l", "--linear", "/dev/sdb", opt, "64K"]),
+                Err(format!(
+                    "{opt} applies to mirrors (--mirror), not to --linear"
+                )),
+            );
+        }
+        // Each at most once, with a value.
+        for args in [
+            &["create", "r1", "--mirror", "/dev/sdb", "--region-size"][..],
+            &[
+                "create",
+                "r1",
+                "--mirror",
+                "/dev/sdb",
+                "--resync-rate",
+                "1M",
+                "--resync-rate",
+                "2M",
+            ],
+        ] {
+            assert_eq!(parse(args).unwrap_err().exit_code(), 2, "{args:?}");
+        }
+    }
+
+    fn set_args(args: &[&str]) -> SetArgs {
+        match parse(args).unwrap().command {
+            Command::Set(a) => a,
+            c => panic!("parsed as {c:?}"),
+        }
+    }
+
+    #[test]
+    fn set_command() {
+        let a = set_args(&["set", "r1", "--resync-rate", "50M"]);
+        assert_eq!(a.device, "r1");
+        assert_eq!(
+            a.limits(),
+            Ok(ResyncLimits {
+                rate_kib: Some(50 << 10),
+                max_kib: None,
+            })
+        );
+        let a = set_args(&["set", "--resync-max=200M/s", "r1"]);
+        assert_eq!(
+            a.limits(),
+            Ok(ResyncLimits {
+                rate_kib: None,
+                max_kib: Some(200 << 10),
+            })
+        );
+        let cli = parse(&[
+            "set",
+            "r1",
+            "--resync-rate",
+            "0",
+            "--resync-max",
+            "none",
+            "--json",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.command.context(), "set r1");
+        assert_eq!(cli.command.validate(), Ok(()));
+        let Command::Set(a) = cli.command else {
+            panic!("not a set");
+        };
+        assert_eq!(
+            a.limits(),
+            Ok(ResyncLimits {
+                rate_kib: Some(0),
+                max_kib: Some(0),
+            })
+        );
+    }
+
+    #[test]
+    fn set_errors() {
+        // A limit is required; DEVICE too; no region size.
+        let e = parse(&["set", "r1"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("--resync-rate"), "{e}");
+        for args in [
+            &["set"][..],
+            &["set", "--resync-rate", "1M"],
+            &["set", "r1", "--region-size", "64K"],
+            &["set", "r1", "r2", "--resync-max", "1M"],
+        ] {
+            assert_eq!(parse(args).unwrap_err().exit_code(), 2, "{args:?}");
+        }
+        let check = |args: &[&str]| parse(args).unwrap().command.validate();
+        assert_eq!(
+            check(&["set", "r1", "--resync-rate", "1"]),
+            Err("--resync-rate: 1 is out of range (1K/s to 4095G/s, or 0 for no limit)".into())
+        );
+        assert_eq!(
+            check(&["set", "r1", "--resync-max", "1M", "--resync-rate", "x"]),
+            Err("--resync-rate: invalid rate \"x\" (e.g. 50M, 500K/s, 1G; 0 for no limit)".into())
+        );
+        assert_eq!(
+            check(&["set", "a/b", "--resync-rate", "1M"]),
+            Err("device name may only hold letters, digits, '_', '-' and '.'".into())
+        );
+    }
+
+    #[test]
+    fn help_explains_resync_settings() {
+        assert_help(
+            Some("create"),
+            &[
+                "--region-size <SIZE>",
+                "--resync-rate <RATE>",
+                "--resync-max <RATE>",
+                "a power of two from 4K\n                      to 4M (default 64K)",
+                "one bit\n                      per region per leg",
+                "64 KiB",
+                "2 MiB of memory per TiB of device per",
+                "Smaller regions copy less",
+                "bigger\n                      ones cost less memory",
+                "while the device has other",
+                "(default 16M/s)",
+                "When the device is idle",
+                "up to --resync-max",
+                "speed_limit_min",
+                "speed_limit_max",
+                "at all times (default none)",
+                "mirrors only",
+                "50M, 500K/s",
+                "0 or none means",
+                "dstctl set",
+                "--region-size 256K --resync-rate 100M",
+            ],
+        );
+        assert_help(
+            Some("set"),
+            &[
+                "<DEVICE>",
+                "--resync-rate <RATE>",
+                "--resync-max <RATE>",
+                "16M/s unless dstctl create said otherwise",
+                "When the device is idle",
+                "0 or none means no limit",
+                "apply at once, to a running resync",
+                "--json",
+                "Examples:",
+                "dstctl set r1 --resync-rate 50M",
+                "dstctl set r1 --resync-max none",
+            ],
+        );
+        assert_help(None, &["dstctl set r1 --resync-rate 50M", "set "]);
+        assert_help(Some("status"), &["speed", "ETA", "region size"]);
+        assert_help(Some("monitor"), &["5.4M/s, ETA 0:07"]);
+        assert_help(Some("detach"), &["--region-size"]);
+        // The defaults shown are the shared definition's.
+        let region = format!("(default {})", exact_size(resync::REGION_DEFAULT.into()));
+        let rate = format!("(default {})", format_rate_kib(resync::RATE_DEFAULT_KIB));
+        assert_help(Some("create"), &[&region, &rate]);
     }
 
     #[test]

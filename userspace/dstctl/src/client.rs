@@ -5,8 +5,8 @@
 use dst_proto::genl::{cmd, Target, FAMILY_NAME, FAMILY_VERSION, MCGRP_EVENTS};
 
 use crate::model::{
-    create_request, export_request, leg_request, name_request, unexport_request, Device,
-    ExportRequest, LegRequest,
+    create_request, export_request, leg_request, name_request, set_request, unexport_request,
+    Device, ExportRequest, LegRequest, ResyncLimits, ResyncSettings,
 };
 use crate::netlink::{Error, Family, GenlSocket, McastGroup};
 
@@ -54,9 +54,10 @@ impl Dst {
         &mut self,
         name: &str,
         target: Target,
+        settings: &ResyncSettings,
         legs: &[LegRequest],
     ) -> Result<Device, Error> {
-        let attrs = create_request(name, target, legs)?;
+        let attrs = create_request(name, target, settings, legs)?;
         let replies = self.sock.request(self.family, cmd::CREATE, &attrs)?;
         single(&replies)
     }
@@ -99,6 +100,15 @@ impl Dst {
     pub fn attach(&mut self, name: &str, index: u32, full: bool) -> Result<Option<Device>, Error> {
         let attrs = leg_request(name, index, full)?;
         let replies = self.sock.request(self.family, cmd::ATTACH, &attrs)?;
+        first(&replies)
+    }
+
+    /// Changes a mirror's resync speed limits; those not given stay.
+    /// Returns the device as the kernel describes it afterwards, if its
+    /// reply holds it.
+    pub fn set(&mut self, name: &str, limits: &ResyncLimits) -> Result<Option<Device>, Error> {
+        let attrs = set_request(name, limits)?;
+        let replies = self.sock.request(self.family, cmd::SET, &attrs)?;
         first(&replies)
     }
 

@@ -14,6 +14,7 @@ mod monitor;
 mod netlink;
 mod output;
 mod remote;
+mod resync;
 
 use std::fmt;
 use std::io::{self, IsTerminal, Write};
@@ -24,7 +25,7 @@ use clap::Parser;
 
 use crate::cli::{one_line, Cli, Command};
 use crate::client::Dst;
-use crate::model::LegRequest;
+use crate::model::{LegRequest, ResyncSettings};
 
 /// Why `dstctl` failed; shown as one line on stderr.
 #[derive(Debug)]
@@ -86,6 +87,10 @@ fn run(cli: &Cli) -> Result<String, Failure> {
             .map_err(|m| Failure::Failed(format!("{context}: {}", one_line(&m))))?,
         _ => Vec::new(),
     };
+    let settings = match &cli.command {
+        Command::Create(a) => a.settings().map_err(usage)?,
+        _ => ResyncSettings::default(),
+    };
     let export = match &cli.command {
         Command::Export(a) => Some(
             a.plan()
@@ -106,7 +111,7 @@ fn run(cli: &Cli) -> Result<String, Failure> {
     Ok(match &cli.command {
         Command::Create(a) => {
             let d = dst
-                .create(&a.name, a.target(), &legs)
+                .create(&a.name, a.target(), &settings, &legs)
                 .map_err(|e| op(name_legs(e, &legs)))?;
             if json {
                 output::json(&d)
@@ -151,6 +156,11 @@ fn run(cli: &Cli) -> Result<String, Failure> {
             let d = dst.get(&a.device).map_err(op)?;
             let index = detach::resolve_leg(&d, &a.leg, canonical).map_err(failed)?;
             let d = dst.attach(&a.device, index, a.full).map_err(op)?;
+            reply_json(&mut dst, &a.device, d, json).map_err(op)?
+        }
+        Command::Set(a) => {
+            let limits = a.limits().map_err(usage)?;
+            let d = dst.set(&a.device, &limits).map_err(op)?;
             reply_json(&mut dst, &a.device, d, json).map_err(op)?
         }
         Command::List => {
@@ -367,6 +377,57 @@ mod tests {
             ),
             (&["detach", "r1", "", "--freeze"], "detach r1: LEG is empty"),
             (&["attach", "r1", ""], "attach r1: LEG is empty"),
+        ] {
+            let f = run_args(args).unwrap_err();
+            assert!(matches!(f, Failure::Usage(_)), "{args:?}");
+            assert_eq!(f.exit_code(), 2, "{args:?}");
+            assert_eq!(f.to_string(), want);
+        }
+        // Resync settings: checked, and mirrors only, before any socket.
+        for (args, want) in [
+            (
+                &[
+                    "create",
+                    "l",
+                    "--linear",
+                    "/dev/ram0",
+                    "--region-size",
+                    "64K",
+                ][..],
+                "create l: --region-size applies to mirrors (--mirror), not to --linear",
+            ),
+            (
+                &[
+                    "create",
+                    "r1",
+                    "--mirror",
+                    "/dev/ram0",
+                    "--region-size",
+                    "3K",
+                ],
+                "create r1: --region-size 3K: region size must be a power of two \
+                 from 4 KiB to 4 MiB",
+            ),
+            (
+                &[
+                    "create",
+                    "r1",
+                    "--mirror",
+                    "nbd://h/x",
+                    "--resync-rate",
+                    "1.5G",
+                ],
+                "create r1: --resync-rate: invalid rate \"1.5G\" \
+                 (e.g. 50M, 500K/s, 1G; 0 for no limit)",
+            ),
+            (
+                &["set", "r1", "--resync-max", "1"],
+                "set r1: --resync-max: 1 is out of range (1K/s to 4095G/s, or 0 for no limit)",
+            ),
+            (
+                &["set", "a/b", "--resync-rate", "1M"],
+                "set a/b: device name may only hold letters, digits, '_', '-' and '.'",
+            ),
         ] {
             let f = run_args(args).unwrap_err();
             assert!(matches!(f, Failure::Usage(_)), "{args:?}");

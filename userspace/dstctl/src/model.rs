@@ -11,6 +11,7 @@ use serde::{Serialize, Serializer};
 
 use crate::netlink::Buf;
 use crate::remote::Timing;
+use crate::resync::eta_secs;
 
 /// An enumeration carried on the wire as a `u8`.
 pub trait WireEnum: Copy {
@@ -119,6 +120,14 @@ pub struct Device {
     pub openers: u32,
     /// Logical block size in bytes.
     pub block_size: u32,
+    /// Mirror: bytes of device one dirty-map bit stands for (`null` for
+    /// linear devices, and from a kernel that does not report it).
+    pub region_size: Option<u32>,
+    /// Mirror: resync speed limit while the device has other I/O, in
+    /// KiB/s; 0: none.
+    pub resync_rate_kib: Option<u32>,
+    /// Mirror: resync speed limit at all times, in KiB/s; 0: none.
+    pub resync_max_kib: Option<u32>,
     /// The legs, in order.
     pub legs: Vec<Leg>,
     /// The device's NBD exports; empty when it has none.
@@ -152,9 +161,10 @@ pub struct Export {
 /// The keys are always present.  Those that only remote legs have
 /// (`addr` to `backoff_max_ms`, `nbd_flags`, `connects`) are `null` for
 /// local legs, and for remote legs when the kernel did not report them;
-/// `resync_done` and `resync_total` are 0 when no resync runs; `resynced`
-/// is 0 from a kernel that does not report it; `problem` is `null` when
-/// there is none.
+/// `resync_done`, `resync_total` and `resync_speed` are 0 when no resync
+/// runs (`resync_speed` also while its speed is not known yet), and
+/// `resync_eta_s` is then `null`; `resynced` is 0 from a kernel that does
+/// not report it; `problem` is `null` when there is none.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct Leg {
     /// Position in the device, from 0.
@@ -195,6 +205,12 @@ pub struct Leg {
     pub resync_done: u64,
     /// Bytes the running resync has to bring in sync; 0 if none runs.
     pub resync_total: u64,
+    /// Speed of the running resync over the last seconds, in bytes per
+    /// second; 0 if none runs or it is not known.
+    pub resync_speed: u64,
+    /// Seconds the running resync needs to finish at that speed, as
+    /// decoded (see [`Leg::resync_eta`]); `None` when it is not known.
+    pub resync_eta_s: Option<u64>,
     /// Bytes copied to the leg by resyncs since the device was created.
     pub resynced: u64,
     /// Remote: the server's NBD transmission flags.
@@ -225,6 +241,12 @@ impl Leg {
             / u128::from(self.resync_total);
         pct as u8
     }
+
+    /// Seconds the running resync needs to finish at its current speed,
+    /// rounded up; `None` if no resync runs or its speed is not known.
+    pub fn resync_eta(&self) -> Option<u64> {
+        eta_secs(self.resync_done, self.resync_total, self.resync_speed)
+    }
 }
 
 fn string(a: &Attr<'_>) -> Result<String, nlattr::Error> {
@@ -248,6 +270,9 @@ impl Device {
                 dev::STATE => d.state = Wire::new(a.u8()?),
                 dev::OPENERS => d.openers = a.u32()?,
                 dev::BLOCK_SIZE => d.block_size = a.u32()?,
+                dev::REGION_SIZE => d.region_size = Some(a.u32()?),
+                dev::RESYNC_RATE => d.resync_rate_kib = Some(a.u32()?),
+                dev::RESYNC_MAX => d.resync_max_kib = Some(a.u32()?),
                 dev::EXPORT => d.exports.push(Export::decode(&a)?),
                 _ => {}
             }
@@ -290,6 +315,7 @@ impl Leg {
                 leg::RESYNC_DONE => l.resync_done = a.u64()?,
                 leg::RESYNC_TOTAL => l.resync_total = a.u64()?,
                 leg::RESYNCED => l.resynced = a.u64()?,
+                leg::RESYNC_SPEED => l.resync_speed = a.u64()?,
                 leg::NBD_FLAGS => l.nbd_flags = Some(a.u32()?),
                 leg::CONNECTS => l.connects = Some(a.u32()?),
                 leg::PROBLEM => l.problem = Some(string(&a)?).filter(|p| !p.is_empty()),
@@ -314,6 +340,7 @@ impl Leg {
             l.nbd_flags = None;
             l.connects = None;
         }
+        l.resync_eta_s = l.resync_eta();
         Ok(l)
     }
 }
@@ -362,18 +389,58 @@ pub struct RemoteRequest {
     pub full_resync: Option<bool>,
 }
 
-/// Attributes of a `CREATE` request: name, target, then one nest per leg,
-/// in the order given.  A remote leg's nest adds `ADDR`, `EXPORT` and the
-/// timing that is set.
+/// A mirror's resync speed limits, in KiB/s (0: none), as `CREATE` and
+/// `SET` requests say them; `None` leaves the kernel's default (`CREATE`)
+/// or the current value (`SET`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ResyncLimits {
+    /// The limit while the device has other I/O.
+    pub rate_kib: Option<u32>,
+    /// The limit at all times.
+    pub max_kib: Option<u32>,
+}
+
+impl ResyncLimits {
+    fn put(&self, w: &mut Writer<'_, Buf>) -> Result<(), nlattr::Error> {
+        for (id, v) in [
+            (dev::RESYNC_RATE, self.rate_kib),
+            (dev::RESYNC_MAX, self.max_kib),
+        ] {
+            if let Some(v) = v {
+                w.put_u32(id, v)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A mirror's resync settings in a `CREATE` request; what is `None` is
+/// left to the kernel's defaults.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ResyncSettings {
+    /// Bytes of device one dirty-map bit stands for.
+    pub region_size: Option<u32>,
+    /// The speed limits.
+    pub limits: ResyncLimits,
+}
+
+/// Attributes of a `CREATE` request: name, target, the resync settings
+/// that are set, then one nest per leg, in the order given.  A remote
+/// leg's nest adds `ADDR`, `EXPORT` and the timing that is set.
 pub fn create_request(
     name: &str,
     target: Target,
+    settings: &ResyncSettings,
     legs: &[LegRequest],
 ) -> Result<Vec<u8>, nlattr::Error> {
     let mut b = Buf::default();
     let mut w = Writer::new(&mut b);
     w.put_str(dev::NAME, name)?;
     w.put_u8(dev::TARGET, target as u8)?;
+    if let Some(region) = settings.region_size {
+        w.put_u32(dev::REGION_SIZE, region)?;
+    }
+    settings.limits.put(&mut w)?;
     for l in legs {
         let nest = w.begin_nest(dev::LEG)?;
         w.put_str(leg::SPEC, &l.spec)?;
@@ -461,6 +528,16 @@ pub fn leg_request(device: &str, index: u32, full: bool) -> Result<Vec<u8>, nlat
     Ok(b.0)
 }
 
+/// Attributes of a `SET` request: the device's name and the limits that
+/// are given.
+pub fn set_request(device: &str, limits: &ResyncLimits) -> Result<Vec<u8>, nlattr::Error> {
+    let mut b = Buf::default();
+    let mut w = Writer::new(&mut b);
+    w.put_str(dev::NAME, device)?;
+    limits.put(&mut w)?;
+    Ok(b.0)
+}
+
 /// Attributes of a request naming one device (`GET`, `REMOVE`).
 pub fn name_request(name: &str) -> Result<Vec<u8>, nlattr::Error> {
     let mut b = Buf::default();
@@ -484,7 +561,8 @@ mod tests {
     #[test]
     fn create_request_keeps_leg_order() {
         let legs = ["/dev/ram1", "/dev/ram0", "/dev/ram1"].map(local);
-        let bytes = create_request("r1", Target::Mirror, &legs).unwrap();
+        let none = ResyncSettings::default();
+        let bytes = create_request("r1", Target::Mirror, &none, &legs).unwrap();
         let attrs: Vec<Attr<'_>> = Attrs::new(&bytes).map(Result::unwrap).collect();
         let kinds: Vec<u16> = attrs.iter().map(|a| a.kind).collect();
         assert_eq!(
@@ -510,7 +588,7 @@ mod tests {
         let raw_type = u16::from_ne_bytes([bytes[first_leg + 2], bytes[first_leg + 3]]);
         assert_eq!(raw_type, dev::LEG | NLA_F_NESTED);
 
-        let linear = create_request("l", Target::Linear, &legs[..1]).unwrap();
+        let linear = create_request("l", Target::Linear, &none, &legs[..1]).unwrap();
         let t = Attrs::new(&linear).find(dev::TARGET).unwrap().unwrap();
         assert_eq!(t.u8().unwrap(), 1);
     }
@@ -536,6 +614,86 @@ mod tests {
         for (c, bytes) in [
             (cmd::DETACH, leg_request("r1", 1, false).unwrap()),
             (cmd::ATTACH, leg_request("r1", 1, true).unwrap()),
+        ] {
+            let spec = COMMANDS.iter().find(|s| s.cmd == c).unwrap();
+            for a in Attrs::new(&bytes) {
+                let id = a.unwrap().kind;
+                assert!(spec.policy.iter().any(|p| p.id == id), "{c}: {id}");
+            }
+        }
+    }
+
+    /// The top-level attributes of a request but its legs.
+    fn top_level(bytes: &[u8]) -> Vec<(u16, Vec<u8>)> {
+        Attrs::new(bytes)
+            .map(Result::unwrap)
+            .filter(|a| a.kind != dev::LEG)
+            .map(|a| (a.kind, a.payload.to_vec()))
+            .collect()
+    }
+
+    fn u32_attr(id: u16, v: u32) -> (u16, Vec<u8>) {
+        (id, v.to_ne_bytes().to_vec())
+    }
+
+    #[test]
+    fn resync_settings_encoding() {
+        use dst_proto::genl::{cmd, COMMANDS};
+
+        let legs = ["/dev/ram0", "/dev/ram1"].map(local);
+        let all = ResyncSettings {
+            region_size: Some(256 << 10),
+            limits: ResyncLimits {
+                rate_kib: Some(50 << 10),
+                max_kib: Some(0),
+            },
+        };
+        let bytes = create_request("r1", Target::Mirror, &all, &legs).unwrap();
+        assert_eq!(
+            top_level(&bytes),
+            [
+                (dev::NAME, s("r1")),
+                (dev::TARGET, vec![2]),
+                u32_attr(dev::REGION_SIZE, 256 << 10),
+                u32_attr(dev::RESYNC_RATE, 50 << 10),
+                u32_attr(dev::RESYNC_MAX, 0),
+            ]
+        );
+        assert_eq!(leg_nests(&bytes).len(), 2);
+        // Only what is given is sent: the kernel applies its defaults.
+        let some = ResyncSettings {
+            region_size: None,
+            limits: ResyncLimits {
+                rate_kib: None,
+                max_kib: Some(100 << 10),
+            },
+        };
+        let bytes = create_request("r1", Target::Mirror, &some, &legs).unwrap();
+        let kinds: Vec<u16> = top_level(&bytes).iter().map(|a| a.0).collect();
+        assert_eq!(kinds, [dev::NAME, dev::TARGET, dev::RESYNC_MAX]);
+
+        let bytes = set_request("r1", &all.limits).unwrap();
+        assert_eq!(
+            top_level(&bytes),
+            [
+                (dev::NAME, s("r1")),
+                u32_attr(dev::RESYNC_RATE, 50 << 10),
+                u32_attr(dev::RESYNC_MAX, 0),
+            ]
+        );
+        let bytes = set_request("r1", &some.limits).unwrap();
+        assert_eq!(
+            top_level(&bytes),
+            [(dev::NAME, s("r1")), u32_attr(dev::RESYNC_MAX, 100 << 10)]
+        );
+
+        // Everything sent is in the policies the kernel builds.
+        for (c, bytes) in [
+            (
+                cmd::CREATE,
+                create_request("r1", Target::Mirror, &all, &[]).unwrap(),
+            ),
+            (cmd::SET, set_request("r1", &all.limits).unwrap()),
         ] {
             let spec = COMMANDS.iter().find(|s| s.cmd == c).unwrap();
             for a in Attrs::new(&bytes) {
@@ -619,15 +777,16 @@ mod tests {
             "read_errors": 0, "write_errors": 0, "inflight": 3,
             "kind": "local", "addr": null, "export": null, "timeout_ms": null,
             "dead_time_ms": null, "backoff_max_ms": null, "resync_done": 0,
-            "resync_total": 0, "resynced": 0, "nbd_flags": null, "connects": null,
-            "problem": null
+            "resync_total": 0, "resync_speed": 0, "resync_eta_s": null,
+            "resynced": 0, "nbd_flags": null, "connects": null, "problem": null
         });
         assert_eq!(
             v,
             json!({
                 "name": "r1", "disk": "dst0", "path": "/dev/dst0", "index": 0,
                 "target": "mirror", "size": 67108864, "state": "unknown(9)",
-                "openers": 1, "block_size": 512,
+                "openers": 1, "block_size": 512, "region_size": null,
+                "resync_rate_kib": null, "resync_max_kib": null,
                 "legs": [leg0, v["legs"][1].clone()], "exports": []
             })
         );
@@ -642,6 +801,11 @@ mod tests {
             "\"path\"",
             "\"index\"",
             "\"target\"",
+            "\"block_size\"",
+            "\"region_size\"",
+            "\"resync_rate_kib\"",
+            "\"resync_max_kib\"",
+            "\"legs\"",
         ];
         let at: Vec<usize> = keys.iter().map(|k| text.find(k).unwrap()).collect();
         assert!(at.windows(2).all(|w| w[0] < w[1]));
@@ -709,7 +873,8 @@ mod tests {
                 .unwrap()
         })
         .collect();
-        let bytes = create_request("r1", Target::Mirror, &legs).unwrap();
+        let none = ResyncSettings::default();
+        let bytes = create_request("r1", Target::Mirror, &none, &legs).unwrap();
         let nests = leg_nests(&bytes);
         assert_eq!(nests[0], [(leg::SPEC, s("/dev/sdb"))]);
         assert_eq!(
@@ -765,6 +930,7 @@ mod tests {
         w.put_u64(leg::RESYNC_DONE, 42 << 20).unwrap();
         w.put_u64(leg::RESYNC_TOTAL, 100 << 20).unwrap();
         w.put_u64(leg::RESYNCED, 5 << 20).unwrap();
+        w.put_u64(leg::RESYNC_SPEED, 3 << 20).unwrap();
         w.put_u32(leg::NBD_FLAGS, 0x1ed).unwrap();
         w.put_u32(leg::CONNECTS, 2).unwrap();
         w.put_str(leg::PROBLEM, "connection reset by peer").unwrap();
@@ -772,6 +938,9 @@ mod tests {
         w.put_str(leg::MAX + 7, "future").unwrap();
         w.end_nest(n).unwrap();
         w.put_u32(dev::MAX + 1, 5).unwrap();
+        w.put_u32(dev::REGION_SIZE, 64 << 10).unwrap();
+        w.put_u32(dev::RESYNC_RATE, 16 << 10).unwrap();
+        w.put_u32(dev::RESYNC_MAX, 0).unwrap();
         b.0
     }
 
@@ -793,8 +962,59 @@ mod tests {
                 "kind": "remote", "addr": "10.0.0.2:10809", "export": "disk",
                 "timeout_ms": 30000, "dead_time_ms": 60000, "backoff_max_ms": 10000,
                 "resync_done": 44040192, "resync_total": 104857600,
+                "resync_speed": 3145728, "resync_eta_s": 20,
                 "resynced": 5242880, "nbd_flags": 493, "connects": 2, "problem": "connection reset by peer"
             })
+        );
+        // 58 MiB left at 3 MiB/s: 19.3 s, rounded up.
+        assert_eq!(l.resync_eta(), Some(20));
+        assert_eq!(
+            (d.region_size, d.resync_rate_kib, d.resync_max_kib),
+            (Some(64 << 10), Some(16 << 10), Some(0))
+        );
+        let v = v(&d);
+        assert_eq!(
+            (
+                &v["region_size"],
+                &v["resync_rate_kib"],
+                &v["resync_max_kib"]
+            ),
+            (&json!(65536), &json!(16384), &json!(0))
+        );
+    }
+
+    #[test]
+    fn resync_speed_and_eta() {
+        let decode_leg = |speed: Option<u64>, done: u64, total: u64| {
+            let mut b = Buf::default();
+            let mut w = Writer::new(&mut b);
+            w.put_str(dev::NAME, "x").unwrap();
+            let n = w.begin_nest(dev::LEG).unwrap();
+            w.put_u64(leg::RESYNC_DONE, done).unwrap();
+            w.put_u64(leg::RESYNC_TOTAL, total).unwrap();
+            if let Some(speed) = speed {
+                w.put_u64(leg::RESYNC_SPEED, speed).unwrap();
+            }
+            w.end_nest(n).unwrap();
+            Device::decode(&b.0).unwrap().legs.remove(0)
+        };
+        let l = decode_leg(Some(1 << 20), 0, 10 << 20);
+        assert_eq!((l.resync_speed, l.resync_eta_s), (1 << 20, Some(10)));
+        // Not measured yet, or from a kernel that does not say.
+        assert_eq!(decode_leg(Some(0), 0, 10 << 20).resync_eta_s, None);
+        assert_eq!(decode_leg(None, 0, 10 << 20).resync_eta_s, None);
+        // No resync running.
+        assert_eq!(decode_leg(Some(1 << 20), 0, 0).resync_eta_s, None);
+        // Done already: nothing left.
+        assert_eq!(decode_leg(Some(1), 20, 10).resync_eta_s, Some(0));
+        // A settings attribute with a wrong size is refused.
+        let mut b = Buf::default();
+        let mut w = Writer::new(&mut b);
+        w.put_str(dev::NAME, "x").unwrap();
+        w.put_u64(dev::RESYNC_RATE, 1).unwrap();
+        assert_eq!(
+            Device::decode(&b.0).unwrap_err(),
+            nlattr::Error::BadValue(dev::RESYNC_RATE)
         );
     }
 

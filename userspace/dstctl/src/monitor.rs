@@ -30,6 +30,7 @@ use crate::netlink::{
     GENL_ID_CTRL,
 };
 use crate::output::{human_size, leg_state};
+use crate::resync::progress;
 
 /// Least time between two progress lines of one resync, and between two
 /// snapshots while a resync runs.
@@ -117,6 +118,11 @@ pub enum What {
         total: u64,
         /// `done` in percent of `total`, rounded down.
         percent: u8,
+        /// Speed over the last seconds, in bytes per second; 0 if not
+        /// known.
+        speed: u64,
+        /// Seconds left at that speed; `None` if not known.
+        eta_s: Option<u64>,
     },
     /// A resync finished: the leg is in sync.
     ResyncFinished {
@@ -238,14 +244,11 @@ impl fmt::Display for Line<'_> {
                 done,
                 total,
                 percent,
+                speed,
+                ..
             } => {
                 leg(f, i, spec)?;
-                write!(
-                    f,
-                    "resync {percent}% ({} of {})",
-                    human_size(*done),
-                    human_size(*total)
-                )
+                f.write_str(&progress(*percent, *done, *total, *speed))
             }
             What::ResyncFinished {
                 leg: i,
@@ -531,6 +534,8 @@ impl Tracker {
                             done: n.resync_done.min(n.resync_total),
                             total: n.resync_total,
                             percent: n.resync_percent(),
+                            speed: n.resync_speed,
+                            eta_s: n.resync_eta(),
                         },
                     ));
                 }
@@ -893,6 +898,18 @@ mod tests {
         p.legs[1].resync_done = 48 << 20;
         let soon = now + PROGRESS_EVERY + Duration::from_secs(4);
         assert_eq!(t.event(Some(Event::Changed), p.clone(), soon), []);
+        // With the speed, once the kernel measured it: and the ETA.
+        p.legs[1].resync_done = 56 << 20;
+        p.legs[1].resync_speed = 2 << 20;
+        let changes = t.event(Some(Event::Changed), p.clone(), now + 2 * PROGRESS_EVERY);
+        assert_eq!(
+            text(&changes),
+            ["r1: leg 1 nbd://10.0.0.2/disk: resync 87% (56.0M of 64.0M), 2.0M/s, ETA 0:04"]
+        );
+        assert!(matches!(
+            changes[0].what,
+            What::ResyncProgress { speed, eta_s: Some(4), .. } if speed == 2 << 20
+        ));
 
         // Finished: every line, whatever the time.
         let mut done = p.clone();
@@ -1084,12 +1101,14 @@ mod tests {
                 done: 5,
                 total: 10,
                 percent: 50,
+                speed: 2,
+                eta_s: Some(3),
             },
         };
         assert_eq!(
             serde_json::to_value(&progress).unwrap(),
             json!({"device": "r1", "event": "resync-progress", "leg": 1, "spec": "s",
-                   "done": 5, "total": 10, "percent": 50})
+                   "done": 5, "total": 10, "percent": 50, "speed": 2, "eta_s": 3})
         );
     }
 

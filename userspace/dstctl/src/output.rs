@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::cli::one_line;
 use crate::model::{Device, Export, Leg};
 use crate::remote::format_ms;
+use crate::resync::{exact_size, format_eta, format_rate_kib, format_speed, progress};
 
 /// A size in bytes in base-1024 units with one decimal, like `lsblk`:
 /// `512B`, `64.0M`, `1.5G`.
@@ -122,6 +123,11 @@ fn status_block(d: &Device, tty: bool) -> String {
         d.openers,
         d.block_size
     );
+    if let Some(line) = settings_line(d) {
+        out.push_str("  ");
+        out.push_str(&line);
+        out.push('\n');
+    }
     // Devices with only local legs look as they always did.
     let remote = d.legs.iter().any(Leg::is_remote);
     let mut header = vec![
@@ -167,6 +173,21 @@ fn status_block(d: &Device, tty: bool) -> String {
     }
     out.push_str(&exports_table(&d.exports));
     out
+}
+
+/// A mirror's resync settings, as the options that set them:
+/// `region-size 64K  resync-rate 16M/s  resync-max none`; `None` for a
+/// device without any (a linear one).
+fn settings_line(d: &Device) -> Option<String> {
+    let parts: Vec<String> = [
+        ("region-size", d.region_size.map(|b| exact_size(b.into()))),
+        ("resync-rate", d.resync_rate_kib.map(format_rate_kib)),
+        ("resync-max", d.resync_max_kib.map(format_rate_kib)),
+    ]
+    .into_iter()
+    .filter_map(|(name, v)| v.map(|v| format!("{name} {v}")))
+    .collect();
+    (!parts.is_empty()).then(|| parts.join("  "))
 }
 
 /// Where the lines under an export start: below its name.
@@ -232,8 +253,8 @@ fn allowed(e: &Export) -> String {
 }
 
 /// The lines shown under a leg: a remote leg's peer, how much resyncs
-/// copied to it, its problem, and on a terminal the progress of its
-/// resync.
+/// copied to it, its problem, and the progress of its resync (on a
+/// terminal, as a bar).
 fn leg_details(l: &Leg, tty: bool) -> Vec<String> {
     let mut lines = Vec::new();
     if l.is_remote() {
@@ -265,8 +286,17 @@ fn leg_details(l: &Leg, tty: bool) -> Vec<String> {
     if let Some(p) = &l.problem {
         lines.push(format!("problem: {}", one_line(p)));
     }
-    if tty && l.resync_total > 0 {
-        lines.push(progress_bar(l));
+    if l.resync_total > 0 {
+        lines.push(if tty {
+            progress_bar(l)
+        } else {
+            progress(
+                l.resync_percent(),
+                l.resync_done,
+                l.resync_total,
+                l.resync_speed,
+            )
+        });
     }
     lines
 }
@@ -274,17 +304,26 @@ fn leg_details(l: &Leg, tty: bool) -> Vec<String> {
 /// Width of a progress bar, between its brackets.
 const BAR: usize = 30;
 
-/// `[#########.....................]  30%  19.2M of 64.0M`
+/// `[#########.....................]  30%  19.2M of 64.0M  5.4M/s  ETA 0:09`,
+/// without the speed and ETA until the speed is known.
 fn progress_bar(l: &Leg) -> String {
     let pct = l.resync_percent();
     let filled = usize::from(pct) * BAR / 100;
-    format!(
+    let mut bar = format!(
         "[{}{}] {pct:>3}%  {} of {}",
         "#".repeat(filled),
         ".".repeat(BAR - filled),
         human_size(l.resync_done.min(l.resync_total)),
         human_size(l.resync_total)
-    )
+    );
+    if let Some(eta) = l.resync_eta() {
+        bar.push_str(&format!(
+            "  {}  ETA {}",
+            format_speed(l.resync_speed),
+            format_eta(eta)
+        ));
+    }
+    bar
 }
 
 /// Pretty-printed JSON with a final newline.
@@ -412,9 +451,10 @@ mod tests {
              0    /dev/ram0         ram0  64.0M  0B      in-sync        12345  0       0     0     0         -\n  \
              1    nbd://store/disk  -     64.0M  0B      resyncing 42%  7      9       0     0     0         2\n       \
              peer 10.0.0.2:10809  export disk  timeout 30s  dead-time 60s  backoff-max 10s\n       \
-             problem: connection reset by peer\n"
+             problem: connection reset by peer\n       \
+             resync 42% (27.0M of 64.0M)\n"
         );
-        // On a terminal, with a progress bar.
+        // On a terminal, with a progress bar instead.
         let text = status(&[remote_device()], true);
         assert!(
             text.ends_with(
@@ -436,6 +476,65 @@ mod tests {
         assert!(text.contains("\n       peer 10.0.0.2:10809  export (default)\n"));
         assert!(text.contains("\n       problem: refused\\nagain\n"));
         assert!(!text.contains('['), "{text}");
+    }
+
+    #[test]
+    fn status_resync_settings_and_speed() {
+        let mut d = remote_device();
+        d.region_size = Some(64 << 10);
+        d.resync_rate_kib = Some(16 << 10);
+        d.resync_max_kib = Some(0);
+        d.legs[1].resync_speed = 5_662_310; // 5.4M/s: 37M left, 6.9 s
+        let text = status(&[d.clone()], false);
+        assert!(
+            text.starts_with(
+                "r1: /dev/dst0 mirror 64.0M degraded openers 1 block-size 512\n  \
+                 region-size 64K  resync-rate 16M/s  resync-max none\n  \
+                 LEG  SPEC "
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "problem: connection reset by peer\n       \
+                 resync 42% (27.0M of 64.0M), 5.4M/s, ETA 0:07\n"
+            ),
+            "{text}"
+        );
+        let text = status(&[d.clone()], true);
+        assert!(
+            text.ends_with(
+                "problem: connection reset by peer\n       \
+                 [############..................]  42%  27.0M of 64.0M  5.4M/s  ETA 0:07\n"
+            ),
+            "{text}"
+        );
+        // Limits shown as they are typed; unreported settings left out.
+        d.resync_rate_kib = Some(0);
+        d.resync_max_kib = Some(1536);
+        d.region_size = None;
+        let text = status(&[d.clone()], false);
+        assert!(
+            text.contains("\n  resync-rate none  resync-max 1536K/s\n  LEG "),
+            "{text}"
+        );
+        // A linear device has none: no line.
+        let text = status(&[device()], false);
+        assert!(!text.contains("region-size"), "{text}");
+        assert!(!text.contains("resync"), "{text}");
+        // The list is as before.
+        assert!(list(&[d.clone()]).ends_with("(resyncing 42%)\n"));
+
+        // JSON: the settings on the device, the speed and ETA on the leg.
+        d.legs[1].resync_eta_s = d.legs[1].resync_eta();
+        let v: serde_json::Value = serde_json::from_str(&json(&d)).unwrap();
+        assert_eq!(v["region_size"], serde_json::Value::Null);
+        assert_eq!(v["resync_rate_kib"], 0);
+        assert_eq!(v["resync_max_kib"], 1536);
+        assert_eq!(v["legs"][1]["resync_speed"], 5_662_310);
+        assert_eq!(v["legs"][1]["resync_eta_s"], 7);
+        assert_eq!(v["legs"][0]["resync_speed"], 0);
+        assert!(v["legs"][0]["resync_eta_s"].is_null());
     }
 
     #[test]

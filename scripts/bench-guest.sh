@@ -11,7 +11,8 @@
 #   DST_BENCH_RUNTIME  seconds per fio run after a 1 s ramp (default 5)
 #   DST_BENCH_SIZE_MB  test region per device (default 256, at least 256)
 #   DST_BENCH_ENGINE   io_uring, libaio or auto (default: io_uring if it works)
-#   DST_BENCH_CONFIGS  configurations to run (default "raw md dst")
+#   DST_BENCH_CONFIGS  configurations to run (default: all below, and
+#                      "resync": the resync measurements, run last)
 #   DST_BENCH_SHAPES   shapes to run (default: all of SHAPES below)
 #   DST_DSTCTL         dstctl binary (default: the repo's release build)
 #   DST_BENCH_REV      what dst.ko was built from, for the report header
@@ -38,7 +39,7 @@ ROUNDS=${DST_BENCH_ROUNDS:-3}
 RUNTIME=${DST_BENCH_RUNTIME:-5}
 SIZE_MB=${DST_BENCH_SIZE_MB:-256}
 ENGINE=${DST_BENCH_ENGINE:-auto}
-CONFIGS=${DST_BENCH_CONFIGS:-raw md dst nbd dstnbd exp qnbd kitfile}
+CONFIGS=${DST_BENCH_CONFIGS:-raw md dst nbd dstnbd exp qnbd kitfile resync}
 SHAPES=${DST_BENCH_SHAPES:-randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd1 randwrite-4k-qd32 read-1m-qd8 write-1m-qd8}
 DSTCTL=${DST_DSTCTL:-$repo/userspace/target/release/dstctl}
 KO=${DST_KO:-}
@@ -62,6 +63,19 @@ UNLOAD_NBD=0
 EXP_PORT=10811
 EXP_URI=nbd://127.0.0.1:$EXP_PORT/
 EXP_PID=
+
+# The resync measurements, after the rounds above: brd is reloaded with two
+# 1 GiB RAM disks, a mirror of both is made, and each round measures
+#   dd/copy-1g         dd copying the source leg to the other (1 MiB, direct)
+#   resync/copy-1g     a full resync of the same (detach, attach --full),
+#                      idle, at the speed the kernel logs when it ends
+#   dstidle/SHAPE      the mirror's IOPS, no resync
+#   dstresync/SHAPE    the same during a full resync at the default limits
+#   resyncload/copy-1g-SHAPE  the resync's speed meanwhile
+RESYNC_MB=1024
+RESYNC_LEGS=(/dev/ram0 /dev/ram1)
+RESYNC_NAME=benchrs
+RESYNC_SHAPES="randwrite-4k-qd32 randread-4k-qd32"
 
 WORK='' RESULTS='' TARGET='' UNLOAD_RAID1=0 T0=$SECONDS
 
@@ -282,6 +296,103 @@ teardown_kitfile() {
 	teardown_qnbd
 }
 
+# ---- resync ----------------------------------------------------------------
+
+teardown_resync() {
+	grep -q '^dst ' /proc/modules || return 0
+	"$DSTCTL" status "$RESYNC_NAME" >/dev/null 2>&1 || return 0
+	"$DSTCTL" remove "$RESYNC_NAME" >/dev/null || { echo "bench-guest: dstctl remove failed" >&2; return 1; }
+}
+
+# Reload brd with the two resync legs, fill them (brd reads pages never
+# written as zeroes, cheaply), and make the mirror.
+setup_resync_all() {
+	[ ! -d /sys/module/brd ] || rmmod brd || die "brd is busy"
+	modprobe brd rd_nr=2 rd_size=$((RESYNC_MB * 1024)) max_part=0 || die "modprobe brd (resync) failed"
+	wait_bdev "${RESYNC_LEGS[1]}"
+	# Both legs: the first dd would otherwise pay for the target's pages.
+	fio_run "fill-resync0" --filename="${RESYNC_LEGS[0]}" --rw=write --bs=1M --iodepth=8 --size="${RESYNC_MB}M"
+	fio_run "fill-resync1" --filename="${RESYNC_LEGS[1]}" --rw=write --bs=1M --iodepth=8 --size="${RESYNC_MB}M"
+	"$DSTCTL" create "$RESYNC_NAME" --mirror "${RESYNC_LEGS[@]}" >/dev/null || die "dstctl create (resync) failed"
+	TARGET=$("$DSTCTL" --json status "$RESYNC_NAME" |
+		python3 -c 'import json, sys; print(json.load(sys.stdin)["path"])') || die "dstctl status failed"
+	wait_bdev "$TARGET"
+}
+
+# resync_leg1 FIELD: a field of leg 1 of the resync mirror.
+resync_leg1() {
+	"$DSTCTL" --json status "$RESYNC_NAME" | python3 -c "import json, sys; print(json.load(sys.stdin)['legs'][1]['$1'])"
+}
+
+# Leg 1 is detached and attached again, to be copied whole.
+resync_restart() {
+	"$DSTCTL" detach "$RESYNC_NAME" 1 >/dev/null || die "dstctl detach failed"
+	"$DSTCTL" attach "$RESYNC_NAME" 1 --full >/dev/null || die "dstctl attach failed"
+}
+
+# Waits (at most 600 s) until leg 1 is in sync; prints the speed the kernel
+# logged for the resync that ended, in MiB/s.
+resync_wait() {
+	local i kibs
+	for ((i = 0; i < 3000; i++)); do
+		[ "$(resync_leg1 state)" = in-sync ] && break
+		sleep 0.2
+	done
+	[ "$(resync_leg1 state)" = in-sync ] || die "the resync did not end in 600 s"
+	kibs=$(dmesg | sed -n "s/.*dst: $RESYNC_NAME: leg 1 is in sync again (.* KiB copied in .* ms, \([0-9]*\) KiB\/s)/\1/p" | tail -n 1)
+	[ -n "$kibs" ] || die "no resync speed in dmesg"
+	awk -v k="$kibs" 'BEGIN { printf "%.1f\n", k / 1024 }'
+}
+
+resync_round() {
+	local round=$1 t0 t1 v s d0 d1 out value unit
+	t0=${EPOCHREALTIME/./}
+	dd if="${RESYNC_LEGS[0]}" of="${RESYNC_LEGS[1]}" bs=1M count="$RESYNC_MB" iflag=direct oflag=direct \
+		status=none || die "dd failed"
+	t1=${EPOCHREALTIME/./}
+	v=$(awk -v mb="$RESYNC_MB" -v us=$((t1 - t0)) 'BEGIN { printf "%.1f\n", mb / (us / 1e6) }')
+	record dd copy-1g "$round" "$v" MiB/s
+	msg "round $round dd copy-1g: $v MiB/s"
+	resync_restart
+	v=$(resync_wait)
+	record resync copy-1g "$round" "$v" MiB/s
+	msg "round $round resync copy-1g (idle): $v MiB/s"
+	for s in $RESYNC_SHAPES; do
+		out=$(run_shape "$TARGET" "$s")
+		read -r value unit <<<"$out"
+		record dstidle "$s" "$round" "$value" "$unit"
+		msg "round $round dstidle $s: $value $unit"
+		# The load starts first: a resync that starts on an idle device
+		# goes at full speed (a 1 GiB one may end before fio starts, or
+		# once it has ended).  The resync starts within fio's 1 s ramp,
+		# which is not measured, and its speed is sampled while fio runs.
+		run_shape "$TARGET" "$s" >"$WORK/shape.out" &
+		sleep 0.5
+		resync_restart
+		t0=${EPOCHREALTIME/./}
+		d0=$(resync_leg1 resync_done)
+		sleep $((RUNTIME - 1))
+		d1=$(resync_leg1 resync_done)
+		t1=${EPOCHREALTIME/./}
+		[ "$(resync_leg1 state)" = resyncing ] || die "the resync under load ended before the load"
+		wait $! || die "fio $s during the resync failed"
+		read -r value unit <"$WORK/shape.out"
+		record dstresync "$s" "$round" "$value" "$unit"
+		msg "round $round dstresync $s: $value $unit"
+		v=$(awk -v b=$((d1 - d0)) -v us=$((t1 - t0)) 'BEGIN { printf "%.1f\n", b / 1048576 / (us / 1e6) }')
+		record resyncload "copy-1g-$s" "$round" "$v" MiB/s
+		msg "round $round resync during $s: $v MiB/s"
+		resync_finish
+	done
+}
+
+# Lets the resync finish at full speed, then restores the default limit.
+resync_finish() {
+	"$DSTCTL" set "$RESYNC_NAME" --resync-rate 0 >/dev/null || die "dstctl set failed"
+	resync_wait >/dev/null
+	"$DSTCTL" set "$RESYNC_NAME" --resync-rate "$RESYNC_DEFAULT_RATE" >/dev/null || die "dstctl set failed"
+}
+
 # The NBD server, when an NBD configuration is measured.
 start_nbdkit() {
 	case " $CONFIGS " in *" nbd "* | *" dstnbd "*) ;; *) return 0 ;; esac
@@ -370,7 +481,7 @@ check_params() {
 		die "DST_BENCH_SIZE_MB must be 256..448 (RAM disks of $BRD_MB MiB, md metadata)"
 	fi
 	for c in $CONFIGS; do
-		declare -F "setup_$c" >/dev/null || die "unknown configuration '$c'"
+		[ "$c" = resync ] || declare -F "setup_$c" >/dev/null || die "unknown configuration '$c'"
 	done
 	for s in $SHAPES; do
 		shape_spec "$s" >/dev/null || die "unknown shape '$s'"
@@ -393,7 +504,7 @@ main() {
 	trap 'exit 130' INT TERM
 	setup_all
 	choose_engine
-	read -ra configs <<<"$CONFIGS"
+	read -ra configs <<<"${CONFIGS//resync/}"
 	n=${#configs[@]}
 	{
 		echo "# kernel: $(uname -r), ${DST_VM_ACCEL:-?} accel, $(nproc) CPUs, $(($(sed -n 's/^MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo) / 1024)) MiB"
@@ -421,6 +532,17 @@ main() {
 			"teardown_$c" || die "teardown of $c failed"
 		done
 	done
+	if [[ " $CONFIGS " == *" resync "* ]]; then
+		msg "resync: two ${RESYNC_MB} MiB RAM disks"
+		setup_resync_all
+		RESYNC_DEFAULT_RATE=$(("$("$DSTCTL" --json status "$RESYNC_NAME" |
+			python3 -c 'import json, sys; print(json.load(sys.stdin)["resync_rate_kib"])')" * 1024))
+		echo "# resync: mirror of two ${RESYNC_MB} MiB brd, full resync; under load at the default limit ($((RESYNC_DEFAULT_RATE >> 20)) MiB/s)" >>"$RESULTS"
+		for ((round = 1; round <= ROUNDS; round++)); do
+			resync_round "$round"
+		done
+		teardown_resync || die "teardown of resync failed"
+	fi
 	echo
 	echo "==== raw results (config shape round value unit) ===="
 	cat "$RESULTS"

@@ -7,8 +7,8 @@ RESULTS has one measurement per line, "CONFIG SHAPE ROUND VALUE UNIT"
 (written by scripts/bench-guest.sh); lines starting with "#" are metadata
 and printed as the header.  The table shows the median per (config, shape),
 configurations in the order they first appear, ratio columns of medians
-(default: dst/md, dst/raw, dstnbd/nbd, exp/qnbd and exp/kitfile, those whose configurations are
-present), the per-round values with their spread, and the verdict on the
+(default: dst/md, dst/raw, dstnbd/nbd, exp/qnbd, exp/kitfile, resync/dd
+and dstresync/dstidle, those whose configurations are present), the per-round values with their spread, and the verdict on the
 targets.  It is a
 report: missed targets do not change the exit status (1 only for a
 malformed file).
@@ -31,6 +31,10 @@ TARGETS = [
      lambda s: "qd32" in s or "-1m-" in s),
     ("export >= 1.30 x nbdkit file (4k QD32, 1M)", "exp", "kitfile", 1.30,
      lambda s: "qd32" in s or "-1m-" in s),
+    ("idle resync >= 0.80 x dd copy", "resync", "dd", 0.80,
+     lambda s: s == "copy-1g"),
+    ("foreground during resync >= 0.70 x without", "dstresync", "dstidle", 0.70,
+     lambda s: True),
 ]
 
 
@@ -99,7 +103,8 @@ def main():
     median = {k: statistics.median(v for _, v in vs) for k, vs in values.items()}
 
     ratios = []
-    for r in args.ratio or ["dst/md", "dst/raw", "dstnbd/nbd", "exp/qnbd", "exp/kitfile"]:
+    for r in args.ratio or ["dst/md", "dst/raw", "dstnbd/nbd", "exp/qnbd", "exp/kitfile",
+                               "resync/dd", "dstresync/dstidle"]:
         a, _, b = r.partition("/")
         if not a or not b:
             sys.exit(f"bad --ratio {r!r}: want A/B")
@@ -122,14 +127,15 @@ def main():
              for k, m in median.items()}
     cw = max(12, *(len(c) for c in cells.values()), *(len(c) for c in configs))
     head = f"{'shape':<{sw}}  " + "  ".join(f"{c:<{cw}}" for c in configs)
-    head += "".join(f"  {a + '/' + b:>7}" for a, b in ratios)
+    rw = [max(7, len(a) + 1 + len(b)) for a, b in ratios]
+    head += "".join(f"  {a + '/' + b:>{w}}" for (a, b), w in zip(ratios, rw))
     print(head)
     for s in shapes:
         line = f"{s:<{sw}}  " + "  ".join(
             f"{cells.get((c, s), '-'):<{cw}}" for c in configs)
-        for a, b in ratios:
+        for (a, b), w in zip(ratios, rw):
             q = ratio(a, b, s)
-            line += f"  {'-' if q is None else f'{q:.2f}':>7}"
+            line += f"  {'-' if q is None else f'{q:.2f}':>{w}}"
         print(line)
 
     print()

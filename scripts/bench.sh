@@ -45,7 +45,7 @@ export DST_KO=$ko DST_DSTCTL=$dstctl DST_BENCH_REV="built from $rev"
 rc=0
 # The module path is an argument (not only DST_KO) so that vm-run makes its
 # directory visible in the guest.
-"$here/vm-run" --kdir "$kdir" --mem 3072 --cpus 2 --timeout "${DST_BENCH_TIMEOUT:-3000}" \
+"$here/vm-run" --kdir "$kdir" --mem 4096 --cpus 2 --timeout "${DST_BENCH_TIMEOUT:-3000}" \
 	--log "$out/console.log" -- "$here/bench-guest.sh" --ko "$ko" 2>&1 | tee "$out/output" ||
 	rc=$?
 

@@ -3,8 +3,10 @@
 # with a resync of what it missed, not of the whole 64 MiB device: the
 # kernel reports the amount, within 2x of the regions written (plus what
 # was in flight), and afterwards the local leg, the export and the device
-# are identical.  With resync=full the same cut copies everything.
-# timeout: 300
+# are identical.  With resync=full the same cut copies everything.  A cut
+# of 30 s under fio (random writes with verification over 8 MiB of the
+# device) resyncs at most those 8 MiB; fio verifies throughout.
+# timeout: 400
 # SC2016: the bodies of eval '...' expand when evaluated, as intended.
 # shellcheck disable=SC2016
 # shellcheck source-path=SCRIPTDIR source=../lib.sh
@@ -41,7 +43,27 @@ cut_round() {
 	dstctl remove "$name" && srv_stop "$port"
 }
 
-plan 5
+# cut_load_round NAME: a 30 s cut while fio writes [16 MiB, 24 MiB).
+cut_load_round() {
+	local name=$1 port dev
+	port=$(free_port)
+	nbdkit_start "$port" memory 64M || return 1
+	dstctl create "$name" --mirror /dev/ram0 "nbd://127.0.0.1:$port/?timeout=2&backoff-max=1" || return 1
+	dev=$(dst_dev "$name")
+	dd if=/dev/urandom of="$dev" bs=1M count=64 oflag=direct status=none || return 1
+	fio_loop_start "$dev" --rw=randwrite --bs=4k --iodepth=8 --offset=16M --size=8M --verify_backlog=128
+	sleep 2
+	nft_cut "$port" || return 1
+	wait_leg "$name" 1 down 20 || return 1
+	sleep 28
+	nft_heal
+	wait_leg "$name" 1 in-sync 90 || return 1
+	fio_loop_stop || return 1
+	same_data "$dev" /dev/ram0 "nbd://127.0.0.1:$port/" "$SIZE" || return 1
+	dstctl remove "$name" && srv_stop "$port"
+}
+
+plan 7
 brd_setup 1 64
 dst_load
 assert_cmd -m "resync=dirty (default): cut, write 1 MiB, heal: back in sync, legs identical" cut_round rd dirty
@@ -52,4 +74,8 @@ assert_cmd -m "resync=full: the same cut: back in sync, legs identical" cut_roun
 kib=$(resync_kib rf)
 diag "resync=full copied ${kib:-?} KiB"
 assert_eq "$kib" $((SIZE / 1024)) "  ... it copied the whole device"
+assert_cmd -m "a 30 s cut under fio: back in sync, fio verified, legs identical" cut_load_round rl
+kib=$(resync_kib rl)
+diag "the 30 s cut under fio: resync copied ${kib:-?} KiB"
+assert_cmd -m "  ... it copied at most the 8 MiB fio wrote to" eval '[ -n "$kib" ] && [ "$kib" -gt 0 ] && [ "$kib" -le 8192 ]'
 dmesg_check

@@ -112,6 +112,23 @@ void dst_wait_var(void *var, bool (*done)(void *var))
 }
 
 /*
+ * As dst_wait_var(), for at most @ms milliseconds, and a fatal signal ends
+ * the wait.  Returns > 0 once done(@var), 0 on timeout, -ERESTARTSYS if
+ * killed.  (6.12 has no wait_var_event_killable_timeout().)
+ */
+long dst_wait_var_timeout(void *var, bool (*done)(void *var), unsigned int ms)
+{
+	long __ret = msecs_to_jiffies(ms) ?: 1;
+
+	might_sleep();
+	if (___wait_cond_timeout(done(var)))
+		return __ret;
+	return ___wait_var_event(var, ___wait_cond_timeout(done(var)),
+				 TASK_KILLABLE, 0, __ret,
+				 __ret = schedule_timeout(__ret));
+}
+
+/*
  * Unbound and high priority: its work (the second leg of a large mirror
  * write) should run at once on another CPU.  WQ_MEM_RECLAIM: writeback
  * through dst may be what frees memory.

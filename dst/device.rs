@@ -42,6 +42,9 @@ pub(crate) enum LegUse {
     ResyncTarget,
 }
 
+/// Longest a detach waits for the I/O in flight to its leg.
+const DETACH_WAIT_MS: u32 = 60_000;
+
 /// Who has the device open, and whether it is going away.
 #[derive(Default)]
 struct Openers {
@@ -788,24 +791,38 @@ impl Device {
     /// has ended and its cache is flushed, and from then on holds the
     /// device's contents as of the detach.  Writes meanwhile mark its dirty
     /// map.  A local leg is released (others may open or mount it), a
-    /// remote leg disconnected.  Refused for the last in-sync leg.
+    /// remote leg disconnected.  Refused for the last in-sync leg.  If the
+    /// I/O in flight does not end within [`DETACH_WAIT_MS`] (a hung disk),
+    /// or the caller is killed meanwhile, the detach is abandoned: the leg
+    /// stays, and is resynced (it missed the writes made meanwhile).
     pub(crate) fn detach(self: &Arc<Self>, i: usize) -> Result<(), Refusal> {
         let _admin = self.admin.lock();
         let leg = self.leg_or_refuse(i)?;
         if self.leg_state(i) == LegState::Detached {
             refuse!(errno::ealready(), "leg {} of {} is already detached", i, self.name());
         }
+        let prior = leg.state();
         let was_in_sync = match self.in_sync.remove_unless_last(i) {
             Removal::Last => refuse!(EBUSY, "leg {} is the last in-sync leg of {}", i, self.name()),
             Removal::Removed => true,
             Removal::NotMember => false,
         };
-        self.resyncing.remove(i);
+        let was_resyncing = self.resyncing.remove(i);
         leg.set_state(LegState::Detached);
         // Pairs with the fence in `enter_leg`: an I/O that did not see the
         // leg leave is counted by now.
         fence(Ordering::SeqCst);
-        leg.wait_idle();
+        if let Err(e) = leg.wait_idle_for(DETACH_WAIT_MS) {
+            let resync = self.abandon_detach(i, prior, was_in_sync || was_resyncing);
+            refuse!(
+                e,
+                "leg {} still has I/O in flight ({} after {} s): not detached{}",
+                i,
+                if e == EINTR { "interrupted" } else { "gave up" },
+                DETACH_WAIT_MS / 1000,
+                if resync { "; it is resynced" } else { "" }
+            );
+        }
         if was_in_sync && self.leg_reachable(i) {
             if let Err(e) = io::flush_sync(leg.dev()) {
                 pr_warn!("{}: leg {}: flush before detaching failed (errno {})\n", self.name(), i, e.to_errno());
@@ -829,6 +846,30 @@ impl Device {
         );
         Self::notify(self.as_arc_borrow());
         Ok(())
+    }
+
+    /// Puts back leg `i`, whose detach did not complete, in service: a leg
+    /// that was in use (`in_use`) missed the writes made since the detach
+    /// began, so it is resynced (a remote leg whose connection is down once
+    /// it is back); another gets its `prior` state back.  Returns whether a
+    /// resync follows.
+    fn abandon_detach(self: &Arc<Self>, i: usize, prior: LegState, in_use: bool) -> bool {
+        let Some(leg) = self.legs.get(i) else { return false };
+        let resync = if !in_use {
+            leg.set_state(prior);
+            false
+        } else if leg.dev().remote().is_some() && !self.leg_reachable(i) {
+            leg.set_state(LegState::Down);
+            true
+        } else {
+            leg.set_state(LegState::Resyncing);
+            self.resyncing.insert(i);
+            self.kick_resync();
+            true
+        };
+        pr_warn!("{}: leg {}: detach abandoned, its I/O in flight did not end\n", self.name(), i);
+        Self::notify(self.as_arc_borrow());
+        resync
     }
 
     /// Attaches detached leg `i` again and resyncs it: the regions written

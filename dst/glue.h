@@ -97,6 +97,7 @@ u64 dst_bdev_nr_sectors(struct block_device *bdev);
 bool dst_bdev_synchronous(struct block_device *bdev);
 void dst_bdev_name(struct block_device *bdev, char *buf, size_t len);
 void dst_wait_var(void *var, bool (*done)(void *var));
+long dst_wait_var_timeout(void *var, bool (*done)(void *var), unsigned int ms);
 struct workqueue_struct *dst_alloc_workqueue(const char *name);
 struct page;
 struct page **dst_pages_alloc(unsigned int n);

@@ -128,6 +128,7 @@ extern "C" {
     pub(crate) fn dst_bdev_synchronous(bdev: *mut bindings::block_device) -> bool;
     pub(crate) fn dst_bdev_name(bdev: *mut bindings::block_device, buf: *mut c_char, len: usize);
     pub(crate) fn dst_wait_var(var: *mut c_void, done: unsafe extern "C" fn(*mut c_void) -> bool);
+    pub(crate) fn dst_wait_var_timeout(var: *mut c_void, done: unsafe extern "C" fn(*mut c_void) -> bool, ms: c_uint) -> c_long;
     pub(crate) fn dst_alloc_workqueue(name: *const c_char) -> *mut bindings::workqueue_struct;
     pub(crate) fn dst_pages_alloc(n: c_uint) -> *mut *mut bindings::page;
     pub(crate) fn dst_pages_free(pages: *mut *mut bindings::page, n: c_uint);

@@ -87,20 +87,41 @@ impl Gate {
     /// no new I/O starts, or that any that does ends on its own.  Later
     /// exits no longer wake anyone.
     pub(crate) fn wait_idle(&self) {
-        /// # Safety
-        ///
-        /// `var` must point to a live gate counter.
-        unsafe extern "C" fn idle(var: *mut c_void) -> bool {
-            // SAFETY: `var` is the gate's counter, alive while we wait.
-            unsafe { (*var.cast::<AtomicUsize>()).load(Ordering::Acquire) & !WAITING == 0 }
-        }
         self.count.fetch_or(WAITING, Ordering::SeqCst);
-        let var = ptr::addr_of!(self.count).cast_mut().cast::<c_void>();
-        // SAFETY: `var` stays valid during the wait, which ends when the
-        // count is zero; `Gate::exit` wakes this address.
-        unsafe { glue::dst_wait_var(var, idle) };
+        // SAFETY: the counter stays valid during the wait, which ends when
+        // the count is zero; `Gate::exit` wakes this address.
+        unsafe { glue::dst_wait_var(self.var(), gate_idle) };
         self.count.fetch_and(!WAITING, Ordering::SeqCst);
     }
+
+    /// As [`Gate::wait_idle`], for at most `ms` milliseconds; a fatal
+    /// signal ends the wait too.  `ETIMEDOUT` or `EINTR` then: I/O is
+    /// still in flight.
+    pub(crate) fn wait_idle_for(&self, ms: u32) -> Result {
+        self.count.fetch_or(WAITING, Ordering::SeqCst);
+        // SAFETY: as in `wait_idle`; the wait may also end early.
+        let r = unsafe { glue::dst_wait_var_timeout(self.var(), gate_idle, ms) };
+        self.count.fetch_and(!WAITING, Ordering::SeqCst);
+        match r {
+            1.. => Ok(()),
+            0 => Err(crate::errno::etimedout()),
+            _ => Err(EINTR),
+        }
+    }
+
+    fn var(&self) -> *mut c_void {
+        ptr::addr_of!(self.count).cast_mut().cast()
+    }
+}
+
+/// Whether the gate whose counter is at `var` is idle.
+///
+/// # Safety
+///
+/// `var` must point to a live gate counter.
+unsafe extern "C" fn gate_idle(var: *mut c_void) -> bool {
+    // SAFETY: `var` is the gate's counter, alive while its owner waits.
+    unsafe { (*var.cast::<AtomicUsize>()).load(Ordering::Acquire) & !WAITING == 0 }
 }
 
 impl Default for Gate {

@@ -323,11 +323,12 @@ impl Leg {
         self.stats.inflight.count() as u32
     }
 
-    /// Waits until nothing counted by [`Leg::start`] is in flight.  I/O
-    /// that starts meanwhile must see the leg gone and end at once (see
+    /// Waits, at most `ms` milliseconds and until a fatal signal, for
+    /// nothing counted by [`Leg::start`] to be in flight.  I/O that starts
+    /// meanwhile must see the leg gone and end at once (see
     /// [`crate::device::Device::enter_leg`]).
-    pub(crate) fn wait_idle(&self) {
-        self.stats.inflight.wait_idle();
+    pub(crate) fn wait_idle_for(&self, ms: u32) -> Result {
+        self.stats.inflight.wait_idle_for(ms)
     }
 
     /// The counters.

@@ -17,6 +17,9 @@
 #     and it finishes.  A 4 KiB write copies one region on attach: 64 KiB
 #     by default, 1 MiB with --region-size 1M.  Settings on a linear
 #     device, a bad region size: refused, nothing changed.
+# (d) A detach whose leg has I/O stuck (a suspended dm device), and whose
+#     dstctl is killed: abandoned, the leg stays and is resynced; once the
+#     dm device resumes, the stuck write completes and the legs match.
 # timeout: 400
 # SC2016: the bodies of eval '...' expand when evaluated, as intended.
 # shellcheck disable=SC2016
@@ -53,7 +56,7 @@ back_kib() {
 	dmesg | sed -n "s/.*dst: $1: leg 1 is back; resyncing .* (\([0-9]*\) KiB)/\1/p" | sed -n "${2}p"
 }
 
-plan 31
+plan 38
 brd_setup 4 64
 dst_load
 cleanup_push sh -c 'dmsetup remove --retry srcleg 2>/dev/null || true'
@@ -163,4 +166,26 @@ expect_err_contains -m "resync settings on a linear device: refused" "apply to m
 expect_err_contains -m "a region size that is no power of two: refused" "power of two" \
 	dstctl create rx --mirror /dev/ram1 --region-size 3000
 assert_eq "$(dstctl --json list | jq -S 'map(del(.legs[].reads, .legs[].writes))')" "$before" "  ... nothing changed"
+dstctl remove rl && dstctl remove rr
+
+# ---- (d) a detach that cannot complete --------------------------------------
+cleanup_push sh -c 'dmsetup resume hang 2>/dev/null; dmsetup remove --retry hang 2>/dev/null || true'
+assert_cmd -m "(d) mirror rd: ram0 + a dm leg over ram1" \
+	eval 'dm_create hang "0 $SECTORS linear /dev/ram1 0" && dstctl create rd --mirror /dev/ram0 /dev/mapper/hang >/dev/null'
+dev=$(dst_dev rd)
+dd if=/dev/urandom of="$dev" bs=1M count=8 oflag=direct status=none
+dmsetup suspend --noflush hang
+dd if=/dev/urandom of="$dev" bs=4k count=1 seek=10 oflag=direct status=none &
+ddpid=$!
+sleep 1
+assert_fail -m "the dm leg holds a write: dstctl detach waits, and is killed" \
+	timeout -s KILL 3 "$DSTCTL" detach rd 1
+assert_cmd -m "  ... the detach is abandoned: the leg stays (resyncing or in sync)" \
+	eval 'wait_leg rd 1 "resyncing|in-sync" 20 && dmesg | grep -q "rd: leg 1: detach abandoned"'
+dmsetup resume hang
+assert_cmd -m "  ... the dm device resumes: the stuck write completes" wait "$ddpid"
+assert_cmd -m "  ... leg 1 in sync, the legs match the device" \
+	eval 'wait_leg rd 1 in-sync 30 && legs_match_dev "$dev" "$SIZE" /dev/ram0 /dev/ram1'
+assert_cmd -m "  ... and a detach now works" eval 'dstctl detach rd 1 >/dev/null && [ "$(leg_state rd 1)" = detached ]'
+assert_cmd -m "  ... remove rd" eval 'dstctl remove rd && dmsetup remove --retry hang'
 dmesg_check

@@ -118,13 +118,14 @@ void dst_wait_var(void *var, bool (*done)(void *var))
  */
 long dst_wait_var_timeout(void *var, bool (*done)(void *var), unsigned int ms)
 {
-	long __ret = msecs_to_jiffies(ms) ?: 1;
+	long timeout = msecs_to_jiffies(ms) ?: 1;
 
 	might_sleep();
-	if (___wait_cond_timeout(done(var)))
-		return __ret;
+	if (done(var))
+		return timeout;
+	/* The macro declares its own __ret, from @timeout. */
 	return ___wait_var_event(var, ___wait_cond_timeout(done(var)),
-				 TASK_KILLABLE, 0, __ret,
+				 TASK_KILLABLE, 0, timeout,
 				 __ret = schedule_timeout(__ret));
 }
 

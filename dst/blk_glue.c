@@ -6,6 +6,7 @@
  */
 
 #include <linux/bio.h>
+#include <linux/blk-mq.h>
 #include <linux/blkdev.h>
 #include <linux/wait_bit.h>
 #include <linux/workqueue.h>
@@ -231,6 +232,29 @@ struct gendisk *dst_alloc_disk(struct queue_limits *lim, u32 max_sectors,
 	disk->major = 0;
 	disk->minors = 0;
 	return disk;
+}
+
+/*
+ * Lowers the largest request of a live @disk to @max_sectors (a remote leg
+ * with a smaller maximum joins).  The queue is frozen meanwhile, so no bio
+ * is between its split and its submission.
+ */
+int dst_disk_cap_sectors(struct gendisk *disk, u32 max_sectors)
+{
+	struct request_queue *q = disk->queue;
+	struct queue_limits lim;
+	int err;
+
+	blk_mq_freeze_queue(q);
+	lim = queue_limits_start_update(q);
+	lim.max_hw_sectors = min(lim.max_hw_sectors, max_sectors);
+	lim.max_hw_discard_sectors = min(lim.max_hw_discard_sectors,
+					 max_sectors);
+	lim.max_write_zeroes_sectors = min(lim.max_write_zeroes_sectors,
+					   max_sectors);
+	err = queue_limits_commit_update(q, &lim);
+	blk_mq_unfreeze_queue(q);
+	return err;
 }
 
 /* ---- page buffers and their bios, for resync (dst/io.rs, dst/bio.rs) ---- */

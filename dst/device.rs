@@ -14,10 +14,11 @@ use kernel::sync::{Arc, ArcBorrow, Mutex};
 use kernel::workqueue::{impl_has_work, new_work, Work, WorkItem};
 use kernel::{new_mutex, pr_err, pr_info};
 
+use crate::append::AppendVec;
 use crate::bdev::Holder;
 use crate::bio::{Bio, BioSet, BioStack, LegBioStack, Op};
 use crate::bitmap::DirtyMap;
-use crate::disk::{Disk, DiskOps, Limits};
+use crate::disk::{Disk, DiskOps, Limits, Offer};
 use crate::errno;
 use crate::io::{Decision, DeferList, Gate, IoOwner, IoResult, IoSet, Outcome, PageIoOwner, Route};
 use crate::job::{impl_has_job, Job, JobRun};
@@ -108,14 +109,18 @@ pub(crate) struct Device {
     target: Target,
     sectors: u64,
     block_size: u32,
-    /// The legs, in the order given.  Dropped before `holder`.
-    legs: KVec<Leg>,
+    /// The legs, in the order given, then those added; a removed leg
+    /// stays (state `Removed`, its device released) so that indexes hold.
+    /// Dropped before `holder`.
+    legs: AppendVec<Leg, MAX_LEGS>,
     /// Legs that get every write and serve reads.
     in_sync: LegSet,
     /// Legs being resynced: they get every write, serve no reads.
     resyncing: LegSet,
     /// Mirror: per leg, the regions that may differ from the device.
-    dirty: KVec<DirtyMap>,
+    dirty: AppendVec<DirtyMap, MAX_LEGS>,
+    /// What the device offers its users (a leg added must allow it).
+    offer: Offer,
     holder: Holder,
     disk: Disk,
     gate: Gate,
@@ -243,14 +248,7 @@ impl Device {
                 None => Leg::open(s.spec, &holder)?,
                 Some(cfg) => Leg::remote(s.spec, i + 1, cfg)?,
             };
-            let dup = legs.iter().find(|l| match (l.dev(), leg.dev()) {
-                (LegDev::Local(a), LegDev::Local(b)) => a.devt() == b.devt(),
-                (LegDev::Remote(a), LegDev::Remote(b)) => {
-                    a.config().addr == b.config().addr && a.config().export == b.config().export
-                }
-                _ => false,
-            });
-            if let Some(other) = dup {
+            if let Some(other) = legs.iter().find(|l| l.dev().same_as(leg.dev())) {
                 let shown = leg.spec().to_str().unwrap_or("?");
                 let other = other.spec().to_str().unwrap_or("?");
                 refuse!(EINVAL, "leg {} given twice (same device as {})", shown, other);
@@ -278,11 +276,20 @@ impl Device {
         for leg in legs.iter() {
             stack(&mut lim, leg, leg.offset());
         }
-        let mut dirty = KVec::new();
+        let offer = lim.offer();
+        let dirty = AppendVec::new()?;
         if target == Target::Mirror {
             for _ in 0..nlegs {
                 let shift = settings.region_bytes.trailing_zeros().saturating_sub(9);
-                dirty.push(DirtyMap::new(sectors, shift)?, GFP_KERNEL)?;
+                if dirty.push(DirtyMap::new(sectors, shift)?).is_err() {
+                    return Err(ENOSPC.into());
+                }
+            }
+        }
+        let table = AppendVec::new()?;
+        for leg in legs {
+            if table.push(leg).is_err() {
+                return Err(ENOSPC.into());
             }
         }
 
@@ -302,10 +309,11 @@ impl Device {
                 target,
                 sectors,
                 block_size,
-                legs,
+                legs: table,
                 in_sync: LegSet::all(nlegs),
                 resyncing: LegSet::none(),
                 dirty,
+                offer,
                 holder,
                 disk,
                 gate: Gate::new(),
@@ -393,11 +401,11 @@ impl Device {
         self.barrier.lower();
         self.resubmit_parked();
         {
-            // A detached leg is not linked.
+            // A detached or removed leg is not linked.
             let _admin = self.admin.lock();
             for (i, leg) in self.legs.iter().enumerate() {
                 if let Some(b) = leg.dev().local() {
-                    if self.leg_state(i) != LegState::Detached {
+                    if !matches!(self.leg_state(i), LegState::Detached | LegState::Removed) {
                         self.disk.unlink_holder(b);
                     }
                 }
@@ -447,11 +455,12 @@ impl Device {
     /// The state of the device as a whole.
     pub(crate) fn state(&self) -> DevState {
         let usable = (0..self.legs.len()).filter(|&i| self.in_sync.contains(i) && self.leg_reachable(i)).count();
+        let live = self.live_legs();
         match self.target {
-            Target::Linear if usable == self.legs.len() => DevState::Ok,
+            Target::Linear if usable == live => DevState::Ok,
             Target::Linear => DevState::Failed,
             Target::Mirror if usable == 0 => DevState::Failed,
-            Target::Mirror if usable == self.legs.len() => DevState::Ok,
+            Target::Mirror if usable == live => DevState::Ok,
             Target::Mirror => DevState::Degraded,
         }
     }
@@ -775,16 +784,23 @@ impl Device {
 
     /// Leg `i` as named in messages: its position and the spec given.
     fn leg_or_refuse(&self, i: usize) -> Result<&Leg, Refusal> {
+        self.mirror_or_refuse()?;
+        match self.legs.get(i) {
+            Some(l) if l.state() == LegState::Removed => refuse!(ENOENT, "leg {} of {} was removed", i, self.name()),
+            Some(l) => Ok(l),
+            None => refuse!(ENOENT, "{} has no leg {}", self.name(), i),
+        }
+    }
+
+    /// Refuses leg changes but on a mirror that is not going away.
+    fn mirror_or_refuse(&self) -> Result<(), Refusal> {
         if self.target != Target::Mirror {
-            refuse!(EINVAL, "{} is linear: only mirror legs can be detached", self.name());
+            refuse!(EINVAL, "{} is linear: only mirror legs can change", self.name());
         }
         if self.is_stopping() {
             refuse!(ENODEV, "{} is going away", self.name());
         }
-        match self.legs.get(i) {
-            Some(l) => Ok(l),
-            None => refuse!(ENOENT, "{} has no leg {} (it has {})", self.name(), i, self.legs.len()),
-        }
+        Ok(())
     }
 
     /// Detaches leg `i`: it stops getting I/O once the I/O in flight to it
@@ -801,6 +817,21 @@ impl Device {
         if self.leg_state(i) == LegState::Detached {
             refuse!(errno::ealready(), "leg {} of {} is already detached", i, self.name());
         }
+        let was_in_sync = self.take_out(i, leg)?;
+        pr_info!(
+            "{}: leg {} ({}) detached{}\n",
+            self.name(),
+            i,
+            leg.spec().to_str().unwrap_or("?"),
+            if was_in_sync { "" } else { " (it was not in sync)" }
+        );
+        Self::notify(self.as_arc_borrow());
+        Ok(())
+    }
+
+    /// Takes leg `i` out of service (the work of [`Device::detach`]);
+    /// returns whether it was in sync.  The caller holds `admin`.
+    fn take_out(self: &Arc<Self>, i: usize, leg: &Leg) -> Result<bool, Refusal> {
         let prior = leg.state();
         let was_in_sync = match self.in_sync.remove_unless_last(i) {
             Removal::Last => refuse!(EBUSY, "leg {} is the last in-sync leg of {}", i, self.name()),
@@ -837,15 +868,113 @@ impl Device {
             }
             LegDev::Remote(r) => r.park(),
         }
+        Ok(was_in_sync)
+    }
+
+    /// Grows the mirror by the leg `spec`: it takes the next index, and is
+    /// resynced in full (a remote leg once connected).  Returns its index.
+    pub(crate) fn add_leg(self: &Arc<Self>, spec: LegSpec<'_>) -> Result<usize, Refusal> {
+        let _admin = self.admin.lock();
+        self.mirror_or_refuse()?;
+        let i = self.legs.len();
+        if i >= MAX_LEGS {
+            refuse!(ENOSPC, "{} has had {} legs, the most a device can", self.name(), MAX_LEGS);
+        }
+        let mut leg = match spec.remote {
+            None => Leg::open(spec.spec, &self.holder)?,
+            Some(cfg) => Leg::remote(spec.spec, 1, cfg)?,
+        };
+        // From here on, dropping `leg` closes it (and stops a remote).
+        let shown = spec.spec.to_str().unwrap_or("?");
+        let same = |l: &Leg| l.state() != LegState::Removed && l.dev().same_as(leg.dev());
+        if let Some(j) = self.legs.iter().position(same) {
+            refuse!(EINVAL, "{} is already leg {} of {}", shown, j, self.name());
+        }
+        if leg.sectors() < self.sectors {
+            refuse!(ENOSPC, "{} is smaller than {} ({} < {} sectors)", shown, self.name(), leg.sectors(), self.sectors);
+        }
+        let mut probe = Limits::stacking();
+        stack(&mut probe, &leg, 0);
+        let offer = probe.offer();
+        if let Some(what) = self.offer.lacking(&offer) {
+            refuse!(EINVAL, "{} cannot serve {}: it has {}", shown, self.name(), what);
+        }
+        if offer.max_sectors != u32::MAX {
+            if let Err(e) = self.disk.cap_sectors(offer.max_sectors) {
+                refuse!(e, "{}: cannot lower the largest request to {} sectors", self.name(), offer.max_sectors);
+            }
+        }
+        leg.place(self.sectors, 0);
+        let region_shift = self.region_bytes.trailing_zeros().saturating_sub(9);
+        let map = DirtyMap::new(self.sectors, region_shift)?;
+        map.mark_all();
+        // Writes skip it (and would mark its map) until it is resyncing.
+        leg.set_state(if leg.dev().remote().is_some() { LegState::Down } else { LegState::Resyncing });
+        if self.dirty.len() != i || self.dirty.push(map).is_err() {
+            refuse!(ENOSPC, "{}: no room for another leg", self.name());
+        }
+        if self.legs.push(leg).is_err() {
+            // Not reached: `admin` serialises appends, and both vectors
+            // have the same room.
+            refuse!(ENOSPC, "{}: no room for another leg", self.name());
+        }
+        let Some(leg) = self.legs.get(i) else {
+            return Err(EINVAL.into());
+        };
+        match leg.dev() {
+            LegDev::Local(b) => {
+                if let Err(e) = self.disk.link_holder(b) {
+                    pr_err!("{}: cannot link holder for {}: {:?}\n", self.name(), b.name(), e);
+                }
+                self.resyncing.insert(i);
+                self.kick_resync();
+            }
+            LegDev::Remote(r) => {
+                r.start(self.clone(), i);
+                // Connected already: resync now, unless it went down
+                // meanwhile (then `remote_up` starts it once back).
+                leg.set_state(LegState::Resyncing);
+                self.resyncing.insert(i);
+                fence(Ordering::SeqCst);
+                if !self.leg_reachable(i) && self.resyncing.remove(i) {
+                    leg.set_state(LegState::Down);
+                }
+                self.kick_resync();
+            }
+        }
+        pr_info!("{}: leg {} ({}) added; resyncing all of it ({} KiB)\n", self.name(), i, shown, self.sectors >> 1);
+        Self::notify(self.as_arc_borrow());
+        Ok(i)
+    }
+
+    /// Shrinks the mirror by leg `i`: it is taken out as by a detach (if
+    /// it is not detached already), its device released for good (a remote
+    /// leg is stopped), and it is left out of status from then on.
+    pub(crate) fn remove_leg(self: &Arc<Self>, i: usize) -> Result<(), Refusal> {
+        let _admin = self.admin.lock();
+        let leg = self.leg_or_refuse(i)?;
+        if self.leg_state(i) != LegState::Detached {
+            self.take_out(i, leg)?;
+        }
+        if let Some(r) = leg.dev().remote() {
+            r.stop();
+        }
+        leg.set_state(LegState::Removed);
         pr_info!(
-            "{}: leg {} ({}) detached{}\n",
+            "{}: leg {} ({}) removed; {} of {} legs in sync\n",
             self.name(),
             i,
             leg.spec().to_str().unwrap_or("?"),
-            if was_in_sync { "" } else { " (it was not in sync)" }
+            self.in_sync.count(),
+            self.live_legs()
         );
         Self::notify(self.as_arc_borrow());
         Ok(())
+    }
+
+    /// Legs not removed.
+    pub(crate) fn live_legs(&self) -> usize {
+        self.legs.iter().filter(|l| l.state() != LegState::Removed).count()
     }
 
     /// Puts back leg `i`, whose detach did not complete, in service: a leg

@@ -100,6 +100,46 @@ impl Limits {
     pub(crate) fn logical_block_size(&self) -> u32 {
         self.lim.logical_block_size
     }
+
+    /// What a device with these limits offers its users.
+    pub(crate) fn offer(&self) -> Offer {
+        Offer {
+            block_size: self.lim.logical_block_size,
+            max_sectors: self.max_sectors,
+            discard: self.discard,
+            write_zeroes: self.lim.max_write_zeroes_sectors > 0,
+            fua: self.fua,
+        }
+    }
+}
+
+/// What a device offers its users, as its legs allow (see
+/// [`Limits::offer`]): a leg added later must allow as much.
+#[derive(Clone, Copy)]
+pub(crate) struct Offer {
+    pub(crate) block_size: u32,
+    pub(crate) max_sectors: u32,
+    pub(crate) discard: bool,
+    pub(crate) write_zeroes: bool,
+    pub(crate) fua: bool,
+}
+
+impl Offer {
+    /// What of `self` a leg offering `leg` lacks, if anything.  (A
+    /// smaller largest request is not a lack: the device's is lowered.)
+    pub(crate) fn lacking(&self, leg: &Offer) -> Option<&'static str> {
+        if leg.block_size > self.block_size {
+            Some("a larger logical block size")
+        } else if self.discard && !leg.discard {
+            Some("no discard")
+        } else if self.write_zeroes && !leg.write_zeroes {
+            Some("no write-zeroes")
+        } else if self.fua && !leg.fua {
+            Some("no FUA")
+        } else {
+            None
+        }
+    }
 }
 
 const ALLOCATED: u8 = 0;
@@ -212,6 +252,13 @@ impl Disk {
         // SAFETY: the disk is added (sysfs exists) and `leg` is opened
         // exclusively, as `bd_link_disk_holder` requires.
         kernel::error::to_result(unsafe { bindings::bd_link_disk_holder(leg.as_raw(), self.raw.as_ptr()) })
+    }
+
+    /// Lowers the largest request the disk takes to `max_sectors`, for a
+    /// leg that cannot take more.  Sleeps (freezes the queue).
+    pub(crate) fn cap_sectors(&self, max_sectors: u32) -> Result {
+        // SAFETY: the disk is live (allocated until dropped).
+        kernel::error::to_result(unsafe { glue::dst_disk_cap_sectors(self.raw.as_ptr(), max_sectors) })
     }
 
     /// Undoes [`Disk::link_holder`]; must run before [`Disk::del`].

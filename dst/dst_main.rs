@@ -7,15 +7,16 @@
 //! over the `dst` generic netlink family, usually with `dstctl`.
 //!
 //! The module is layered: a thin abstraction over the C block layer and
-//! netlink (`glue`, `bio`, `bdev`, `disk`, `io`, `genl`, `wq` hold every
-//! `unsafe` block), and the driver logic above it in safe Rust (`device`,
-//! `leg`, `mirror`, `linear`, `registry`, `netlink`).
+//! netlink (`glue`, `bio`, `bdev`, `disk`, `io`, `genl`, `wq`, `append`
+//! hold every `unsafe` block), and the driver logic above it in safe Rust
+//! (`device`, `leg`, `mirror`, `linear`, `registry`, `netlink`).
 
-#![recursion_limit = "256"]
+#![recursion_limit = "512"]
 
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
+mod append;
 mod bdev;
 mod bio;
 mod bitmap;

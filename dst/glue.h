@@ -82,6 +82,7 @@ bool dst_bdev_discard(struct block_device *bdev);
 void dst_limits_stack_remote(struct queue_limits *lim, u32 min_block,
 			     u32 pref_block, bool cache, bool write_zeroes,
 			     bool rotational);
+int dst_disk_cap_sectors(struct gendisk *disk, u32 max_sectors);
 struct gendisk *dst_alloc_disk(struct queue_limits *lim, u32 max_sectors,
 			       bool discard, bool fua);
 int dst_add_disk(struct gendisk *disk);

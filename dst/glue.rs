@@ -98,6 +98,7 @@ extern "C" {
         write_zeroes: bool,
         rotational: bool,
     );
+    pub(crate) fn dst_disk_cap_sectors(disk: *mut bindings::gendisk, max_sectors: u32) -> c_int;
     pub(crate) fn dst_alloc_disk(
         lim: *mut bindings::queue_limits,
         max_sectors: u32,

@@ -153,6 +153,17 @@ impl LegDev {
         }
     }
 
+    /// Whether `other` is the same device or export.
+    pub(crate) fn same_as(&self, other: &LegDev) -> bool {
+        match (self, other) {
+            (LegDev::Local(a), LegDev::Local(b)) => a.devt() == b.devt(),
+            (LegDev::Remote(a), LegDev::Remote(b)) => {
+                a.config().addr == b.config().addr && a.config().export == b.config().export
+            }
+            _ => false,
+        }
+    }
+
     /// The remote, for a remote leg.
     pub(crate) fn remote(&self) -> Option<&Arc<Remote>> {
         match self {

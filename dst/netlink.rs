@@ -16,7 +16,9 @@ use crate::device::{Device, LegSpec, Settings};
 use crate::genl::{self, Dump, Handler, Request};
 use crate::msg::{refuse, Msg, Refusal};
 use crate::export::{self, Cidr, Export, ExportRequest, Exports, Listener};
-use crate::proto::genl::{self as schema, cmd, dev, exp, leg, resync, timing, Event, LegKind, Target, MAX_ALLOW, MAX_LEGS};
+use crate::proto::genl::{
+    self as schema, cmd, dev, exp, leg, resync, timing, Event, LegKind, LegState, Target, MAX_ALLOW, MAX_LEGS,
+};
 use kernel::sync::Arc;
 use crate::remote::RemoteConfig;
 use crate::proto::nlattr::{self, Attr, Attrs, Sink, Writer};
@@ -69,6 +71,9 @@ fn encode(d: &Device, exports: Option<&Exports>) -> Result<KVec<u8>> {
             w.put_u32(dev::RESYNC_MAX, max)?;
         }
         for (i, l) in d.legs().iter().enumerate() {
+            if l.state() == LegState::Removed {
+                continue;
+            }
             let nest = w.begin_nest(dev::LEG)?;
             let s = l.stats();
             w.put_u32(leg::INDEX, i as u32)?;
@@ -445,6 +450,39 @@ impl Registry {
         Ok(())
     }
 
+    fn do_add_leg(&self, attrs: &Attrs<'_>, req: &mut Request<'_>) -> Result<(), Refusal> {
+        let name = name(attrs)?;
+        let Some(d) = self.get(name) else {
+            refuse!(ENODEV, "no device named {}", name);
+        };
+        let mut spec = None;
+        for a in attrs.clone() {
+            let Ok(a) = a else {
+                refuse!(EINVAL, "malformed attributes");
+            };
+            if a.kind != dev::LEG {
+                continue;
+            }
+            if spec.is_some() {
+                refuse!(EINVAL, "one leg at a time");
+            }
+            spec = Some(leg_spec(&a, 0)?);
+        }
+        let Some(spec) = spec else {
+            refuse!(EINVAL, "missing leg");
+        };
+        d.add_leg(spec)?;
+        req.reply(cmd::ADD_LEG, &encode(&d, Some(&self.exports))?)?;
+        Ok(())
+    }
+
+    fn do_remove_leg(&self, attrs: &Attrs<'_>, req: &mut Request<'_>) -> Result<(), Refusal> {
+        let (d, i) = self.leg_request(attrs)?;
+        d.remove_leg(i)?;
+        req.reply(cmd::REMOVE_LEG, &encode(&d, Some(&self.exports))?)?;
+        Ok(())
+    }
+
     fn do_attach(&self, attrs: &Attrs<'_>, req: &mut Request<'_>) -> Result<(), Refusal> {
         let (d, i) = self.leg_request(attrs)?;
         let full = match last(attrs, dev::FULL)? {
@@ -487,6 +525,8 @@ impl Handler for Registry {
             cmd::DETACH => self.do_detach(&attrs, req),
             cmd::ATTACH => self.do_attach(&attrs, req),
             cmd::SET => self.do_set(&attrs, req),
+            cmd::ADD_LEG => self.do_add_leg(&attrs, req),
+            cmd::REMOVE_LEG => self.do_remove_leg(&attrs, req),
             _ => Err(errno::eopnotsupp().into()),
         };
         res.map_err(|r| {

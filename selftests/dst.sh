@@ -255,8 +255,9 @@ dst_jq() {
 	"$DSTCTL" --json status "$1" | jq -r "$2"
 }
 
+# By leg index, which is the position in .legs until a leg is removed.
 leg_state() {
-	dst_jq "$1" ".legs[$2].state"
+	dst_jq "$1" ".legs[] | select(.index == $2) | .state"
 }
 
 _leg_state_in() {
@@ -269,7 +270,7 @@ wait_leg() {
 	local name=$1 leg=$2 states=$3 secs=${4:-30}
 	wait_until "$secs" _leg_state_in "$name" "$leg" "$states" && return 0
 	echo "$name leg $leg: state $(leg_state "$name" "$leg"), not $states after ${secs}s" \
-		"(problem: $(dst_jq "$name" ".legs[$leg].problem"))" >&2
+		"(problem: $(dst_jq "$name" ".legs[] | select(.index == $leg) | .problem"))" >&2
 	return 1
 }
 

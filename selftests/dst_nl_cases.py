@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from nl_raw import GenlSocket, nla, nla_nest, nla_str, nla_strn, nla_u8, nla_u32, nla_u64  # noqa: E402
 
 # Commands and attributes (dst-proto genl.rs).
-GET, CREATE, REMOVE, EXPORT, UNEXPORT, DETACH, ATTACH, SET = 1, 2, 3, 5, 6, 7, 8, 9
+GET, CREATE, REMOVE, EXPORT, UNEXPORT, DETACH, ATTACH, SET, ADD_LEG, REMOVE_LEG = 1, 2, 3, 5, 6, 7, 8, 9, 10, 11
 LEG_INDEX, FULL, REGION_SIZE, RESYNC_RATE, RESYNC_MAX = 12, 13, 14, 15, 16
 EXP = 11
 LISTEN, EXP_NAME, READ_ONLY, ALLOW = 1, 2, 3, 4
@@ -123,6 +123,16 @@ CASES = {
     "set-unknown-device": (SET, nla_str(NAME, "nope") + nla_u32(RESYNC_MAX, 1024), errno.ENODEV, "no device named"),
     "set-max-wrong-size": (SET, nla_str(NAME, "r1") + nla_u64(RESYNC_MAX, 1024), ANY, None),
     "set-region-not-settable": (SET, nla_str(NAME, "r1") + nla_u32(REGION_SIZE, 65536), ANY, None),
+    "add-leg-no-leg": (ADD_LEG, nla_str(NAME, "r1"), errno.EINVAL, "missing leg"),
+    "add-leg-two-legs": (ADD_LEG, nla_str(NAME, "r1") + leg("/dev/ram2") + leg("/dev/ram3"),
+                         errno.EINVAL, "one leg at a time"),
+    "add-leg-unknown-device": (ADD_LEG, nla_str(NAME, "nope") + leg("/dev/ram2"), errno.ENODEV, "no device named"),
+    "add-leg-no-path": (ADD_LEG, nla_str(NAME, "r1") + nla_nest(LEG, nla_u32(TIMEOUT_MS, 1000)),
+                        errno.EINVAL, "has no device path"),
+    "add-leg-in-use": (ADD_LEG, nla_str(NAME, "r1") + leg("/dev/ram1"), errno.EINVAL, "is already leg 1"),
+    "remove-leg-out-of-range": (REMOVE_LEG, nla_str(NAME, "r1") + nla_u32(LEG_INDEX, 99), errno.ENOENT,
+                                "has no leg 99"),
+    "remove-leg-no-index": (REMOVE_LEG, nla_str(NAME, "r1"), errno.EINVAL, "missing leg index"),
     "get-no-name": (GET, b"", errno.EINVAL, "missing device name"),
     "get-unknown-device": (GET, nla_str(NAME, "nope"), errno.ENODEV, "no device named nope"),
     "remove-no-name": (REMOVE, b"", errno.EINVAL, "missing device name"),

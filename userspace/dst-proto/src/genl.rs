@@ -21,7 +21,8 @@ pub const MCGRP_EVENTS: &str = "events";
 pub const NAME_MAX: usize = 31;
 /// Longest leg specification (a path), in bytes.
 pub const LEG_SPEC_MAX: usize = 4095;
-/// Most legs a device may have.
+/// Most legs a device may have, counting those removed since it was
+/// created (their indexes are not reused).
 pub const MAX_LEGS: usize = 16;
 
 /// Command ids.
@@ -50,6 +51,13 @@ pub mod cmd {
     /// Change a device's settings (`DEV_NAME`, and any of
     /// `dev::RESYNC_RATE`, `dev::RESYNC_MAX`); the others stay.
     pub const SET: u8 = 9;
+    /// Grow a mirror by one leg (`DEV_NAME`, one `dev::LEG` nest as in
+    /// CREATE): it takes the next leg index and is resynced in full.
+    pub const ADD_LEG: u8 = 10;
+    /// Shrink a mirror by one leg (`DEV_NAME`, `dev::LEG_INDEX`): it stops
+    /// getting I/O (as for DETACH), is released and leaves the device; its
+    /// index is not reused.
+    pub const REMOVE_LEG: u8 = 11;
 }
 
 /// Device attributes (top level of every message).
@@ -266,6 +274,9 @@ wire_enum! {
         /// Detached by the administrator (a backup): gets no I/O; the
         /// regions written meanwhile are remembered.
         Detached = 6 => "detached",
+        /// Removed from the device (REMOVE_LEG); never reported: a removed
+        /// leg is left out of replies.
+        Removed = 7 => "removed",
     }
 }
 
@@ -493,6 +504,24 @@ pub const COMMANDS: &[CmdSpec] = &[
             RATE_SPECS[0],
             RATE_SPECS[1],
         ],
+    },
+    CmdSpec {
+        cmd: cmd::ADD_LEG,
+        doit: true,
+        dumpit: false,
+        policy: &[
+            NAME_SPEC,
+            AttrSpec {
+                id: dev::LEG,
+                kind: Kind::NestedLeg,
+            },
+        ],
+    },
+    CmdSpec {
+        cmd: cmd::REMOVE_LEG,
+        doit: true,
+        dumpit: false,
+        policy: &[NAME_SPEC, LEG_INDEX_SPEC],
     },
     CmdSpec {
         cmd: cmd::SET,

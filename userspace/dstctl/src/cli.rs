@@ -45,6 +45,10 @@ as a live backup: it keeps the device's contents of that moment, to
 mount, check or copy.  Attached again (dstctl attach), it is resynced
 with only what was written meanwhile.
 
+A mirror also grows and shrinks while in use: dstctl add gives it a new
+leg, copied in full in the background, and dstctl remove-leg takes a leg
+away for good.  Together they replace a failed disk.
+
 Every command needs root (CAP_SYS_ADMIN) and the dst kernel module
 (modprobe dst, or insmod dst.ko).";
 
@@ -63,6 +67,8 @@ Examples:
   dstctl unexport r1                            stop serving r1
   dstctl detach r1 1 --freeze                   take leg 1 out as a clean backup
   dstctl attach r1 1                            put it back, copy what changed
+  dstctl add r1 /dev/sdd                        a third leg, copied in full
+  dstctl remove-leg r1 0                        remove leg 0 for good
   dstctl set r1 --resync-rate 50M               limit resyncs of r1 while in use
   dstctl remove r1                              remove r1 (its legs are kept)";
 
@@ -258,6 +264,9 @@ every write), faulty (failed an I/O, no longer used), connecting (a remote
 leg not connected yet), down (a remote leg whose connection is lost; the
 kernel reconnects), resyncing (being brought back in sync, shown with its
 progress), detached (taken out by dstctl detach; see dstctl attach).
+A leg keeps its number (LEG) as long as it is part of the device: legs
+removed by dstctl remove-leg leave gaps, and legs added by dstctl add
+take the next number.
 A leg that resyncs have copied data to shows how much, in all since the
 device was created, on a line of its own.
 
@@ -343,15 +352,107 @@ Examples:
   dstctl attach r1 /dev/sdc --full    the copy was written: resync all of it
   dstctl status r1                    the progress";
 
+/// `dstctl add --help`; the limits and timing defaults come from the
+/// shared protocol definition.
+fn add_long_about() -> String {
+    format!(
+        "\
+Add a leg to a mirror while the device stays in use.  Prints nothing;
+with --json, the device as dstctl status --json shows it.
+
+LEG is a local block device (/dev/sdd), which the kernel claims
+exclusively, or a remote NBD export, to which it connects at once (the
+server must be reachable, as for dstctl create):
+nbd://HOST[:PORT][/EXPORT][?PARAMETERS], written as one leg of dstctl
+create, with the same parameters (timeout=T, dead-time=T, backoff-max=T,
+resync=full|dirty; see dstctl create --help).  dstctl resolves a host
+name once, now.
+
+Mirrors only: a linear device cannot grow.  The leg must be at least as
+large as the device (the device keeps its size), with a logical block
+size no larger than the device's.  It must not be a leg of the device
+already, nor in use elsewhere.
+
+The new leg takes the next leg number, as dstctl status shows it, and is
+copied in full from the in-sync legs in the background: it is resyncing
+(a remote leg down while its connection is lost), gets every write
+meanwhile and serves reads once in sync.  dstctl status and dstctl
+monitor show the progress; the copy is held to the mirror's resync
+settings (see dstctl set).  A device can have had at most {MAX_LEGS} legs in
+all: the numbers of removed legs are not reused.
+
+The timing options apply to a remote leg, as for dstctl create (giving
+one with a local leg is an error); the URI's parameters override them:
+
+  --timeout T       a request unanswered for T fails the connection
+                    (default {timeout})
+  --dead-time T     how long I/O waits for a down leg (default {dead})
+  --backoff-max T   longest wait between reconnection attempts
+                    (default {backoff})
+
+To replace a failed leg: add the new one, wait until it is in-sync, then
+dstctl remove-leg the failed one.",
+        timeout = format_ms(timing::TIMEOUT_MS),
+        dead = format_ms(timing::DEAD_TIME_MS),
+        backoff = format_ms(timing::BACKOFF_MAX_MS),
+    )
+}
+
+const ADD_EXAMPLES: &str = "\
+Examples:
+  dstctl add r1 /dev/sdd              a local disk as a new leg of r1
+  dstctl add r1 nbd://10.0.0.2/disk   a remote leg
+  dstctl add r1 'nbd://store1/vol?timeout=10s' --dead-time 2m
+  dstctl monitor r1                   the copy's progress, until in-sync
+  dstctl remove-leg r1 0              then, to replace leg 0, remove it";
+
+/// `dstctl remove-leg --help`; the leg limit comes from the shared
+/// protocol definition.
+fn remove_leg_long_about() -> String {
+    format!(
+        "\
+Remove a leg from a mirror for good, while the device stays in use.
+Prints nothing; with --json, the device as dstctl status --json shows it.
+
+Mirrors only, and the last in-sync leg cannot be removed.  dst waits for
+the I/O in flight to the leg to complete (at most 60 s, as for dstctl
+detach), then sends it no more I/O: a local leg is released, a remote leg
+disconnected.  The leg's contents are left as they are.
+
+The other legs keep their numbers: after removing leg 0 of a three-way
+mirror, its legs are 1 and 2.  Numbers are not reused: a device can have
+had at most {MAX_LEGS} legs in all (create it again to start over).
+
+Unlike dstctl detach, the leg is gone for good: it cannot be attached
+again, and the device no longer remembers what the leg missed (dstctl
+add would copy it in full).  To take a backup, use dstctl detach.
+
+LEG is as for dstctl detach: the leg's index as dstctl status shows it,
+the leg as given to dstctl create or add, or its kernel disk (sdb,
+/dev/sdb)."
+    )
+}
+
+const REMOVE_LEG_EXAMPLES: &str = "\
+Examples:
+  dstctl remove-leg r1 2              remove leg 2 of r1
+  dstctl remove-leg r1 /dev/sdb       the same, by its device
+  dstctl remove-leg r2 nbd://10.0.0.2/disk
+Replacing a failed disk, leg 0:
+  dstctl add r1 /dev/sdd              copied in full from the other legs
+  dstctl status r1                    wait until it is in-sync
+  dstctl remove-leg r1 0";
+
 const MONITOR_LONG_ABOUT: &str = "\
 Print changes to devices as they happen, one line each, until interrupted.
 
 First a line per existing device (exists) and a line saying the monitor is
-ready, then one line per change: devices created and removed, device and
-leg state changes (with the leg's problem, when the kernel reports one),
-reconnections, and resyncs starting, progressing (at most every 5 seconds,
-with the speed and the time left once known) and finishing.  Every line starts with the time, in UTC, and is flushed at
-once.  With --json, each line is one JSON object instead.  With NAME, only
+ready, then one line per change: devices created and removed, legs added
+and removed, device and leg state changes (with the leg's problem, when
+the kernel reports one), reconnections, and resyncs starting, progressing
+(at most every 5 seconds, with the speed and the time left once known)
+and finishing.  Every line starts with the time, in UTC, and is flushed
+at once.  With --json, each line is one JSON object instead.  With NAME, only
 that device is watched (it need not exist yet).  Stops, with exit code 0,
 on SIGINT or SIGTERM.
 
@@ -437,6 +538,14 @@ pub enum Command {
     #[command(long_about = ATTACH_LONG_ABOUT, after_help = ATTACH_EXAMPLES)]
     Attach(AttachArgs),
 
+    /// Add a leg to a mirror, copied in full in the background
+    #[command(long_about = add_long_about(), after_help = ADD_EXAMPLES)]
+    Add(AddArgs),
+
+    /// Remove a leg from a mirror for good
+    #[command(long_about = remove_leg_long_about(), after_help = REMOVE_LEG_EXAMPLES)]
+    RemoveLeg(RemoveLegArgs),
+
     /// Change a mirror's resync speed limits
     #[command(long_about = set_long_about(), after_help = SET_EXAMPLES)]
     Set(SetArgs),
@@ -472,17 +581,8 @@ pub struct CreateArgs {
     #[arg(value_name = "LEG", required = true)]
     pub legs: Vec<String>,
 
-    /// Remote legs: fail a connection whose request is unanswered for T
-    #[arg(long, value_name = "T")]
-    pub timeout: Option<String>,
-
-    /// Remote legs: how long I/O waits for a down leg before failing
-    #[arg(long, value_name = "T")]
-    pub dead_time: Option<String>,
-
-    /// Remote legs: longest wait between reconnection attempts
-    #[arg(long, value_name = "T")]
-    pub backoff_max: Option<String>,
+    #[command(flatten)]
+    pub timing_args: TimingArgs,
 
     /// Mirror: bytes of device per dirty-map bit, a power of two from 4K
     /// to 4M (default 64K)
@@ -497,6 +597,92 @@ pub struct CreateArgs {
     /// Mirror: resync speed limit at all times (default: none)
     #[arg(long, value_name = "RATE")]
     pub resync_max: Option<String>,
+}
+
+/// The timing options of remote legs, shared by `dstctl create` and
+/// `dstctl add`.
+#[derive(Debug, Args)]
+pub struct TimingArgs {
+    /// Remote legs: fail a connection whose request is unanswered for T
+    #[arg(long, value_name = "T")]
+    pub timeout: Option<String>,
+
+    /// Remote legs: how long I/O waits for a down leg before failing
+    #[arg(long, value_name = "T")]
+    pub dead_time: Option<String>,
+
+    /// Remote legs: longest wait between reconnection attempts
+    #[arg(long, value_name = "T")]
+    pub backoff_max: Option<String>,
+}
+
+impl TimingArgs {
+    /// The options given, checked.
+    pub fn timing(&self) -> Result<Timing, String> {
+        let opt =
+            |name: &str, v: &Option<String>| v.as_deref().map(|v| parse_ms(name, v)).transpose();
+        Ok(Timing {
+            timeout_ms: opt("--timeout", &self.timeout)?,
+            dead_time_ms: opt("--dead-time", &self.dead_time)?,
+            backoff_max_ms: opt("--backoff-max", &self.backoff_max)?,
+        })
+    }
+
+    /// Checks legs as typed (no name resolution yet), with these options
+    /// as the timing of the remote ones; refuses the options when no leg
+    /// is remote.
+    pub fn plan(&self, legs: &[String]) -> Result<Vec<LegPlan>, String> {
+        let timing = self.timing()?;
+        let mut plan = Vec::with_capacity(legs.len());
+        for spec in legs {
+            if spec.is_empty() {
+                return Err("empty leg".into());
+            }
+            if spec.len() > LEG_SPEC_MAX {
+                return Err(format!("leg longer than {LEG_SPEC_MAX} bytes"));
+            }
+            plan.push(LegPlan::parse(spec, timing)?);
+        }
+        if !timing.is_empty() && plan.iter().all(|l| l.remote.is_none()) {
+            let given = [
+                ("--timeout", &self.timeout),
+                ("--dead-time", &self.dead_time),
+                ("--backoff-max", &self.backoff_max),
+            ]
+            .into_iter()
+            .find_map(|(name, v)| v.as_ref().map(|_| name))
+            .unwrap_or("timing options");
+            return Err(format!(
+                "{given} applies to remote legs (nbd://...), and none is given"
+            ));
+        }
+        Ok(plan)
+    }
+}
+
+/// Arguments of `dstctl add`.
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// Name of the mirror
+    #[arg(value_name = "DEVICE")]
+    pub device: String,
+
+    /// The new leg: a block device (/dev/sdd) or an NBD export
+    /// (nbd://HOST[:PORT]/EXPORT), as for dstctl create
+    #[arg(value_name = "LEG")]
+    pub leg: String,
+
+    #[command(flatten)]
+    pub timing_args: TimingArgs,
+}
+
+impl AddArgs {
+    /// Checks the leg as typed (no name resolution yet), as one leg of
+    /// `dstctl create`.
+    pub fn plan(&self) -> Result<LegPlan, String> {
+        let mut plan = self.timing_args.plan(std::slice::from_ref(&self.leg))?;
+        Ok(plan.remove(0))
+    }
 }
 
 /// Arguments of `dstctl export`.
@@ -584,6 +770,19 @@ pub struct AttachArgs {
     pub full: bool,
 }
 
+/// Arguments of `dstctl remove-leg`.
+#[derive(Debug, Args)]
+pub struct RemoveLegArgs {
+    /// Name of the mirror
+    #[arg(value_name = "DEVICE")]
+    pub device: String,
+
+    /// The leg: its index (as dstctl status shows it), the leg as given
+    /// to dstctl create or add, or its kernel disk (sdb, /dev/sdb)
+    #[arg(value_name = "LEG")]
+    pub leg: String,
+}
+
 /// Arguments of `dstctl set`.
 #[derive(Debug, Args)]
 #[command(group(
@@ -659,17 +858,6 @@ impl CreateArgs {
         }
     }
 
-    /// The timing options given on the command line.
-    pub fn timing(&self) -> Result<Timing, String> {
-        let opt =
-            |name: &str, v: &Option<String>| v.as_deref().map(|v| parse_ms(name, v)).transpose();
-        Ok(Timing {
-            timeout_ms: opt("--timeout", &self.timeout)?,
-            dead_time_ms: opt("--dead-time", &self.dead_time)?,
-            backoff_max_ms: opt("--backoff-max", &self.backoff_max)?,
-        })
-    }
-
     /// Checks the legs as typed (no name resolution yet).
     pub fn plan(&self) -> Result<Vec<LegPlan>, String> {
         if self.legs.is_empty() {
@@ -681,31 +869,7 @@ impl CreateArgs {
                 self.legs.len()
             ));
         }
-        let timing = self.timing()?;
-        let mut plan = Vec::with_capacity(self.legs.len());
-        for spec in &self.legs {
-            if spec.is_empty() {
-                return Err("empty leg".into());
-            }
-            if spec.len() > LEG_SPEC_MAX {
-                return Err(format!("leg longer than {LEG_SPEC_MAX} bytes"));
-            }
-            plan.push(LegPlan::parse(spec, timing)?);
-        }
-        if !timing.is_empty() && plan.iter().all(|l| l.remote.is_none()) {
-            let given = [
-                ("--timeout", &self.timeout),
-                ("--dead-time", &self.dead_time),
-                ("--backoff-max", &self.backoff_max),
-            ]
-            .into_iter()
-            .find_map(|(name, v)| v.as_ref().map(|_| name))
-            .unwrap_or("timing options");
-            return Err(format!(
-                "{given} applies to remote legs (nbd://...), and none is given"
-            ));
-        }
-        Ok(plan)
+        self.timing_args.plan(&self.legs)
     }
 }
 
@@ -719,6 +883,8 @@ impl Command {
             Command::Unexport(a) => ("unexport", Some(&a.device)),
             Command::Detach(a) => ("detach", Some(&a.device)),
             Command::Attach(a) => ("attach", Some(&a.device)),
+            Command::Add(a) => ("add", Some(&a.device)),
+            Command::RemoveLeg(a) => ("remove-leg", Some(&a.device)),
             Command::Set(a) => ("set", Some(&a.device)),
             Command::List => ("list", None),
             Command::Status { name } => ("status", name.as_ref()),
@@ -732,7 +898,8 @@ impl Command {
 
     /// Checks what the kernel would refuse anyway, to answer with a usage
     /// error.  Leg paths are not checked here: whether they exist, or are
-    /// given twice, is for the kernel to say.  Remote legs' URIs, the
+    /// given twice (or are a leg of the device already), is for the kernel
+    /// to say.  Remote legs' URIs, the
     /// timing and resync options are checked, as are an export's options,
     /// but no name is resolved.
     pub fn validate(&self) -> Result<(), String> {
@@ -743,6 +910,8 @@ impl Command {
             Command::Unexport(a) => Some(&a.device),
             Command::Detach(a) => Some(&a.device),
             Command::Attach(a) => Some(&a.device),
+            Command::Add(a) => Some(&a.device),
+            Command::RemoveLeg(a) => Some(&a.device),
             Command::Set(a) => Some(&a.device),
             Command::List => None,
             Command::Status { name } | Command::Monitor { name } => name.as_ref(),
@@ -755,6 +924,9 @@ impl Command {
                 a.plan()?;
                 a.settings()?;
             }
+            Command::Add(a) => {
+                a.plan()?;
+            }
             Command::Set(a) => {
                 a.limits()?;
             }
@@ -766,7 +938,9 @@ impl Command {
                     check_export_name(name)?;
                 }
             }
-            Command::Detach(DetachArgs { leg, .. }) | Command::Attach(AttachArgs { leg, .. })
+            Command::Detach(DetachArgs { leg, .. })
+            | Command::Attach(AttachArgs { leg, .. })
+            | Command::RemoveLeg(RemoveLegArgs { leg, .. })
                 if leg.is_empty() =>
             {
                 return Err("LEG is empty".into());
@@ -925,7 +1099,7 @@ mod tests {
             "500ms",
         ]);
         assert_eq!(
-            a.timing(),
+            a.timing_args.timing(),
             Ok(Timing {
                 timeout_ms: Some(20_000),
                 dead_time_ms: Some(120_000),
@@ -942,7 +1116,7 @@ mod tests {
         assert_eq!((remote.host.as_str(), remote.port), ("10.0.0.2", 10809));
 
         let a = create(&["create", "r1", "--mirror", "nbd://h/x", "/dev/sdb"]);
-        assert!(a.timing().unwrap().is_empty());
+        assert!(a.timing_args.timing().unwrap().is_empty());
     }
 
     #[test]
@@ -1564,6 +1738,244 @@ mod tests {
             ],
         );
         assert_help(Some("status"), &["detached (taken out by dstctl detach"]);
+    }
+
+    fn add_args(args: &[&str]) -> AddArgs {
+        match parse(args).unwrap().command {
+            Command::Add(a) => a,
+            c => panic!("parsed as {c:?}"),
+        }
+    }
+
+    #[test]
+    fn add_command() {
+        let cli = parse(&["add", "r1", "/dev/sdd"]).unwrap();
+        assert!(!cli.json);
+        assert_eq!(cli.command.context(), "add r1");
+        assert_eq!(cli.command.validate(), Ok(()));
+        let Command::Add(a) = cli.command else {
+            panic!("not an add");
+        };
+        assert_eq!((a.device.as_str(), a.leg.as_str()), ("r1", "/dev/sdd"));
+        assert_eq!(
+            a.plan(),
+            Ok(LegPlan {
+                spec: "/dev/sdd".into(),
+                remote: None,
+            })
+        );
+
+        // A remote leg: its URI and the timing options, as for create.
+        let a = add_args(&[
+            "add",
+            "--timeout",
+            "20",
+            "r1",
+            "nbd://10.0.0.2:10900/disk?dead-time=5s&resync=full",
+            "--dead-time=2m",
+            "--backoff-max",
+            "500ms",
+        ]);
+        let remote = a.plan().unwrap().remote.unwrap();
+        assert_eq!((remote.host.as_str(), remote.port), ("10.0.0.2", 10900));
+        assert_eq!(remote.export, "disk");
+        assert_eq!(
+            remote.timing,
+            Timing {
+                timeout_ms: Some(20_000),
+                // The URI's query wins over the options.
+                dead_time_ms: Some(5_000),
+                backoff_max_ms: Some(500),
+            }
+        );
+        assert_eq!(remote.full_resync, Some(true));
+        // The same leg planned by create and by add.
+        let c = create(&[
+            "create",
+            "x",
+            "--mirror",
+            "nbd://10.0.0.2:10900/disk?dead-time=5s&resync=full",
+            "--timeout",
+            "20",
+            "--dead-time=2m",
+            "--backoff-max",
+            "500ms",
+        ]);
+        assert_eq!(c.plan().unwrap(), [a.plan().unwrap()]);
+
+        let cli = parse(&["add", "r1", "nbd://[fd00::2]/vol", "--json"]).unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.command.validate(), Ok(()));
+        assert_eq!(
+            parse(&["add", "a\nb", "/dev/sdd"])
+                .unwrap()
+                .command
+                .context(),
+            "add a\\nb"
+        );
+    }
+
+    #[test]
+    fn add_errors() {
+        // DEVICE and one LEG; no create-only option.
+        for args in [
+            &["add"][..],
+            &["add", "r1"],
+            &["add", "r1", "/dev/sdd", "/dev/sde"],
+            &["add", "r1", "/dev/sdd", "--mirror"],
+            &["add", "r1", "/dev/sdd", "--region-size", "64K"],
+            &["add", "r1", "/dev/sdd", "--resync-rate", "1M"],
+            &["add", "r1", "/dev/sdd", "--full"],
+            &["add", "r1", "nbd://h/x", "--timeout"],
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+        }
+        let check = |args: &[&str]| parse(args).unwrap().command.validate();
+        assert_eq!(check(&["add", "r1", ""]), Err("empty leg".into()));
+        let long = format!("/dev/{}", "x".repeat(LEG_SPEC_MAX));
+        assert_eq!(
+            check(&["add", "r1", &long]),
+            Err("leg longer than 4095 bytes".into())
+        );
+        assert_eq!(
+            check(&["add", "a/b", "/dev/sdd"]),
+            Err("device name may only hold letters, digits, '_', '-' and '.'".into())
+        );
+        // Timing options: remote legs only, checked as for create.
+        assert_eq!(
+            check(&["add", "r1", "/dev/sdd", "--timeout", "5"]),
+            Err("--timeout applies to remote legs (nbd://...), and none is given".into())
+        );
+        assert_eq!(
+            check(&["add", "r1", "/dev/sdd", "--dead-time", "1m"]),
+            Err("--dead-time applies to remote legs (nbd://...), and none is given".into())
+        );
+        assert_eq!(
+            check(&["add", "r1", "nbd://h/x", "--backoff-max", "50ms"]),
+            Err("--backoff-max: 50ms is out of range (100ms to 24h)".into())
+        );
+        assert_eq!(
+            check(&["add", "r1", "nbd://h/x?tmo=1"]),
+            Err("leg nbd://h/x?tmo=1: unknown parameter tmo \
+                 (known: timeout, dead-time, backoff-max, resync)"
+                .into())
+        );
+        assert_eq!(
+            check(&["add", "r1", "nbd://h/x?resync=some"]),
+            Err("leg nbd://h/x?resync=some: resync: some is neither full nor dirty".into())
+        );
+        assert_eq!(
+            check(&["add", "r1", "nbds://h/x"]),
+            Err("leg nbds://h/x: nbds:// (NBD over TLS) is not supported".into())
+        );
+    }
+
+    #[test]
+    fn remove_leg_command() {
+        let cli = parse(&["remove-leg", "r1", "0"]).unwrap();
+        assert!(!cli.json);
+        assert_eq!(cli.command.context(), "remove-leg r1");
+        assert_eq!(cli.command.validate(), Ok(()));
+        assert!(matches!(
+            &cli.command,
+            Command::RemoveLeg(RemoveLegArgs { device, leg }) if device == "r1" && leg == "0"
+        ));
+        let cli = parse(&["remove-leg", "r1", "nbd://10.0.0.2/disk", "--json"]).unwrap();
+        assert!(cli.json);
+        assert!(matches!(
+            &cli.command,
+            Command::RemoveLeg(RemoveLegArgs { leg, .. }) if leg == "nbd://10.0.0.2/disk"
+        ));
+        // Both DEVICE and LEG are required; one LEG only; no options.
+        for args in [
+            &["remove-leg"][..],
+            &["remove-leg", "r1"],
+            &["remove-leg", "r1", "0", "1"],
+            &["remove-leg", "r1", "0", "--freeze"],
+            &["remove-leg", "r1", "0", "--full"],
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+        }
+        let check = |args: &[&str]| parse(args).unwrap().command.validate();
+        assert_eq!(check(&["remove-leg", "r1", ""]), Err("LEG is empty".into()));
+        assert_eq!(
+            check(&["remove-leg", ".r1", "0"]),
+            Err("device name must not start with '-' or '.'".into())
+        );
+        // `remove` is still the device's removal.
+        assert!(matches!(
+            parse(&["remove", "r1"]).unwrap().command,
+            Command::Remove { .. }
+        ));
+    }
+
+    #[test]
+    fn help_explains_add_and_remove_leg() {
+        assert_help(
+            Some("add"),
+            &[
+                "<DEVICE>",
+                "<LEG>",
+                "--timeout <T>",
+                "--dead-time <T>",
+                "--backoff-max <T>",
+                "(default 30s)",
+                "(default 60s)",
+                "(default 10s)",
+                "nbd://HOST[:PORT][/EXPORT][?PARAMETERS]",
+                "server must be reachable",
+                "resync=full|dirty",
+                "Mirrors only",
+                "at least as\nlarge as the device",
+                "logical block\nsize no larger than the device's",
+                "next leg number",
+                "copied in full from the in-sync legs in the background",
+                "dstctl status and dstctl\nmonitor show the progress",
+                "resync\nsettings (see dstctl set)",
+                "at most 16 legs in\nall",
+                "remove-leg",
+                "Examples:",
+                "dstctl add r1 /dev/sdd",
+                "dstctl add r1 nbd://10.0.0.2/disk",
+            ],
+        );
+        assert_help(
+            Some("remove-leg"),
+            &[
+                "<DEVICE>",
+                "<LEG>",
+                "Mirrors only",
+                "last in-sync leg cannot be removed",
+                "in flight",
+                "at most 60 s",
+                "local leg is released",
+                "remote leg\ndisconnected",
+                "keep their numbers",
+                "its legs are 1 and 2",
+                "at most 16 legs in all",
+                "gone for good",
+                "To take a backup, use dstctl detach",
+                "kernel disk",
+                "Examples:",
+                "dstctl remove-leg r1 2",
+                "dstctl add r1 /dev/sdd",
+            ],
+        );
+        assert_help(
+            None,
+            &[
+                "dstctl add",
+                "dstctl remove-leg",
+                "dstctl add r1 /dev/sdd",
+                "dstctl remove-leg r1 0",
+                "add ",
+                "remove-leg ",
+            ],
+        );
+        assert_help(Some("status"), &["legs\nremoved by dstctl remove-leg"]);
+        assert_help(Some("monitor"), &["legs added\nand removed"]);
     }
 
     #[test]

@@ -5,8 +5,8 @@
 use dst_proto::genl::{cmd, Target, FAMILY_NAME, FAMILY_VERSION, MCGRP_EVENTS};
 
 use crate::model::{
-    create_request, export_request, leg_request, name_request, set_request, unexport_request,
-    Device, ExportRequest, LegRequest, ResyncLimits, ResyncSettings,
+    add_leg_request, create_request, export_request, leg_request, name_request, set_request,
+    unexport_request, Device, ExportRequest, LegRequest, ResyncLimits, ResyncSettings,
 };
 use crate::netlink::{Error, Family, GenlSocket, McastGroup};
 
@@ -100,6 +100,23 @@ impl Dst {
     pub fn attach(&mut self, name: &str, index: u32, full: bool) -> Result<Option<Device>, Error> {
         let attrs = leg_request(name, index, full)?;
         let replies = self.sock.request(self.family, cmd::ATTACH, &attrs)?;
+        first(&replies)
+    }
+
+    /// Adds a leg to a mirror; it is resynced in full.  Returns the device
+    /// as the kernel describes it afterwards, if its reply holds it.
+    pub fn add_leg(&mut self, name: &str, leg: &LegRequest) -> Result<Option<Device>, Error> {
+        let attrs = add_leg_request(name, leg)?;
+        let replies = self.sock.request(self.family, cmd::ADD_LEG, &attrs)?;
+        first(&replies)
+    }
+
+    /// Removes leg `index` from a mirror for good; the other legs keep
+    /// their indexes.  Returns the device as the kernel describes it
+    /// afterwards, if its reply holds it.
+    pub fn remove_leg(&mut self, name: &str, index: u32) -> Result<Option<Device>, Error> {
+        let attrs = leg_request(name, index, false)?;
+        let replies = self.sock.request(self.family, cmd::REMOVE_LEG, &attrs)?;
         first(&replies)
     }
 

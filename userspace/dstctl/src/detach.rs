@@ -21,7 +21,8 @@ use crate::netlink::{errno_suffix, strerror};
 /// number), the leg as given at creation, its kernel disk (`sdb`) or
 /// `/dev/` and its disk.  A path naming the same file as a local leg's
 /// spec or disk node, as `canonical` resolves them (symbolic links, `..`),
-/// names that leg too.  Errors are one line, for the user.
+/// names that leg too.  Indexes are the kernel's, which may have gaps
+/// (legs removed).  Errors are one line, for the user.
 pub fn resolve_leg(
     d: &Device,
     leg: &str,
@@ -32,14 +33,23 @@ pub fn resolve_leg(
             .parse::<u32>()
             .ok()
             .and_then(|i| d.legs.iter().find(|l| l.index == i));
-        return match (found, d.legs.iter().map(|l| l.index).max()) {
-            (Some(l), _) => Ok(l.index),
-            (None, Some(last)) => Err(format!(
-                "{leg} is not a leg of {} (its legs are 0 to {last})",
-                one_line(&d.name)
-            )),
-            (None, None) => Err(format!("{leg} is not a leg of {}", one_line(&d.name))),
-        };
+        if let Some(l) = found {
+            return Ok(l.index);
+        }
+        let mut indexes: Vec<u32> = d.legs.iter().map(|l| l.index).collect();
+        indexes.sort_unstable();
+        let name = one_line(&d.name);
+        return Err(match indexes.as_slice() {
+            [] => format!("{leg} is not a leg of {name}"),
+            [only] => format!("{leg} is not a leg of {name} (its only leg is {only})"),
+            all => {
+                let all: Vec<String> = all.iter().map(u32::to_string).collect();
+                format!(
+                    "{leg} is not a leg of {name} (its legs are {})",
+                    all.join(", ")
+                )
+            }
+        });
     }
     let dev_node = |disk: &str| format!("/dev/{disk}");
     let tiers: [&dyn Fn(&crate::model::Leg) -> bool; 3] = [
@@ -349,11 +359,11 @@ mod tests {
         );
         assert_eq!(
             find("3"),
-            Err("3 is not a leg of r1 (its legs are 0 to 2)".into())
+            Err("3 is not a leg of r1 (its legs are 0, 1, 2)".into())
         );
         assert_eq!(
             find("99999999999999999999"),
-            Err("99999999999999999999 is not a leg of r1 (its legs are 0 to 2)".into())
+            Err("99999999999999999999 is not a leg of r1 (its legs are 0, 1, 2)".into())
         );
         assert_eq!(
             find("nbd://127.0.0.1/x"),
@@ -375,12 +385,40 @@ mod tests {
 
     #[test]
     fn kernel_indices_win_over_positions() {
+        // Leg 0 removed (dstctl remove-leg): the others keep their indexes.
         let mut d = device();
         d.legs.remove(0);
         let find = |leg: &str| resolve_leg(&d, leg, canonical);
         assert_eq!(find("1"), Ok(1));
         assert_eq!(find("2"), Ok(2));
-        assert!(find("0").is_err());
+        assert_eq!(find("sdb"), Ok(1));
+        assert_eq!(find("nbd://127.0.0.1:10809/x"), Ok(2));
+        assert_eq!(
+            find("0"),
+            Err("0 is not a leg of r1 (its legs are 1, 2)".into())
+        );
+        assert_eq!(
+            find("/dev/ram0"),
+            Err("/dev/ram0 is not a leg of r1".into())
+        );
+
+        // Holes in the middle, a leg added after them, any order.
+        let mut d = device();
+        d.legs.remove(1);
+        d.legs[1].index = 5;
+        d.legs.swap(0, 1);
+        let find = |leg: &str| resolve_leg(&d, leg, canonical);
+        assert_eq!(find("5"), Ok(5));
+        assert_eq!(find("nbd://127.0.0.1:10809/x"), Ok(5));
+        assert_eq!(
+            find("1"),
+            Err("1 is not a leg of r1 (its legs are 0, 5)".into())
+        );
+        d.legs.truncate(1);
+        assert_eq!(
+            resolve_leg(&d, "0", canonical),
+            Err("0 is not a leg of r1 (its only leg is 5)".into())
+        );
     }
 
     const MOUNTINFO: &[u8] = b"\

@@ -77,16 +77,16 @@ fn run(cli: &Cli) -> Result<String, Failure> {
     cli.command.validate().map_err(usage)?;
     // Host names are resolved before the kernel is asked anything; a
     // name that does not resolve is an operation failure (exit code 1).
-    let legs = match &cli.command {
-        Command::Create(a) => a
-            .plan()
-            .map_err(usage)?
-            .into_iter()
-            .map(|l| l.resolve(remote::resolve))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|m| Failure::Failed(format!("{context}: {}", one_line(&m))))?,
+    let plan = match &cli.command {
+        Command::Create(a) => a.plan().map_err(usage)?,
+        Command::Add(a) => vec![a.plan().map_err(usage)?],
         _ => Vec::new(),
     };
+    let legs = plan
+        .into_iter()
+        .map(|l| l.resolve(remote::resolve))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|m| Failure::Failed(format!("{context}: {}", one_line(&m))))?;
     let settings = match &cli.command {
         Command::Create(a) => a.settings().map_err(usage)?,
         _ => ResyncSettings::default(),
@@ -156,6 +156,19 @@ fn run(cli: &Cli) -> Result<String, Failure> {
             let d = dst.get(&a.device).map_err(op)?;
             let index = detach::resolve_leg(&d, &a.leg, canonical).map_err(failed)?;
             let d = dst.attach(&a.device, index, a.full).map_err(op)?;
+            reply_json(&mut dst, &a.device, d, json).map_err(op)?
+        }
+        Command::Add(a) => {
+            let leg = legs.first().expect("planned above");
+            let d = dst
+                .add_leg(&a.device, leg)
+                .map_err(|e| op(name_legs(e, &legs)))?;
+            reply_json(&mut dst, &a.device, d, json).map_err(op)?
+        }
+        Command::RemoveLeg(a) => {
+            let d = dst.get(&a.device).map_err(op)?;
+            let index = detach::resolve_leg(&d, &a.leg, canonical).map_err(failed)?;
+            let d = dst.remove_leg(&a.device, index).map_err(op)?;
             reply_json(&mut dst, &a.device, d, json).map_err(op)?
         }
         Command::Set(a) => {
@@ -377,6 +390,37 @@ mod tests {
             ),
             (&["detach", "r1", "", "--freeze"], "detach r1: LEG is empty"),
             (&["attach", "r1", ""], "attach r1: LEG is empty"),
+            (&["remove-leg", "r1", ""], "remove-leg r1: LEG is empty"),
+            (
+                &["remove-leg", "a b", "0"],
+                "remove-leg a b: device name may only hold letters, digits, '_', '-' and '.'",
+            ),
+        ] {
+            let f = run_args(args).unwrap_err();
+            assert!(matches!(f, Failure::Usage(_)), "{args:?}");
+            assert_eq!(f.exit_code(), 2, "{args:?}");
+            assert_eq!(f.to_string(), want);
+        }
+        // add: the leg as for create, before anything is resolved or sent.
+        for (args, want) in [
+            (
+                &["add", "-", "/dev/ram1"][..],
+                "add -: device name must not start with '-' or '.'",
+            ),
+            (&["add", "r1", ""], "add r1: empty leg"),
+            (
+                &["add", "r1", "/dev/ram1", "--timeout", "5"],
+                "add r1: --timeout applies to remote legs (nbd://...), and none is given",
+            ),
+            (
+                &["add", "r1", "nbd://nowhere.invalid/x", "--dead-time", "1y"],
+                "add r1: --dead-time: invalid duration \"1y\" (e.g. 30, 30s, 500ms, 2m)",
+            ),
+            (
+                &["add", "r1", "nbd://nowhere.invalid/x?retries=1"],
+                "add r1: leg nbd://nowhere.invalid/x?retries=1: unknown parameter retries \
+                 (known: timeout, dead-time, backoff-max, resync)",
+            ),
         ] {
             let f = run_args(args).unwrap_err();
             assert!(matches!(f, Failure::Usage(_)), "{args:?}");

@@ -366,7 +366,7 @@ impl Export {
     }
 }
 
-/// One leg of a `CREATE` request.
+/// One leg of a `CREATE` or `ADD_LEG` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LegRequest {
     /// The leg exactly as typed.
@@ -375,7 +375,7 @@ pub struct LegRequest {
     pub remote: Option<RemoteRequest>,
 }
 
-/// What a `CREATE` request says of a remote leg.
+/// What a `CREATE` or `ADD_LEG` request says of a remote leg.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteRequest {
     /// The resolved address, `IP:PORT` or `[IPv6]:PORT`.
@@ -442,9 +442,18 @@ pub fn create_request(
     }
     settings.limits.put(&mut w)?;
     for l in legs {
+        l.put(&mut w)?;
+    }
+    Ok(b.0)
+}
+
+impl LegRequest {
+    /// Writes the leg's nest: `SPEC`, and for a remote leg `ADDR`,
+    /// `EXPORT`, the timing that is set and `FULL_RESYNC` if given.
+    fn put(&self, w: &mut Writer<'_, Buf>) -> Result<(), nlattr::Error> {
         let nest = w.begin_nest(dev::LEG)?;
-        w.put_str(leg::SPEC, &l.spec)?;
-        if let Some(r) = &l.remote {
+        w.put_str(leg::SPEC, &self.spec)?;
+        if let Some(r) = &self.remote {
             w.put_str(leg::ADDR, &r.addr)?;
             w.put_str(leg::EXPORT, &r.export)?;
             for (id, v) in [
@@ -460,8 +469,17 @@ pub fn create_request(
                 w.put_u8(leg::FULL_RESYNC, full.into())?;
             }
         }
-        w.end_nest(nest)?;
+        w.end_nest(nest)
     }
+}
+
+/// Attributes of an `ADD_LEG` request: the device's name, then one leg
+/// nest, as one leg of [`create_request`].
+pub fn add_leg_request(device: &str, l: &LegRequest) -> Result<Vec<u8>, nlattr::Error> {
+    let mut b = Buf::default();
+    let mut w = Writer::new(&mut b);
+    w.put_str(dev::NAME, device)?;
+    l.put(&mut w)?;
     Ok(b.0)
 }
 
@@ -515,8 +533,8 @@ pub fn unexport_request(device: &str, export: Option<&str>) -> Result<Vec<u8>, n
     Ok(b.0)
 }
 
-/// Attributes of a `DETACH` or `ATTACH` request: the device's name, the
-/// leg's index, and `FULL` when `full` (attach only).
+/// Attributes of a `DETACH`, `ATTACH` or `REMOVE_LEG` request: the
+/// device's name, the leg's index, and `FULL` when `full` (attach only).
 pub fn leg_request(device: &str, index: u32, full: bool) -> Result<Vec<u8>, nlattr::Error> {
     let mut b = Buf::default();
     let mut w = Writer::new(&mut b);
@@ -621,6 +639,107 @@ mod tests {
                 assert!(spec.policy.iter().any(|p| p.id == id), "{c}: {id}");
             }
         }
+    }
+
+    #[test]
+    fn add_and_remove_leg_encoding() {
+        use crate::remote::{self, LegPlan};
+        use dst_proto::genl::{cmd, COMMANDS, LEG_REQUEST};
+
+        // A local leg: NAME, then one LEG nest with its SPEC.
+        let bytes = add_leg_request("r1", &local("/dev/sdd")).unwrap();
+        let kinds: Vec<u16> = Attrs::new(&bytes).map(|a| a.unwrap().kind).collect();
+        assert_eq!(kinds, [dev::NAME, dev::LEG]);
+        assert_eq!(top_level(&bytes), [(dev::NAME, s("r1"))]);
+        assert_eq!(leg_nests(&bytes), [vec![(leg::SPEC, s("/dev/sdd"))]]);
+        // The nest carries NLA_F_NESTED on the wire.
+        let nest = 8; // NAME "r1" (4 + 3 -> 8)
+        let raw_type = u16::from_ne_bytes([bytes[nest + 2], bytes[nest + 3]]);
+        assert_eq!(raw_type, dev::LEG | NLA_F_NESTED);
+
+        // A remote leg: exactly as that leg in a CREATE request.
+        let cli = Timing {
+            timeout_ms: Some(20_000),
+            dead_time_ms: None,
+            backoff_max_ms: Some(500),
+        };
+        let remote = LegPlan::parse("nbd://192.0.2.7:10900/disk?resync=full", cli)
+            .unwrap()
+            .resolve(remote::resolve)
+            .unwrap();
+        let bytes = add_leg_request("r1", &remote).unwrap();
+        let nests = leg_nests(&bytes);
+        assert_eq!(
+            nests,
+            [vec![
+                (leg::SPEC, s("nbd://192.0.2.7:10900/disk?resync=full")),
+                (leg::ADDR, s("192.0.2.7:10900")),
+                (leg::EXPORT, s("disk")),
+                (leg::TIMEOUT_MS, 20_000u32.to_ne_bytes().to_vec()),
+                (leg::BACKOFF_MAX_MS, 500u32.to_ne_bytes().to_vec()),
+                (leg::FULL_RESYNC, vec![1]),
+            ]]
+        );
+        let none = ResyncSettings::default();
+        let create =
+            create_request("r1", Target::Mirror, &none, std::slice::from_ref(&remote)).unwrap();
+        assert_eq!(leg_nests(&create), nests);
+
+        // REMOVE_LEG: NAME and LEG_INDEX, nothing else.
+        let bytes = leg_request("r1", 3, false).unwrap();
+        let attrs: Vec<Attr<'_>> = Attrs::new(&bytes).map(Result::unwrap).collect();
+        let kinds: Vec<u16> = attrs.iter().map(|a| a.kind).collect();
+        assert_eq!(kinds, [dev::NAME, dev::LEG_INDEX]);
+        assert_eq!(attrs[1].u32().unwrap(), 3);
+
+        // Everything sent is in the policies the kernel builds, the leg
+        // nest's attributes in the leg policy.
+        for (c, bytes) in [
+            (cmd::ADD_LEG, add_leg_request("r1", &remote).unwrap()),
+            (
+                cmd::ADD_LEG,
+                add_leg_request("r1", &local("/dev/sdd")).unwrap(),
+            ),
+            (cmd::REMOVE_LEG, leg_request("r1", 3, false).unwrap()),
+        ] {
+            let spec = COMMANDS.iter().find(|s| s.cmd == c).unwrap();
+            assert!(spec.doit, "{c}");
+            for a in Attrs::new(&bytes) {
+                let id = a.unwrap().kind;
+                assert!(spec.policy.iter().any(|p| p.id == id), "{c}: {id}");
+            }
+            for nest in leg_nests(&bytes) {
+                for (id, _) in nest {
+                    assert!(LEG_REQUEST.iter().any(|a| a.id == id), "{c}: leg {id}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn decode_legs_with_gaps() {
+        // Leg 0 removed, leg 3 added: the kernel's indexes are kept, in
+        // the order the kernel sends them.
+        let mut b = Buf::default();
+        let mut w = Writer::new(&mut b);
+        w.put_str(dev::NAME, "r1").unwrap();
+        w.put_u8(dev::TARGET, 2).unwrap();
+        put_leg(&mut w, 1, "/dev/ram1", "ram1", LegState::InSync as u8);
+        put_leg(&mut w, 2, "/dev/ram2", "ram2", LegState::InSync as u8);
+        put_leg(&mut w, 3, "/dev/ram3", "ram3", LegState::Resyncing as u8);
+        put_leg(&mut w, 7, "/dev/ram7", "ram7", LegState::Removed as u8);
+        let d = Device::decode(&b.0).unwrap();
+        let indexes: Vec<u32> = d.legs.iter().map(|l| l.index).collect();
+        assert_eq!(indexes, [1, 2, 3, 7]);
+        assert_eq!(d.legs[0].spec, "/dev/ram1");
+        assert_eq!(d.legs[2].state.to_string(), "resyncing");
+        // A removed leg, should one be reported, is shown as such.
+        assert_eq!(d.legs[3].state.get(), Some(LegState::Removed));
+        assert_eq!(d.legs[3].state.to_string(), "removed");
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(v["legs"][0]["index"], 1);
+        assert_eq!(v["legs"][3]["index"], 7);
+        assert_eq!(v["legs"][3]["state"], "removed");
     }
 
     /// The top-level attributes of a request but its legs.

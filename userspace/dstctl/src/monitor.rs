@@ -66,6 +66,25 @@ pub enum What {
         /// New state.
         to: Wire<DevState>,
     },
+    /// A leg was added to the device (`dstctl add`).
+    LegAdded {
+        /// Leg index.
+        leg: u32,
+        /// The leg as given.
+        spec: String,
+        /// Its state.
+        state: Wire<LegState>,
+        /// What went wrong, when the state is not a healthy one.
+        problem: Option<String>,
+    },
+    /// A leg was removed from the device (`dstctl remove-leg`); the
+    /// others keep their indexes.
+    LegRemoved {
+        /// Leg index.
+        leg: u32,
+        /// The leg as given.
+        spec: String,
+    },
     /// A leg's state changed.
     LegState {
         /// Leg index.
@@ -197,6 +216,23 @@ impl fmt::Display for Line<'_> {
             What::Created { status } => write!(f, "created: {}", summary(status)),
             What::Removed { path } => write!(f, "removed ({path})"),
             What::State { from, to } => write!(f, "{from} -> {to}"),
+            What::LegAdded {
+                leg: i,
+                spec,
+                state,
+                problem,
+            } => {
+                leg(f, i, spec)?;
+                write!(f, "added, {state}")?;
+                match problem {
+                    Some(p) => write!(f, " ({})", one_line(p)),
+                    None => Ok(()),
+                }
+            }
+            What::LegRemoved { leg: i, spec } => {
+                leg(f, i, spec)?;
+                f.write_str("removed")
+            }
             What::LegState {
                 leg: i,
                 spec,
@@ -431,10 +467,27 @@ impl Tracker {
         }
     }
 
+    /// Legs are matched by their index, not their position: a leg removed
+    /// leaves a gap, a leg added takes a new index.
     fn diff(&mut self, old: &Device, new: &Device, now: Instant) -> Vec<Change> {
         let mut out = Vec::new();
-        for (o, n) in old.legs.iter().zip(&new.legs) {
-            self.leg_diff(new, o, n, now, &mut out);
+        for o in &old.legs {
+            if !new.legs.iter().any(|n| n.index == o.index) {
+                self.progress.remove(&(new.name.clone(), o.index));
+                out.push(Change::of(
+                    new,
+                    What::LegRemoved {
+                        leg: o.index,
+                        spec: o.spec.clone(),
+                    },
+                ));
+            }
+        }
+        for n in &new.legs {
+            match old.legs.iter().find(|o| o.index == n.index) {
+                Some(o) => self.leg_diff(new, o, n, now, &mut out),
+                None => self.leg_added(new, n, now, &mut out),
+            }
         }
         if old.state != new.state {
             out.push(Change::of(
@@ -446,6 +499,30 @@ impl Tracker {
             ));
         }
         out
+    }
+
+    /// A leg new to the device: its line, and its resync's start.
+    fn leg_added(&mut self, d: &Device, n: &Leg, now: Instant, out: &mut Vec<Change>) {
+        out.push(Change::of(
+            d,
+            What::LegAdded {
+                leg: n.index,
+                spec: n.spec.clone(),
+                state: n.state,
+                problem: shown_problem(n).map(str::to_owned),
+            },
+        ));
+        if n.resyncing() {
+            self.progress.insert((d.name.clone(), n.index), now);
+            out.push(Change::of(
+                d,
+                What::ResyncStarted {
+                    leg: n.index,
+                    spec: n.spec.clone(),
+                    total: n.resync_total,
+                },
+            ));
+        }
     }
 
     fn leg_diff(&mut self, d: &Device, o: &Leg, n: &Leg, now: Instant, out: &mut Vec<Change>) {
@@ -959,6 +1036,79 @@ mod tests {
                 "r1: leg 1 nbd://10.0.0.2/disk: detached -> resyncing",
                 "r1: leg 1 nbd://10.0.0.2/disk: resync started, 1.0M to copy",
             ]
+        );
+    }
+
+    #[test]
+    fn legs_added_and_removed() {
+        let now = Instant::now();
+        let mut t = Tracker::new(None);
+        t.start(vec![device("r1", 0, DevState::Ok)], now);
+
+        // Added: copied in full, so resyncing at once.
+        let mut added = device("r1", 0, DevState::Degraded);
+        let mut l = leg(2, "/dev/sdd", LegState::Resyncing);
+        l.resync_total = 64 << 20;
+        added.legs.push(l);
+        assert_eq!(
+            text(&t.event(Some(Event::Changed), added.clone(), now)),
+            [
+                "r1: leg 2 /dev/sdd: added, resyncing",
+                "r1: leg 2 /dev/sdd: resync started, 64.0M to copy",
+                "r1: ok -> degraded",
+            ]
+        );
+        assert!(t.resyncing());
+        // Its progress waits its turn like any other.
+        added.legs[2].resync_done = 8 << 20;
+        assert_eq!(t.event(None, added.clone(), now), []);
+
+        // Leg 0 removed: the others keep their indexes, and are not
+        // mistaken for one another.
+        let mut removed = added.clone();
+        removed.legs.remove(0);
+        assert_eq!(
+            text(&t.event(Some(Event::Changed), removed.clone(), now)),
+            ["r1: leg 0 /dev/sdb: removed"]
+        );
+        let mut done = removed.clone();
+        done.state = Wire::new(DevState::Ok as u8);
+        done.legs[1].state = Wire::new(LegState::InSync as u8);
+        (done.legs[1].resync_done, done.legs[1].resync_total) = (0, 0);
+        assert_eq!(
+            text(&t.event(Some(Event::Changed), done.clone(), now)),
+            [
+                "r1: leg 2 /dev/sdd: resyncing -> in-sync",
+                "r1: leg 2 /dev/sdd: resync finished (64.0M)",
+                "r1: degraded -> ok",
+            ]
+        );
+        assert!(!t.resyncing());
+
+        // A remote leg added while its server is away; seen in a snapshot
+        // together with a removal.
+        let mut next = done.clone();
+        next.legs.remove(1);
+        let mut l = leg(3, "nbd://10.0.0.3/disk", LegState::Connecting);
+        l.problem = Some("connection refused".into());
+        next.legs.push(l);
+        let changes = t.snapshot(vec![next], now);
+        assert_eq!(
+            text(&changes),
+            [
+                "r1: leg 2 /dev/sdd: removed",
+                "r1: leg 3 nbd://10.0.0.3/disk: added, connecting (connection refused)",
+            ]
+        );
+        assert_eq!(
+            serde_json::to_value(&changes[1]).unwrap(),
+            json!({"device": "r1", "event": "leg-added", "leg": 3,
+                   "spec": "nbd://10.0.0.3/disk", "state": "connecting",
+                   "problem": "connection refused"})
+        );
+        assert_eq!(
+            serde_json::to_value(&changes[0]).unwrap(),
+            json!({"device": "r1", "event": "leg-removed", "leg": 2, "spec": "/dev/sdd"})
         );
     }
 

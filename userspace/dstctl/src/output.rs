@@ -566,6 +566,29 @@ mod tests {
     }
 
     #[test]
+    fn legs_with_gaps() {
+        // Leg 0 removed and leg 3 added (dstctl remove-leg, add): each leg
+        // shows the kernel's index; a removed leg, should one be
+        // reported, shows as such.
+        let mut d = device();
+        d.legs[0].index = 3;
+        d.legs[0].state = Wire::new(7);
+        d.legs.swap(0, 1);
+        assert_eq!(
+            status(&[d.clone()], false),
+            "r1: /dev/dst0 mirror 64.0M degraded openers 1 block-size 512\n  \
+             LEG  SPEC       DISK  SIZE   OFFSET  STATE    READS  WRITES  RERR  WERR  INFLIGHT\n  \
+             1    /dev/ram1  ram1  64.0M  0B      faulty   12345  0       0     0     0\n  \
+             3    /dev/ram0  ram0  64.0M  0B      removed  12345  0       0     0     0\n"
+        );
+        assert!(list(&[d.clone()]).ends_with("/dev/ram1(faulty),/dev/ram0(removed)\n"));
+        let v: serde_json::Value = serde_json::from_str(&json(&d)).unwrap();
+        assert_eq!(v["legs"][0]["index"], 1);
+        assert_eq!(v["legs"][1]["index"], 3);
+        assert_eq!(v["legs"][1]["state"], "removed");
+    }
+
+    #[test]
     fn list_shows_resync_progress() {
         let line = list(&[remote_device()]);
         assert!(

@@ -2,7 +2,9 @@
 # The dst demo, run inside the test VM by `make demo`: a mirror over two RAM
 # disks carries an ext4 filesystem; one leg fails while files are being
 # written; the filesystem keeps working and every file reads back intact.
-# Exits non-zero if any check fails.
+# Then the failed leg is replaced online by a third RAM disk, which is
+# resynced while the filesystem is mounted again.  Exits non-zero if any
+# check fails.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
@@ -22,9 +24,9 @@ fail() {
 	exit 1
 }
 
-step "Load dst and make two 128 MiB RAM disks to use as legs"
+step "Load dst and make three 128 MiB RAM disks: two legs and a spare"
 run insmod "$DST_KO"
-run modprobe brd rd_nr=2 rd_size=131072
+run modprobe brd rd_nr=3 rd_size=131072
 run lsblk -o NAME,SIZE /dev/ram0 /dev/ram1
 
 step "Create a mirror over both and put ext4 on it"
@@ -67,6 +69,20 @@ run umount "$MNT"
 step "The surviving leg holds exactly the device's bytes"
 run cmp /dev/dst0 /dev/ram0 || fail "ram0 differs from the device"
 echo "ram0 == dst0"
+
+step "Replace the failed leg online: add the spare, then remove ram1"
+run mount /dev/dst0 "$MNT"
+run dstctl add data /dev/ram2
+for _ in $(seq 300); do
+	[ "$(dstctl --json status data | jq -r '.legs[] | select(.index == 2) | .state')" = in-sync ] && break
+	sleep 0.2
+done
+run dstctl remove-leg data 1
+run dstctl status data
+run dmesg --notime | grep 'dst: data: leg' | tail -n 3
+run umount "$MNT"
+run cmp /dev/dst0 /dev/ram2 || fail "ram2 differs from the device"
+echo "ram2 == dst0: the mirror has two good legs again"
 
 step "Clean up"
 echo 0 >/sys/block/ram1/make-it-fail

@@ -12,7 +12,7 @@ PKGS=(
 	qemu-system-x86 qemu-utils
 	# test peers and tools
 	fio nbdkit libnbd-bin nbd-client nbd-server mdadm xfsprogs e2fsprogs
-	nftables iptables iproute2 kmod util-linux python3 procps
+	nftables iptables iproute2 kmod util-linux python3 procps jq dmsetup mount
 )
 
 need=()

@@ -21,9 +21,10 @@ pub(crate) struct DirtyMap {
 }
 
 impl DirtyMap {
-    /// A clean map for `sectors` sectors in regions of `1 << shift`
-    /// sectors.
-    pub(crate) fn new(sectors: u64, shift: u32) -> Result<Self> {
+    /// A clean map for `sectors` sectors in regions of `region_bytes`
+    /// bytes (a power of two, at least a sector).
+    pub(crate) fn new(sectors: u64, region_bytes: u32) -> Result<Self> {
+        let shift = region_bytes.trailing_zeros().saturating_sub(9);
         let regions = sectors.div_ceil(1 << shift);
         let n = usize::try_from(regions.div_ceil(64)).map_err(|_| ENOMEM)?;
         let mut words = KVVec::with_capacity(n, GFP_KERNEL)?;
@@ -40,6 +41,11 @@ impl DirtyMap {
     /// Sectors per region.
     pub(crate) fn region_sectors(&self) -> u64 {
         1 << self.shift
+    }
+
+    /// Bytes per region.
+    pub(crate) fn region_bytes(&self) -> u32 {
+        1 << (self.shift + 9)
     }
 
     /// The region holding `sector`.

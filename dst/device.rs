@@ -135,8 +135,6 @@ pub(crate) struct Device {
     resync_result: IoResult,
     stopping: AtomicBool,
     last_progress_ms: AtomicU64,
-    /// Mirror: bytes per dirty-map bit.
-    region_bytes: u32,
     /// Mirror: resync speed limits, see [`Settings`].
     resync_rate_kib: AtomicU32,
     resync_max_kib: AtomicU32,
@@ -280,8 +278,7 @@ impl Device {
         let dirty = AppendVec::new()?;
         if target == Target::Mirror {
             for _ in 0..nlegs {
-                let shift = settings.region_bytes.trailing_zeros().saturating_sub(9);
-                if dirty.push(DirtyMap::new(sectors, shift)?).is_err() {
+                if dirty.push(DirtyMap::new(sectors, settings.region_bytes)?).is_err() {
                     return Err(ENOSPC.into());
                 }
             }
@@ -325,7 +322,6 @@ impl Device {
                 resync_result: IoResult::new(),
                 stopping: AtomicBool::new(false),
                 last_progress_ms: AtomicU64::new(0),
-                region_bytes: settings.region_bytes,
                 resync_rate_kib: AtomicU32::new(settings.resync_rate_kib),
                 resync_max_kib: AtomicU32::new(settings.resync_max_kib),
                 resync <- new_mutex!(ResyncState::new(), "Device::resync"),
@@ -540,9 +536,9 @@ impl Device {
         }
     }
 
-    /// Mirror: bytes per dirty-map bit.
+    /// Mirror: bytes per dirty-map bit (0 for a linear device).
     pub(crate) fn region_bytes(&self) -> u32 {
-        self.region_bytes
+        self.dirty.first().map_or(0, DirtyMap::region_bytes)
     }
 
     /// The resync speed limits in KiB/s: while busy, and always.
@@ -626,8 +622,12 @@ impl Device {
         }
     }
 
-    /// Marks the range of a write that leg `i` may have missed.
+    /// Marks the range of a write that leg `i` may have missed (not for a
+    /// removed leg: it is never resynced).
     pub(crate) fn mark_dirty(&self, i: usize, sector: u64, bytes: u32) {
+        if self.legs.get(i).is_some_and(Leg::is_removed) {
+            return;
+        }
         if let Some(m) = self.dirty.get(i) {
             m.mark(sector, u64::from(bytes).div_ceil(512));
         }
@@ -686,7 +686,7 @@ impl Device {
 
     /// Runs the resync job a little later (after a failure).
     pub(crate) fn kick_resync_later(self: &Arc<Self>) {
-        Job::<Device, RESYNC_JOB>::queue(self.clone(), 500);
+        self.kick_resync_in(500);
     }
 
     /// Runs the resync job in `ms` milliseconds (keeping a rate), unless it
@@ -786,7 +786,7 @@ impl Device {
     fn leg_or_refuse(&self, i: usize) -> Result<&Leg, Refusal> {
         self.mirror_or_refuse()?;
         match self.legs.get(i) {
-            Some(l) if l.state() == LegState::Removed => refuse!(ENOENT, "leg {} of {} was removed", i, self.name()),
+            Some(l) if l.is_removed() => refuse!(ENOENT, "leg {} of {} was removed", i, self.name()),
             Some(l) => Ok(l),
             None => refuse!(ENOENT, "{} has no leg {}", self.name(), i),
         }
@@ -844,7 +844,8 @@ impl Device {
         // leg leave is counted by now.
         fence(Ordering::SeqCst);
         if let Err(e) = leg.wait_idle_for(DETACH_WAIT_MS) {
-            let resync = self.abandon_detach(i, prior, was_in_sync || was_resyncing);
+            let resync = was_in_sync || was_resyncing;
+            self.abandon_detach(i, prior, resync);
             refuse!(
                 e,
                 "leg {} still has I/O in flight ({} after {} s): not detached{}",
@@ -886,7 +887,7 @@ impl Device {
         };
         // From here on, dropping `leg` closes it (and stops a remote).
         let shown = spec.spec.to_str().unwrap_or("?");
-        let same = |l: &Leg| l.state() != LegState::Removed && l.dev().same_as(leg.dev());
+        let same = |l: &Leg| !l.is_removed() && l.dev().same_as(leg.dev());
         if let Some(j) = self.legs.iter().position(same) {
             refuse!(EINVAL, "{} is already leg {} of {}", shown, j, self.name());
         }
@@ -905,11 +906,10 @@ impl Device {
             }
         }
         leg.place(self.sectors, 0);
-        let region_shift = self.region_bytes.trailing_zeros().saturating_sub(9);
-        let map = DirtyMap::new(self.sectors, region_shift)?;
+        let map = DirtyMap::new(self.sectors, self.region_bytes())?;
         map.mark_all();
         // Writes skip it (and would mark its map) until it is resyncing.
-        leg.set_state(if leg.dev().remote().is_some() { LegState::Down } else { LegState::Resyncing });
+        leg.set_state(LegState::Down);
         if self.dirty.len() != i || self.dirty.push(map).is_err() {
             refuse!(ENOSPC, "{}: no room for another leg", self.name());
         }
@@ -926,22 +926,10 @@ impl Device {
                 if let Err(e) = self.disk.link_holder(b) {
                     pr_err!("{}: cannot link holder for {}: {:?}\n", self.name(), b.name(), e);
                 }
-                self.resyncing.insert(i);
-                self.kick_resync();
             }
-            LegDev::Remote(r) => {
-                r.start(self.clone(), i);
-                // Connected already: resync now, unless it went down
-                // meanwhile (then `remote_up` starts it once back).
-                leg.set_state(LegState::Resyncing);
-                self.resyncing.insert(i);
-                fence(Ordering::SeqCst);
-                if !self.leg_reachable(i) && self.resyncing.remove(i) {
-                    leg.set_state(LegState::Down);
-                }
-                self.kick_resync();
-            }
+            LegDev::Remote(r) => r.start(self.clone(), i),
         }
+        self.resync_leg(i);
         pr_info!("{}: leg {} ({}) added; resyncing all of it ({} KiB)\n", self.name(), i, shown, self.sectors >> 1);
         Self::notify(self.as_arc_borrow());
         Ok(i)
@@ -974,31 +962,48 @@ impl Device {
 
     /// Legs not removed.
     pub(crate) fn live_legs(&self) -> usize {
-        self.legs.iter().filter(|l| l.state() != LegState::Removed).count()
+        self.legs.iter().filter(|l| !l.is_removed()).count()
+    }
+
+    /// Marks all of leg `i`'s map dirty if `full`; returns the KiB its
+    /// resync is to copy.
+    fn to_resync_kib(&self, i: usize, full: bool) -> u64 {
+        let Some(m) = self.dirty.get(i) else { return 0 };
+        if full {
+            m.mark_all();
+        }
+        m.dirty_bytes() >> 10
+    }
+
+    /// Puts leg `i` in the resyncing set, where it gets every write, and
+    /// starts its resync.  A remote leg whose connection is down (or goes
+    /// down meanwhile) is left `down` instead, and comes back here through
+    /// `remote_up`: `remote_down` takes a leg out of the set after its link
+    /// went down, and the fence makes sure one of the two sees the other.
+    fn resync_leg(self: &Arc<Self>, i: usize) {
+        let Some(leg) = self.legs.get(i) else { return };
+        leg.set_state(LegState::Resyncing);
+        self.resyncing.insert(i);
+        fence(Ordering::SeqCst);
+        if !self.leg_reachable(i) && self.resyncing.remove(i) {
+            leg.set_state(LegState::Down);
+            return;
+        }
+        self.kick_resync();
     }
 
     /// Puts back leg `i`, whose detach did not complete, in service: a leg
     /// that was in use (`in_use`) missed the writes made since the detach
-    /// began, so it is resynced (a remote leg whose connection is down once
-    /// it is back); another gets its `prior` state back.  Returns whether a
-    /// resync follows.
-    fn abandon_detach(self: &Arc<Self>, i: usize, prior: LegState, in_use: bool) -> bool {
-        let Some(leg) = self.legs.get(i) else { return false };
-        let resync = if !in_use {
-            leg.set_state(prior);
-            false
-        } else if leg.dev().remote().is_some() && !self.leg_reachable(i) {
-            leg.set_state(LegState::Down);
-            true
+    /// began, so it is resynced; another gets its `prior` state back.
+    fn abandon_detach(self: &Arc<Self>, i: usize, prior: LegState, in_use: bool) {
+        let Some(leg) = self.legs.get(i) else { return };
+        if in_use {
+            self.resync_leg(i);
         } else {
-            leg.set_state(LegState::Resyncing);
-            self.resyncing.insert(i);
-            self.kick_resync();
-            true
-        };
+            leg.set_state(prior);
+        }
         pr_warn!("{}: leg {}: detach abandoned, its I/O in flight did not end\n", self.name(), i);
         Self::notify(self.as_arc_borrow());
-        resync
     }
 
     /// Attaches detached leg `i` again and resyncs it: the regions written
@@ -1022,19 +1027,9 @@ impl Device {
                 pr_err!("{}: cannot link holder for {}: {:?}\n", self.name(), b.name(), e);
             }
         }
-        let mut kib = 0;
-        if let Some(m) = self.dirty.get(i) {
-            if full {
-                m.mark_all();
-            }
-            kib = m.dirty_bytes() >> 10;
-        }
+        let kib = self.to_resync_kib(i, full);
         match leg.dev() {
-            LegDev::Local(_) => {
-                leg.set_state(LegState::Resyncing);
-                self.resyncing.insert(i);
-                self.kick_resync();
-            }
+            LegDev::Local(_) => self.resync_leg(i),
             LegDev::Remote(r) => {
                 // Resynced by `remote_up` once connected.
                 leg.set_state(LegState::Down);
@@ -1096,15 +1091,7 @@ impl Device {
                 // connection).  A server that does not keep its data
                 // across a restart needs everything (`resync=full`).
                 let full = leg.dev().remote().is_some_and(|r| r.config().full_resync);
-                let mut kib = 0;
-                if let Some(m) = self.dirty.get(i) {
-                    if full {
-                        m.mark_all();
-                    }
-                    kib = m.dirty_bytes() >> 10;
-                }
-                leg.set_state(LegState::Resyncing);
-                self.resyncing.insert(i);
+                let kib = self.to_resync_kib(i, full);
                 pr_info!(
                     "{}: leg {} is back; resyncing {} ({} KiB)\n",
                     self.name(),
@@ -1112,7 +1099,7 @@ impl Device {
                     if full { "all of it" } else { "what it missed" },
                     kib
                 );
-                self.kick_resync();
+                self.resync_leg(i);
             }
         }
         Self::notify(self.as_arc_borrow());

@@ -324,6 +324,11 @@ impl Leg {
         }
     }
 
+    /// Whether the leg was removed from its device (it keeps its slot).
+    pub(crate) fn is_removed(&self) -> bool {
+        self.state() == LegState::Removed
+    }
+
     /// Counts `bytes` copied to the leg by a resync.
     pub(crate) fn count_resynced(&self, bytes: u32) {
         self.stats.resynced.fetch_add(bytes.into(), Ordering::Relaxed);

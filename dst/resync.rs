@@ -203,13 +203,17 @@ impl ResyncState {
 
     /// Bytes per second copied lately.
     pub(crate) fn speed(&self) -> u64 {
-        let now = now_ms();
-        let since = now.saturating_sub(self.mark_ms);
+        let since = now_ms().saturating_sub(self.mark_ms);
         if since > SPEED_WINDOW_MS {
             // Stalled or slowed down since the last measure.
-            return self.done.saturating_sub(self.mark_done) * 1000 / since;
+            return self.speed_since(since);
         }
         self.speed
+    }
+
+    /// Bytes per second since the mark, `since` milliseconds ago.
+    fn speed_since(&self, since: u64) -> u64 {
+        self.done.saturating_sub(self.mark_done) * 1000 / since.max(1)
     }
 
     fn start_target(&mut self, target: usize, total: u64) {
@@ -232,7 +236,7 @@ impl ResyncState {
         let now = now_ms();
         let since = now.saturating_sub(self.mark_ms);
         if since >= SPEED_WINDOW_MS {
-            self.speed = (self.done - self.mark_done) * 1000 / since;
+            self.speed = self.speed_since(since);
             self.mark_ms = now;
             self.mark_done = self.done;
         }
@@ -240,11 +244,9 @@ impl ResyncState {
         let busy = requests != self.last_requests;
         self.last_requests = requests;
         let (rate, max) = dev.resync_limits();
-        let kib = match (busy, rate, max) {
-            (true, r, m) if r != 0 && m != 0 => r.min(m),
-            (true, r, 0) if r != 0 => r,
-            (_, _, m) => m,
-        };
+        // The lowest limit that applies (0: none).
+        let busy_rate = if busy { rate } else { 0 };
+        let kib = [busy_rate, max].into_iter().filter(|&k| k != 0).min().unwrap_or(0);
         if kib == 0 {
             self.next_us = 0;
             return;
@@ -328,14 +330,8 @@ fn step(dev: &Arc<Device>, st: &mut ResyncState) -> Next {
                 return Next::Continue;
             };
             if !dev.enter_leg(chunk.source, LegUse::ResyncSource) {
-                // The source was detached or went down: pick another.
-                st.bad_sources |= 1 << chunk.source;
-                end_chunk(dev, st);
-                if dev.resync_source(target, st.bad_sources).is_some() {
-                    return Next::Continue;
-                }
-                dev.kick_resync_later();
-                return Next::Wait;
+                // The source was detached or went down.
+                return switch_source(dev, st, chunk.source);
             }
             st.chunk = Some(Chunk {
                 phase: Phase::Reading,
@@ -367,18 +363,12 @@ fn step(dev: &Arc<Device>, st: &mut ResyncState) -> Next {
                     // is one, else try again later; give up on this target
                     // after a few failures in a row.
                     st.failures += 1;
-                    st.bad_sources |= 1 << chunk.source;
-                    end_chunk(dev, st);
                     if st.failures > 8 {
+                        end_chunk(dev, st);
                         dev.resync_failed(target, "the source legs keep failing");
                         return Next::Continue;
                     }
-                    if dev.resync_source(target, st.bad_sources).is_some() {
-                        return Next::Continue;
-                    }
-                    st.bad_sources = 0;
-                    dev.kick_resync_later();
-                    return Next::Wait;
+                    return switch_source(dev, st, chunk.source);
                 }
                 let (Some(buf), Some(dst)) = (st.buf.clone(), dev.legs().get(target)) else {
                     end_chunk(dev, st);
@@ -431,6 +421,20 @@ fn step(dev: &Arc<Device>, st: &mut ResyncState) -> Next {
             }
         }
     }
+}
+
+/// The chunk's `source` failed or left: ends the chunk, and copies it
+/// again from another leg if there is one, else (from any leg, `source`
+/// too) a little later.
+fn switch_source(dev: &Arc<Device>, st: &mut ResyncState, source: usize) -> Next {
+    st.bad_sources |= 1 << source;
+    end_chunk(dev, st);
+    let target = st.target.unwrap_or(usize::MAX);
+    if dev.resync_source(target, st.bad_sources).is_some() {
+        return Next::Continue;
+    }
+    dev.kick_resync_later();
+    Next::Wait
 }
 
 /// Picks the next chunk to copy, or finishes the target.

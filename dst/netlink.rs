@@ -17,7 +17,7 @@ use crate::genl::{self, Dump, Handler, Request};
 use crate::msg::{refuse, Msg, Refusal};
 use crate::export::{self, Cidr, Export, ExportRequest, Exports, Listener};
 use crate::proto::genl::{
-    self as schema, cmd, dev, exp, leg, resync, timing, Event, LegKind, LegState, Target, MAX_ALLOW, MAX_LEGS,
+    self as schema, cmd, dev, exp, leg, resync, timing, Event, LegKind, Target, MAX_ALLOW, MAX_LEGS,
 };
 use kernel::sync::Arc;
 use crate::remote::RemoteConfig;
@@ -71,7 +71,7 @@ fn encode(d: &Device, exports: Option<&Exports>) -> Result<KVec<u8>> {
             w.put_u32(dev::RESYNC_MAX, max)?;
         }
         for (i, l) in d.legs().iter().enumerate() {
-            if l.state() == LegState::Removed {
+            if l.is_removed() {
                 continue;
             }
             let nest = w.begin_nest(dev::LEG)?;
@@ -315,12 +315,24 @@ fn last<'a>(attrs: &Attrs<'a>, kind: u16) -> Result<Option<Attr<'a>>, Refusal> {
 }
 
 impl Registry {
-    fn do_get(&self, attrs: &Attrs<'_>, req: &mut Request<'_>) -> Result<(), Refusal> {
+    /// The device the request names.
+    fn device(&self, attrs: &Attrs<'_>) -> Result<Arc<Device>, Refusal> {
         let name = name(attrs)?;
-        let Some(d) = self.get(name) else {
-            refuse!(ENODEV, "no device named {}", name);
-        };
-        req.reply(cmd::GET, &encode(&d, Some(&self.exports))?)?;
+        match self.get(name) {
+            Some(d) => Ok(d),
+            None => refuse!(ENODEV, "no device named {}", name),
+        }
+    }
+
+    /// Answers a request with `d` as it is now.
+    fn reply(&self, req: &mut Request<'_>, command: u8, d: &Device) -> Result<(), Refusal> {
+        req.reply(command, &encode(d, Some(&self.exports))?)?;
+        Ok(())
+    }
+
+    fn do_get(&self, attrs: &Attrs<'_>, req: &mut Request<'_>) -> Result<(), Refusal> {
+        let d = self.device(attrs)?;
+        self.reply(req, cmd::GET, &d)?;
         Ok(())
     }
 
@@ -348,22 +360,19 @@ impl Registry {
         }
         let settings = settings(attrs, target)?;
         let d = self.create(name, target, specs, settings)?;
-        req.reply(cmd::CREATE, &encode(&d, Some(&self.exports))?)?;
+        self.reply(req, cmd::CREATE, &d)?;
         Ok(())
     }
 
     fn do_set(&self, attrs: &Attrs<'_>, req: &mut Request<'_>) -> Result<(), Refusal> {
-        let name = name(attrs)?;
-        let Some(d) = self.get(name) else {
-            refuse!(ENODEV, "no device named {}", name);
-        };
+        let d = self.device(attrs)?;
         let rate = optional_u32(attrs, dev::RESYNC_RATE)?;
         let max = optional_u32(attrs, dev::RESYNC_MAX)?;
         if rate.is_none() && max.is_none() {
             refuse!(EINVAL, "nothing to set (resync rate or resync max)");
         }
         d.set_resync_limits(rate, max)?;
-        req.reply(cmd::SET, &encode(&d, Some(&self.exports))?)?;
+        self.reply(req, cmd::SET, &d)?;
         Ok(())
     }
 
@@ -372,10 +381,7 @@ impl Registry {
     }
 
     fn do_export(&self, attrs: &Attrs<'_>, req: &mut Request<'_>) -> Result<(), Refusal> {
-        let name = name(attrs)?;
-        let Some(d) = self.get(name) else {
-            refuse!(ENODEV, "no device named {}", name);
-        };
+        let d = self.device(attrs)?;
         let Some(nest) = last(attrs, dev::EXPORT)? else {
             refuse!(EINVAL, "missing export settings (listen address)");
         };
@@ -424,16 +430,13 @@ impl Registry {
                 allow,
             },
         )?;
-        req.reply(cmd::EXPORT, &encode(&d, Some(&self.exports))?)?;
+        self.reply(req, cmd::EXPORT, &d)?;
         Ok(())
     }
 
     /// The device and leg index a DETACH or ATTACH names.
     fn leg_request(&self, attrs: &Attrs<'_>) -> Result<(Arc<Device>, usize), Refusal> {
-        let name = name(attrs)?;
-        let Some(d) = self.get(name) else {
-            refuse!(ENODEV, "no device named {}", name);
-        };
+        let d = self.device(attrs)?;
         let Some(i) = last(attrs, dev::LEG_INDEX)? else {
             refuse!(EINVAL, "missing leg index");
         };
@@ -446,15 +449,12 @@ impl Registry {
     fn do_detach(&self, attrs: &Attrs<'_>, req: &mut Request<'_>) -> Result<(), Refusal> {
         let (d, i) = self.leg_request(attrs)?;
         d.detach(i)?;
-        req.reply(cmd::DETACH, &encode(&d, Some(&self.exports))?)?;
+        self.reply(req, cmd::DETACH, &d)?;
         Ok(())
     }
 
     fn do_add_leg(&self, attrs: &Attrs<'_>, req: &mut Request<'_>) -> Result<(), Refusal> {
-        let name = name(attrs)?;
-        let Some(d) = self.get(name) else {
-            refuse!(ENODEV, "no device named {}", name);
-        };
+        let d = self.device(attrs)?;
         let mut spec = None;
         for a in attrs.clone() {
             let Ok(a) = a else {
@@ -472,14 +472,14 @@ impl Registry {
             refuse!(EINVAL, "missing leg");
         };
         d.add_leg(spec)?;
-        req.reply(cmd::ADD_LEG, &encode(&d, Some(&self.exports))?)?;
+        self.reply(req, cmd::ADD_LEG, &d)?;
         Ok(())
     }
 
     fn do_remove_leg(&self, attrs: &Attrs<'_>, req: &mut Request<'_>) -> Result<(), Refusal> {
         let (d, i) = self.leg_request(attrs)?;
         d.remove_leg(i)?;
-        req.reply(cmd::REMOVE_LEG, &encode(&d, Some(&self.exports))?)?;
+        self.reply(req, cmd::REMOVE_LEG, &d)?;
         Ok(())
     }
 
@@ -490,15 +490,12 @@ impl Registry {
             None => false,
         };
         d.attach(i, full)?;
-        req.reply(cmd::ATTACH, &encode(&d, Some(&self.exports))?)?;
+        self.reply(req, cmd::ATTACH, &d)?;
         Ok(())
     }
 
     fn do_unexport(&self, attrs: &Attrs<'_>) -> Result<(), Refusal> {
-        let name = name(attrs)?;
-        let Some(d) = self.get(name) else {
-            refuse!(ENODEV, "no device named {}", name);
-        };
+        let d = self.device(attrs)?;
         let ename = match last(attrs, dev::EXPORT)? {
             Some(nest) => match last(&nest.nested(), exp::NAME)? {
                 Some(n) => match n.str() {

@@ -69,12 +69,18 @@ impl Dst {
         Ok(())
     }
 
+    /// Sends a command that changes a device, and returns the device as
+    /// the kernel describes it afterwards, if its reply holds it.
+    fn change(&mut self, command: u8, attrs: &[u8]) -> Result<Option<Device>, Error> {
+        let replies = self.sock.request(self.family, command, attrs)?;
+        first(&replies)
+    }
+
     /// Exports a device over NBD.  Returns the device as the kernel
     /// describes it afterwards, if its reply holds it.
     pub fn export(&mut self, name: &str, export: &ExportRequest) -> Result<Option<Device>, Error> {
         let attrs = export_request(name, export)?;
-        let replies = self.sock.request(self.family, cmd::EXPORT, &attrs)?;
-        first(&replies)
+        self.change(cmd::EXPORT, &attrs)
     }
 
     /// Stops exporting a device: every export of it, or only the one
@@ -89,8 +95,7 @@ impl Dst {
     /// kernel describes it afterwards, if its reply holds it.
     pub fn detach(&mut self, name: &str, index: u32) -> Result<Option<Device>, Error> {
         let attrs = leg_request(name, index, false)?;
-        let replies = self.sock.request(self.family, cmd::DETACH, &attrs)?;
-        first(&replies)
+        self.change(cmd::DETACH, &attrs)
     }
 
     /// Attaches detached leg `index` of a mirror again, to be resynced:
@@ -99,16 +104,14 @@ impl Dst {
     /// reply holds it.
     pub fn attach(&mut self, name: &str, index: u32, full: bool) -> Result<Option<Device>, Error> {
         let attrs = leg_request(name, index, full)?;
-        let replies = self.sock.request(self.family, cmd::ATTACH, &attrs)?;
-        first(&replies)
+        self.change(cmd::ATTACH, &attrs)
     }
 
     /// Adds a leg to a mirror; it is resynced in full.  Returns the device
     /// as the kernel describes it afterwards, if its reply holds it.
     pub fn add_leg(&mut self, name: &str, leg: &LegRequest) -> Result<Option<Device>, Error> {
         let attrs = add_leg_request(name, leg)?;
-        let replies = self.sock.request(self.family, cmd::ADD_LEG, &attrs)?;
-        first(&replies)
+        self.change(cmd::ADD_LEG, &attrs)
     }
 
     /// Removes leg `index` from a mirror for good; the other legs keep
@@ -116,8 +119,7 @@ impl Dst {
     /// afterwards, if its reply holds it.
     pub fn remove_leg(&mut self, name: &str, index: u32) -> Result<Option<Device>, Error> {
         let attrs = leg_request(name, index, false)?;
-        let replies = self.sock.request(self.family, cmd::REMOVE_LEG, &attrs)?;
-        first(&replies)
+        self.change(cmd::REMOVE_LEG, &attrs)
     }
 
     /// Changes a mirror's resync speed limits; those not given stay.
@@ -125,8 +127,7 @@ impl Dst {
     /// reply holds it.
     pub fn set(&mut self, name: &str, limits: &ResyncLimits) -> Result<Option<Device>, Error> {
         let attrs = set_request(name, limits)?;
-        let replies = self.sock.request(self.family, cmd::SET, &attrs)?;
-        first(&replies)
+        self.change(cmd::SET, &attrs)
     }
 
     /// Describes one device.

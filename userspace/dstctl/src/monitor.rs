@@ -513,16 +513,20 @@ impl Tracker {
             },
         ));
         if n.resyncing() {
-            self.progress.insert((d.name.clone(), n.index), now);
-            out.push(Change::of(
-                d,
-                What::ResyncStarted {
-                    leg: n.index,
-                    spec: n.spec.clone(),
-                    total: n.resync_total,
-                },
-            ));
+            self.resync_started(d, n, now, out);
         }
+    }
+
+    fn resync_started(&mut self, d: &Device, n: &Leg, now: Instant, out: &mut Vec<Change>) {
+        self.progress.insert((d.name.clone(), n.index), now);
+        out.push(Change::of(
+            d,
+            What::ResyncStarted {
+                leg: n.index,
+                spec: n.spec.clone(),
+                total: n.resync_total,
+            },
+        ));
     }
 
     fn leg_diff(&mut self, d: &Device, o: &Leg, n: &Leg, now: Instant, out: &mut Vec<Change>) {
@@ -566,17 +570,7 @@ impl Tracker {
         }
         let key = (d.name.clone(), leg);
         match (o.resyncing(), n.resyncing()) {
-            (false, true) => {
-                self.progress.insert(key, now);
-                out.push(Change::of(
-                    d,
-                    What::ResyncStarted {
-                        leg,
-                        spec,
-                        total: n.resync_total,
-                    },
-                ));
-            }
+            (false, true) => self.resync_started(d, n, now, out),
             (true, false) => {
                 self.progress.remove(&key);
                 let what = if n.state.get() == Some(LegState::InSync) {

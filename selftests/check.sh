@@ -2,24 +2,58 @@
 # Run the dst selftests in a VM, from the host.
 #
 # usage: check.sh [VM-RUN-OPTION... --] [TEST...]
-#   e.g. selftests/check.sh 00-harness
+#   e.g. selftests/check.sh 00-harness net/tree
 #        selftests/check.sh --timeout 1200 --log /tmp/console.log -- 00-harness
 #
-# Runs `scripts/vm-run -- selftests/run.sh TEST...` and exits with its status.
-# The VM gets 2700 s unless a --timeout is given (each test file also has
-# its own timeout, enforced in the guest).
+# Runs `scripts/vm-run -- selftests/run.sh TEST...`: the one-machine tests
+# in selftests/tests/, all in one VM.  The VM gets 2700 s unless a --timeout
+# is given (each test file also has its own timeout, enforced in the guest).
+# Then `selftests/net.sh TEST...`: the multi-machine tests in
+# selftests/net/ (named net/NAME), each booting several guests at once.
+# With no TEST, all of both.
 # The last line of output is always a "N passed, N failed, N skipped"
-# summary: if the VM run failed on its own (timeout, kernel splat, no
-# summary from the guest), one more failure is added to the guest's counts.
+# summary of both parts: if the VM run failed on its own (timeout, kernel
+# splat, no summary from the guest), one more failure is added to the
+# guest's counts.  The exit status is 0 only if everything passed.
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 repo=$(dirname "$here")
 SUMMARY_RE='^([0-9]+) passed, ([0-9]+) failed, ([0-9]+) skipped'
 
+# Add the counts of the summary line in file $1 to p, f and s; return 1 if
+# there is none.
+add_summary() {
+	local summary
+	summary=$(tr -d '\r' <"$1" | grep -E "$SUMMARY_RE" | tail -n 1)
+	[[ $summary =~ $SUMMARY_RE ]] || return 1
+	p=$((p + BASH_REMATCH[1])) f=$((f + BASH_REMATCH[2])) s=$((s + BASH_REMATCH[3]))
+}
+
+# The one-machine tests, in one VM; sets rc.
+run_vm_suite() {
+	local vp=$p vf=$f vs=$s
+	"$repo/scripts/vm-run" "${vmopts[@]}" -- "$here/run.sh" "$@" | tee "$out"
+	rc=${PIPESTATUS[0]}
+	add_summary "$out" || true
+	# The normal outcomes: the guest's summary line is there.
+	if [ "$f" -ne "$vf" ] || [ "$p" -ne "$vp" ] || [ "$s" -ne "$vs" ]; then
+		if [ "$rc" -eq 0 ] || { [ "$rc" -eq 1 ] && [ "$f" -gt "$vf" ]; }; then
+			return
+		fi
+	fi
+	case $rc in
+	124) echo "# vm-run: the VM timed out" ;;
+	125) echo "# vm-run: kernel splat or VM failure (see above)" ;;
+	*) echo "# vm-run: exit status $rc" ;;
+	esac
+	f=$((f + 1))
+	[ "$rc" -ne 0 ] || rc=1
+}
+
 main() {
-	local vmopts=(--timeout 2700) out rc summary p=0 f=0 s=0
-	local a has_sep=
+	local vmopts=(--timeout 2700) out rc=0 nrc=0 p=0 f=0 s=0
+	local a has_sep='' vm_tests=() net_tests=()
 	for a in "$@"; do [ "$a" != -- ] || has_sep=1; done
 	if [ -n "$has_sep" ]; then
 		while [ "$1" != -- ]; do
@@ -28,29 +62,26 @@ main() {
 		done
 		shift
 	fi
+	for a in "$@"; do
+		case $a in net/*) net_tests+=("$a") ;; *) vm_tests+=("$a") ;; esac
+	done
 	out=$(mktemp /tmp/dst-check.XXXXXX)
 	# shellcheck disable=SC2064 # expand now
 	trap "rm -f '$out'" EXIT
 
-	"$repo/scripts/vm-run" "${vmopts[@]}" -- "$here/run.sh" "$@" | tee "$out"
-	rc=${PIPESTATUS[0]}
-
-	summary=$(tr -d '\r' <"$out" | grep -E "$SUMMARY_RE" | tail -n 1)
-	if [[ $summary =~ $SUMMARY_RE ]]; then
-		p=${BASH_REMATCH[1]} f=${BASH_REMATCH[2]} s=${BASH_REMATCH[3]}
+	if [ $# -eq 0 ] || [ ${#vm_tests[@]} -gt 0 ]; then
+		run_vm_suite "${vm_tests[@]}"
 	fi
-	# The normal outcomes: the guest's summary line is already the last line.
-	if [ -n "$summary" ] && { [ "$rc" -eq 0 ] || { [ "$rc" -eq 1 ] && [ "$f" -gt 0 ]; }; }; then
-		exit "$rc"
+	if [ $# -eq 0 ] || [ ${#net_tests[@]} -gt 0 ]; then
+		"$here/net.sh" "${net_tests[@]}" | tee "$out"
+		nrc=${PIPESTATUS[0]}
+		if ! add_summary "$out" || [ "$nrc" -gt 1 ]; then
+			echo "# net.sh: exit status $nrc"
+			f=$((f + 1))
+		fi
 	fi
-	case $rc in
-	124) echo "# vm-run: the VM timed out" ;;
-	125) echo "# vm-run: kernel splat or VM failure (see above)" ;;
-	*) echo "# vm-run: exit status $rc${summary:+, guest summary: $summary}" ;;
-	esac
-	echo "$p passed, $((f + 1)) failed, $s skipped"
-	[ "$rc" -ne 0 ] || rc=1
-	exit "$rc"
+	echo "$p passed, $f failed, $s skipped"
+	[ "$rc" -eq 0 ] && [ "$nrc" -eq 0 ] && [ "$f" -eq 0 ]
 }
 
 main "$@"

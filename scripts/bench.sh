@@ -12,7 +12,8 @@
 #     scripts/bench-report.py /tmp/dst-bench.*/results
 # Knobs (passed into the guest, see bench-guest.sh): DST_BENCH_ROUNDS (3),
 # DST_BENCH_RUNTIME (5 s), DST_BENCH_SIZE_MB (256), DST_BENCH_ENGINE (auto),
-# DST_BENCH_CONFIGS, DST_BENCH_SHAPES; DST_BENCH_TIMEOUT (3000 s) limits the VM.
+# DST_BENCH_CONFIGS, DST_BENCH_SHAPES; DST_BENCH_TIMEOUT (3000 s) limits the VM;
+# DST_BENCH_APPEND adds to the guest kernel's command line.
 #
 # Exit status: 0 if everything ran (missed targets are reported, not
 # failed), otherwise non-zero (vm-run's: 124 timeout, 125 kernel splat).
@@ -46,7 +47,8 @@ rc=0
 # The module path is an argument (not only DST_KO) so that vm-run makes its
 # directory visible in the guest.
 "$here/vm-run" --kdir "$kdir" --mem 4096 --cpus 2 --timeout "${DST_BENCH_TIMEOUT:-3000}" \
-	--log "$out/console.log" -- "$here/bench-guest.sh" --ko "$ko" 2>&1 | tee "$out/output" ||
+	--log "$out/console.log" ${DST_BENCH_APPEND:+--append "$DST_BENCH_APPEND"} \
+	-- "$here/bench-guest.sh" --ko "$ko" 2>&1 | tee "$out/output" ||
 	rc=$?
 
 sed -n '/^==== raw results/,/^==== end of raw results/{/^====/d;p}' "$out/output" >"$out/results"

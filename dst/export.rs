@@ -393,6 +393,7 @@ impl PageIoOwner for Req {
             Err(e) => errno::to_nbd(e),
         };
         this.error.store(code, Ordering::Relaxed);
+        this.conn.ready.fetch_add(1, Ordering::Relaxed);
         this.done.store(true, Ordering::Release);
         Job::<Conn, SEND>::queue(this.conn.clone(), 0);
     }
@@ -488,6 +489,9 @@ pub(crate) struct Conn {
     /// The receive side stopped at the in-flight limit; the send side
     /// restarts it once replies went out.
     throttled: AtomicBool,
+    /// About how many finished requests wait for their reply to be sent
+    /// (a hint: while there are, replies go out corked, together).
+    ready: AtomicU32,
     closed: AtomicBool,
     #[pin]
     hs_job: Job<Conn, HANDSHAKE>,
@@ -578,6 +582,7 @@ impl Conn {
                 inflight: Gate::new(),
                 inflight_bytes: AtomicU32::new(0),
                 throttled: AtomicBool::new(false),
+                ready: AtomicU32::new(0),
                 closed: AtomicBool::new(false),
                 hs_job <- Job::new(),
                 recv_job <- Job::new(),
@@ -613,6 +618,7 @@ impl Conn {
         {
             let mut p = self.pending.lock();
             while let Some(r) = p.take_done() {
+                self.ready.fetch_sub(1, Ordering::Relaxed);
                 self.retire(&r);
             }
         }
@@ -663,6 +669,7 @@ impl Conn {
         )?;
         self.pending.lock().insert(req)?;
         self.inflight.enter();
+        self.ready.fetch_add(1, Ordering::Relaxed);
         Job::<Conn, SEND>::queue(self.clone(), 0);
         Ok(())
     }
@@ -823,12 +830,25 @@ impl Conn {
             return Ok(());
         };
         let mut tx = self.tx.lock();
+        let mut corked = false;
+        let res = self.send_replies(&sock, &mut tx, &mut corked);
+        if corked && res.is_ok() {
+            sock.push();
+        }
+        res
+    }
+
+    /// Sends replies until none is left or the socket is full.  While more
+    /// replies are ready, each goes out with "more" (`corked`), so that
+    /// they leave together: fewer segments, fewer wake-ups of the client.
+    fn send_replies(self: &Arc<Self>, sock: &Socket, tx: &mut Option<TxCur>, corked: &mut bool) -> Result<(), Msg> {
         loop {
             if tx.is_none() {
                 let next = self.pending.lock().take_done();
                 let Some(req) = next else {
                     return Ok(());
                 };
+                self.ready.fetch_sub(1, Ordering::Relaxed);
                 let error = req.error.load(Ordering::Relaxed);
                 let hdr = SimpleReply {
                     error,
@@ -846,23 +866,27 @@ impl Conn {
                 return Ok(());
             };
             let with_data = cur.req.read && cur.req.error.load(Ordering::Relaxed) == 0;
+            let more_replies = self.ready.load(Ordering::Relaxed) != 0;
             if cur.hdr_done < cur.hdr.len() {
-                match sock.send(&cur.hdr[cur.hdr_done..], with_data) {
+                let more = with_data || more_replies;
+                match sock.send(&cur.hdr[cur.hdr_done..], more) {
                     Ok(n) => cur.hdr_done += n,
                     Err(err) if err == EAGAIN => return Ok(()),
                     Err(err) => return Err(Msg::new(format_args!("send failed (errno {})", err.to_errno()))),
                 }
+                *corked = more;
                 continue;
             }
             if with_data && cur.data_done < cur.req.len {
                 let Some(buf) = cur.req.buf.as_ref() else {
                     return Err(Msg::new(format_args!("internal: read without a buffer")));
                 };
-                match sock.send_pages(buf, cur.data_done, cur.req.len, false) {
+                match sock.send_pages(buf, cur.data_done, cur.req.len, more_replies) {
                     Ok(n) => cur.data_done += n as u32,
                     Err(err) if err == EAGAIN => return Ok(()),
                     Err(err) => return Err(Msg::new(format_args!("send failed (errno {})", err.to_errno()))),
                 }
+                *corked = more_replies;
                 continue;
             }
             // Sent in full.

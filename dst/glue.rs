@@ -207,6 +207,7 @@ extern "C" {
         skip: u32,
         len: u32,
     ) -> c_int;
+    pub(crate) fn dst_sock_push(sock: *mut bindings::socket);
     pub(crate) fn dst_sock_listen(
         family: c_int,
         addr: *const u8,

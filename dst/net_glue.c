@@ -183,40 +183,41 @@ int dst_sock_recv(struct socket *sock, void *buf, size_t len, bool nonblock)
 	return ret;
 }
 
-/*
- * One segment, without waiting.  A send gives the page to the socket
- * without a copy when the kernel allows it (MSG_SPLICE_PAGES).
- */
-static int dst_send_bvec(struct socket *sock, struct bio_vec *bv, bool more)
-{
-	struct msghdr msg = {
-		.msg_flags = MSG_DONTWAIT | MSG_NOSIGNAL | MSG_SPLICE_PAGES,
-	};
+/* Segments moved by one sendmsg()/recvmsg() call at most. */
+#define DST_SEGS 16
 
+/*
+ * Moves the segments @bv[0..@nr) (@len bytes) in one call, without
+ * waiting.  A send gives the pages to the socket without a copy when the
+ * kernel allows it (MSG_SPLICE_PAGES).
+ */
+static int dst_xfer_bvecs(struct socket *sock, struct bio_vec *bv,
+			  unsigned int nr, size_t len, bool send, bool more)
+{
+	struct msghdr msg = { .msg_flags = MSG_DONTWAIT | MSG_NOSIGNAL };
+	unsigned int i;
+
+	if (!send) {
+		iov_iter_bvec(&msg.msg_iter, ITER_DEST, bv, nr, len);
+		return sock_recvmsg(sock, &msg, MSG_DONTWAIT);
+	}
+	msg.msg_flags |= MSG_SPLICE_PAGES;
+	for (i = 0; i < nr; i++)
+		if (!sendpages_ok(bv[i].bv_page, bv[i].bv_len, bv[i].bv_offset))
+			msg.msg_flags &= ~MSG_SPLICE_PAGES;
 	if (more)
 		msg.msg_flags |= MSG_MORE;
-	if (!sendpages_ok(bv->bv_page, bv->bv_len, bv->bv_offset))
-		msg.msg_flags &= ~MSG_SPLICE_PAGES;
-	iov_iter_bvec(&msg.msg_iter, ITER_SOURCE, bv, 1, bv->bv_len);
+	iov_iter_bvec(&msg.msg_iter, ITER_SOURCE, bv, nr, len);
 	return sock_sendmsg(sock, &msg);
-}
-
-static int dst_recv_bvec(struct socket *sock, struct bio_vec *bv)
-{
-	struct msghdr msg = { .msg_flags = MSG_NOSIGNAL };
-
-	iov_iter_bvec(&msg.msg_iter, ITER_DEST, bv, 1, bv->bv_len);
-	return sock_recvmsg(sock, &msg, MSG_DONTWAIT);
 }
 
 /*
  * Adds the result @ret of a transfer of @want bytes to @total; returns
- * whether to go on with the next segment.  What the caller returns is
- * @total: the bytes moved, or if none, the first result: a negative errno,
- * or 0, which for a receive means end of stream and for a send becomes
- * -EAGAIN.
+ * whether to go on.  What the caller returns is @total: the bytes moved,
+ * or if none, the first result: a negative errno, or 0, which for a
+ * receive means end of stream and for a send becomes -EAGAIN.
  */
-static bool dst_sock_account(int ret, u32 want, int *total, bool send)
+static bool dst_sock_account(int ret, size_t want, int *total, bool send)
 {
 	if (ret <= 0) {
 		if (!*total)
@@ -228,113 +229,108 @@ static bool dst_sock_account(int ret, u32 want, int *total, bool send)
 }
 
 /*
- * Sends the data of @bio from byte @skip on, segment by segment, without
- * waiting.  Returns the bytes sent (possibly fewer than asked), or a
- * negative errno (-EAGAIN when nothing could be sent).
+ * Sends (@send) or receives the data of @bio from byte @skip on, up to
+ * DST_SEGS segments per call, without waiting.  Returns the bytes moved
+ * (possibly fewer than asked), 0 if a receive found the stream ended, or
+ * a negative errno (-EAGAIN when nothing could be moved).  @more: more
+ * data follows the bio's at once.
  */
+static int dst_sock_xfer_bio(struct socket *sock, struct bio *bio, u32 skip,
+			     bool send, bool more)
+{
+	struct bio_vec bv[DST_SEGS];
+	struct bvec_iter iter = bio->bi_iter;
+	unsigned int noreclaim;
+	int total = 0;
+
+	if (skip > iter.bi_size)
+		return -EINVAL;
+	bio_advance_iter(bio, &iter, skip);
+	noreclaim = memalloc_noreclaim_save();
+	while (iter.bi_size) {
+		struct bvec_iter pos = iter;
+		unsigned int nr = 0;
+		size_t len = 0;
+		int ret;
+
+		while (pos.bi_size && nr < DST_SEGS) {
+			bv[nr] = bio_iter_iovec(bio, pos);
+			len += bv[nr].bv_len;
+			bio_advance_iter_single(bio, &pos, bv[nr].bv_len);
+			nr++;
+		}
+		ret = dst_xfer_bvecs(sock, bv, nr, len, send,
+				     more || pos.bi_size);
+		if (!dst_sock_account(ret, len, &total, send))
+			break;
+		iter = pos;
+	}
+	memalloc_noreclaim_restore(noreclaim);
+	return total;
+}
+
 int dst_sock_send_bio(struct socket *sock, struct bio *bio, u32 skip,
 		      bool more)
 {
-	struct bvec_iter iter = bio->bi_iter;
-	unsigned int noreclaim;
-	int sent = 0;
-
-	if (skip > iter.bi_size)
-		return -EINVAL;
-	bio_advance_iter(bio, &iter, skip);
-	noreclaim = memalloc_noreclaim_save();
-	while (iter.bi_size) {
-		struct bio_vec bv = bio_iter_iovec(bio, iter);
-		int ret = dst_send_bvec(sock, &bv,
-					more || iter.bi_size > bv.bv_len);
-
-		if (!dst_sock_account(ret, bv.bv_len, &sent, true))
-			break;
-		bio_advance_iter_single(bio, &iter, ret);
-	}
-	memalloc_noreclaim_restore(noreclaim);
-	return sent;
+	return dst_sock_xfer_bio(sock, bio, skip, true, more);
 }
 
-/*
- * Receives into the pages of @bio from byte @skip on, without waiting.
- * Returns the bytes received, 0 if the peer closed the connection, or a
- * negative errno (-EAGAIN when nothing was there).
- */
 int dst_sock_recv_bio(struct socket *sock, struct bio *bio, u32 skip)
 {
-	struct bvec_iter iter = bio->bi_iter;
-	unsigned int noreclaim;
-	int got = 0;
-
-	if (skip > iter.bi_size)
-		return -EINVAL;
-	bio_advance_iter(bio, &iter, skip);
-	noreclaim = memalloc_noreclaim_save();
-	while (iter.bi_size) {
-		struct bio_vec bv = bio_iter_iovec(bio, iter);
-
-		if (!dst_sock_account(dst_recv_bvec(sock, &bv), bv.bv_len,
-				      &got, false))
-			break;
-		bio_advance_iter_single(bio, &iter, bv.bv_len);
-	}
-	memalloc_noreclaim_restore(noreclaim);
-	return got;
-}
-
-/* The segment of a page array at byte @skip, at most up to byte @len. */
-static struct bio_vec dst_pages_bvec(struct page **pages, u32 skip, u32 len)
-{
-	u32 off = skip % PAGE_SIZE;
-	struct bio_vec bv;
-
-	bvec_set_page(&bv, pages[skip / PAGE_SIZE],
-		      min_t(u32, len - skip, PAGE_SIZE - off), off);
-	return bv;
+	return dst_sock_xfer_bio(sock, bio, skip, false, false);
 }
 
 /*
- * Page-array variants of the above, for buffers of whole pages (the
- * export's requests): bytes [@skip, @len) of the buffer go out or come in.
+ * The same for buffers of whole pages (the export's requests): bytes
+ * [@skip, @len) of the buffer go out or come in.
  */
-int dst_sock_send_pages(struct socket *sock, struct page **pages, u32 skip,
-			u32 len, bool more)
+static int dst_sock_xfer_pages(struct socket *sock, struct page **pages,
+			       u32 skip, u32 len, bool send, bool more)
 {
+	struct bio_vec bv[DST_SEGS];
 	unsigned int noreclaim;
-	int sent = 0;
+	int total = 0;
 
 	noreclaim = memalloc_noreclaim_save();
 	while (skip < len) {
-		struct bio_vec bv = dst_pages_bvec(pages, skip, len);
-		int ret = dst_send_bvec(sock, &bv,
-					more || skip + bv.bv_len < len);
+		unsigned int nr = 0;
+		u32 pos = skip;
+		size_t n = 0;
+		int ret;
 
-		if (!dst_sock_account(ret, bv.bv_len, &sent, true))
+		while (pos < len && nr < DST_SEGS) {
+			u32 off = pos % PAGE_SIZE;
+			u32 seg = min_t(u32, len - pos, PAGE_SIZE - off);
+
+			bvec_set_page(&bv[nr++], pages[pos / PAGE_SIZE], seg, off);
+			pos += seg;
+			n += seg;
+		}
+		ret = dst_xfer_bvecs(sock, bv, nr, n, send, more || pos < len);
+		if (!dst_sock_account(ret, n, &total, send))
 			break;
-		skip += ret;
+		skip = pos;
 	}
 	memalloc_noreclaim_restore(noreclaim);
-	return sent;
+	return total;
+}
+
+int dst_sock_send_pages(struct socket *sock, struct page **pages, u32 skip,
+			u32 len, bool more)
+{
+	return dst_sock_xfer_pages(sock, pages, skip, len, true, more);
 }
 
 int dst_sock_recv_pages(struct socket *sock, struct page **pages, u32 skip,
 			u32 len)
 {
-	unsigned int noreclaim;
-	int got = 0;
+	return dst_sock_xfer_pages(sock, pages, skip, len, false, false);
+}
 
-	noreclaim = memalloc_noreclaim_save();
-	while (skip < len) {
-		struct bio_vec bv = dst_pages_bvec(pages, skip, len);
-
-		if (!dst_sock_account(dst_recv_bvec(sock, &bv), bv.bv_len,
-				      &got, false))
-			break;
-		skip += bv.bv_len;
-	}
-	memalloc_noreclaim_restore(noreclaim);
-	return got;
+/* Sends what earlier sends held back with MSG_MORE. */
+void dst_sock_push(struct socket *sock)
+{
+	tcp_sock_set_cork(sock->sk, false);
 }
 
 /* ---- listening sockets (exports) ---- */

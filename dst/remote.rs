@@ -607,6 +607,20 @@ impl Remote {
     /// Sends what can be sent.  Fails with why the connection broke, if it
     /// did.
     fn pump_send(&self, tx: &mut TxState, done: &mut LegBioQueue) -> Result<(), Msg> {
+        let mut corked = false;
+        let res = self.send_requests(tx, done, &mut corked);
+        if corked && res.is_ok() {
+            if let Some(sock) = tx.sock.as_ref() {
+                sock.push();
+            }
+        }
+        res
+    }
+
+    /// Sends requests until the queue is empty, every slot is taken or
+    /// the socket is full.  While more requests are queued, each goes out
+    /// with "more" (`corked`), so that they leave together.
+    fn send_requests(&self, tx: &mut TxState, done: &mut LegBioQueue, corked: &mut bool) -> Result<(), Msg> {
         loop {
             if tx.cur.is_none() {
                 let Some(mut bio) = tx.queue.pop_front() else {
@@ -685,24 +699,28 @@ impl Remote {
             // same hold: a reply that finds its slot without a bio then
             // really came before the request was fully sent.
             let mut s = self.slots.lock();
-            let TxState { sock, cur, .. } = &mut *tx;
+            let TxState { sock, cur, queue, .. } = &mut *tx;
             let (Some(c), Some(sock)) = (cur.as_mut(), sock.as_ref()) else {
                 return Ok(());
             };
+            let more_requests = !queue.is_empty();
             while c.hdr_done < c.hdr.len() {
                 let rest = c.hdr.get(c.hdr_done..).unwrap_or(&[]);
-                match sock.send(rest, c.data > 0) {
+                let more = c.data > 0 || more_requests;
+                match sock.send(rest, more) {
                     Ok(n) => c.hdr_done += n,
                     Err(e) if e == EAGAIN => return Ok(()),
                     Err(e) => return Err(io_msg("send", e)),
                 }
+                *corked = more;
             }
             while c.data_done < c.data {
-                match sock.send_bio(&c.bio, c.data_done, false) {
+                match sock.send_bio(&c.bio, c.data_done, more_requests) {
                     Ok(n) => c.data_done += n as u32,
                     Err(e) if e == EAGAIN => return Ok(()),
                     Err(e) => return Err(io_msg("send", e)),
                 }
+                *corked = more_requests;
             }
             if let Some(c) = cur.take() {
                 match s.slots.get_mut(c.slot) {

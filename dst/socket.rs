@@ -163,6 +163,12 @@ impl Socket {
         to_len(unsafe { glue::dst_sock_send(self.raw.as_ptr(), buf.as_ptr().cast(), buf.len(), true, more) })
     }
 
+    /// Sends at once what sends with `more` held back.
+    pub(crate) fn push(&self) {
+        // SAFETY: the socket is connected.
+        unsafe { glue::dst_sock_push(self.raw.as_ptr()) }
+    }
+
     /// Receives into `buf` without waiting; `Ok(0)` at end of stream,
     /// `Err(EAGAIN)` if nothing is there.
     pub(crate) fn recv(&self, buf: &mut [u8]) -> Result<usize> {

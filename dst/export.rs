@@ -39,7 +39,7 @@ use crate::io::{page_io, BioSink, Gate, PageIoOwner, PageOp};
 use crate::job::{impl_has_job, Job, JobRun};
 use crate::msg::{refuse, Msg, Refusal};
 use crate::proto::genl::{MAX_ALLOW, MAX_CLIENTS, MAX_EXPORTS};
-use crate::proto::nbd::{cmd, cmdflag, tflag, Request, SimpleReply, Transport};
+use crate::proto::nbd::{cmd, cmdflag, tflag, Request, SimpleReply, StructuredReply, Transport};
 use crate::proto::nbd_server::{self, ExportLookup, RequestVerdict, ServedExport};
 use crate::socket::{SockEvent, SockEvents, Socket};
 
@@ -377,6 +377,8 @@ impl JobRun<ACCEPT> for Listener {
 struct Req {
     conn: Arc<Conn>,
     cookie: u64,
+    /// Where a read reads from (its structured reply names it).
+    offset: u64,
     /// Data to send back (a read), or the written data.
     buf: Option<Arc<PageBuf>>,
     len: u32,
@@ -453,7 +455,9 @@ const RX_START: Rx = Rx::Header {
 /// The reply being sent.
 struct TxCur {
     req: Arc<Req>,
-    hdr: [u8; SimpleReply::SIZE],
+    /// The reply's header: simple, or a structured chunk's.
+    hdr: [u8; StructuredReply::MAX_SIZE],
+    hdr_len: usize,
     hdr_done: usize,
     data_done: u32,
 }
@@ -492,6 +496,8 @@ pub(crate) struct Conn {
     /// About how many finished requests wait for their reply to be sent
     /// (a hint: while there are, replies go out corked, together).
     ready: AtomicU32,
+    /// The client asked for structured replies.
+    structured: AtomicBool,
     closed: AtomicBool,
     #[pin]
     hs_job: Job<Conn, HANDSHAKE>,
@@ -583,6 +589,7 @@ impl Conn {
                 inflight_bytes: AtomicU32::new(0),
                 throttled: AtomicBool::new(false),
                 ready: AtomicU32::new(0),
+                structured: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 hs_job <- Job::new(),
                 recv_job <- Job::new(),
@@ -659,6 +666,7 @@ impl Conn {
             Req {
                 conn: self.clone(),
                 cookie,
+                offset: 0,
                 buf: None,
                 len: 0,
                 read: false,
@@ -681,6 +689,7 @@ impl Conn {
             Req {
                 conn: self.clone(),
                 cookie: r.cookie,
+                offset: r.offset,
                 buf: Some(buf.clone()),
                 len: r.length,
                 read,
@@ -850,14 +859,27 @@ impl Conn {
                 };
                 self.ready.fetch_sub(1, Ordering::Relaxed);
                 let error = req.error.load(Ordering::Relaxed);
-                let hdr = SimpleReply {
-                    error,
-                    cookie: req.cookie,
-                }
-                .encode();
+                let mut hdr = [0; StructuredReply::MAX_SIZE];
+                let hdr_len = if self.structured.load(Ordering::Relaxed) {
+                    StructuredReply {
+                        error,
+                        cookie: req.cookie,
+                        read: req.read.then_some((req.offset, req.len)),
+                    }
+                    .encode(&mut hdr)
+                } else {
+                    let simple = SimpleReply {
+                        error,
+                        cookie: req.cookie,
+                    }
+                    .encode();
+                    hdr[..SimpleReply::SIZE].copy_from_slice(&simple);
+                    SimpleReply::SIZE
+                };
                 *tx = Some(TxCur {
                     req,
                     hdr,
+                    hdr_len,
                     hdr_done: 0,
                     data_done: 0,
                 });
@@ -867,9 +889,9 @@ impl Conn {
             };
             let with_data = cur.req.read && cur.req.error.load(Ordering::Relaxed) == 0;
             let more_replies = self.ready.load(Ordering::Relaxed) != 0;
-            if cur.hdr_done < cur.hdr.len() {
+            if cur.hdr_done < cur.hdr_len {
                 let more = with_data || more_replies;
-                match sock.send(&cur.hdr[cur.hdr_done..], more) {
+                match sock.send(&cur.hdr[cur.hdr_done..cur.hdr_len], more) {
                     Ok(n) => cur.hdr_done += n,
                     Err(err) if err == EAGAIN => return Ok(()),
                     Err(err) => return Err(Msg::new(format_args!("send failed (errno {})", err.to_errno()))),
@@ -945,7 +967,10 @@ impl JobRun<HANDSHAKE> for Conn {
             nbd_server::server_handshake(&mut t, &mut lookup, &mut scratch)
         };
         let export = match (res, lookup.chosen.take()) {
-            (Ok(_), Some(e)) => e,
+            (Ok(n), Some(e)) => {
+                this.structured.store(n.structured, Ordering::Relaxed);
+                e
+            }
             (Ok(_), None) => {
                 this.close();
                 return;

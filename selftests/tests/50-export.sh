@@ -31,7 +31,7 @@ exp_jq() {
 	dst_jq "$1" ".exports[0].$2"
 }
 
-plan 37
+plan 38
 brd_setup 3 64
 dst_load
 cleanup_push dst_unexport_all
@@ -52,6 +52,7 @@ assert_eq "$(nbdinfo --size "$uri")" "$SIZE" "nbdinfo: the size"
 info=$(nbdinfo --json "$uri")
 assert_eq "$(jq -r '.exports[0] | [.is_read_only, .can_flush, .can_fua, .can_multi_conn, .can_zero] | map(tostring) | join(" ")' <<<"$info")" \
 	"false true true true true" "nbdinfo: writable, flush, FUA, multi-conn, write zeroes"
+assert_eq "$(jq -r .structured <<<"$info")" true "nbdinfo: structured replies negotiated"
 assert_cmd -m "nbdinfo --list names the export" eval 'nbdinfo --list "nbd://127.0.0.1:$p/" | grep -q "export=\"m\""'
 assert_eq "$(export_sum "$uri")" "$(sha256sum <"$TEST_TMP/img" | cut -d' ' -f1)" "nbdcopy out: the device's bytes"
 head -c "$SIZE" /dev/urandom >"$TEST_TMP/img2"

@@ -37,7 +37,8 @@ pub const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 /// Magic of a simple reply.
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-/// Magic of a structured reply chunk (never negotiated by dst).
+/// Magic of a structured reply chunk (dst's export sends them when the
+/// client asks; its client never does).
 pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
 /// Magic of an extended-header request (never negotiated by dst).
 pub const EXTENDED_REQUEST_MAGIC: u32 = 0x21e4_1c71;
@@ -519,6 +520,68 @@ impl SimpleReply {
             }),
             STRUCTURED_REPLY_MAGIC => Err(WireError::Structured),
             _ => Err(WireError::BadMagic),
+        }
+    }
+}
+
+/// Structured reply chunk types.
+pub mod chunk {
+    /// No data: the request succeeded.
+    pub const NONE: u16 = 0;
+    /// Data at an offset: `offset` (u64), then the data.
+    pub const OFFSET_DATA: u16 = 1;
+    /// An error: `error` (u32), message length (u16), message.
+    pub const ERROR: u16 = (1 << 15) | 1;
+    /// Flag of the last chunk of a reply.
+    pub const FLAG_DONE: u16 = 1;
+}
+
+/// The start of a one-chunk structured reply (server → client): the
+/// chunk header and the fixed part of its payload.  A successful read's
+/// chunk (`OFFSET_DATA`) is followed by the request's `length` bytes of
+/// data; the other chunks are complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StructuredReply {
+    /// `0` or an error value ([`err`]).
+    pub error: u32,
+    /// The cookie of the request answered.
+    pub cookie: u64,
+    /// For a successful read: its offset and length.
+    pub read: Option<(u64, u32)>,
+}
+
+impl StructuredReply {
+    /// Size of a chunk header on the wire.
+    pub const HEADER_SIZE: usize = 20;
+    /// Most bytes [`StructuredReply::encode`] writes.
+    pub const MAX_SIZE: usize = Self::HEADER_SIZE + 8;
+
+    /// The reply's wire form, in `buf`; returns its length.  An error is
+    /// an `ERROR` chunk without a message, a read an `OFFSET_DATA` chunk
+    /// (whose data follows), anything else a `NONE` chunk; each the last.
+    pub fn encode(&self, buf: &mut [u8; Self::MAX_SIZE]) -> usize {
+        let (kind, payload) = match (self.error, self.read) {
+            (0, Some((_, len))) => (chunk::OFFSET_DATA, len.saturating_add(8)),
+            (0, None) => (chunk::NONE, 0),
+            _ => (chunk::ERROR, 6),
+        };
+        let mut w = Wr::new(buf);
+        w.u32(STRUCTURED_REPLY_MAGIC);
+        w.u16(chunk::FLAG_DONE);
+        w.u16(kind);
+        w.u64(self.cookie);
+        w.u32(payload);
+        match (self.error, self.read) {
+            (0, Some((offset, _))) => {
+                w.u64(offset);
+                Self::HEADER_SIZE + 8
+            }
+            (0, None) => Self::HEADER_SIZE,
+            (e, _) => {
+                w.u32(e);
+                w.u16(0);
+                Self::HEADER_SIZE + 6
+            }
         }
     }
 }
@@ -1197,6 +1260,45 @@ pub fn parse_uri(s: &str) -> Result<NbdUri<'_>, &'static str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn structured_reply_chunks() {
+        let magic = [0x66, 0x8e, 0x33, 0xef];
+        type Case<'a> = (u32, Option<(u64, u32)>, &'a [u8]);
+        let cases: [Case<'_>; 3] = [
+            // A read: OFFSET_DATA, 8 + 4096 bytes of payload, the offset.
+            (
+                0,
+                Some((0x1000, 4096)),
+                &[
+                    0, 1, 0, 1, 0, 0, 0, 9, 0, 0, 0x10, 8, 0, 0, 0, 0, 0, 0, 0x10, 0,
+                ],
+            ),
+            // Anything else: NONE.
+            (0, None, &[0, 1, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0]),
+            // An error replaces the data, read or not: ERROR, EIO, no message.
+            (
+                err::EIO,
+                Some((0, 512)),
+                &[0, 1, 0x80, 1, 0, 0, 0, 9, 0, 0, 0, 6, 0, 0, 0, 5, 0, 0],
+            ),
+        ];
+        for (error, read, rest) in cases {
+            let mut buf = [0; StructuredReply::MAX_SIZE];
+            let n = StructuredReply {
+                error,
+                cookie: 9,
+                read,
+            }
+            .encode(&mut buf);
+            // Magic, then flags (DONE), type, cookie (9, after 4 zeroes), ...
+            let mut want = magic.to_vec();
+            want.extend_from_slice(&rest[..4]);
+            want.extend_from_slice(&[0; 4]);
+            want.extend_from_slice(&rest[4..]);
+            assert_eq!(buf[..n], want[..], "error {error} read {read:?}");
+        }
+    }
+
     use super::*;
 
     // ---- A scripted server, from the client's point of view. ----

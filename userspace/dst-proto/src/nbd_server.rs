@@ -79,7 +79,7 @@ pub trait ExportLookup {
 }
 
 /// The outcome of a successful [`server_handshake`]: the transmission phase
-/// has started, with simple replies.
+/// has started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Negotiated {
     /// The export chosen, as [`ExportLookup::lookup`] returned it.
@@ -96,6 +96,10 @@ pub struct Negotiated {
     /// client that was not told otherwise; [`check_request`] enforces the
     /// export's `min_block` regardless.
     pub via_export_name: bool,
+    /// The client asked for structured replies (`NBD_OPT_STRUCTURED_REPLY`,
+    /// acknowledged): every reply is then one structured chunk
+    /// ([`crate::nbd::StructuredReply`]); otherwise simple replies.
+    pub structured: bool,
 }
 
 /// Why [`server_handshake`] failed.  In every case the caller should close
@@ -278,8 +282,11 @@ impl<T: Transport> Srv<'_, T> {
 ///   (`NBD_REP_ERR_INVALID` if the option carries data).
 /// - `NBD_OPT_ABORT`: `NBD_REP_ACK` (best effort), then
 ///   [`ServerHandshakeError::Aborted`].
-/// - Anything else (TLS, structured replies, metadata contexts, extended
-///   headers, unknown options): `NBD_REP_ERR_UNSUP`.
+/// - `NBD_OPT_STRUCTURED_REPLY`: `NBD_REP_ACK`, and
+///   [`Negotiated::structured`] (`NBD_REP_ERR_INVALID` if it carries data,
+///   or if structured replies were already granted).
+/// - Anything else (TLS, metadata contexts, extended headers, unknown
+///   options): `NBD_REP_ERR_UNSUP`.
 ///
 /// Bounds: option data longer than [`MAX_OPTION_LEN`] ends the handshake
 /// unread; data of options the server uses (GO, INFO, EXPORT_NAME) is read
@@ -326,6 +333,7 @@ fn haggle<T: Transport, L: ExportLookup + ?Sized>(
         return Err(ServerHandshakeError::NotFixedNewstyle);
     }
     let no_zeroes = cflags & cflag::NO_ZEROES != 0;
+    let mut structured = false;
 
     for _ in 0..MAX_SERVER_OPTIONS {
         let hdr =
@@ -352,6 +360,7 @@ fn haggle<T: Transport, L: ExportLookup + ?Sized>(
                     name_len: len,
                     no_zeroes,
                     via_export_name: true,
+                    structured,
                 });
             }
             opt::GO | opt::INFO => {
@@ -377,6 +386,7 @@ fn haggle<T: Transport, L: ExportLookup + ?Sized>(
                     name_len,
                     no_zeroes,
                     via_export_name: false,
+                    structured,
                 });
             }
             opt::LIST => {
@@ -386,6 +396,27 @@ fn haggle<T: Transport, L: ExportLookup + ?Sized>(
                     continue;
                 }
                 list(s, exports)?;
+            }
+            opt::STRUCTURED_REPLY => {
+                s.skip(len)?;
+                if len != 0 {
+                    s.reply(
+                        o,
+                        rep::ERR_INVALID,
+                        &[b"NBD_OPT_STRUCTURED_REPLY takes no data"],
+                    )?;
+                    continue;
+                }
+                if structured {
+                    s.reply(
+                        o,
+                        rep::ERR_INVALID,
+                        &[b"structured replies already negotiated"],
+                    )?;
+                    continue;
+                }
+                structured = true;
+                s.reply(o, rep::ACK, &[])?;
             }
             opt::ABORT => {
                 s.skip(len)?;
@@ -763,7 +794,73 @@ mod tests {
             name_len,
             no_zeroes,
             via_export_name: false,
+            structured: false,
         }
+    }
+
+    #[test]
+    fn structured_replies() {
+        // Asked for before GO, and before EXPORT_NAME: granted.
+        let input = client(
+            FIXED,
+            &[
+                option(opt::STRUCTURED_REPLY, b"x"),
+                option(opt::STRUCTURED_REPLY, &[]),
+                option(opt::STRUCTURED_REPLY, &[]),
+                option(opt::GO, &go_data(b"disk", &[])),
+            ],
+        );
+        let (r, t, _) = run(input);
+        assert_eq!(
+            r,
+            Ok(Negotiated {
+                structured: true,
+                ..negotiated(DISK, 4, false)
+            })
+        );
+        let replies = parse_sent(&t.sent).1;
+        assert_eq!(
+            replies[..3],
+            [
+                (
+                    opt::STRUCTURED_REPLY,
+                    rep::ERR_INVALID,
+                    b"NBD_OPT_STRUCTURED_REPLY takes no data".to_vec()
+                ),
+                (opt::STRUCTURED_REPLY, rep::ACK, vec![]),
+                (
+                    opt::STRUCTURED_REPLY,
+                    rep::ERR_INVALID,
+                    b"structured replies already negotiated".to_vec()
+                ),
+            ]
+        );
+        assert_eq!(replies[3..], go_replies(opt::GO, &DISK));
+        let input = client(
+            FIXED_NZ,
+            &[
+                option(opt::STRUCTURED_REPLY, &[]),
+                option(opt::EXPORT_NAME, b"disk"),
+            ],
+        );
+        let (r, _, _) = run(input);
+        assert_eq!(
+            r,
+            Ok(Negotiated {
+                structured: true,
+                via_export_name: true,
+                ..negotiated(DISK, 4, true)
+            })
+        );
+        // Data alone does not grant it.
+        let input = client(
+            FIXED,
+            &[
+                option(opt::STRUCTURED_REPLY, &[0; 4]),
+                option(opt::GO, &go_data(b"disk", &[])),
+            ],
+        );
+        assert_eq!(run(input).0, Ok(negotiated(DISK, 4, false)));
     }
 
     #[test]
@@ -902,7 +999,6 @@ mod tests {
             FIXED,
             &[
                 option(opt::STARTTLS, &[]),
-                option(opt::STRUCTURED_REPLY, &[]),
                 option(opt::SET_META_CONTEXT, &[0; 300]),
                 option(opt::LIST_META_CONTEXT, &[1; 10]),
                 option(opt::EXTENDED_HEADERS, &[]),
@@ -913,12 +1009,11 @@ mod tests {
         let (r, t, _) = run(input);
         assert_eq!(r, Ok(negotiated(DISK, 4, false)));
         let replies = parse_sent(&t.sent).1;
-        let unsup: Vec<_> = replies[..6].iter().map(|r| (r.0, r.1)).collect();
+        let unsup: Vec<_> = replies[..5].iter().map(|r| (r.0, r.1)).collect();
         assert_eq!(
             unsup,
             [
                 opt::STARTTLS,
-                opt::STRUCTURED_REPLY,
                 opt::SET_META_CONTEXT,
                 opt::LIST_META_CONTEXT,
                 opt::EXTENDED_HEADERS,
@@ -926,7 +1021,7 @@ mod tests {
             ]
             .map(|o| (o, rep::ERR_UNSUP))
         );
-        assert_eq!(replies[6..], go_replies(opt::GO, &DISK));
+        assert_eq!(replies[5..], go_replies(opt::GO, &DISK));
     }
 
     #[test]

@@ -25,18 +25,8 @@ DEFAULT_TIMEOUT=600
 GUEST_MEM=768
 passed=0 failed=0 skipped=0
 
-select_tests() {
-	local t
-	if [ $# -eq 0 ]; then
-		printf '%s\n' "$here"/net/*.sh
-		return
-	fi
-	for t in "$@"; do
-		t=${t#net/}
-		t=${t%.sh}
-		echo "$here/net/$t.sh"
-	done
-}
+# shellcheck source-path=SCRIPTDIR source=testfiles.sh
+. "$here/testfiles.sh"
 
 # A UDP port on 127.0.0.1 that nothing uses (30000-39999), not in $used.
 used=" "
@@ -53,50 +43,50 @@ udp_port() {
 	return 1
 }
 
-mac_of() {
-	printf '52:54:00:dd:%02x:%02x' $(($1 >> 8)) $(($1 & 255))
-}
-
 # run_file N FILE: boot the file's guests, wait for them, report.
 run_file() {
 	local n=$1 file=$2 name t work line g a addr link port
 	local -a guests=() pids=() rcs=()
-	local -A gargs=() gaddrs=() lports=() lcount=()
+	local -A gaddrs=() gnics=() ends=()
 	name=net/$(basename "$file" .sh)
 	if [ ! -f "$file" ]; then
 		echo "not ok $n $name # no such test"
 		failed=$((failed + 1))
 		return
 	fi
-	t=$(sed -n 's/^# timeout: *\([0-9][0-9]*\).*/\1/p' "$file" | head -n 1)
-	t=${t:-$DEFAULT_TIMEOUT}
+	t=$(file_timeout "$file" "$DEFAULT_TIMEOUT")
 	work=$(mktemp -d /tmp/dst-net.XXXXXX)
 	mkdir "$work/sync"
-	# Every link gets two ports, one per end: guest i sends from its own
-	# port to the other end's.
+	# Each end of a link is a NIC with a port (and a MAC) of its own; it
+	# sends to the other end's port.
+	local k=0 mac lp rp e
 	while read -r line; do
 		read -r -a a <<<"$line"
 		g=${a[0]}
 		guests+=("$g")
-		gargs[$g]='' gaddrs[$g]=''
 		for addr in "${a[@]:1}"; do
 			link=${addr#*@}
-			lcount[$link]=$((${lcount[$link]:-0} + 1))
 			port=$(udp_port) || { echo "net.sh: no free UDP port" >&2; return 1; }
-			lports[$link]+="$port "
-			gaddrs[$g]+="$(mac_of "$port")=${addr%@*} "
-			gargs[$g]+="$link:$port "
+			k=$((k + 1))
+			mac=$(printf '52:54:00:dd:00:%02x' "$k")
+			ends[$link]+="$port "
+			gaddrs[$g]+="$mac=${addr%@*} "
+			gnics[$g]+="$link:$port@$mac "
 		done
 	done < <(sed -n 's/^# guest: *//p' "$file")
+	for link in "${!ends[@]}"; do
+		read -r -a e <<<"${ends[$link]}"
+		[ ${#e[@]} -eq 2 ] || { echo "net.sh: link $link needs two ends" >&2; return 1; }
+	done
 	echo "# $name: guests ${guests[*]} (timeout ${t}s each)"
 	for g in "${guests[@]}"; do
-		local nics=() ends lp rp
-		for a in ${gargs[$g]}; do
-			link=${a%%:*} lp=${a#*:}
-			read -r -a ends <<<"${lports[$link]}"
-			[ "${lcount[$link]}" -eq 2 ] || { echo "net.sh: link $link needs two ends" >&2; return 1; }
-			if [ "${ends[0]}" = "$lp" ]; then rp=${ends[1]}; else rp=${ends[0]}; fi
-			nics+=(--nic "$lp:$rp")
+		local nics=()
+		for a in ${gnics[$g]}; do
+			link=${a%%:*} lp=${a#*:} mac=${a#*@}
+			lp=${lp%@*}
+			read -r -a e <<<"${ends[$link]}"
+			if [ "${e[0]}" = "$lp" ]; then rp=${e[1]}; else rp=${e[0]}; fi
+			nics+=(--nic "$lp:$rp@$mac")
 		done
 		DST_NET_SYNC=$work/sync DST_NET_ROLE=$g DST_NET_ADDRS=${gaddrs[$g]} \
 			"$repo/scripts/vm-run" --timeout "$((t + 60))" --mem "$GUEST_MEM" --cpus 1 \
@@ -139,7 +129,7 @@ run_file() {
 
 main() {
 	local tests i
-	mapfile -t tests < <(select_tests "$@")
+	mapfile -t tests < <(select_tests "$here/net" "$@")
 	echo "TAP version 13"
 	echo "1..${#tests[@]}"
 	for i in "${!tests[@]}"; do

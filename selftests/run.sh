@@ -20,31 +20,8 @@ repo=$(dirname "$here")
 DEFAULT_TIMEOUT=300
 passed=0 failed=0 skipped=0
 
-# Print the test files to run, one per line; unknown names are printed as-is
-# (and then fail).
-select_tests() {
-	local t
-	if [ $# -eq 0 ]; then
-		printf '%s\n' "$here"/tests/*.sh
-		return
-	fi
-	for t in "$@"; do
-		t=${t%.sh}
-		if [ -f "$here/tests/$t.sh" ]; then
-			echo "$here/tests/$t.sh"
-		elif [ -f "$t.sh" ]; then
-			(cd "$(dirname "$t")" && echo "$(pwd -P)/$(basename "$t").sh")
-		else
-			echo "$t"
-		fi
-	done
-}
-
-file_timeout() {
-	local t
-	t=$(sed -n 's/^# timeout: *\([0-9][0-9]*\).*/\1/p' "$1" | head -n 1)
-	echo "${t:-$DEFAULT_TIMEOUT}"
-}
+# shellcheck source-path=SCRIPTDIR source=testfiles.sh
+. "$here/testfiles.sh"
 
 # Print the splats in dmesg as diagnostics; return 1 if there are any.
 check_dmesg() {
@@ -63,7 +40,7 @@ run_one() {
 		failed=$((failed + 1))
 		return
 	fi
-	t=$(file_timeout "$file")
+	t=$(file_timeout "$file" "$DEFAULT_TIMEOUT")
 	echo "# $name (timeout ${t}s)"
 	dmesg -C
 	start=$SECONDS
@@ -104,7 +81,7 @@ main() {
 		printf 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n' >/tmp/.dst-resolv.conf; then
 		mount --bind /tmp/.dst-resolv.conf /etc/resolv.conf 2>/dev/null || true
 	fi
-	mapfile -t tests < <(select_tests "$@")
+	mapfile -t tests < <(select_tests "$here/tests" "$@")
 	echo "TAP version 13"
 	echo "1..${#tests[@]}"
 	for i in "${!tests[@]}"; do

@@ -36,7 +36,7 @@ legs_of() {
 	dst_jq "$1" '[.legs[].index] | map(tostring) | join(" ")'
 }
 
-plan 21
+plan 22
 brd_setup 6 64
 dst_load
 cleanup_push sh -c 'dmsetup remove --retry small 2>/dev/null || true'
@@ -76,6 +76,7 @@ expect_err_contains -m "(c) a leg smaller than the device" "is smaller than r" \
 	dstctl add r /dev/mapper/small
 expect_err_contains -m "a leg of another device" "busy" dstctl add r /dev/ram3
 expect_err_contains -m "a leg already in the mirror" "is already leg 1 of r" dstctl add r /dev/ram1
+expect_err_contains -m "the device itself" "cannot be a leg of r" dstctl add r "$dev"
 expect_err_contains -m "a linear device" "linear" dstctl add lin /dev/ram0
 expect_err_contains -m "the last in-sync leg" "last in-sync leg" dstctl remove-leg other 0
 expect_err_contains -m "a removed leg" "not a leg of r" dstctl remove-leg r 0

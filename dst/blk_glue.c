@@ -236,25 +236,28 @@ struct gendisk *dst_alloc_disk(struct queue_limits *lim, u32 max_sectors,
 
 /*
  * Lowers the largest request of a live @disk to @max_sectors (a remote leg
- * with a smaller maximum joins).  The queue is frozen meanwhile, so no bio
- * is between its split and its submission.
+ * with a smaller maximum joins).  The queue is frozen for the commit, so
+ * submit_bio calls under way (which split to the old limit) end first.
+ * Bios split earlier and held back by dst itself (parked behind a resync
+ * barrier) keep their size.
  */
 int dst_disk_cap_sectors(struct gendisk *disk, u32 max_sectors)
 {
 	struct request_queue *q = disk->queue;
-	struct queue_limits lim;
-	int err;
+	struct queue_limits lim = queue_limits_start_update(q);
 
-	blk_mq_freeze_queue(q);
-	lim = queue_limits_start_update(q);
+	if (lim.max_hw_sectors <= max_sectors &&
+	    lim.max_hw_discard_sectors <= max_sectors &&
+	    lim.max_write_zeroes_sectors <= max_sectors) {
+		queue_limits_cancel_update(q);
+		return 0;
+	}
 	lim.max_hw_sectors = min(lim.max_hw_sectors, max_sectors);
 	lim.max_hw_discard_sectors = min(lim.max_hw_discard_sectors,
 					 max_sectors);
 	lim.max_write_zeroes_sectors = min(lim.max_write_zeroes_sectors,
 					   max_sectors);
-	err = queue_limits_commit_update(q, &lim);
-	blk_mq_unfreeze_queue(q);
-	return err;
+	return queue_limits_commit_update_frozen(q, &lim);
 }
 
 /* ---- page buffers and their bios, for resync (dst/io.rs, dst/bio.rs) ---- */

@@ -466,6 +466,11 @@ impl Device {
         self.in_sync.contains(i)
     }
 
+    /// The legs in sync, as a bit mask.
+    pub(crate) fn in_sync_mask(&self) -> u32 {
+        self.in_sync.mask()
+    }
+
     /// Whether leg `i` can be reached now (a remote leg is connected).
     pub(crate) fn leg_reachable(&self, i: usize) -> bool {
         self.legs
@@ -524,16 +529,14 @@ impl Device {
         if !self.resyncing.contains(i) {
             return (0, 0, 0);
         }
-        let st = self.resync.lock();
-        if st.target() == Some(i) {
-            (st.done, st.total, st.speed())
-        } else {
-            let total = self
-                .dirty
-                .get(i)
-                .map_or(0, |m| m.dirty_bytes());
-            (0, total, 0)
+        {
+            let st = self.resync.lock();
+            if st.target() == Some(i) {
+                return (st.done, st.total, st.speed());
+            }
         }
+        // Counted without the resync job's lock: a large map takes a while.
+        (0, self.dirty.get(i).map_or(0, |m| m.dirty_bytes()), 0)
     }
 
     /// Mirror: bytes per dirty-map bit (0 for a linear device).
@@ -607,7 +610,7 @@ impl Device {
                     leg.dev().name(),
                     e.to_errno(),
                     this.in_sync.count(),
-                    this.legs.len()
+                    this.live_legs()
                 );
                 Self::notify(this);
             }
@@ -900,20 +903,27 @@ impl Device {
         if let Some(what) = self.offer.lacking(&offer) {
             refuse!(EINVAL, "{} cannot serve {}: it has {}", shown, self.name(), what);
         }
-        if offer.max_sectors != u32::MAX {
-            if let Err(e) = self.disk.cap_sectors(offer.max_sectors) {
-                refuse!(e, "{}: cannot lower the largest request to {} sectors", self.name(), offer.max_sectors);
-            }
-        }
         leg.place(self.sectors, 0);
         let map = DirtyMap::new(self.sectors, self.region_bytes())?;
         map.mark_all();
         // Writes skip it (and would mark its map) until it is resyncing.
         leg.set_state(LegState::Down);
-        if self.dirty.len() != i || self.dirty.push(map).is_err() {
-            refuse!(ENOSPC, "{}: no room for another leg", self.name());
+        // The holder link also refuses the device itself as its own leg.
+        if let LegDev::Local(b) = leg.dev() {
+            if let Err(e) = self.disk.link_holder(b) {
+                refuse!(e, "{} cannot be a leg of {}", shown, self.name());
+            }
         }
-        if self.legs.push(leg).is_err() {
+        // Last, as it cannot be undone: lower the device's largest request.
+        if offer.max_sectors != u32::MAX {
+            if let Err(e) = self.disk.cap_sectors(offer.max_sectors) {
+                if let LegDev::Local(b) = leg.dev() {
+                    self.disk.unlink_holder(b);
+                }
+                refuse!(e, "{}: cannot lower the largest request to {} sectors", self.name(), offer.max_sectors);
+            }
+        }
+        if self.dirty.len() != i || self.dirty.push(map).is_err() || self.legs.push(leg).is_err() {
             // Not reached: `admin` serialises appends, and both vectors
             // have the same room.
             refuse!(ENOSPC, "{}: no room for another leg", self.name());
@@ -921,13 +931,8 @@ impl Device {
         let Some(leg) = self.legs.get(i) else {
             return Err(EINVAL.into());
         };
-        match leg.dev() {
-            LegDev::Local(b) => {
-                if let Err(e) = self.disk.link_holder(b) {
-                    pr_err!("{}: cannot link holder for {}: {:?}\n", self.name(), b.name(), e);
-                }
-            }
-            LegDev::Remote(r) => r.start(self.clone(), i),
+        if let Some(r) = leg.dev().remote() {
+            r.start(self.clone(), i);
         }
         self.resync_leg(i);
         pr_info!("{}: leg {} ({}) added; resyncing all of it ({} KiB)\n", self.name(), i, shown, self.sectors >> 1);
@@ -994,10 +999,13 @@ impl Device {
 
     /// Puts back leg `i`, whose detach did not complete, in service: a leg
     /// that was in use (`in_use`) missed the writes made since the detach
-    /// began, so it is resynced; another gets its `prior` state back.
+    /// began, so it is resynced, and so is a leg that was down (it stays
+    /// down if still unreachable); another gets its `prior` state back.
     fn abandon_detach(self: &Arc<Self>, i: usize, prior: LegState, in_use: bool) {
         let Some(leg) = self.legs.get(i) else { return };
-        if in_use {
+        // A remote leg that was down may have reconnected meanwhile:
+        // `remote_up` left it to us, as it was detached.
+        if in_use || prior == LegState::Down {
             self.resync_leg(i);
         } else {
             leg.set_state(prior);
@@ -1072,7 +1080,7 @@ impl Device {
                     self.name(),
                     i,
                     self.in_sync.count(),
-                    self.legs.len()
+                    self.live_legs()
                 );
                 Policy::FailFast
             }

@@ -675,9 +675,13 @@ impl Conn {
             },
             GFP_KERNEL,
         )?;
-        self.pending.lock().insert(req)?;
-        self.inflight.enter();
+        // Counted before it can be taken (the send side subtracts).
         self.ready.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.pending.lock().insert(req) {
+            self.ready.fetch_sub(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        self.inflight.enter();
         Job::<Conn, SEND>::queue(self.clone(), 0);
         Ok(())
     }
@@ -839,18 +843,15 @@ impl Conn {
             return Ok(());
         };
         let mut tx = self.tx.lock();
-        let mut corked = false;
-        let res = self.send_replies(&sock, &mut tx, &mut corked);
-        if corked && res.is_ok() {
-            sock.push();
-        }
+        let res = self.send_replies(&sock, &mut tx);
+        sock.push_held();
         res
     }
 
     /// Sends replies until none is left or the socket is full.  While more
-    /// replies are ready, each goes out with "more" (`corked`), so that
-    /// they leave together: fewer segments, fewer wake-ups of the client.
-    fn send_replies(self: &Arc<Self>, sock: &Socket, tx: &mut Option<TxCur>, corked: &mut bool) -> Result<(), Msg> {
+    /// replies are ready, each goes out with "more", so that they leave
+    /// together: fewer segments, fewer wake-ups of the client.
+    fn send_replies(self: &Arc<Self>, sock: &Socket, tx: &mut Option<TxCur>) -> Result<(), Msg> {
         loop {
             if tx.is_none() {
                 let next = self.pending.lock().take_done();
@@ -896,7 +897,6 @@ impl Conn {
                     Err(err) if err == EAGAIN => return Ok(()),
                     Err(err) => return Err(Msg::new(format_args!("send failed (errno {})", err.to_errno()))),
                 }
-                *corked = more;
                 continue;
             }
             if with_data && cur.data_done < cur.req.len {
@@ -908,7 +908,6 @@ impl Conn {
                     Err(err) if err == EAGAIN => return Ok(()),
                     Err(err) => return Err(Msg::new(format_args!("send failed (errno {})", err.to_errno()))),
                 }
-                *corked = more_replies;
                 continue;
             }
             // Sent in full.

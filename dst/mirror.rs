@@ -176,8 +176,7 @@ pub(crate) fn io_done(dev: ArcBorrow<'_, Device>, o: &Outcome) -> Decision {
             Arc::from(dev).kick_resync();
         }
         // Only a copy on an in-sync leg makes a write good.
-        let in_sync = (0..dev.legs().len()).filter(|&i| dev.leg_in_sync(i)).fold(0u32, |m, i| m | 1 << i);
-        if o.ok & in_sync != 0 {
+        if o.ok & dev.in_sync_mask() != 0 {
             return Decision::Complete(Ok(()));
         }
         return Decision::Complete(Err(user_error(o.error)));

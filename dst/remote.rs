@@ -607,20 +607,17 @@ impl Remote {
     /// Sends what can be sent.  Fails with why the connection broke, if it
     /// did.
     fn pump_send(&self, tx: &mut TxState, done: &mut LegBioQueue) -> Result<(), Msg> {
-        let mut corked = false;
-        let res = self.send_requests(tx, done, &mut corked);
-        if corked && res.is_ok() {
-            if let Some(sock) = tx.sock.as_ref() {
-                sock.push();
-            }
+        let res = self.send_requests(tx, done);
+        if let Some(sock) = tx.sock.as_ref() {
+            sock.push_held();
         }
         res
     }
 
     /// Sends requests until the queue is empty, every slot is taken or
     /// the socket is full.  While more requests are queued, each goes out
-    /// with "more" (`corked`), so that they leave together.
-    fn send_requests(&self, tx: &mut TxState, done: &mut LegBioQueue, corked: &mut bool) -> Result<(), Msg> {
+    /// with "more", so that they leave together.
+    fn send_requests(&self, tx: &mut TxState, done: &mut LegBioQueue) -> Result<(), Msg> {
         loop {
             if tx.cur.is_none() {
                 let Some(mut bio) = tx.queue.pop_front() else {
@@ -712,7 +709,6 @@ impl Remote {
                     Err(e) if e == EAGAIN => return Ok(()),
                     Err(e) => return Err(io_msg("send", e)),
                 }
-                *corked = more;
             }
             while c.data_done < c.data {
                 match sock.send_bio(&c.bio, c.data_done, more_requests) {
@@ -720,7 +716,6 @@ impl Remote {
                     Err(e) if e == EAGAIN => return Ok(()),
                     Err(e) => return Err(io_msg("send", e)),
                 }
-                *corked = more_requests;
             }
             if let Some(c) = cur.take() {
                 match s.slots.get_mut(c.slot) {

@@ -216,8 +216,11 @@ impl ResyncState {
         self.done.saturating_sub(self.mark_done) * 1000 / since.max(1)
     }
 
-    fn start_target(&mut self, target: usize, total: u64) {
+    /// Starts on leg `target`, with `total` bytes to copy; `requests` is
+    /// the device's foreground count now (what "busy" compares with).
+    fn start_target(&mut self, target: usize, total: u64, requests: u64) {
         self.target = Some(target);
+        self.last_requests = requests;
         self.cursor = 0;
         self.failures = 0;
         self.bad_sources = 0;
@@ -446,7 +449,7 @@ fn start_chunk(dev: &Arc<Device>, st: &mut ResyncState) -> Next {
     };
     if st.target != Some(target) {
         let total = dev.dirty_map(target).map_or(0, |m| m.dirty_bytes());
-        st.start_target(target, total);
+        st.start_target(target, total, dev.foreground_requests());
         dev.resync_progress(st);
     }
     let Some(map) = dev.dirty_map(target) else {

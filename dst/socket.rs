@@ -10,6 +10,7 @@
 use core::ffi::c_void;
 use core::net::SocketAddr;
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use kernel::bindings;
 use kernel::ffi::c_int;
@@ -49,6 +50,9 @@ struct Watch {
 pub(crate) struct Socket {
     raw: NonNull<bindings::socket>,
     watch: Option<Watch>,
+    /// The last send said more would follow: the socket may hold back
+    /// its tail until [`Socket::push_held`].
+    held: AtomicBool,
 }
 
 // SAFETY: a kernel socket may be used from any thread; the watcher
@@ -78,6 +82,24 @@ fn raw_addr(addr: &SocketAddr) -> (c_int, [u8; 16], u32) {
 }
 
 impl Socket {
+    fn new(raw: NonNull<bindings::socket>) -> Socket {
+        Socket {
+            raw,
+            watch: None,
+            held: AtomicBool::new(false),
+        }
+    }
+
+    /// The result `ret` of a send with `more`: what the socket now holds
+    /// back follows the last send that moved bytes.
+    fn sent(&self, ret: c_int, more: bool) -> Result<usize> {
+        let n = to_len(ret)?;
+        if n > 0 {
+            self.held.store(more, Ordering::Relaxed);
+        }
+        Ok(n)
+    }
+
     /// Connects to `addr`.  Blocking calls on the socket (the connect, and
     /// [`Socket::blocking`]) give up after `timeout_ms`; the connection
     /// itself is dropped when sent data stays unacknowledged that long.
@@ -90,7 +112,7 @@ impl Socket {
         };
         kernel::error::to_result(ret)?;
         let raw = NonNull::new(raw).ok_or(EINVAL)?;
-        Ok(Socket { raw, watch: None })
+        Ok(Socket::new(raw))
     }
 
     /// A socket listening on `addr` (with `SO_REUSEADDR`).
@@ -101,7 +123,7 @@ impl Socket {
         let ret = unsafe { glue::dst_sock_listen(family, bytes.as_ptr(), addr.port(), scope, &mut raw) };
         kernel::error::to_result(ret)?;
         let raw = NonNull::new(raw).ok_or(EINVAL)?;
-        Ok(Socket { raw, watch: None })
+        Ok(Socket::new(raw))
     }
 
     /// Accepts a pending connection without waiting: `Ok(None)` if there
@@ -115,7 +137,7 @@ impl Socket {
         }
         kernel::error::to_result(ret)?;
         let raw = NonNull::new(raw).ok_or(EINVAL)?;
-        Ok(Some(Socket { raw, watch: None }))
+        Ok(Some(Socket::new(raw)))
     }
 
     /// The address of the peer.
@@ -142,7 +164,8 @@ impl Socket {
         }
         // SAFETY: the socket is connected; `buf` has at least `len` bytes
         // of pages and lives while borrowed.
-        to_len(unsafe { glue::dst_sock_send_pages(self.raw.as_ptr(), buf.as_raw(), skip, len, more) })
+        let ret = unsafe { glue::dst_sock_send_pages(self.raw.as_ptr(), buf.as_raw(), skip, len, more) };
+        self.sent(ret, more)
     }
 
     /// Receives into bytes `[skip, len)` of `buf` without waiting; `Ok(0)`
@@ -157,16 +180,22 @@ impl Socket {
     }
 
     /// Sends from `buf` without waiting; `Err(EAGAIN)` if nothing fits.
-    /// `more`: more data follows at once (hold back a partial segment).
+    /// `more`: more data follows at once (the socket may hold back a
+    /// partial segment until the next send, or [`Socket::push_held`]).
     pub(crate) fn send(&self, buf: &[u8], more: bool) -> Result<usize> {
         // SAFETY: the socket is connected; `buf` is valid for its length.
-        to_len(unsafe { glue::dst_sock_send(self.raw.as_ptr(), buf.as_ptr().cast(), buf.len(), true, more) })
+        let ret = unsafe { glue::dst_sock_send(self.raw.as_ptr(), buf.as_ptr().cast(), buf.len(), true, more) };
+        self.sent(ret, more)
     }
 
-    /// Sends at once what sends with `more` held back.
-    pub(crate) fn push(&self) {
-        // SAFETY: the socket is connected.
-        unsafe { glue::dst_sock_push(self.raw.as_ptr()) }
+    /// Sends at once what the last sends held back because they said more
+    /// would follow.  A sender calls it when it stops: nothing is then
+    /// left waiting for data that does not come.
+    pub(crate) fn push_held(&self) {
+        if self.held.swap(false, Ordering::Relaxed) {
+            // SAFETY: the socket is connected.
+            unsafe { glue::dst_sock_push(self.raw.as_ptr()) }
+        }
     }
 
     /// Receives into `buf` without waiting; `Ok(0)` at end of stream,
@@ -179,7 +208,8 @@ impl Socket {
     /// Sends the data of `bio` from byte `skip`, without waiting.
     pub(crate) fn send_bio(&self, bio: &LegBio, skip: u32, more: bool) -> Result<usize> {
         // SAFETY: the socket is connected; `bio` is live while borrowed.
-        to_len(unsafe { glue::dst_sock_send_bio(self.raw.as_ptr(), bio.as_raw(), skip, more) })
+        let ret = unsafe { glue::dst_sock_send_bio(self.raw.as_ptr(), bio.as_raw(), skip, more) };
+        self.sent(ret, more)
     }
 
     /// Receives into the pages of `bio` from byte `skip`, without waiting;

@@ -464,16 +464,15 @@ pub mod resync {
     }
 }
 
-const RATE_SPECS: [AttrSpec; 2] = [
-    AttrSpec {
-        id: dev::RESYNC_RATE,
-        kind: Kind::U32,
-    },
-    AttrSpec {
-        id: dev::RESYNC_MAX,
-        kind: Kind::U32,
-    },
-];
+const RESYNC_RATE_SPEC: AttrSpec = AttrSpec {
+    id: dev::RESYNC_RATE,
+    kind: Kind::U32,
+};
+
+const RESYNC_MAX_SPEC: AttrSpec = AttrSpec {
+    id: dev::RESYNC_MAX,
+    kind: Kind::U32,
+};
 
 /// Every command of the family.
 pub const COMMANDS: &[CmdSpec] = &[
@@ -501,8 +500,8 @@ pub const COMMANDS: &[CmdSpec] = &[
                 id: dev::REGION_SIZE,
                 kind: Kind::U32,
             },
-            RATE_SPECS[0],
-            RATE_SPECS[1],
+            RESYNC_RATE_SPEC,
+            RESYNC_MAX_SPEC,
         ],
     },
     CmdSpec {
@@ -527,7 +526,7 @@ pub const COMMANDS: &[CmdSpec] = &[
         cmd: cmd::SET,
         doit: true,
         dumpit: false,
-        policy: &[NAME_SPEC, RATE_SPECS[0], RATE_SPECS[1]],
+        policy: &[NAME_SPEC, RESYNC_RATE_SPEC, RESYNC_MAX_SPEC],
     },
     CmdSpec {
         cmd: cmd::REMOVE,

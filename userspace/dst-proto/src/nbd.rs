@@ -560,29 +560,30 @@ impl StructuredReply {
     /// an `ERROR` chunk without a message, a read an `OFFSET_DATA` chunk
     /// (whose data follows), anything else a `NONE` chunk; each the last.
     pub fn encode(&self, buf: &mut [u8; Self::MAX_SIZE]) -> usize {
-        let (kind, payload) = match (self.error, self.read) {
-            (0, Some((_, len))) => (chunk::OFFSET_DATA, len.saturating_add(8)),
+        let (header, payload) = buf.split_at_mut(Self::HEADER_SIZE);
+        // The chunk: its type, the fixed part of its payload, and the
+        // length of the data that follows.
+        let mut p = Wr::new(payload);
+        let (kind, data) = match (self.error, self.read) {
+            (0, Some((offset, len))) => {
+                p.u64(offset);
+                (chunk::OFFSET_DATA, len)
+            }
             (0, None) => (chunk::NONE, 0),
-            _ => (chunk::ERROR, 6),
+            (e, _) => {
+                p.u32(e);
+                p.u16(0); // no message
+                (chunk::ERROR, 0)
+            }
         };
-        let mut w = Wr::new(buf);
+        let fixed = p.at;
+        let mut w = Wr::new(header);
         w.u32(STRUCTURED_REPLY_MAGIC);
         w.u16(chunk::FLAG_DONE);
         w.u16(kind);
         w.u64(self.cookie);
-        w.u32(payload);
-        match (self.error, self.read) {
-            (0, Some((offset, _))) => {
-                w.u64(offset);
-                Self::HEADER_SIZE + 8
-            }
-            (0, None) => Self::HEADER_SIZE,
-            (e, _) => {
-                w.u32(e);
-                w.u16(0);
-                Self::HEADER_SIZE + 6
-            }
-        }
+        w.u32(u32::try_from(fixed).map_or(u32::MAX, |f| f.saturating_add(data)));
+        w.at.saturating_add(fixed)
     }
 }
 
@@ -1260,9 +1261,11 @@ pub fn parse_uri(s: &str) -> Result<NbdUri<'_>, &'static str> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn structured_reply_chunks() {
-        let magic = [0x66, 0x8e, 0x33, 0xef];
+        // The error, the read, and the bytes on the wire.
         type Case<'a> = (u32, Option<(u64, u32)>, &'a [u8]);
         let cases: [Case<'_>; 3] = [
             // A read: OFFSET_DATA, 8 + 4096 bytes of payload, the offset.
@@ -1270,19 +1273,42 @@ mod tests {
                 0,
                 Some((0x1000, 4096)),
                 &[
-                    0, 1, 0, 1, 0, 0, 0, 9, 0, 0, 0x10, 8, 0, 0, 0, 0, 0, 0, 0x10, 0,
+                    0x66, 0x8e, 0x33, 0xef, // magic
+                    0x00, 0x01, // flags: DONE
+                    0x00, 0x01, // type: OFFSET_DATA
+                    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x09, // cookie
+                    0x00, 0x00, 0x10, 0x08, // length
+                    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, // offset
                 ],
             ),
             // Anything else: NONE.
-            (0, None, &[0, 1, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0]),
+            (
+                0,
+                None,
+                &[
+                    0x66, 0x8e, 0x33, 0xef, // magic
+                    0x00, 0x01, // flags: DONE
+                    0x00, 0x00, // type: NONE
+                    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x09, // cookie
+                    0x00, 0x00, 0x00, 0x00, // length
+                ],
+            ),
             // An error replaces the data, read or not: ERROR, EIO, no message.
             (
                 err::EIO,
                 Some((0, 512)),
-                &[0, 1, 0x80, 1, 0, 0, 0, 9, 0, 0, 0, 6, 0, 0, 0, 5, 0, 0],
+                &[
+                    0x66, 0x8e, 0x33, 0xef, // magic
+                    0x00, 0x01, // flags: DONE
+                    0x80, 0x01, // type: ERROR
+                    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x09, // cookie
+                    0x00, 0x00, 0x00, 0x06, // length
+                    0x00, 0x00, 0x00, 0x05, // error: EIO
+                    0x00, 0x00, // message length
+                ],
             ),
         ];
-        for (error, read, rest) in cases {
+        for (error, read, want) in cases {
             let mut buf = [0; StructuredReply::MAX_SIZE];
             let n = StructuredReply {
                 error,
@@ -1290,16 +1316,9 @@ mod tests {
                 read,
             }
             .encode(&mut buf);
-            // Magic, then flags (DONE), type, cookie (9, after 4 zeroes), ...
-            let mut want = magic.to_vec();
-            want.extend_from_slice(&rest[..4]);
-            want.extend_from_slice(&[0; 4]);
-            want.extend_from_slice(&rest[4..]);
             assert_eq!(buf[..n], want[..], "error {error} read {read:?}");
         }
     }
-
-    use super::*;
 
     // ---- A scripted server, from the client's point of view. ----
 

@@ -389,24 +389,14 @@ fn haggle<T: Transport, L: ExportLookup + ?Sized>(
                     structured,
                 });
             }
-            opt::LIST => {
+            // Options that take no data, given some.
+            opt::LIST | opt::STRUCTURED_REPLY if len != 0 => {
                 s.skip(len)?;
-                if len != 0 {
-                    s.reply(o, rep::ERR_INVALID, &[b"NBD_OPT_LIST takes no data"])?;
-                    continue;
-                }
-                list(s, exports)?;
+                let name = opt::name(o).as_bytes();
+                s.reply(o, rep::ERR_INVALID, &[name, b" takes no data"])?;
             }
+            opt::LIST => list(s, exports)?,
             opt::STRUCTURED_REPLY => {
-                s.skip(len)?;
-                if len != 0 {
-                    s.reply(
-                        o,
-                        rep::ERR_INVALID,
-                        &[b"NBD_OPT_STRUCTURED_REPLY takes no data"],
-                    )?;
-                    continue;
-                }
                 if structured {
                     s.reply(
                         o,

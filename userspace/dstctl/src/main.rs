@@ -15,6 +15,7 @@ mod netlink;
 mod output;
 mod remote;
 mod resync;
+mod units;
 
 use std::fmt;
 use std::io::{self, IsTerminal, Write};
@@ -25,7 +26,7 @@ use clap::Parser;
 
 use crate::cli::{one_line, Cli, Command};
 use crate::client::Dst;
-use crate::model::{LegRequest, ResyncSettings};
+use crate::model::LegRequest;
 
 /// Why `dstctl` failed; shown as one line on stderr.
 #[derive(Debug)]
@@ -74,39 +75,34 @@ impl fmt::Display for Failure {
 fn run(cli: &Cli) -> Result<String, Failure> {
     let context = cli.command.context();
     let usage = |m: String| Failure::Usage(format!("{context}: {}", one_line(&m)));
-    cli.command.validate().map_err(usage)?;
+    let checked = cli.command.validate().map_err(usage)?;
+    let op = |e| Failure::Op(context.clone(), e);
+    let failed = |m: String| Failure::Failed(format!("{context}: {}", one_line(&m)));
     // Host names are resolved before the kernel is asked anything; a
     // name that does not resolve is an operation failure (exit code 1).
-    let plan = match &cli.command {
-        Command::Create(a) => a.plan().map_err(usage)?,
-        Command::Add(a) => vec![a.plan().map_err(usage)?],
-        _ => Vec::new(),
-    };
-    let legs = plan
+    let legs = checked
+        .legs
         .into_iter()
         .map(|l| l.resolve(remote::resolve))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|m| Failure::Failed(format!("{context}: {}", one_line(&m))))?;
-    let settings = match &cli.command {
-        Command::Create(a) => a.settings().map_err(usage)?,
-        _ => ResyncSettings::default(),
-    };
-    let export = match &cli.command {
-        Command::Export(a) => Some(
-            a.plan()
-                .map_err(usage)?
-                .resolve(remote::resolve)
-                .map_err(|m| Failure::Failed(format!("{context}: {}", one_line(&m))))?,
-        ),
-        _ => None,
-    };
-    let op = |e| Failure::Op(context.clone(), e);
-    let failed = |m: String| Failure::Failed(format!("{context}: {}", one_line(&m)));
+        .map_err(failed)?;
+    let export = checked
+        .export
+        .map(|e| e.resolve(remote::resolve))
+        .transpose()
+        .map_err(failed)?;
+    let settings = checked.settings;
 
     let mut dst = Dst::connect().map_err(|e| match e {
         netlink::Error::Refused(r) if r.errno == libc::ENOENT => Failure::NotLoaded,
         e => op(e),
     })?;
+    // A device and the index of its leg `leg`, as typed.
+    let device_leg = |dst: &mut Dst, device: &str, leg: &str| {
+        let d = dst.get(device).map_err(op)?;
+        let index = detach::resolve_leg(&d, leg, canonical).map_err(failed)?;
+        Ok::<_, Failure>((d, index))
+    };
     let json = cli.json;
     Ok(match &cli.command {
         Command::Create(a) => {
@@ -133,8 +129,7 @@ fn run(cli: &Cli) -> Result<String, Failure> {
             String::new()
         }
         Command::Detach(a) => {
-            let d = dst.get(&a.device).map_err(op)?;
-            let index = detach::resolve_leg(&d, &a.leg, canonical).map_err(failed)?;
+            let (d, index) = device_leg(&mut dst, &a.device, &a.leg)?;
             // Frozen before the detach, thawed after it whatever happened.
             let frozen = if a.freeze {
                 let point = detach::mount_point(&d.path).map_err(failed)?;
@@ -153,27 +148,26 @@ fn run(cli: &Cli) -> Result<String, Failure> {
             reply_json(&mut dst, &a.device, d, json).map_err(op)?
         }
         Command::Attach(a) => {
-            let d = dst.get(&a.device).map_err(op)?;
-            let index = detach::resolve_leg(&d, &a.leg, canonical).map_err(failed)?;
+            let (_, index) = device_leg(&mut dst, &a.device, &a.leg)?;
             let d = dst.attach(&a.device, index, a.full).map_err(op)?;
             reply_json(&mut dst, &a.device, d, json).map_err(op)?
         }
         Command::Add(a) => {
-            let leg = legs.first().expect("planned above");
+            let [leg] = legs.as_slice() else {
+                unreachable!("dstctl add plans one leg");
+            };
             let d = dst
                 .add_leg(&a.device, leg)
                 .map_err(|e| op(name_legs(e, &legs)))?;
             reply_json(&mut dst, &a.device, d, json).map_err(op)?
         }
         Command::RemoveLeg(a) => {
-            let d = dst.get(&a.device).map_err(op)?;
-            let index = detach::resolve_leg(&d, &a.leg, canonical).map_err(failed)?;
+            let (_, index) = device_leg(&mut dst, &a.device, &a.leg)?;
             let d = dst.remove_leg(&a.device, index).map_err(op)?;
             reply_json(&mut dst, &a.device, d, json).map_err(op)?
         }
         Command::Set(a) => {
-            let limits = a.limits().map_err(usage)?;
-            let d = dst.set(&a.device, &limits).map_err(op)?;
+            let d = dst.set(&a.device, &settings.limits).map_err(op)?;
             reply_json(&mut dst, &a.device, d, json).map_err(op)?
         }
         Command::List => {
@@ -354,7 +348,7 @@ mod tests {
             assert_eq!(f.exit_code(), 2, "{args:?}");
             assert!(!f.to_string().contains('\n'));
         }
-        // So are exports' options, before any name is resolved.
+        // Whole lines.  Exports' options, before any name is resolved.
         for (args, want) in [
             (
                 &["export", "r1", "--listen", "nowhere.invalid", "--allow", "10.0.0.0/33"][..],
@@ -372,16 +366,9 @@ mod tests {
                 &["unexport", ".r1"],
                 "unexport .r1: device name must not start with '-' or '.'",
             ),
-        ] {
-            let f = run_args(args).unwrap_err();
-            assert!(matches!(f, Failure::Usage(_)), "{args:?}");
-            assert_eq!(f.exit_code(), 2, "{args:?}");
-            assert_eq!(f.to_string(), want);
-        }
-        // detach and attach: the names and LEG, before any socket.
-        for (args, want) in [
+            // detach and attach: the names and LEG, before any socket.
             (
-                &["detach", "a/b", "0"][..],
+                &["detach", "a/b", "0"],
                 "detach a/b: device name may only hold letters, digits, '_', '-' and '.'",
             ),
             (
@@ -395,16 +382,9 @@ mod tests {
                 &["remove-leg", "a b", "0"],
                 "remove-leg a b: device name may only hold letters, digits, '_', '-' and '.'",
             ),
-        ] {
-            let f = run_args(args).unwrap_err();
-            assert!(matches!(f, Failure::Usage(_)), "{args:?}");
-            assert_eq!(f.exit_code(), 2, "{args:?}");
-            assert_eq!(f.to_string(), want);
-        }
-        // add: the leg as for create, before anything is resolved or sent.
-        for (args, want) in [
+            // add: the leg as for create, before anything is resolved or sent.
             (
-                &["add", "-", "/dev/ram1"][..],
+                &["add", "-", "/dev/ram1"],
                 "add -: device name must not start with '-' or '.'",
             ),
             (&["add", "r1", ""], "add r1: empty leg"),
@@ -421,14 +401,7 @@ mod tests {
                 "add r1: leg nbd://nowhere.invalid/x?retries=1: unknown parameter retries \
                  (known: timeout, dead-time, backoff-max, resync)",
             ),
-        ] {
-            let f = run_args(args).unwrap_err();
-            assert!(matches!(f, Failure::Usage(_)), "{args:?}");
-            assert_eq!(f.exit_code(), 2, "{args:?}");
-            assert_eq!(f.to_string(), want);
-        }
-        // Resync settings: checked, and mirrors only, before any socket.
-        for (args, want) in [
+            // Resync settings: checked, and mirrors only, before any socket.
             (
                 &[
                     "create",
@@ -437,7 +410,7 @@ mod tests {
                     "/dev/ram0",
                     "--region-size",
                     "64K",
-                ][..],
+                ],
                 "create l: --region-size applies to mirrors (--mirror), not to --linear",
             ),
             (
@@ -466,11 +439,20 @@ mod tests {
             ),
             (
                 &["set", "r1", "--resync-max", "1"],
-                "set r1: --resync-max: 1 is out of range (1K/s to 4095G/s, or 0 for no limit)",
+                "set r1: --resync-max: 1 is out of range (1K/s to 4294967295K/s, or 0 for no limit)",
             ),
             (
                 &["set", "a/b", "--resync-rate", "1M"],
                 "set a/b: device name may only hold letters, digits, '_', '-' and '.'",
+            ),
+            // Two of the first checks, in full.
+            (
+                &["create", "r1", "--mirror", "nbds://h/x"],
+                "create r1: leg nbds://h/x: nbds:// (NBD over TLS) is not supported",
+            ),
+            (
+                &["create", "a/b", "--mirror", "/dev/ram0"],
+                "create a/b: device name may only hold letters, digits, '_', '-' and '.'",
             ),
         ] {
             let f = run_args(args).unwrap_err();
@@ -478,16 +460,6 @@ mod tests {
             assert_eq!(f.exit_code(), 2, "{args:?}");
             assert_eq!(f.to_string(), want);
         }
-        let f = run_args(&["create", "r1", "--mirror", "nbds://h/x"]).unwrap_err();
-        assert_eq!(
-            f.to_string(),
-            "create r1: leg nbds://h/x: nbds:// (NBD over TLS) is not supported"
-        );
-        let f = run_args(&["create", "a/b", "--mirror", "/dev/ram0"]).unwrap_err();
-        assert_eq!(
-            f.to_string(),
-            "create a/b: device name may only hold letters, digits, '_', '-' and '.'"
-        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::marker::PhantomData;
 
 use dst_proto::genl::{dev, exp, leg, DevState, LegKind, LegState, Target};
 use dst_proto::nlattr::{self, Attr, Attrs, Writer};
+use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
 
 use crate::netlink::Buf;
@@ -156,7 +157,8 @@ pub struct Export {
     pub requests: u64,
 }
 
-/// One leg of a device.  Field order is the JSON order.
+/// One leg of a device.  The JSON has the fields in this order, and
+/// after `resync_speed` the derived `resync_eta_s` ([`Leg::resync_eta`]).
 ///
 /// The keys are always present.  Those that only remote legs have
 /// (`addr` to `backoff_max_ms`, `nbd_flags`, `connects`) are `null` for
@@ -165,7 +167,7 @@ pub struct Export {
 /// runs (`resync_speed` also while its speed is not known yet), and
 /// `resync_eta_s` is then `null`; `resynced` is 0 from a kernel that does
 /// not report it; `problem` is `null` when there is none.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Leg {
     /// Position in the device, from 0.
     pub index: u32,
@@ -208,9 +210,6 @@ pub struct Leg {
     /// Speed of the running resync over the last seconds, in bytes per
     /// second; 0 if none runs or it is not known.
     pub resync_speed: u64,
-    /// Seconds the running resync needs to finish at that speed, as
-    /// decoded (see [`Leg::resync_eta`]); `None` when it is not known.
-    pub resync_eta_s: Option<u64>,
     /// Bytes copied to the leg by resyncs since the device was created.
     pub resynced: u64,
     /// Remote: the server's NBD transmission flags.
@@ -246,6 +245,50 @@ impl Leg {
     /// rounded up; `None` if no resync runs or its speed is not known.
     pub fn resync_eta(&self) -> Option<u64> {
         eta_secs(self.resync_done, self.resync_total, self.resync_speed)
+    }
+}
+
+impl Serialize for Leg {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // The fields in order, `resync_eta_s` after the speed.  The
+        // pattern does not compile while a field is missing from it.
+        macro_rules! with_eta_after {
+            ([$($before:ident),*], [$($after:ident),*]) => {{
+                let Leg { $($before,)* $($after,)* } = self;
+                let resync_eta_s = self.resync_eta();
+                let keys = [$(stringify!($before),)* "resync_eta_s", $(stringify!($after),)*];
+                let mut out = s.serialize_struct("Leg", keys.len())?;
+                $(out.serialize_field(stringify!($before), $before)?;)*
+                out.serialize_field("resync_eta_s", &resync_eta_s)?;
+                $(out.serialize_field(stringify!($after), $after)?;)*
+                out.end()
+            }};
+        }
+        with_eta_after!(
+            [
+                index,
+                spec,
+                disk,
+                size,
+                offset,
+                state,
+                reads,
+                writes,
+                read_errors,
+                write_errors,
+                inflight,
+                kind,
+                addr,
+                export,
+                timeout_ms,
+                dead_time_ms,
+                backoff_max_ms,
+                resync_done,
+                resync_total,
+                resync_speed
+            ],
+            [resynced, nbd_flags, connects, problem]
+        )
     }
 }
 
@@ -340,7 +383,6 @@ impl Leg {
             l.nbd_flags = None;
             l.connects = None;
         }
-        l.resync_eta_s = l.resync_eta();
         Ok(l)
     }
 }
@@ -1087,6 +1129,41 @@ mod tests {
         );
         // 58 MiB left at 3 MiB/s: 19.3 s, rounded up.
         assert_eq!(l.resync_eta(), Some(20));
+        // Key order is the fields', with the ETA after the speed.
+        let text = serde_json::to_string(l).unwrap();
+        let keys = [
+            "index",
+            "spec",
+            "disk",
+            "size",
+            "offset",
+            "state",
+            "reads",
+            "writes",
+            "read_errors",
+            "write_errors",
+            "inflight",
+            "kind",
+            "addr",
+            "export",
+            "timeout_ms",
+            "dead_time_ms",
+            "backoff_max_ms",
+            "resync_done",
+            "resync_total",
+            "resync_speed",
+            "resync_eta_s",
+            "resynced",
+            "nbd_flags",
+            "connects",
+            "problem",
+        ];
+        let at: Vec<usize> = keys
+            .iter()
+            .map(|k| text.find(&format!("\"{k}\":")).unwrap())
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
+        assert_eq!(v(l).as_object().unwrap().len(), keys.len());
         assert_eq!(
             (d.region_size, d.resync_rate_kib, d.resync_max_kib),
             (Some(64 << 10), Some(16 << 10), Some(0))
@@ -1118,14 +1195,20 @@ mod tests {
             Device::decode(&b.0).unwrap().legs.remove(0)
         };
         let l = decode_leg(Some(1 << 20), 0, 10 << 20);
-        assert_eq!((l.resync_speed, l.resync_eta_s), (1 << 20, Some(10)));
+        assert_eq!((l.resync_speed, l.resync_eta()), (1 << 20, Some(10)));
+        assert_eq!(v(&l)["resync_eta_s"], 10);
         // Not measured yet, or from a kernel that does not say.
-        assert_eq!(decode_leg(Some(0), 0, 10 << 20).resync_eta_s, None);
-        assert_eq!(decode_leg(None, 0, 10 << 20).resync_eta_s, None);
+        for l in [
+            decode_leg(Some(0), 0, 10 << 20),
+            decode_leg(None, 0, 10 << 20),
+        ] {
+            assert_eq!(l.resync_eta(), None);
+            assert!(v(&l)["resync_eta_s"].is_null());
+        }
         // No resync running.
-        assert_eq!(decode_leg(Some(1 << 20), 0, 0).resync_eta_s, None);
+        assert_eq!(decode_leg(Some(1 << 20), 0, 0).resync_eta(), None);
         // Done already: nothing left.
-        assert_eq!(decode_leg(Some(1), 20, 10).resync_eta_s, Some(0));
+        assert_eq!(decode_leg(Some(1), 20, 10).resync_eta(), Some(0));
         // A settings attribute with a wrong size is refused.
         let mut b = Buf::default();
         let mut w = Writer::new(&mut b);

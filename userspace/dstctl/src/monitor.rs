@@ -223,11 +223,7 @@ impl fmt::Display for Line<'_> {
                 problem,
             } => {
                 leg(f, i, spec)?;
-                write!(f, "added, {state}")?;
-                match problem {
-                    Some(p) => write!(f, " ({})", one_line(p)),
-                    None => Ok(()),
-                }
+                write!(f, "added, {state}{}", problem_suffix(problem.as_deref()))
             }
             What::LegRemoved { leg: i, spec } => {
                 leg(f, i, spec)?;
@@ -241,11 +237,7 @@ impl fmt::Display for Line<'_> {
                 problem,
             } => {
                 leg(f, i, spec)?;
-                write!(f, "{from} -> {to}")?;
-                match problem {
-                    Some(p) => write!(f, " ({})", one_line(p)),
-                    None => Ok(()),
-                }
+                write!(f, "{from} -> {to}{}", problem_suffix(problem.as_deref()))
             }
             What::LegProblem {
                 leg: i,
@@ -281,10 +273,10 @@ impl fmt::Display for Line<'_> {
                 total,
                 percent,
                 speed,
-                ..
+                eta_s,
             } => {
                 leg(f, i, spec)?;
-                f.write_str(&progress(*percent, *done, *total, *speed))
+                f.write_str(&progress(*percent, *done, *total, *speed, *eta_s))
             }
             What::ResyncFinished {
                 leg: i,
@@ -315,16 +307,22 @@ fn summary(d: &Device) -> String {
     let mut s = format!("{} {} {} {}", d.path, d.target, human_size(d.size), d.state);
     for l in &d.legs {
         s.push_str(&format!(
-            "; leg {} {} {}",
+            "; leg {} {} {}{}",
             l.index,
             one_line(&l.spec),
-            leg_state(l)
+            leg_state(l),
+            problem_suffix(shown_problem(l))
         ));
-        if let Some(p) = shown_problem(l) {
-            s.push_str(&format!(" ({})", one_line(p)));
-        }
     }
     s
+}
+
+/// What follows a leg's state when it has a problem: ` (connection
+/// refused)`; empty without one.
+fn problem_suffix(problem: Option<&str>) -> String {
+    problem
+        .map(|p| format!(" ({})", one_line(p)))
+        .unwrap_or_default()
 }
 
 /// A leg's problem, unless the leg is healthy (the kernel keeps the last
@@ -1253,6 +1251,11 @@ mod tests {
             serde_json::to_value(&progress).unwrap(),
             json!({"device": "r1", "event": "resync-progress", "leg": 1, "spec": "s",
                    "done": 5, "total": 10, "percent": 50, "speed": 2, "eta_s": 3})
+        );
+        // The text shows the ETA the line carries.
+        assert_eq!(
+            text(&[progress]),
+            ["r1: leg 1 s: resync 50% (5B of 10B), 2B/s, ETA 0:03"]
         );
     }
 

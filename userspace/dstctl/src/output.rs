@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::cli::one_line;
 use crate::model::{Device, Export, Leg};
 use crate::remote::format_ms;
-use crate::resync::{exact_size, format_eta, format_rate_kib, format_speed, progress};
+use crate::resync::{exact_size, format_rate_kib, progress, speed_and_eta};
 
 /// A size in bytes in base-1024 units with one decimal, like `lsblk`:
 /// `512B`, `64.0M`, `1.5G`.
@@ -295,6 +295,7 @@ fn leg_details(l: &Leg, tty: bool) -> Vec<String> {
                 l.resync_done,
                 l.resync_total,
                 l.resync_speed,
+                l.resync_eta(),
             )
         });
     }
@@ -316,12 +317,8 @@ fn progress_bar(l: &Leg) -> String {
         human_size(l.resync_done.min(l.resync_total)),
         human_size(l.resync_total)
     );
-    if let Some(eta) = l.resync_eta() {
-        bar.push_str(&format!(
-            "  {}  ETA {}",
-            format_speed(l.resync_speed),
-            format_eta(eta)
-        ));
+    if let Some((speed, eta)) = speed_and_eta(l.resync_speed, l.resync_eta()) {
+        bar.push_str(&format!("  {speed}  ETA {eta}"));
     }
     bar
 }
@@ -526,7 +523,6 @@ mod tests {
         assert!(list(&[d.clone()]).ends_with("(resyncing 42%)\n"));
 
         // JSON: the settings on the device, the speed and ETA on the leg.
-        d.legs[1].resync_eta_s = d.legs[1].resync_eta();
         let v: serde_json::Value = serde_json::from_str(&json(&d)).unwrap();
         assert_eq!(v["region_size"], serde_json::Value::Null);
         assert_eq!(v["resync_rate_kib"], 0);

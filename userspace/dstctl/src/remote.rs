@@ -14,6 +14,7 @@ use dst_proto::nbd::parse_uri;
 
 use crate::cli::one_line;
 use crate::model::{LegRequest, RemoteRequest};
+use crate::units::{parse_scaled, BadNumber};
 
 /// Whether a leg, as typed, is a URI (`nbd://...`, but also `nbds://...`
 /// or `http://...`, which are then refused) rather than a path.
@@ -187,24 +188,6 @@ pub fn parse_remote(spec: &str) -> Result<RemoteSpec, String> {
 /// or a number followed by `ms`, `s`, `m` or `h`; it must lie within
 /// [`timing::MIN_MS`] and [`timing::MAX_MS`].
 pub fn parse_ms(what: &str, s: &str) -> Result<u32, String> {
-    let bad = || {
-        format!(
-            "{what}: invalid duration {:?} (e.g. 30, 30s, 500ms, 2m)",
-            one_line(s)
-        )
-    };
-    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
-    let (number, unit) = s.split_at(digits);
-    let scale: u64 = match unit {
-        "ms" => 1,
-        "" | "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err(bad()),
-    };
-    if number.is_empty() {
-        return Err(bad());
-    }
     let range = || {
         format!(
             "{what}: {} is out of range ({} to {})",
@@ -213,9 +196,20 @@ pub fn parse_ms(what: &str, s: &str) -> Result<u32, String> {
             format_ms(timing::MAX_MS)
         )
     };
-    // All digits: a parse failure is an overflow.
-    let n: u64 = number.parse().map_err(|_| range())?;
-    let ms = n.checked_mul(scale).ok_or_else(range)?;
+    let ms = parse_scaled(s, |unit| match unit {
+        "ms" => Some(1),
+        "" | "s" => Some(1_000),
+        "m" => Some(60_000),
+        "h" => Some(3_600_000),
+        _ => None,
+    })
+    .map_err(|e| match e {
+        BadNumber::Invalid => format!(
+            "{what}: invalid duration {:?} (e.g. 30, 30s, 500ms, 2m)",
+            one_line(s)
+        ),
+        BadNumber::TooBig => range(),
+    })?;
     match u32::try_from(ms) {
         Ok(ms) if (timing::MIN_MS..=timing::MAX_MS).contains(&ms) => Ok(ms),
         _ => Err(range()),

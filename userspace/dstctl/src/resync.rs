@@ -13,30 +13,16 @@ use dst_proto::genl::resync;
 
 use crate::cli::one_line;
 use crate::output::human_size;
+use crate::units::{parse_scaled, BadNumber};
 
 /// The units a size may have, in bytes (powers of two).
 const UNITS: [(&str, u64); 3] = [("k", 1 << 10), ("m", 1 << 20), ("g", 1 << 30)];
 
-/// Why [`parse_bytes`] refused a size.
-#[derive(Debug, PartialEq, Eq)]
-enum BadSize {
-    /// Not a size at all.
-    Invalid,
-    /// A size, but more bytes than a `u64` holds.
-    TooBig,
-}
-
 /// Parses a size in bytes: digits, then optionally `B`, or `K`, `M` or
 /// `G` optionally followed by `B` or `iB`, in any case.
-fn parse_bytes(s: &str) -> Result<u64, BadSize> {
-    let lower = s.to_ascii_lowercase();
-    let digits = lower.bytes().take_while(u8::is_ascii_digit).count();
-    let (number, unit) = lower.split_at(digits);
-    if number.is_empty() {
-        return Err(BadSize::Invalid);
-    }
-    let scale = match unit {
-        "" | "b" => 1,
+fn parse_bytes(s: &str) -> Result<u64, BadNumber> {
+    parse_scaled(&s.to_ascii_lowercase(), |unit| match unit {
+        "" | "b" => Some(1),
         _ => {
             let unit = unit
                 .strip_suffix("ib")
@@ -45,13 +31,9 @@ fn parse_bytes(s: &str) -> Result<u64, BadSize> {
             UNITS
                 .iter()
                 .find(|(u, _)| *u == unit)
-                .ok_or(BadSize::Invalid)?
-                .1
+                .map(|(_, scale)| *scale)
         }
-    };
-    // All digits: a parse failure is an overflow.
-    let n: u64 = number.parse().map_err(|_| BadSize::TooBig)?;
-    n.checked_mul(scale).ok_or(BadSize::TooBig)
+    })
 }
 
 /// Parses `--region-size` (named `what` in errors): a power of two from
@@ -59,8 +41,8 @@ fn parse_bytes(s: &str) -> Result<u64, BadSize> {
 pub fn parse_region(what: &str, s: &str) -> Result<u32, String> {
     let bytes = match parse_bytes(s) {
         Ok(b) => u32::try_from(b).unwrap_or(u32::MAX),
-        Err(BadSize::TooBig) => u32::MAX,
-        Err(BadSize::Invalid) => {
+        Err(BadNumber::TooBig) => u32::MAX,
+        Err(BadNumber::Invalid) => {
             return Err(format!(
                 "{what}: invalid size {:?} (e.g. 64K, 1M, 4096)",
                 one_line(s)
@@ -76,30 +58,27 @@ pub fn parse_region(what: &str, s: &str) -> Result<u32, String> {
 /// rounded down to whole KiB/s; `0` or `none` for no limit.  A limit
 /// must be at least 1 KiB/s and at most `u32::MAX` KiB/s.
 pub fn parse_rate_kib(what: &str, s: &str) -> Result<u32, String> {
-    if s.eq_ignore_ascii_case("none") {
+    let lower = s.to_ascii_lowercase();
+    if lower == "none" {
         return Ok(0);
     }
-    let bad = || {
-        format!(
-            "{what}: invalid rate {:?} (e.g. 50M, 500K/s, 1G; 0 for no limit)",
-            one_line(s)
-        )
-    };
     let range = || {
         format!(
-            "{what}: {} is out of range (1K/s to {}, or 0 for no limit)",
+            "{what}: {} is out of range ({} to {}, or 0 for no limit)",
             one_line(s),
-            format_rate_kib((u32::MAX >> 20) << 20)
+            format_rate_kib(1),
+            format_rate_kib(u32::MAX)
         )
     };
-    let bare = match s.len().checked_sub(2).and_then(|i| s.get(i..)) {
-        Some(tail) if tail.eq_ignore_ascii_case("/s") => &s[..s.len() - 2],
-        _ => s,
-    };
-    let bytes = match parse_bytes(bare) {
+    let bytes = match parse_bytes(lower.strip_suffix("/s").unwrap_or(&lower)) {
         Ok(b) => b,
-        Err(BadSize::TooBig) => return Err(range()),
-        Err(BadSize::Invalid) => return Err(bad()),
+        Err(BadNumber::TooBig) => return Err(range()),
+        Err(BadNumber::Invalid) => {
+            return Err(format!(
+                "{what}: invalid rate {:?} (e.g. 50M, 500K/s, 1G; 0 for no limit)",
+                one_line(s)
+            ))
+        }
     };
     if bytes == 0 {
         return Ok(0);
@@ -158,23 +137,23 @@ pub fn eta_secs(done: u64, total: u64, speed: u64) -> Option<u64> {
 
 /// A resync's progress as `dstctl status` and `dstctl monitor` show it:
 /// `resync 42% (27.0M of 64.0M)`, then `, 12.3M/s, ETA 0:04` once its
-/// speed is known.
-pub fn progress(percent: u8, done: u64, total: u64, speed: u64) -> String {
-    format!(
-        "resync {percent}% ({} of {}){}",
+/// time left (`eta_s`, see [`eta_secs`]) is known.
+pub fn progress(percent: u8, done: u64, total: u64, speed: u64, eta_s: Option<u64>) -> String {
+    let mut line = format!(
+        "resync {percent}% ({} of {})",
         human_size(done.min(total)),
-        human_size(total),
-        speed_and_eta(done, total, speed)
-    )
+        human_size(total)
+    );
+    if let Some((speed, eta)) = speed_and_eta(speed, eta_s) {
+        line.push_str(&format!(", {speed}, ETA {eta}"));
+    }
+    line
 }
 
-/// What follows a resync's progress when its speed is known:
-/// `, 12.3M/s, ETA 0:04`; empty otherwise.
-fn speed_and_eta(done: u64, total: u64, speed: u64) -> String {
-    match eta_secs(done, total, speed) {
-        Some(eta) => format!(", {}, ETA {}", format_speed(speed), format_eta(eta)),
-        None => String::new(),
-    }
+/// A running resync's speed and time left as shown, `12.3M/s` and
+/// `0:04`, once its time left (`eta_s`) is known; `None` before.
+pub fn speed_and_eta(speed: u64, eta_s: Option<u64>) -> Option<(String, String)> {
+    eta_s.map(|eta| (format_speed(speed), format_eta(eta)))
 }
 
 #[cfg(test)]
@@ -233,7 +212,7 @@ mod tests {
         assert_eq!(rate("4294967295K"), Ok(u32::MAX));
         let range = |s: &str| {
             Err(format!(
-                "--resync-rate: {s} is out of range (1K/s to 4095G/s, or 0 for no limit)"
+                "--resync-rate: {s} is out of range (1K/s to 4294967295K/s, or 0 for no limit)"
             ))
         };
         for s in [
@@ -300,16 +279,16 @@ mod tests {
         assert_eq!(eta_secs(u64::MAX, 64 << 20, 1), Some(0));
         assert_eq!(eta_secs(0, u64::MAX, 1), Some(u64::MAX));
         assert_eq!(
-            speed_and_eta(27 << 20, 64 << 20, 10 << 20),
-            ", 10.0M/s, ETA 0:04"
+            speed_and_eta(10 << 20, Some(4)),
+            Some(("10.0M/s".into(), "0:04".into()))
         );
-        assert_eq!(speed_and_eta(27 << 20, 64 << 20, 0), "");
+        assert_eq!(speed_and_eta(0, None), None);
         assert_eq!(
-            progress(42, 27 << 20, 64 << 20, 5_662_310),
+            progress(42, 27 << 20, 64 << 20, 5_662_310, Some(7)),
             "resync 42% (27.0M of 64.0M), 5.4M/s, ETA 0:07"
         );
         assert_eq!(
-            progress(42, 27 << 20, 64 << 20, 0),
+            progress(42, 27 << 20, 64 << 20, 0, None),
             "resync 42% (27.0M of 64.0M)"
         );
     }

@@ -7,7 +7,7 @@
 use crate::modes::Mode;
 use dst_proto::nbd::{
     self, cflag, cmd, err, hflag, info, opt, rep, tflag, GoRequest, OptionHeader,
-    OptionReplyHeader, Request, SimpleReply,
+    OptionReplyHeader, Request, SimpleReply, StructuredReply,
 };
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -547,13 +547,16 @@ impl Conn<'_> {
                     return self.drain();
                 }
                 Mode::ReplyStructured => {
-                    // NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, no payload.
-                    let mut r = nbd::STRUCTURED_REPLY_MAGIC.to_be_bytes().to_vec();
-                    r.extend(1u16.to_be_bytes());
-                    r.extend(0u16.to_be_bytes());
-                    r.extend(req.cookie.to_be_bytes());
-                    r.extend(0u32.to_be_bytes());
-                    self.s.write_all(&r)?;
+                    // Unrequested: NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE,
+                    // no payload.
+                    let mut r = [0; StructuredReply::MAX_SIZE];
+                    let len = StructuredReply {
+                        error: 0,
+                        cookie: req.cookie,
+                        read: None,
+                    }
+                    .encode(&mut r);
+                    self.s.write_all(&r[..len])?;
                     self.note(format!("replied to {what} with a structured reply"));
                     return self.drain();
                 }

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Build (or reuse) the dst test kernel from Debian's linux-source-6.12.
 #
-# usage: build-kernel.sh [test|bench]
+# usage: build-kernel.sh [test|bench|prof]
+#
+# test: make check's kernel (lock and memory debugging); bench: make bench's
+# (no debugging); prof: the bench kernel plus kallsyms and perf events, for
+# profiling with perf in the guest.
 #
 # The build lives outside the work tree, in $DST_CACHE (default
 # ~/.cache/dst), keyed by the kernel source version, the config fragments,
@@ -19,7 +23,8 @@ BINDGEN=$(command -v bindgen)
 case "$flavour" in
 test) frags=("$here/kconfig/base.config" "$here/kconfig/debug.config") ;;
 bench) frags=("$here/kconfig/base.config") ;;
-*) echo "build-kernel: unknown flavour '$flavour' (test|bench)" >&2; exit 2 ;;
+prof) frags=("$here/kconfig/base.config" "$here/kconfig/prof.config") ;;
+*) echo "build-kernel: unknown flavour '$flavour' (test|bench|prof)" >&2; exit 2 ;;
 esac
 
 tarball=/usr/src/linux-source-6.12.tar.xz

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Build dst.ko against the test (default) or bench kernel.
 #
-# usage: build-module.sh [test|bench] [make args...]
+# usage: build-module.sh [test|bench|prof] [make args...]
 #
-# The test flavour builds in the work tree (dst/dst.ko); the bench kernel
-# has a different config (no lockdep), so its module is built in a copy of
-# the sources under the cache.  Warnings fail the build.  The last line
+# The test flavour builds in the work tree (dst/dst.ko); the bench and prof
+# kernels have a different config (no lockdep), so their module is built in
+# a copy of the sources under the cache.  Warnings fail the build.  The last line
 # printed on stdout is the path of dst.ko.
 set -euo pipefail
 
@@ -20,15 +20,15 @@ kdir=$("$here/build-kernel.sh" "$flavour" | tail -1)
 
 case "$flavour" in
 test) src=$repo ;;
-bench)
-	src=$cache/module-bench
+bench|prof)
+	src=$cache/module-$flavour
 	rm -rf "$src"
 	mkdir -p "$src/dst" "$src/userspace/dst-proto"
 	cp "$repo/Kbuild" "$src/"
 	cp "$repo"/dst/Kbuild "$repo"/dst/*.rs "$repo"/dst/*.c "$repo"/dst/*.h "$src/dst/"
 	cp -r "$repo/userspace/dst-proto/src" "$src/userspace/dst-proto/"
 	;;
-*) echo "build-module: unknown flavour '$flavour' (test|bench)" >&2; exit 2 ;;
+*) echo "build-module: unknown flavour '$flavour' (test|bench|prof)" >&2; exit 2 ;;
 esac
 
 log=$(mktemp)

@@ -13,6 +13,9 @@
 
 #include "glue.h"
 
+/* The queue feature "keeps I/O statistics" (iostats), a macro. */
+const unsigned int dst_blk_feat_io_stat = (__force unsigned int)BLK_FEAT_IO_STAT;
+
 void dst_limits_init(struct queue_limits *lim)
 {
 	blk_set_stacking_limits(lim);

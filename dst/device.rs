@@ -472,6 +472,7 @@ impl Device {
     }
 
     /// Whether leg `i` can be reached now (a remote leg is connected).
+    #[inline]
     pub(crate) fn leg_reachable(&self, i: usize) -> bool {
         self.legs
             .get(i)
@@ -484,6 +485,7 @@ impl Device {
     /// [`Device::detach`]: an I/O either sees the leg gone, or is counted
     /// before detach waits for the leg's I/O to end.  A counted I/O ends
     /// with [`Leg::done`] or [`Leg::end`].
+    #[inline]
     pub(crate) fn enter_leg(&self, i: usize, what: LegUse) -> bool {
         let Some(leg) = self.legs.get(i) else { return false };
         leg.start();
@@ -640,21 +642,32 @@ impl Device {
     /// with the fewest requests in flight, starting the scan at a rotating
     /// position so equal legs share the load.  Held remote legs (in sync,
     /// connection down) are used only when nothing else is left.
+    #[inline]
     pub(crate) fn pick_read_leg(&self, tried: u32) -> Option<usize> {
-        let n = self.legs.len();
-        // Only a hint: a lost update between CPUs costs nothing.
-        let start = self.rotor.load(Ordering::Relaxed) as usize;
-        self.rotor.store(start.wrapping_add(1) as u32, Ordering::Relaxed);
+        let candidates = self.in_sync.mask() & !tried;
+        if candidates & candidates.wrapping_sub(1) == 0 {
+            // None, or only one: nothing to choose.
+            return (candidates != 0).then(|| candidates.trailing_zeros() as usize);
+        }
+        let legs = &self.legs;
+        // Only a hint: a lost update between CPUs costs nothing.  Kept
+        // below the number of legs, so the scan needs no division.
+        let start = self.rotor.load(Ordering::Relaxed);
+        let next = start + 1;
+        let wrap = next >= legs.len() as u32;
+        self.rotor.store(if wrap { 0 } else { next }, Ordering::Relaxed);
+        let below = (1u32 << start.min(31)) - 1;
         let mut best: Option<(usize, u32)> = None;
-        for k in 0..n {
-            let i = (start + k) % n;
-            let leg = &self.legs[i];
-            if tried & (1 << i) != 0 || !self.in_sync.contains(i) {
-                continue;
-            }
-            let load = if self.leg_reachable(i) { leg.inflight() } else { u32::MAX };
-            if best.map_or(true, |(_, b)| load < b) {
-                best = Some((i, load));
+        // The candidates from `start` up, then those below it.
+        for mut rest in [candidates & !below, candidates & below] {
+            while rest != 0 {
+                let i = rest.trailing_zeros() as usize;
+                rest &= rest - 1;
+                let Some(leg) = legs.get(i) else { continue };
+                let load = if self.leg_reachable(i) { leg.inflight() } else { u32::MAX };
+                if best.map_or(true, |(_, b)| load < b) {
+                    best = Some((i, load));
+                }
             }
         }
         best.map(|(i, _)| i)
@@ -1165,6 +1178,7 @@ impl IoOwner for Device {
         &self.defer
     }
 
+    #[inline]
     fn clone_done(this: ArcBorrow<'_, Self>, leg: u32, op: Op, sector: u64, bytes: u32, res: Result) {
         let i = leg as usize;
         if let Some(l) = this.legs.get(i) {

@@ -90,6 +90,7 @@ int dst_bioset_init(struct bio_set *bs, unsigned int front_pad, bool rescuer);
 struct bio *dst_bio_clone(struct block_device *bdev, struct bio *src,
 			  struct bio_set *bs, bool strip_preflush);
 struct bio *dst_bio_alloc_flush(struct block_device *bdev, struct bio_set *bs);
+extern const unsigned int dst_blk_feat_io_stat;
 struct bio *dst_bio_split(struct bio *bio, unsigned int sectors,
 			  struct bio_set *bs);
 struct file *dst_bdev_open(const char *path, void *holder);

@@ -114,6 +114,7 @@ extern "C" {
         bs: *mut bindings::bio_set,
         strip_preflush: bool,
     ) -> *mut bindings::bio;
+    pub(crate) static dst_blk_feat_io_stat: u32;
     pub(crate) fn dst_bio_alloc_flush(
         bdev: *mut bindings::block_device,
         bs: *mut bindings::bio_set,

@@ -224,7 +224,9 @@ struct IoState {
     /// The owner, as stored by the disk (`Arc::into_raw`).
     owner: *const c_void,
     next: *mut IoState,
+    /// When accounting began, if the disk keeps statistics (`acct`).
     start: kernel::ffi::c_ulong,
+    acct: bool,
     pending: AtomicU32,
     ok: AtomicU32,
     tried: AtomicU32,
@@ -257,6 +259,21 @@ unsafe fn pad_of(bio: *mut bindings::bio) -> *mut Pad {
     // SAFETY: the bio set puts `FRONT_PAD` bytes, holding a `Pad`, right
     // before each bio.
     unsafe { bio.cast::<u8>().sub(size_of::<Pad>()).cast::<Pad>() }
+}
+
+/// Whether the disk `bio` was submitted to keeps I/O statistics: its
+/// `iostats` setting, which md asks too before accounting.
+///
+/// # Safety
+///
+/// `bio` must be a live bio submitted to a disk.
+unsafe fn io_stat(bio: *mut bindings::bio) -> bool {
+    // SAFETY: per the function's contract, the bio names its block device,
+    // whose disk and queue live at least as long as the bio; the constant
+    // is immutable.
+    unsafe {
+        (*(*(*(*bio).bi_bdev).bd_disk).queue).limits.features & glue::dst_blk_feat_io_stat != 0
+    }
 }
 
 fn err_code(e: Error) -> u32 {
@@ -296,6 +313,7 @@ impl<'a, T: IoOwner> Io<'a, T> {
         self.parent.as_ref().unwrap_or_else(|| unreachable!())
     }
 
+    #[inline]
     fn attach(&mut self, clone: *mut bindings::bio, leg: u32) {
         // SAFETY: `clone` was just allocated from the owner's io set.
         let pad = unsafe { pad_of(clone) };
@@ -314,14 +332,17 @@ impl<'a, T: IoOwner> Io<'a, T> {
                 // state lives there until the I/O completes, because the
                 // first clone is freed last.
                 let io = unsafe { ptr::addr_of_mut!((*pad).state) };
-                // SAFETY: as above; `parent` is live, owned by the I/O.
+                // SAFETY: `parent` is live, owned by the I/O.
+                let acct = unsafe { io_stat(parent) };
+                // SAFETY: as above.
                 unsafe {
                     io.write(IoState {
                         parent,
                         first: clone,
                         owner: ptr::from_ref::<T>(&self.owner).cast(),
                         next: ptr::null_mut(),
-                        start: bindings::bio_start_io_acct(parent),
+                        start: if acct { bindings::bio_start_io_acct(parent) } else { 0 },
+                        acct,
                         // The bias, and this clone.
                         pending: AtomicU32::new(2),
                         ok: AtomicU32::new(0),
@@ -345,6 +366,7 @@ impl<'a, T: IoOwner> Io<'a, T> {
     /// Makes a clone of the parent for leg `leg` of `sink` at `sector`,
     /// counted in the I/O.  Clones for a leg that is not a block device
     /// name the parent's device and lose `REQ_PREFLUSH` (see `clone_to`).
+    #[inline]
     fn make_clone(&mut self, leg: u32, sink: &dyn BioSink, sector: u64) -> Result<LegBio> {
         let parent = self.parent().as_raw();
         let strip = sink.bdev().is_none();
@@ -371,6 +393,7 @@ impl<'a, T: IoOwner> Io<'a, T> {
     /// Fails only if no clone can be made (a bio set with `GFP_NOIO` waits
     /// for memory rather than fail, so in practice never); the leg then did
     /// not get the I/O and the caller decides what that means.
+    #[inline]
     pub(crate) fn clone_to(&mut self, leg: u32, sink: &dyn BioSink, sector: u64) -> Result {
         if sink.bdev().is_none() && self.parent().is_preflush() && !self.parent().is_flush_only() {
             self.flush_to(leg, sink)?;
@@ -556,14 +579,16 @@ fn outcome(s: &IoState) -> Outcome {
 /// `io` must be live, with no pending reference left.
 unsafe fn complete<T: IoOwner>(io: *mut IoState, res: Result) {
     // SAFETY: per the function's contract; copy out before freeing.
-    let (parent, first, start, owner) =
-        unsafe { ((*io).parent, (*io).first, (*io).start, (*io).owner.cast::<T>()) };
+    let (parent, first, start, acct, owner) =
+        unsafe { ((*io).parent, (*io).first, (*io).start, (*io).acct, (*io).owner.cast::<T>()) };
     // SAFETY: the owner outlives its I/Os; take the gate address now.
     let gate: *const Gate = unsafe { (*owner).gate() };
     // SAFETY: `parent` is live and ours to end; `first` holds the state
     // (not used after this) and is ours to put.
     unsafe {
-        bindings::bio_end_io_acct_remapped(parent, start, (*parent).bi_bdev);
+        if acct {
+            bindings::bio_end_io_acct_remapped(parent, start, (*parent).bi_bdev);
+        }
         (*parent).bi_status = to_status(res);
         bindings::bio_put(first);
         bindings::bio_endio(parent);

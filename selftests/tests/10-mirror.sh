@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Mirror over local legs: capacity, data on every leg, read balancing,
-# discard, sysfs holders, removal.
+# discard, I/O statistics and their switch, sysfs holders, removal.
 # timeout: 300
 # shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
@@ -10,7 +10,7 @@
 require_cmd losetup blkdiscard python3
 MiB=$((1 << 20))
 
-plan 27
+plan 29
 brd_setup 2 64
 cleanup_push losetup -D
 dst_load
@@ -40,6 +40,18 @@ n1=$(($(dst_json m1 'd["legs"][1]["reads"]') - r1))
 diag "reads of 256 x 64k: leg0 $n0, leg1 $n1"
 assert_cmd -m "both legs serve reads" test "$n0" -gt 0 -a "$n1" -gt 0
 assert_eq "$((n0 + n1))" 256 "each read went to exactly one leg"
+
+# Statistics: reads completed (the first field of /sys/block/dst0/stat)
+# count, unless queue/iostats is 0.
+reads_done() { awk '{print $1}' /sys/block/dst0/stat; }
+s0=$(reads_done)
+dd if=/dev/dst0 of=/dev/null bs=4k count=100 iflag=direct status=none
+assert_eq "$(($(reads_done) - s0))" 100 "iostats on: 100 reads counted in /sys/block/dst0/stat"
+echo 0 >/sys/block/dst0/queue/iostats
+s0=$(reads_done)
+dd if=/dev/dst0 of=/dev/null bs=4k count=100 iflag=direct status=none
+echo 1 >/sys/block/dst0/queue/iostats
+assert_eq "$(($(reads_done) - s0))" 0 "iostats off: reads are not counted"
 
 # Discard reaches both legs (brd frees the pages: they read back as zeroes).
 if [ "$(cat /sys/block/dst0/queue/discard_max_bytes)" -gt 0 ]; then

@@ -248,20 +248,43 @@ impl LegBio {
         raw
     }
 
-    /// Ends the bio with `res`.
-    pub(crate) fn end(self, res: Result) {
-        let raw = self.into_raw();
-        // SAFETY: we own the bio; ending it gives it back to its maker.
-        unsafe {
-            (*raw).bi_status = to_status(res);
-            bindings::bio_endio(raw);
-        }
+    /// Ends the bio with `res` (an error a split-off part recorded stays,
+    /// see [`LegBio::record`]).
+    pub(crate) fn end(mut self, res: Result) {
+        self.record(res);
+        self.end_recorded();
     }
 
     /// Records the result to end the bio with later ([`LegBio::end_recorded`]).
+    /// A success does not replace an error already there: one that a part
+    /// split off by [`LegBio::split_front`] ended with.
     pub(crate) fn record(&mut self, res: Result) {
+        let raw = self.0.as_ptr();
         // SAFETY: the bio is live while we own it.
-        unsafe { (*self.0.as_ptr()).bi_status = to_status(res) };
+        unsafe {
+            if res.is_err() || (*raw).bi_status == 0 {
+                (*raw).bi_status = to_status(res);
+            }
+        }
+    }
+
+    /// Splits off the first `sectors` sectors (`0 < sectors <` the bio's
+    /// length) as a bio of their own; `self` keeps the rest and ends only
+    /// after the part split off has, with its error if it failed.  `None`
+    /// (and nothing changed) if the lengths are wrong or no bio can be had.
+    pub(crate) fn split_front(&mut self, sectors: u32, bs: &BioSet) -> Option<LegBio> {
+        let raw = self.0.as_ptr();
+        if sectors == 0 || sectors >= self.bytes() >> bindings::SECTOR_SHIFT {
+            return None;
+        }
+        // SAFETY: `0 < sectors < bio_sectors(raw)` as `bio_split` requires,
+        // and `bs` is an initialised bio set.
+        let front = NonNull::new(unsafe { glue::dst_bio_split(raw, sectors, bs.as_raw()) })?;
+        // SAFETY: `front` was split from `raw`, which we own; chained, it
+        // ends `raw`'s remaining count (and passes on its error) when it
+        // ends, and has an end_io of its own.
+        unsafe { bindings::bio_chain(front.as_ptr(), raw) };
+        Some(LegBio(front))
     }
 
     /// Ends the bio with the result recorded by [`LegBio::record`].

@@ -26,11 +26,12 @@
 use core::net::SocketAddr;
 use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
+use kernel::bindings;
 use kernel::new_mutex;
 use kernel::prelude::*;
 use kernel::sync::{Arc, ArcBorrow, Mutex};
 
-use crate::bio::{LegBio, LegBioQueue, LegBioStack, Op};
+use crate::bio::{BioSet, LegBio, LegBioQueue, LegBioStack, Op};
 use crate::device::Device;
 use crate::errno;
 use crate::glue::now_ms;
@@ -258,6 +259,9 @@ pub(crate) struct Remote {
     inflight: AtomicU32,
     connects: AtomicU32,
     submitted: LegBioStack,
+    /// Where bios longer than the server takes are split from.
+    #[pin]
+    splits: BioSet,
     #[pin]
     tx: Mutex<TxState>,
     #[pin]
@@ -322,6 +326,9 @@ impl Remote {
         if info.min_block > 4096 {
             refuse!(EINVAL, "leg #{}: the server's minimum block size is over 4096", n);
         }
+        if info.max_block < 512 {
+            refuse!(EINVAL, "leg #{}: the server's maximum block size is under 512", n);
+        }
         let mut slots = KVec::with_capacity(MAX_INFLIGHT, GFP_KERNEL)?;
         for _ in 0..MAX_INFLIGHT {
             slots.push(Slot::default(), GFP_KERNEL)?;
@@ -337,7 +344,7 @@ impl Remote {
             rx: RX_START,
         };
         let remote = Arc::pin_init(
-            pin_init!(Remote {
+            try_pin_init!(Remote {
                 cfg,
                 info,
                 link: AtomicU8::new(Link::Up as u8),
@@ -352,6 +359,7 @@ impl Remote {
                 inflight: AtomicU32::new(0),
                 connects: AtomicU32::new(1),
                 submitted: LegBioStack::new(),
+                splits <- BioSet::new(0),
                 tx <- new_mutex!(tx, "Remote::tx"),
                 rx <- new_mutex!(rx, "Remote::rx"),
                 slots <- new_mutex!(Slots { slots, free: u64::MAX }, "Remote::slots"),
@@ -361,7 +369,7 @@ impl Remote {
                 recv_job <- Job::new(),
                 tick_job <- Job::new(),
                 connect_job <- Job::new(),
-            }),
+            }? Error),
             GFP_KERNEL,
         )?;
         remote.install(sock)?;
@@ -440,11 +448,25 @@ impl Remote {
         Job::<Remote, CONNECT>::queue(self.clone(), 0);
     }
 
-    /// Takes a bio for the server.
-    pub(crate) fn submit(self: &Arc<Self>, bio: LegBio) {
+    /// Takes a bio for the server.  A read or write longer than the server
+    /// takes is sent as several requests: the device's own requests never
+    /// are (its queue is limited to the server's maximum), but a resync
+    /// copies larger chunks, and writes held back by a resync keep the
+    /// size they had before the leg joined.
+    pub(crate) fn submit(self: &Arc<Self>, mut bio: LegBio) {
         if self.link() == Link::Stopped {
             bio.end(Err(EIO));
             return;
+        }
+        if matches!(bio.op(), Op::Read | Op::Write) {
+            // Whole blocks of the largest size the server takes.
+            let max = (self.info.max_block & !(self.info.min_block.max(512) - 1)) >> bindings::SECTOR_SHIFT;
+            while bio.bytes() >> bindings::SECTOR_SHIFT > max {
+                match bio.split_front(max, &self.splits) {
+                    Some(front) => self.submitted.push(front),
+                    None => break,
+                }
+            }
         }
         self.submitted.push(bio);
         if self.link() == Link::Stopped {

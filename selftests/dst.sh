@@ -113,7 +113,8 @@ fio_verify() {
 #   leg_state NAME LEG            state of leg LEG of device NAME
 #   wait_leg NAME LEG STATES [SECS]   until the leg's state is one of STATES
 #                                 ("down|faulty"); prints it on timeout
-#   export_sum URI                sha256 of a whole NBD export (nbdcopy)
+#   export_sum URI                sha256 of a whole NBD export (nbdcopy, with
+#                                 $NBDCOPY_ARGS)
 #   same_data DEV LEG URI SIZE    the first SIZE bytes of DEV and of the
 #                                 local leg LEG, and the whole export URI
 #                                 (SIZE bytes long), are the same
@@ -275,7 +276,8 @@ wait_leg() {
 }
 
 export_sum() {
-	nbdcopy "$1" - | sha256sum | cut -d' ' -f1
+	# shellcheck disable=SC2086 # word splitting wanted
+	nbdcopy ${NBDCOPY_ARGS:-} "$1" - | sha256sum | cut -d' ' -f1
 }
 
 same_data() {

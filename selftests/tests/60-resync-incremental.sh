@@ -5,7 +5,9 @@
 # was in flight), and afterwards the local leg, the export and the device
 # are identical.  With resync=full the same cut copies everything.  A cut
 # of 30 s under fio (random writes with verification over 8 MiB of the
-# device) resyncs at most those 8 MiB; fio verifies throughout.
+# device) resyncs at most those 8 MiB; fio verifies throughout.  A server
+# that fails requests over 64 KiB gets none: the device's largest request is
+# 64 KiB, and a full resync copies its 1 MiB chunks in pieces.
 # timeout: 400
 # SC2016: the bodies of eval '...' expand when evaluated, as intended.
 # shellcheck disable=SC2016
@@ -63,7 +65,34 @@ cut_load_round() {
 	dstctl remove "$name" && srv_stop "$port"
 }
 
-plan 7
+# small_max_round NAME: as cut_round with resync=full, to a server that
+# takes at most 64 KiB per request and fails larger ones (EINVAL).
+small_max_round() {
+	local name=$1 port dev kb before after
+	port=$(free_port)
+	nbdkit_start "$port" --filter=blocksize-policy memory 64M blocksize-minimum=512 \
+		blocksize-preferred=4096 blocksize-maximum=65536 blocksize-error-policy=error || return 1
+	dd if=/dev/zero of=/dev/ram0 bs=1M count=64 oflag=direct status=none
+	dstctl create "$name" --mirror /dev/ram0 "nbd://127.0.0.1:$port/?timeout=2&backoff-max=1&resync=full" ||
+		return 1
+	dev=$(dst_dev "$name")
+	kb=$(cat "/sys/block/${dev#/dev/}/queue/max_sectors_kb")
+	[ "$kb" -le 64 ] || { echo "max_sectors_kb is $kb, over the server's 64"; return 1; }
+	dd if=/dev/urandom of="$dev" bs=1M count=8 oflag=direct status=none || return 1
+	nft_cut "$port" || return 1
+	dd if=/dev/urandom of="$dev" bs=1M count=1 seek=40 oflag=direct status=none || return 1
+	wait_leg "$name" 1 down 20 || return 1
+	# The writes the cut failed on the leg are counted; none may follow.
+	before=$(dst_jq "$name" '.legs[1].write_errors + .legs[1].read_errors')
+	nft_heal
+	wait_leg "$name" 1 in-sync 90 || return 1
+	after=$(dst_jq "$name" '.legs[1].write_errors + .legs[1].read_errors')
+	[ "$after" = "$before" ] || { echo "the remote leg's errors went from $before to $after"; return 1; }
+	NBDCOPY_ARGS=--request-size=65536 same_data "$dev" /dev/ram0 "nbd://127.0.0.1:$port/" "$SIZE" || return 1
+	dstctl remove "$name" && srv_stop "$port"
+}
+
+plan 9
 brd_setup 1 64
 dst_load
 assert_cmd -m "resync=dirty (default): cut, write 1 MiB, heal: back in sync, legs identical" cut_round rd dirty
@@ -78,4 +107,7 @@ assert_cmd -m "a 30 s cut under fio: back in sync, fio verified, legs identical"
 kib=$(resync_kib rl)
 diag "the 30 s cut under fio: resync copied ${kib:-?} KiB"
 assert_cmd -m "  ... it copied at most the 8 MiB fio wrote to" eval '[ -n "$kib" ] && [ "$kib" -gt 0 ] && [ "$kib" -le 8192 ]'
+assert_cmd -m "a server taking at most 64 KiB: requests no larger, full resync after a cut without errors, legs identical" \
+	small_max_round rs
+assert_eq "$(resync_kib rs)" $((SIZE / 1024)) "  ... the resync copied the whole device"
 dmesg_check

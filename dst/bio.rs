@@ -483,8 +483,9 @@ impl LegBioStack {
 }
 
 /// A `struct bio_set`: a mempool of bios, each preceded by `front_pad`
-/// bytes of caller data.  Allocations from it do not fail, and its rescuer
-/// keeps them from deadlocking when called from `submit_bio`.
+/// bytes of caller data.  Allocations from it do not fail.  A set whose
+/// bios are resubmitted from `submit_bio` (and so wait on the submitter's
+/// bio list) needs a rescuer, which keeps them from deadlocking.
 #[pin_data(PinnedDrop)]
 pub(crate) struct BioSet {
     #[pin]
@@ -497,8 +498,9 @@ unsafe impl Send for BioSet {}
 unsafe impl Sync for BioSet {}
 
 impl BioSet {
-    /// A bio set whose bios carry `front_pad` bytes in front.
-    pub(crate) fn new(front_pad: u32) -> impl PinInit<Self, Error> {
+    /// A bio set whose bios carry `front_pad` bytes in front, with a
+    /// rescuer if `rescuer`.
+    pub(crate) fn new(front_pad: u32, rescuer: bool) -> impl PinInit<Self, Error> {
         // SAFETY: `bioset_init` initialises the whole `bio_set` in place, and
         // on failure leaves nothing to clean up; the slot is pinned.
         let inner = unsafe {
@@ -506,7 +508,7 @@ impl BioSet {
                 kernel::error::to_result(glue::dst_bioset_init(
                     Opaque::raw_get(slot),
                     front_pad,
-                    true,
+                    rescuer,
                 ))
             })
         };

@@ -242,7 +242,7 @@ struct gendisk *dst_alloc_disk(struct queue_limits *lim, u32 max_sectors,
  * with a smaller maximum joins).  The queue is frozen for the commit, so
  * submit_bio calls under way (which split to the old limit) end first.
  * Bios split earlier and held back by dst itself (parked behind a resync
- * barrier) keep their size.
+ * barrier) keep their size; the remote leg splits them (Remote::submit).
  */
 int dst_disk_cap_sectors(struct gendisk *disk, u32 max_sectors)
 {

@@ -359,7 +359,8 @@ impl Remote {
                 inflight: AtomicU32::new(0),
                 connects: AtomicU32::new(1),
                 submitted: LegBioStack::new(),
-                splits <- BioSet::new(0),
+                // Parts never wait on the submitter's bio list: no rescuer.
+                splits <- BioSet::new(0, false),
                 tx <- new_mutex!(tx, "Remote::tx"),
                 rx <- new_mutex!(rx, "Remote::rx"),
                 slots <- new_mutex!(Slots { slots, free: u64::MAX }, "Remote::slots"),
@@ -459,15 +460,22 @@ impl Remote {
             return;
         }
         if matches!(bio.op(), Op::Read | Op::Write) {
-            // Whole blocks of the largest size the server takes.
-            let max = (self.info.max_block & !(self.info.min_block.max(512) - 1)) >> bindings::SECTOR_SHIFT;
+            // A multiple of the server's minimum, as the maximum is.
+            let max = self.info.max_block >> bindings::SECTOR_SHIFT;
             while bio.bytes() >> bindings::SECTOR_SHIFT > max {
                 match bio.split_front(max, &self.splits) {
-                    Some(front) => self.submitted.push(front),
+                    // Each part goes at once: the next split may wait for
+                    // the bio set's reserve, which the parts sent refill.
+                    Some(front) => self.hand_over(front),
                     None => break,
                 }
             }
         }
+        self.hand_over(bio);
+    }
+
+    /// Queues `bio` for the sender, and wakes it.
+    fn hand_over(self: &Arc<Self>, bio: LegBio) {
         self.submitted.push(bio);
         if self.link() == Link::Stopped {
             // `stop` may have drained the stack before our push.

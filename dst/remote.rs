@@ -7,7 +7,9 @@
 //! nothing waits on the socket: four jobs on the module's workqueue do all
 //! the work, woken by socket callbacks and by each other:
 //!
-//! - *send*: moves submitted bios to the queue and sends what fits;
+//! - *send*: moves submitted bios to the queue and sends what fits (a
+//!   submitter does this itself for a small bio when nobody else is
+//!   sending: see [`Remote::hand_over`]);
 //! - *recv*: reads replies (and read data, straight into the bios' pages)
 //!   and ends their bios;
 //! - *tick*: fails the connection when a request is older than the
@@ -42,6 +44,9 @@ use crate::socket::{SockEvent, SockEvents, Socket};
 
 /// Most requests in flight on one connection.
 pub(crate) const MAX_INFLIGHT: usize = 64;
+
+/// The largest bio a submitter sends itself (see [`Remote::hand_over`]).
+const INLINE_MAX_BYTES: u32 = 64 << 10;
 
 /// First wait before reconnecting, in milliseconds.
 const BACKOFF_MIN_MS: u32 = 100;
@@ -256,6 +261,9 @@ pub(crate) struct Remote {
     backoff_ms: AtomicU32,
     /// The sender waits for a free slot.
     tx_stalled: AtomicBool,
+    /// Someone is sending (a hint: submitters then leave their bios to
+    /// the send job rather than wait for the lock).
+    sending: AtomicBool,
     inflight: AtomicU32,
     connects: AtomicU32,
     submitted: LegBioStack,
@@ -356,6 +364,7 @@ impl Remote {
                 answered: AtomicBool::new(true),
                 backoff_ms: AtomicU32::new(BACKOFF_MIN_MS),
                 tx_stalled: AtomicBool::new(false),
+                sending: AtomicBool::new(false),
                 inflight: AtomicU32::new(0),
                 connects: AtomicU32::new(1),
                 submitted: LegBioStack::new(),
@@ -474,18 +483,29 @@ impl Remote {
         self.hand_over(bio);
     }
 
-    /// Queues `bio` for the sender, and wakes it.
+    /// Queues `bio` for the sender and gets it going.
+    ///
+    /// While the connection is up and nobody else is sending, the caller
+    /// sends at once, in its own context (submitters run in process
+    /// context and may sleep): the sockets are non-blocking, so this costs
+    /// the caller what the send costs and saves waking the send job, which
+    /// matters most at low queue depths.  A large write, or a sender
+    /// already at work, is left to the send job: the copy then runs on
+    /// another CPU while the submitter goes on.
     fn hand_over(self: &Arc<Self>, bio: LegBio) {
+        let inline = bio.bytes() <= INLINE_MAX_BYTES;
         self.submitted.push(bio);
-        if self.link() == Link::Stopped {
-            // `stop` may have drained the stack before our push.
-            let mut q = self.submitted.take();
-            while let Some(bio) = q.pop_front() {
-                bio.end(Err(EIO));
+        match self.link() {
+            Link::Stopped => {
+                // `stop` may have drained the stack before our push.
+                let mut q = self.submitted.take();
+                while let Some(bio) = q.pop_front() {
+                    bio.end(Err(EIO));
+                }
             }
-            return;
+            Link::Up if inline && !self.sending.load(Ordering::Relaxed) => Self::send_pass(self),
+            _ => Job::<Remote, SEND>::queue(self.clone(), 0),
         }
-        Job::<Remote, SEND>::queue(self.clone(), 0);
     }
 
     /// Sets what happens to I/O while the connection is down.
@@ -846,10 +866,20 @@ impl Remote {
 
 impl JobRun<SEND> for Remote {
     fn run(this: Arc<Self>) {
+        Self::send_pass(&this);
+    }
+}
+
+impl Remote {
+    /// Sends what was submitted, or fails it if the connection is down
+    /// and the policy says so.  Runs in the send job, or in a submitter's
+    /// context ([`Remote::hand_over`]).
+    fn send_pass(this: &Arc<Self>) {
         let mut done = LegBioQueue::new();
         let mut broke = None;
         {
             let mut tx = this.tx.lock();
+            this.sending.store(true, Ordering::Relaxed);
             let queued = this.submitted.take();
             tx.queue.append(queued);
             match this.link() {
@@ -868,6 +898,7 @@ impl JobRun<SEND> for Remote {
                 }
                 Link::Stopped => fail_all(&mut tx.queue, Err(EIO), &mut done),
             }
+            this.sending.store(false, Ordering::Relaxed);
         }
         finish(done);
         if let Some((gen, why)) = broke {

@@ -13,7 +13,11 @@
 //! transmission phase is non-blocking: the receive job reads requests,
 //! checks each one, and submits reads and writes to the device as page
 //! I/O that completes asynchronously and possibly out of order; the send
-//! job writes the replies.  A client may have at most [`MAX_INFLIGHT`]
+//! job writes the replies, except those that are ready when the receive
+//! job finishes: it sends those itself, which spares a wake-up of the send
+//! job when the device completes I/O in the submitter's context.  Each
+//! side holds a reference to the socket of its own, so a busy receive side
+//! never holds up replies.  A client may have at most [`MAX_INFLIGHT`]
 //! requests or [`MAX_INFLIGHT_BYTES`] in flight: past that the receive
 //! job stops reading, so a client that sends without reading its replies
 //! only stalls itself.  FLUSH, TRIM and WRITE_ZEROES are rare and run
@@ -395,9 +399,11 @@ impl PageIoOwner for Req {
             Err(e) => errno::to_nbd(e),
         };
         this.error.store(code, Ordering::Relaxed);
-        this.conn.ready.fetch_add(1, Ordering::Relaxed);
+        // Counted before it can be taken (the send side subtracts).
+        // SeqCst: see `Conn::kick_send`.
+        this.conn.ready.fetch_add(1, Ordering::SeqCst);
         this.done.store(true, Ordering::Release);
-        Job::<Conn, SEND>::queue(this.conn.clone(), 0);
+        this.conn.kick_send();
     }
 }
 
@@ -462,9 +468,17 @@ struct TxCur {
     data_done: u32,
 }
 
+/// The receiving side.
 struct ConnState {
     sock: Option<Arc<Socket>>,
     rx: Rx,
+}
+
+/// The sending side: a socket reference of its own, so that replies go
+/// out while the receiving side is busy.
+struct TxState {
+    sock: Option<Arc<Socket>>,
+    cur: Option<TxCur>,
 }
 
 const HANDSHAKE: u64 = 0;
@@ -483,7 +497,7 @@ pub(crate) struct Conn {
     #[pin]
     rx: Mutex<ConnState>,
     #[pin]
-    tx: Mutex<Option<TxCur>>,
+    tx: Mutex<TxState>,
     /// Requests submitted and not yet answered.
     #[pin]
     pending: Mutex<Pending>,
@@ -496,6 +510,14 @@ pub(crate) struct Conn {
     /// About how many finished requests wait for their reply to be sent
     /// (a hint: while there are, replies go out corked, together).
     ready: AtomicU32,
+    /// The receive job is at work: it sends the replies that become
+    /// ready meanwhile itself when it is done (a device that completes
+    /// I/O in the submitter's context, such as a RAM disk, then needs no
+    /// wake-up of the send job at all).
+    receiving: AtomicBool,
+    /// The send job is at work (a hint: the receive job then leaves the
+    /// replies to it rather than wait for it).
+    sending: AtomicBool,
     /// The client asked for structured replies.
     structured: AtomicBool,
     closed: AtomicBool,
@@ -583,12 +605,14 @@ impl Conn {
                 hs_sock <- new_mutex!(None, "Conn::hs_sock"),
                 export <- new_mutex!(None, "Conn::export"),
                 rx <- new_mutex!(ConnState { sock: None, rx: RX_START }, "Conn::rx"),
-                tx <- new_mutex!(None, "Conn::tx"),
+                tx <- new_mutex!(TxState { sock: None, cur: None }, "Conn::tx"),
                 pending <- new_mutex!(pending, "Conn::pending"),
                 inflight: Gate::new(),
                 inflight_bytes: AtomicU32::new(0),
                 throttled: AtomicBool::new(false),
                 ready: AtomicU32::new(0),
+                receiving: AtomicBool::new(false),
+                sending: AtomicBool::new(false),
                 structured: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 hs_job <- Job::new(),
@@ -607,7 +631,12 @@ impl Conn {
         }
         drop(self.hs_sock.lock().take());
         drop(self.rx.lock().sock.take());
-        if let Some(cur) = self.tx.lock().take() {
+        let cur = {
+            let mut tx = self.tx.lock();
+            tx.sock = None;
+            tx.cur.take()
+        };
+        if let Some(cur) = cur {
             // Its request left `pending` but still counts.
             self.retire(&cur.req);
         }
@@ -652,10 +681,6 @@ impl Conn {
         drop(self.export.lock().take());
     }
 
-    fn sock(&self) -> Option<Arc<Socket>> {
-        self.rx.lock().sock.clone()
-    }
-
     fn export(&self) -> Option<Arc<Export>> {
         self.export.lock().clone()
     }
@@ -676,14 +701,25 @@ impl Conn {
             GFP_KERNEL,
         )?;
         // Counted before it can be taken (the send side subtracts).
-        self.ready.fetch_add(1, Ordering::Relaxed);
+        self.ready.fetch_add(1, Ordering::SeqCst);
         if let Err(e) = self.pending.lock().insert(req) {
             self.ready.fetch_sub(1, Ordering::Relaxed);
             return Err(e);
         }
         self.inflight.enter();
-        Job::<Conn, SEND>::queue(self.clone(), 0);
+        self.kick_send();
         Ok(())
+    }
+
+    /// A reply was made ready (and counted in `ready`, with SeqCst).
+    /// Unless the receive job will send it, the send job does.
+    fn kick_send(self: &Arc<Self>) {
+        // SeqCst: the increment of `ready` and this load pair with the
+        // receive job's store of `receiving` and load of `ready`: one of
+        // the two sides sees the other's store.
+        if !self.receiving.load(Ordering::SeqCst) {
+            Job::<Conn, SEND>::queue(self.clone(), 0);
+        }
     }
 
     /// Starts a read or a write of `buf` for `r`.
@@ -798,7 +834,15 @@ impl Conn {
                         }
                         _ => {
                             drop(st);
-                            self.run_sync(e, &r).map_err(|_| oom())?;
+                            // The request may take long (a flush): the
+                            // send job answers what is ready meanwhile.
+                            self.receiving.store(false, Ordering::SeqCst);
+                            if self.ready.load(Ordering::SeqCst) != 0 {
+                                Job::<Conn, SEND>::queue(self.clone(), 0);
+                            }
+                            let res = self.run_sync(e, &r);
+                            self.receiving.store(true, Ordering::SeqCst);
+                            res.map_err(|_| oom())?;
                             st = self.rx.lock();
                         }
                     }
@@ -839,11 +883,12 @@ impl Conn {
     /// Sends the replies of finished requests.  Fails with why the
     /// connection must close.
     fn pump_send(self: &Arc<Self>) -> Result<(), Msg> {
-        let Some(sock) = self.sock() else {
+        let mut tx = self.tx.lock();
+        let TxState { sock, cur } = &mut *tx;
+        let Some(sock) = sock.as_ref() else {
             return Ok(());
         };
-        let mut tx = self.tx.lock();
-        let res = self.send_replies(&sock, &mut tx);
+        let res = self.send_replies(sock, cur);
         sock.push_held();
         res
     }
@@ -1001,9 +1046,11 @@ impl JobRun<HANDSHAKE> for Conn {
                 return;
             }
         };
+        this.tx.lock().sock = Some(sock.clone());
         this.rx.lock().sock = Some(sock);
         if this.closed.load(Ordering::Acquire) {
             drop(this.rx.lock().sock.take());
+            drop(this.tx.lock().sock.take());
             return;
         }
         Job::<Conn, RECV>::queue(this, 0);
@@ -1018,19 +1065,42 @@ impl JobRun<RECV> for Conn {
         let Some(e) = this.export() else {
             return;
         };
-        if let Err(why) = this.pump_recv(&e) {
+        this.receiving.store(true, Ordering::SeqCst);
+        let res = this.pump_recv(&e);
+        // SeqCst: pairs with `kick_send`.
+        this.receiving.store(false, Ordering::SeqCst);
+        if let Err(why) = res {
             this.drop_with(&why);
+            return;
+        }
+        if this.ready.load(Ordering::SeqCst) != 0 {
+            if this.sending.load(Ordering::Relaxed) {
+                Job::<Conn, SEND>::queue(this, 0);
+            } else {
+                Self::send_pass(&this);
+            }
         }
     }
 }
 
 impl JobRun<SEND> for Conn {
     fn run(this: Arc<Self>) {
+        Self::send_pass(&this);
+    }
+}
+
+impl Conn {
+    /// Sends the replies that are ready, in the send job or at the end of
+    /// the receive job.
+    fn send_pass(this: &Arc<Self>) {
         if this.closed.load(Ordering::Acquire) {
             this.release_if_idle();
             return;
         }
-        if let Err(why) = this.pump_send() {
+        this.sending.store(true, Ordering::Relaxed);
+        let res = this.pump_send();
+        this.sending.store(false, Ordering::Relaxed);
+        if let Err(why) = res {
             this.drop_with(&why);
         }
     }

@@ -303,6 +303,27 @@ fn fail_all(q: &mut LegBioQueue, res: Result, done: &mut LegBioQueue) {
     }
 }
 
+/// Tells the server that we leave (`NBD_CMD_DISC`), as the protocol asks
+/// of a client that closes a connection on purpose.  Best effort and
+/// without waiting; not when a request is half sent (the server would
+/// take the command for part of it).
+fn say_goodbye(tx: &TxState) {
+    let Some(sock) = tx.sock.as_ref() else {
+        return;
+    };
+    if tx.cur.is_some() {
+        return;
+    }
+    let req = Request {
+        flags: 0,
+        kind: cmd::DISC,
+        cookie: 0,
+        offset: 0,
+        length: 0,
+    };
+    let _ = sock.send(&req.encode(), false);
+}
+
 /// Ends the bios in `done` (outside any lock: their completion may call
 /// back into dst).
 fn finish(mut done: LegBioQueue) {
@@ -432,6 +453,7 @@ impl Remote {
         {
             let mut tx = self.tx.lock();
             let mut rx = self.rx.lock();
+            say_goodbye(&tx);
             let mut back = self.reap(&mut tx, &mut rx);
             back.append(core::mem::replace(&mut tx.queue, LegBioQueue::new()));
             back.append(self.submitted.take());
@@ -614,6 +636,7 @@ impl Remote {
             return false;
         }
         let gen = self.gen.load(Ordering::Acquire);
+        say_goodbye(&self.tx.lock());
         self.fail_connection(gen, Msg::new(format_args!("detached")));
         true
     }

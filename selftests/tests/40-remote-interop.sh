@@ -46,7 +46,7 @@ mirror_round() {
 	srv_stop "$port"
 }
 
-plan 36
+plan 40
 brd_setup 1 32
 dst_load
 
@@ -105,4 +105,18 @@ assert_cmd -m "IPv6: write 8M and read it back" \
 	eval 'dd if="$TEST_TMP/blob" of="$dev" bs=1M oflag=direct status=none && [ "$(sum_dev "$dev" $((8 * MiB)))" = "$want" ]'
 assert_cmd -m "IPv6: the export holds what ram0 and the device hold" same_data "$dev" /dev/ram0 "nbd://[::1]:$p/" "$SIZE"
 assert_cmd -m "IPv6: remove" dstctl remove m6
+srv_stop "$p"
+
+# 4. A leg that goes away on purpose says so (NBD_CMD_DISC): nbdkit -v
+# logs the command it got last.
+p=$(free_port)
+assert_cmd -m "nbdkit -v memory 8M on port $p" \
+	eval 'nbdkit_start "$p" -v memory 8M 2>"$TEST_TMP/kit-v.log"'
+assert_cmd -m "DISC: create a linear device over it, write 1M" \
+	eval 'dstctl create dl --linear "nbd://127.0.0.1:$p/" &&
+		dd if=/dev/urandom of="$(dst_dev dl)" bs=1M count=1 oflag=direct status=none'
+assert_cmd -m "DISC: remove the device" dstctl remove dl
+assert_cmd -m "DISC: nbdkit saw NBD_CMD_DISC before the close" \
+	wait_until 10 grep -q "client sent NBD_CMD_DISC, closing connection" "$TEST_TMP/kit-v.log"
+srv_stop "$p"
 dmesg_check

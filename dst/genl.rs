@@ -6,8 +6,9 @@
 //! ([`crate::proto::genl::COMMANDS`]); the C side turns them into
 //! `struct nla_policy` tables, so the kernel's netlink core validates every
 //! request (strictly: unknown attributes, wrong sizes and over-long strings
-//! are refused) before [`Handler::doit`] sees it.  Requests reach the handler
-//! serialised by the genetlink mutex.
+//! are refused) before [`Handler::doit`] sees it.  The family has
+//! `parallel_ops`: requests reach the handler concurrently, and it
+//! serialises what needs it.
 
 use core::ffi::c_void;
 use kernel::ffi::{c_char, c_int};

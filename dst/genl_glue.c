@@ -247,6 +247,12 @@ int dst_genl_register(const struct dst_nl_spec *spec, void *priv)
 	strscpy(dst_mcgrp.name, spec->mcgrp, sizeof(dst_mcgrp.name));
 	dst_family.version = spec->version;
 	dst_family.module = THIS_MODULE;
+	/*
+	 * dst serialises its own changes (Registry::admin): a slow command
+	 * (a connection attempt, a detach waiting for writes) must hold up
+	 * neither dst's status requests nor other genetlink families.
+	 */
+	dst_family.parallel_ops = true;
 	dst_family.ops = dst_ops;
 	dst_family.n_ops = spec->ncmds;
 	dst_family.mcgrps = &dst_mcgrp;

@@ -513,6 +513,8 @@ impl Registry {
 impl Handler for Registry {
     fn doit(&self, command: u8, payload: &[u8], req: &mut Request<'_>) -> Result {
         let attrs = Attrs::new(payload);
+        // Changes run one at a time; status requests need not wait.
+        let _admin = (command != cmd::GET).then(|| self.admin.lock());
         let res = match command {
             cmd::GET => self.do_get(&attrs, req),
             cmd::CREATE => self.do_create(&attrs, req),

@@ -17,8 +17,16 @@ use crate::proto::genl::{Event, Target};
 const MAX_DEVICES: u32 = 1024;
 
 /// Every device, keyed by N of `/dev/dstN`.
+///
+/// Commands that change anything hold `admin` throughout (the netlink
+/// handler takes it), so they run one at a time; `devices` is held only
+/// briefly, so that status requests are answered while a slow command
+/// (connecting to a server, waiting for writes to drain) runs.
 #[pin_data]
 pub(crate) struct Registry {
+    /// Serialises the commands that change devices or exports.
+    #[pin]
+    pub(crate) admin: Mutex<()>,
     #[pin]
     devices: Mutex<RBTree<u32, Arc<Device>>>,
     /// The devices' NBD exports.
@@ -31,6 +39,7 @@ impl Registry {
     pub(crate) fn new() -> Result<Arc<Self>> {
         Arc::pin_init(
             pin_init!(Registry {
+                admin <- new_mutex!((), "Registry::admin"),
                 devices <- new_mutex!(RBTree::new(), "Registry::devices"),
                 exports <- Exports::new(),
             }),
@@ -38,7 +47,9 @@ impl Registry {
         )
     }
 
-    /// Creates a device, at the lowest free index.
+    /// Creates a device, at the lowest free index.  The caller holds
+    /// `admin`, so the name and the index stay free while the legs are
+    /// opened and connected, without `devices` held.
     pub(crate) fn create(
         &self,
         name: &str,
@@ -46,41 +57,46 @@ impl Registry {
         specs: KVec<LegSpec<'_>>,
         settings: Settings,
     ) -> Result<Arc<Device>, Refusal> {
-        let mut devices = self.devices.lock();
-        if devices.values().any(|d| d.name() == name) {
-            refuse!(EEXIST, "a device named {} exists", name);
-        }
-        // Keys come in increasing order: the first gap is the lowest free.
-        let mut index = 0;
-        for &k in devices.keys() {
-            if k != index {
-                break;
+        let index = {
+            let devices = self.devices.lock();
+            if devices.values().any(|d| d.name() == name) {
+                refuse!(EEXIST, "a device named {} exists", name);
             }
-            index += 1;
-        }
+            // Keys come in increasing order: the first gap is the lowest free.
+            let mut index = 0;
+            for &k in devices.keys() {
+                if k != index {
+                    break;
+                }
+                index += 1;
+            }
+            index
+        };
         if index >= MAX_DEVICES {
             refuse!(ENOSPC, "too many devices (at most {})", MAX_DEVICES);
         }
         // Allocate the node first: once the device exists, nothing fails.
         let slot = RBTreeNodeReservation::new(GFP_KERNEL)?;
         let dev = Device::create(name, index, target, specs, settings)?;
-        devices.insert(slot.into_node(index, dev.clone()));
+        self.devices.lock().insert(slot.into_node(index, dev.clone()));
         netlink::send_event(&dev, Event::Created);
         Ok(dev)
     }
 
-    /// Removes the device named `name`, if it is not open.
+    /// Removes the device named `name`, if it is not open.  The caller
+    /// holds `admin`.
     pub(crate) fn remove(&self, name: &str) -> Result<(), Refusal> {
-        let mut devices = self.devices.lock();
-        let Some(dev) = devices.values().find(|d| d.name() == name).cloned() else {
+        let Some(dev) = self.get(name) else {
             refuse!(ENODEV, "no device named {}", name);
         };
         if self.exports.exports_device(&dev) {
             refuse!(EBUSY, "{} is exported (dstctl unexport {} first)", name, name);
         }
         dev.begin_remove()?;
+        // Out of the list first: the teardown may wait for a connection
+        // attempt, and status requests meanwhile no longer show it.
+        self.devices.lock().remove(&dev.index());
         dev.teardown();
-        devices.remove(&dev.index());
         netlink::send_event(&dev, Event::Removed);
         Ok(())
     }

@@ -48,7 +48,7 @@ bad() {
 	assert_cmd -m "  ... nothing changed" unchanged
 }
 
-plan $((3 + 2 * 16 + 2))
+plan $((3 + 2 * 16 + 5))
 brd_setup 2 32
 dst_load
 port0=$(free_port)
@@ -112,6 +112,20 @@ bad "not an NBD server" "not an NBD server (bad magic)" \
 # The same leg twice in one device.
 bad "the same remote leg twice" "given twice" \
 	dstctl create r2 --mirror "nbd://127.0.0.1:$port0/" "nbd://127.0.0.1:$port0/"
+
+# A create waiting for a server that never answers (its SYNs dropped)
+# does not hold up status requests: the family has parallel_ops.
+p=$(free_port)
+nft_cut "$p"
+dstctl create r3 --linear "nbd://127.0.0.1:$p/?timeout=8" 2>"$TEST_TMP/r3.err" &
+slow=$!
+sleep 1
+assert_cmd -m "status answers while a create waits for a connection" \
+	eval 'dstctl list >/dev/null && dstctl status r1 >/dev/null && kill -0 "$slow"'
+assert_cmd -m "that create then fails: the connection timed out" \
+	eval '! wait "$slow" && { grep -q "timed out" "$TEST_TMP/r3.err" || { cat "$TEST_TMP/r3.err"; false; }; }'
+assert_cmd -m "  ... nothing changed" unchanged
+nft_heal
 
 assert_cmd -m "remove r1" dstctl remove r1
 dmesg_check

@@ -8,8 +8,8 @@
 //! the work, woken by socket callbacks and by each other:
 //!
 //! - *send*: moves submitted bios to the queue and sends what fits (a
-//!   submitter does this itself for a small bio when nobody else is
-//!   sending: see [`Remote::hand_over`]);
+//!   submitter does this itself, unless it has a large write or someone
+//!   else is sending: see [`Remote::hand_over`]);
 //! - *recv*: reads replies (and read data, straight into the bios' pages)
 //!   and ends their bios;
 //! - *tick*: fails the connection when a request is older than the
@@ -45,7 +45,7 @@ use crate::socket::{SockEvent, SockEvents, Socket};
 /// Most requests in flight on one connection.
 pub(crate) const MAX_INFLIGHT: usize = 64;
 
-/// The largest bio a submitter sends itself (see [`Remote::hand_over`]).
+/// The largest write a submitter sends itself (see [`Remote::hand_over`]).
 const INLINE_MAX_BYTES: u32 = 64 << 10;
 
 /// First wait before reconnecting, in milliseconds.
@@ -515,15 +515,15 @@ impl Remote {
     /// already at work, is left to the send job: the copy then runs on
     /// another CPU while the submitter goes on.
     fn hand_over(self: &Arc<Self>, bio: LegBio) {
-        let inline = bio.bytes() <= INLINE_MAX_BYTES;
+        // Only a write's data is copied while it is sent.
+        let inline = bio.op() != Op::Write || bio.bytes() <= INLINE_MAX_BYTES;
         self.submitted.push(bio);
         match self.link() {
             Link::Stopped => {
                 // `stop` may have drained the stack before our push.
-                let mut q = self.submitted.take();
-                while let Some(bio) = q.pop_front() {
-                    bio.end(Err(EIO));
-                }
+                let mut done = LegBioQueue::new();
+                fail_all(&mut self.submitted.take(), Err(EIO), &mut done);
+                finish(done);
             }
             Link::Up if inline && !self.sending.load(Ordering::Relaxed) => Self::send_pass(self),
             _ => Job::<Remote, SEND>::queue(self.clone(), 0),
@@ -606,13 +606,17 @@ impl Remote {
 
     /// Drops connection `gen` for `why`, if it is still the current one:
     /// its requests in flight go back to the front of the queue, the
-    /// device is told, and reconnecting starts (unless parked).
-    fn fail_connection(self: &Arc<Self>, gen: u64, why: Msg) {
+    /// device is told, and reconnecting starts (unless parked).  With
+    /// `goodbye` (we leave on purpose) the server is told first.
+    fn fail_connection(self: &Arc<Self>, gen: u64, why: Msg, goodbye: bool) {
         {
             let mut tx = self.tx.lock();
             let mut rx = self.rx.lock();
             if self.gen.load(Ordering::Acquire) != gen || self.link() != Link::Up {
                 return;
+            }
+            if goodbye {
+                say_goodbye(&tx);
             }
             self.gen.fetch_add(1, Ordering::AcqRel);
             let back = self.reap(&mut tx, &mut rx);
@@ -636,8 +640,7 @@ impl Remote {
             return false;
         }
         let gen = self.gen.load(Ordering::Acquire);
-        say_goodbye(&self.tx.lock());
-        self.fail_connection(gen, Msg::new(format_args!("detached")));
+        self.fail_connection(gen, Msg::new(format_args!("detached")), true);
         true
     }
 
@@ -925,7 +928,7 @@ impl Remote {
         }
         finish(done);
         if let Some((gen, why)) = broke {
-            this.fail_connection(gen, why);
+            this.fail_connection(gen, why, false);
         } else if this.inflight.load(Ordering::Relaxed) > 0 {
             Job::<Remote, TICK>::queue(this.clone(), this.tick_ms());
         }
@@ -949,7 +952,7 @@ impl JobRun<RECV> for Remote {
         }
         finish(done);
         if let Some((gen, why)) = broke {
-            this.fail_connection(gen, why);
+            this.fail_connection(gen, why, false);
         } else if freed && this.tx_stalled.swap(false, Ordering::AcqRel) {
             // Slots are free again: the queue may move.
             Job::<Remote, SEND>::queue(this.clone(), 0);
@@ -971,7 +974,7 @@ impl JobRun<TICK> for Remote {
                 if let Some(t) = oldest {
                     if now.saturating_sub(t) > u64::from(this.cfg.timeout_ms) {
                         let why = Msg::new(format_args!("a request timed out after {} ms", this.cfg.timeout_ms));
-                        this.fail_connection(gen, why);
+                        this.fail_connection(gen, why, false);
                         return;
                     }
                     again = true;

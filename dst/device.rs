@@ -472,7 +472,6 @@ impl Device {
     }
 
     /// Whether leg `i` can be reached now (a remote leg is connected).
-    #[inline]
     pub(crate) fn leg_reachable(&self, i: usize) -> bool {
         self.legs
             .get(i)
@@ -485,7 +484,6 @@ impl Device {
     /// [`Device::detach`]: an I/O either sees the leg gone, or is counted
     /// before detach waits for the leg's I/O to end.  A counted I/O ends
     /// with [`Leg::done`] or [`Leg::end`].
-    #[inline]
     pub(crate) fn enter_leg(&self, i: usize, what: LegUse) -> bool {
         let Some(leg) = self.legs.get(i) else { return false };
         leg.start();
@@ -642,7 +640,6 @@ impl Device {
     /// with the fewest requests in flight, starting the scan at a rotating
     /// position so equal legs share the load.  Held remote legs (in sync,
     /// connection down) are used only when nothing else is left.
-    #[inline]
     pub(crate) fn pick_read_leg(&self, tried: u32) -> Option<usize> {
         let candidates = self.in_sync.mask() & !tried;
         if candidates & candidates.wrapping_sub(1) == 0 {
@@ -1178,7 +1175,6 @@ impl IoOwner for Device {
         &self.defer
     }
 
-    #[inline]
     fn clone_done(this: ArcBorrow<'_, Self>, leg: u32, op: Op, sector: u64, bytes: u32, res: Result) {
         let i = leg as usize;
         if let Some(l) = this.legs.get(i) {

@@ -313,7 +313,6 @@ impl<'a, T: IoOwner> Io<'a, T> {
         self.parent.as_ref().unwrap_or_else(|| unreachable!())
     }
 
-    #[inline]
     fn attach(&mut self, clone: *mut bindings::bio, leg: u32) {
         // SAFETY: `clone` was just allocated from the owner's io set.
         let pad = unsafe { pad_of(clone) };
@@ -366,7 +365,6 @@ impl<'a, T: IoOwner> Io<'a, T> {
     /// Makes a clone of the parent for leg `leg` of `sink` at `sector`,
     /// counted in the I/O.  Clones for a leg that is not a block device
     /// name the parent's device and lose `REQ_PREFLUSH` (see `clone_to`).
-    #[inline]
     fn make_clone(&mut self, leg: u32, sink: &dyn BioSink, sector: u64) -> Result<LegBio> {
         let parent = self.parent().as_raw();
         let strip = sink.bdev().is_none();
@@ -393,7 +391,6 @@ impl<'a, T: IoOwner> Io<'a, T> {
     /// Fails only if no clone can be made (a bio set with `GFP_NOIO` waits
     /// for memory rather than fail, so in practice never); the leg then did
     /// not get the I/O and the caller decides what that means.
-    #[inline]
     pub(crate) fn clone_to(&mut self, leg: u32, sink: &dyn BioSink, sector: u64) -> Result {
         if sink.bdev().is_none() && self.parent().is_preflush() && !self.parent().is_flush_only() {
             self.flush_to(leg, sink)?;

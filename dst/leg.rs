@@ -289,13 +289,11 @@ impl Leg {
     }
 
     /// Counts a request sent to the leg.
-    #[inline]
     pub(crate) fn start(&self) {
         self.stats.inflight.enter();
     }
 
     /// Counts a request the leg ended.
-    #[inline]
     pub(crate) fn done(&self, op: Op, res: Result) {
         let s = &self.stats;
         s.inflight.leave();

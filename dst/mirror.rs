@@ -65,7 +65,6 @@ enum Sent {
 
 /// Sends `io` to leg `i`, from here or (`later`) from the workqueue; a leg
 /// that cannot get it is failed.
-#[inline]
 fn send(io: &mut Io<'_, Device>, dev: ArcBorrow<'_, Device>, i: usize, sector: u64, later: bool) -> Sent {
     let op = io.parent().op();
     let what = if op == Op::Read { LegUse::Read } else { LegUse::Write };

@@ -48,7 +48,7 @@ bad() {
 	assert_cmd -m "  ... nothing changed" unchanged
 }
 
-plan $((3 + 2 * 16 + 5))
+plan $((3 + 2 * 16 + 6))
 brd_setup 2 32
 dst_load
 port0=$(free_port)
@@ -119,7 +119,10 @@ p=$(free_port)
 nft_cut "$p"
 dstctl create r3 --linear "nbd://127.0.0.1:$p/?timeout=8" 2>"$TEST_TMP/r3.err" &
 slow=$!
-sleep 1
+# Only once the kernel's connect is under way does the create hold the
+# lock that changes serialise on.
+assert_cmd -m "the create's connection attempt is under way (SYN-SENT)" \
+	wait_until 5 eval 'ss -Htn state syn-sent "dport = :$p" | grep -q .'
 assert_cmd -m "status answers while a create waits for a connection" \
 	eval 'dstctl list >/dev/null && dstctl status r1 >/dev/null && kill -0 "$slow"'
 assert_cmd -m "that create then fails: the connection timed out" \

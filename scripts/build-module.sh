@@ -5,8 +5,8 @@
 #
 # The test flavour builds in the work tree (dst/dst.ko); the bench and prof
 # kernels have a different config (no lockdep), so their module is built in
-# a copy of the sources under the cache.  Warnings fail the build.  The last line
-# printed on stdout is the path of dst.ko.
+# a copy of the sources under the cache.  Warnings fail the build.  The
+# last line printed on stdout is the path of dst.ko.
 set -euo pipefail
 
 flavour=${1:-test}

@@ -252,7 +252,7 @@ impl Listener {
             GFP_KERNEL,
         )?;
         let mut sock = sock;
-        sock.watch(l.clone())?;
+        sock.watch::<_, 0>(l.clone())?;
         *l.sock.lock() = Some(sock);
         Ok(l)
     }
@@ -328,7 +328,7 @@ impl Listener {
 }
 
 impl SockEvents for Listener {
-    fn sock_event(this: ArcBorrow<'_, Self>, event: SockEvent) {
+    fn sock_event(this: ArcBorrow<'_, Self>, _tag: usize, event: SockEvent) {
         if event == SockEvent::Readable {
             Job::<Listener, ACCEPT>::queue(this.into(), 0);
         }
@@ -1035,7 +1035,7 @@ impl JobRun<HANDSHAKE> for Conn {
             return;
         }
         *this.export.lock() = Some(export);
-        if sock.watch(this.clone()).is_err() {
+        if sock.watch::<_, 0>(this.clone()).is_err() {
             this.close();
             return;
         }
@@ -1107,7 +1107,7 @@ impl Conn {
 }
 
 impl SockEvents for Conn {
-    fn sock_event(this: ArcBorrow<'_, Self>, event: SockEvent) {
+    fn sock_event(this: ArcBorrow<'_, Self>, _tag: usize, event: SockEvent) {
         match event {
             SockEvent::Writable => Job::<Conn, SEND>::queue(this.into(), 0),
             SockEvent::Readable => Job::<Conn, RECV>::queue(this.into(), 0),

@@ -36,8 +36,9 @@ pub(crate) enum SockEvent {
 /// What a watcher of a socket does with its events.  Called in softirq
 /// context: queue work, nothing more.
 pub(crate) trait SockEvents: Send + Sync + Sized {
-    /// Reacts to `event`.
-    fn sock_event(this: ArcBorrow<'_, Self>, event: SockEvent);
+    /// Reacts to `event` on the socket watched with tag `tag` (a watcher
+    /// of several sockets tells them apart by it).
+    fn sock_event(this: ArcBorrow<'_, Self>, tag: usize, event: SockEvent);
 }
 
 /// The reference a watched socket's callbacks hold on their watcher.
@@ -224,9 +225,10 @@ impl Socket {
         BlockingIo(self)
     }
 
-    /// Reports the socket's events to `owner` until the socket is dropped.
-    /// The callbacks hold a reference to `owner` meanwhile.
-    pub(crate) fn watch<T: SockEvents>(&mut self, owner: Arc<T>) -> Result {
+    /// Reports the socket's events to `owner`, with tag `TAG`, until the
+    /// socket is dropped.  The callbacks hold a reference to `owner`
+    /// meanwhile.
+    pub(crate) fn watch<T: SockEvents, const TAG: usize>(&mut self, owner: Arc<T>) -> Result {
         if self.watch.is_some() {
             return Err(EBUSY);
         }
@@ -241,7 +243,7 @@ impl Socket {
         // SAFETY: the socket is valid; `data` stays valid until the
         // callbacks are cleared in `Drop`, which then releases it.
         let ret = unsafe {
-            glue::dst_sock_set_callbacks(self.raw.as_ptr(), sock_event::<T>, data.cast_mut())
+            glue::dst_sock_set_callbacks(self.raw.as_ptr(), sock_event::<T, TAG>, data.cast_mut())
         };
         if ret != 0 {
             // SAFETY: `data` came from `Arc::into_raw` above and is unused.
@@ -275,7 +277,7 @@ impl Drop for Socket {
 ///
 /// Called by the C callbacks only, with the `data` given in `watch`, while
 /// the callbacks are installed.
-unsafe extern "C" fn sock_event<T: SockEvents>(data: *mut c_void, what: c_int) {
+unsafe extern "C" fn sock_event<T: SockEvents, const TAG: usize>(data: *mut c_void, what: c_int) {
     // SAFETY: `data` is the watcher reference held while callbacks run.
     let owner = unsafe { ArcBorrow::<T>::from_raw(data.cast_const().cast()) };
     let event = match what {
@@ -284,7 +286,7 @@ unsafe extern "C" fn sock_event<T: SockEvents>(data: *mut c_void, what: c_int) {
         // `DST_SOCK_CLOSED`, and anything unexpected.
         _ => SockEvent::Closed,
     };
-    T::sock_event(owner, event);
+    T::sock_event(owner, TAG, event);
 }
 
 /// A socket used with blocking calls, bounded by its timeouts.

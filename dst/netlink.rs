@@ -17,7 +17,7 @@ use crate::genl::{self, Dump, Handler, Request};
 use crate::msg::{refuse, Msg, Refusal};
 use crate::export::{self, Cidr, Export, ExportRequest, Exports, Listener};
 use crate::proto::genl::{
-    self as schema, cmd, dev, exp, leg, resync, timing, Event, LegKind, Target, MAX_ALLOW, MAX_LEGS,
+    self as schema, cmd, conns, dev, exp, leg, resync, timing, Event, LegKind, Target, MAX_ALLOW, MAX_LEGS,
 };
 use kernel::sync::Arc;
 use crate::remote::RemoteConfig;
@@ -108,6 +108,7 @@ fn encode(d: &Device, exports: Option<&Exports>) -> Result<KVec<u8>> {
                     w.put_u8(leg::FULL_RESYNC, cfg.full_resync.into())?;
                     w.put_u32(leg::NBD_FLAGS, st.flags.into())?;
                     w.put_u32(leg::CONNECTS, st.connects)?;
+                    w.put_u8(leg::CONNS, st.conns)?;
                     if !st.problem.as_str().is_empty() {
                         w.put_str(leg::PROBLEM, st.problem.as_str())?;
                     }
@@ -198,7 +199,14 @@ fn leg_spec<'a>(a: &Attr<'a>, n: usize) -> Result<LegSpec<'a>, Refusal> {
         refuse!(EINVAL, "leg {} has an empty device path", n);
     }
     let Some(addr) = last(&nest, leg::ADDR)? else {
-        for id in [leg::EXPORT, leg::TIMEOUT_MS, leg::DEAD_TIME_MS, leg::BACKOFF_MAX_MS, leg::FULL_RESYNC] {
+        for id in [
+            leg::EXPORT,
+            leg::TIMEOUT_MS,
+            leg::DEAD_TIME_MS,
+            leg::BACKOFF_MAX_MS,
+            leg::FULL_RESYNC,
+            leg::CONNS,
+        ] {
             if last(&nest, id)?.is_some() {
                 refuse!(EINVAL, "leg {}: remote settings for a local leg", n);
             }
@@ -231,6 +239,11 @@ fn leg_spec<'a>(a: &Attr<'a>, n: usize) -> Result<LegSpec<'a>, Refusal> {
             full_resync: match last(&nest, leg::FULL_RESYNC)? {
                 Some(a) => a.u8().map_err(|_| Refusal::from(EINVAL))? != 0,
                 None => false,
+            },
+            conns: match last(&nest, leg::CONNS)? {
+                // The policy checked the range.
+                Some(a) => a.u8().map_err(|_| Refusal::from(EINVAL))?,
+                None => conns::DEFAULT,
             },
         }),
     })

@@ -2,22 +2,26 @@
 
 //! Remote legs: an NBD client in the kernel.
 //!
-//! A remote leg holds one TCP connection to an NBD server.  Requests are
-//! tagged with a cookie and pipelined (up to [`MAX_INFLIGHT`] at a time);
-//! nothing waits on the socket: four jobs on the module's workqueue do all
-//! the work, woken by socket callbacks and by each other:
+//! A remote leg holds one TCP connection to an NBD server, or up to
+//! [`MAX_CONNS`] when the server allows it (`CAN_MULTI_CONN`): each is a
+//! *lane* with its own sending and receiving side, and the leg spreads its
+//! requests over them.  Requests are tagged with a cookie and pipelined (up
+//! to [`MAX_INFLIGHT`] at a time, over all lanes); nothing waits on a
+//! socket: jobs on the module's workqueue do all the work, woken by socket
+//! callbacks and by each other:
 //!
-//! - *send*: moves submitted bios to the queue and sends what fits (a
-//!   submitter does this itself, unless it has a large write or someone
-//!   else is sending: see [`Remote::hand_over`]);
-//! - *recv*: reads replies (and read data, straight into the bios' pages)
-//!   and ends their bios;
+//! - *send* (one per lane): moves submitted bios to the lane's queue and
+//!   sends what fits (a submitter does this itself, unless it has a large
+//!   write or someone else is sending: see [`Remote::hand_over`]);
+//! - *recv* (one per lane): reads replies (and read data, straight into
+//!   the bios' pages) and ends their bios;
 //! - *tick*: fails the connection when a request is older than the
 //!   timeout, and fails held I/O once the dead time has passed;
 //! - *connect*: connects and runs the handshake, with exponential backoff.
 //!
-//! When the connection fails, the requests in flight go back to the front
-//! of the queue, in the order they were sent.  What happens to them then is
+//! The lanes fail together: a fault on one drops them all, and the leg
+//! reconnects them all.  The requests in flight then go back to the front
+//! of the first lane's queue, in the order they were sent.  What happens to them then is
 //! the device's choice ([`Policy`]): a mirror with other legs in sync takes
 //! the leg out and has its I/O failed at once (it will resync the leg); a
 //! linear device, or a mirror whose last in-sync leg this is, holds the I/O
@@ -42,8 +46,11 @@ use crate::msg::{refuse, Msg, Refusal};
 use crate::proto::nbd::{self, cmd, cmdflag, tflag, ExportInfo, HandshakeError, Request, SimpleReply};
 use crate::socket::{SockEvent, SockEvents, Socket};
 
-/// Most requests in flight on one connection.
+/// Most requests in flight on one leg.
 pub(crate) const MAX_INFLIGHT: usize = 64;
+
+/// Most connections of one leg.
+pub(crate) const MAX_CONNS: usize = crate::proto::genl::conns::MAX as usize;
 
 /// The largest write a submitter sends itself (see [`Remote::hand_over`]).
 const INLINE_MAX_BYTES: u32 = 64 << 10;
@@ -68,6 +75,9 @@ pub(crate) struct RemoteConfig {
     pub(crate) backoff_max_ms: u32,
     /// Copy the whole leg after a reconnect, not only what it missed.
     pub(crate) full_resync: bool,
+    /// Connections to open when the server allows several (1 to
+    /// [`MAX_CONNS`]).
+    pub(crate) conns: u8,
 }
 
 /// What becomes of I/O for a leg whose connection is down.
@@ -108,6 +118,8 @@ pub(crate) struct RemoteStatus {
     pub(crate) connects: u32,
     /// The server's transmission flags.
     pub(crate) flags: u16,
+    /// Connections in use.
+    pub(crate) conns: u8,
     /// The last problem, if any.
     pub(crate) problem: Msg,
 }
@@ -129,6 +141,54 @@ fn dial(cfg: &RemoteConfig) -> Result<(Socket, ExportInfo), Msg> {
         Err(HandshakeError::Protocol(why)) => Err(Msg::new(format_args!("{}", why))),
         Err(HandshakeError::NameTooLong) => Err(Msg::new(format_args!("export name too long"))),
     }
+}
+
+/// What differs in a new connection's export from the leg's.
+enum Changed {
+    /// The size, from and to.
+    Size(u64, u64),
+    Caps,
+    BlockSizes,
+}
+
+impl Changed {
+    /// Says it briefly (for the extack of a `create`, whose 80 bytes also
+    /// name the leg and the connection).
+    fn brief(&self) -> Msg {
+        match self {
+            Changed::Size(from, to) => Msg::new(format_args!("size changed from {} to {}", from, to)),
+            Changed::Caps => Msg::new(format_args!("capabilities changed")),
+            Changed::BlockSizes => Msg::new(format_args!("block sizes changed")),
+        }
+    }
+
+    /// Says it as a reconnect's refusal.
+    fn refusal(&self) -> Msg {
+        match self {
+            Changed::Size(from, to) => Msg::new(format_args!(
+                "refused: the export's size changed from {} to {} bytes",
+                from, to
+            )),
+            Changed::Caps => Msg::new(format_args!("refused: the server's capabilities changed")),
+            Changed::BlockSizes => Msg::new(format_args!("refused: the server's block sizes changed")),
+        }
+    }
+}
+
+/// Checks that a new connection serves the export a leg of `nlanes`
+/// connections had at first (`old`).
+fn same_export(old: &ExportInfo, info: &ExportInfo, nlanes: usize) -> Result<(), Changed> {
+    if info.size != old.size {
+        return Err(Changed::Size(old.size, info.size));
+    }
+    let caps = if nlanes > 1 { CAPS | tflag::CAN_MULTI_CONN } else { CAPS };
+    if info.flags & caps & old.flags != old.flags & caps || info.flags & tflag::READ_ONLY != 0 {
+        return Err(Changed::Caps);
+    }
+    if info.min_block > old.min_block || info.max_block < old.max_block {
+        return Err(Changed::BlockSizes);
+    }
+    Ok(())
 }
 
 fn connect_msg(e: Error) -> Msg {
@@ -180,6 +240,8 @@ struct Slot {
     seq: u64,
     sent_ms: u64,
     reads: bool,
+    /// The lane the request went out on: its reply must come back there.
+    lane: u8,
 }
 
 /// The request table.
@@ -206,7 +268,6 @@ struct TxState {
     sock: Option<Arc<Socket>>,
     queue: LegBioQueue,
     cur: Option<TxCur>,
-    seq: u64,
 }
 
 /// Where reading replies stands.
@@ -226,22 +287,69 @@ struct RxState {
     rx: Rx,
 }
 
-/// Job ids.
+/// One connection of a leg: its sending and receiving side.
+///
+/// The lanes' locks share their lock classes: nothing holds the locks of
+/// two lanes at once.
+#[pin_data]
+struct Lane {
+    /// Someone is sending (a hint: submitters then leave their bios to
+    /// the send job rather than wait for the lock).
+    sending: AtomicBool,
+    submitted: LegBioStack,
+    #[pin]
+    tx: Mutex<TxState>,
+    #[pin]
+    rx: Mutex<RxState>,
+}
+
+impl Lane {
+    fn new() -> impl PinInit<Self> {
+        pin_init!(Lane {
+            sending: AtomicBool::new(false),
+            submitted: LegBioStack::new(),
+            tx <- new_mutex!(
+                TxState {
+                    sock: None,
+                    queue: LegBioQueue::new(),
+                    cur: None,
+                },
+                "Lane::tx"
+            ),
+            rx <- new_mutex!(
+                RxState {
+                    sock: None,
+                    rx: RX_START,
+                },
+                "Lane::rx"
+            ),
+        })
+    }
+}
+
+/// Job ids: lane `i` sends in job `SEND + i` and receives in `RECV + i`.
 const SEND: u64 = 0;
-const RECV: u64 = 1;
-const TICK: u64 = 2;
-const CONNECT: u64 = 3;
+const RECV: u64 = SEND + MAX_CONNS as u64;
+const TICK: u64 = RECV + MAX_CONNS as u64;
+const CONNECT: u64 = TICK + 1;
 
 /// A remote leg.
 ///
-/// The sending and the receiving side have locks of their own, so that
-/// both run at once; the request table has a third, held only briefly.
-/// Lock order: `tx`, `rx`, `slots`; `problem` and `owner` alone.
+/// Each lane's sending and receiving side have locks of their own, so
+/// that all run at once; the request table, shared by the lanes, has
+/// another, held only briefly.  Lock order: `conn`, a lane's `tx`, the
+/// same lane's `rx`, `slots`; `problem` and `owner` alone.
 #[pin_data]
 pub(crate) struct Remote {
     cfg: RemoteConfig,
     /// The export as first negotiated; reconnects must match it.
     info: ExportInfo,
+    /// The connections (as many on every reconnect).
+    lanes: KVec<Pin<KBox<Lane>>>,
+    /// Where the next submitter starts looking for an idle lane.
+    next_lane: AtomicU32,
+    /// Order of the requests sent, over all lanes.
+    seq: AtomicU64,
     link: AtomicU8,
     hold: AtomicBool,
     /// Detached by the administrator: disconnected, and not reconnecting
@@ -259,21 +367,16 @@ pub(crate) struct Remote {
     /// them must not hold I/O forever.
     answered: AtomicBool,
     backoff_ms: AtomicU32,
-    /// The sender waits for a free slot.
-    tx_stalled: AtomicBool,
-    /// Someone is sending (a hint: submitters then leave their bios to
-    /// the send job rather than wait for the lock).
-    sending: AtomicBool,
+    /// Lanes whose sender waits for a free slot (a bit per lane).
+    tx_stalled: AtomicU32,
     inflight: AtomicU32,
     connects: AtomicU32,
-    submitted: LegBioStack,
     /// Where bios longer than the server takes are split from.
     #[pin]
     splits: BioSet,
+    /// Taken to drop the connections (serialises the lanes' failure).
     #[pin]
-    tx: Mutex<TxState>,
-    #[pin]
-    rx: Mutex<RxState>,
+    conn: Mutex<()>,
     #[pin]
     slots: Mutex<Slots>,
     #[pin]
@@ -281,17 +384,103 @@ pub(crate) struct Remote {
     #[pin]
     owner: Mutex<Option<(Arc<Device>, usize)>>,
     #[pin]
-    send_job: Job<Remote, SEND>,
+    send0: Job<Remote, { SEND }>,
     #[pin]
-    recv_job: Job<Remote, RECV>,
+    send1: Job<Remote, { SEND + 1 }>,
+    #[pin]
+    send2: Job<Remote, { SEND + 2 }>,
+    #[pin]
+    send3: Job<Remote, { SEND + 3 }>,
+    #[pin]
+    recv0: Job<Remote, { RECV }>,
+    #[pin]
+    recv1: Job<Remote, { RECV + 1 }>,
+    #[pin]
+    recv2: Job<Remote, { RECV + 2 }>,
+    #[pin]
+    recv3: Job<Remote, { RECV + 3 }>,
     #[pin]
     tick_job: Job<Remote, TICK>,
     #[pin]
     connect_job: Job<Remote, CONNECT>,
 }
 
-impl_has_job!(Remote, SEND, send_job);
-impl_has_job!(Remote, RECV, recv_job);
+/// The lanes' jobs (`MAX_CONNS` of each kind), and the functions that
+/// pick one by lane number.
+macro_rules! lane_jobs {
+    ($($i:literal => $send:ident, $recv:ident;)*) => {
+        $(
+            impl_has_job!(Remote, SEND + $i, $send);
+            impl_has_job!(Remote, RECV + $i, $recv);
+
+            impl JobRun<{ SEND + $i }> for Remote {
+                fn run(this: Arc<Self>) {
+                    Self::send_pass(&this, $i);
+                }
+            }
+
+            impl JobRun<{ RECV + $i }> for Remote {
+                fn run(this: Arc<Self>) {
+                    Self::recv_pass(&this, $i);
+                }
+            }
+        )*
+
+        impl Remote {
+            /// Runs lane `lane`'s send job.
+            fn kick_send(this: Arc<Self>, lane: usize) {
+                match lane {
+                    $($i => Job::<Remote, { SEND + $i }>::queue(this, 0),)*
+                    _ => {}
+                }
+            }
+
+            /// Runs lane `lane`'s receive job.
+            fn kick_recv(this: Arc<Self>, lane: usize) {
+                match lane {
+                    $($i => Job::<Remote, { RECV + $i }>::queue(this, 0),)*
+                    _ => {}
+                }
+            }
+
+            /// Disables every lane's jobs.
+            fn disable_lane_jobs(&self) {
+                $(
+                    Job::<Remote, { SEND + $i }>::disable(self);
+                    Job::<Remote, { RECV + $i }>::disable(self);
+                )*
+            }
+
+            /// Watches `sock` as lane `lane`'s.
+            fn watch(self: &Arc<Self>, lane: usize, sock: &mut Socket) -> Result {
+                match lane {
+                    $($i => sock.watch::<Remote, $i>(self.clone()),)*
+                    _ => Err(EINVAL),
+                }
+            }
+        }
+    };
+}
+
+impl Remote {
+    fn queue_send(self: &Arc<Self>, lane: usize) {
+        Self::kick_send(self.clone(), lane);
+    }
+
+    fn queue_recv(self: &Arc<Self>, lane: usize) {
+        Self::kick_recv(self.clone(), lane);
+    }
+}
+
+lane_jobs! {
+    0 => send0, recv0;
+    1 => send1, recv1;
+    2 => send2, recv2;
+    3 => send3, recv3;
+}
+
+const _: () = assert!(MAX_CONNS == 4, "lane_jobs! makes MAX_CONNS lanes");
+
 impl_has_job!(Remote, TICK, tick_job);
 impl_has_job!(Remote, CONNECT, connect_job);
 
@@ -343,7 +532,8 @@ fn io_msg(what: &str, e: Error) -> Msg {
 
 impl Remote {
     /// Connects to the server described by `cfg` (blocking, bounded by
-    /// the timeout).  The leg does nothing until [`Remote::start`].
+    /// the timeout), as many times as the leg has lanes.  The leg does
+    /// nothing until [`Remote::start`].
     pub(crate) fn connect(n: usize, cfg: RemoteConfig) -> Result<Arc<Remote>, Refusal> {
         let (sock, info) = match dial(&cfg) {
             Ok(v) => v,
@@ -358,24 +548,44 @@ impl Remote {
         if info.max_block < 512 {
             refuse!(EINVAL, "leg #{}: the server's maximum block size is under 512", n);
         }
+        let nlanes = if info.flags & tflag::CAN_MULTI_CONN != 0 {
+            usize::from(cfg.conns).clamp(1, MAX_CONNS)
+        } else {
+            1
+        };
+        let mut socks = KVec::with_capacity(nlanes, GFP_KERNEL)?;
+        socks.push(sock, GFP_KERNEL)?;
+        while socks.len() < nlanes {
+            let more = dial(&cfg).and_then(|(sock, more)| {
+                same_export(&info, &more, nlanes).map_err(|c| c.brief())?;
+                Ok(sock)
+            });
+            match more {
+                Ok(sock) => socks.push(sock, GFP_KERNEL)?,
+                Err(m) => refuse!(
+                    errno::enotconn(),
+                    "leg #{}: connection {}: {}",
+                    n,
+                    socks.len() + 1,
+                    m.as_str()
+                ),
+            }
+        }
         let mut slots = KVec::with_capacity(MAX_INFLIGHT, GFP_KERNEL)?;
         for _ in 0..MAX_INFLIGHT {
             slots.push(Slot::default(), GFP_KERNEL)?;
         }
-        let tx = TxState {
-            sock: None,
-            queue: LegBioQueue::new(),
-            cur: None,
-            seq: 0,
-        };
-        let rx = RxState {
-            sock: None,
-            rx: RX_START,
-        };
+        let mut lanes = KVec::with_capacity(nlanes, GFP_KERNEL)?;
+        for _ in 0..nlanes {
+            lanes.push(KBox::pin_init(Lane::new(), GFP_KERNEL)?, GFP_KERNEL)?;
+        }
         let remote = Arc::pin_init(
             try_pin_init!(Remote {
                 cfg,
                 info,
+                lanes,
+                next_lane: AtomicU32::new(0),
+                seq: AtomicU64::new(0),
                 link: AtomicU8::new(Link::Up as u8),
                 hold: AtomicBool::new(true),
                 parked: AtomicBool::new(false),
@@ -384,38 +594,52 @@ impl Remote {
                 down_since_ms: AtomicU64::new(0),
                 answered: AtomicBool::new(true),
                 backoff_ms: AtomicU32::new(BACKOFF_MIN_MS),
-                tx_stalled: AtomicBool::new(false),
-                sending: AtomicBool::new(false),
+                tx_stalled: AtomicU32::new(0),
                 inflight: AtomicU32::new(0),
                 connects: AtomicU32::new(1),
-                submitted: LegBioStack::new(),
                 // Parts never wait on the submitter's bio list: no rescuer.
                 splits <- BioSet::new(0, false),
-                tx <- new_mutex!(tx, "Remote::tx"),
-                rx <- new_mutex!(rx, "Remote::rx"),
+                conn <- new_mutex!((), "Remote::conn"),
                 slots <- new_mutex!(Slots { slots, free: u64::MAX }, "Remote::slots"),
                 problem <- new_mutex!(Msg::new(format_args!("")), "Remote::problem"),
                 owner <- new_mutex!(None, "Remote::owner"),
-                send_job <- Job::new(),
-                recv_job <- Job::new(),
+                send0 <- Job::new(),
+                send1 <- Job::new(),
+                send2 <- Job::new(),
+                send3 <- Job::new(),
+                recv0 <- Job::new(),
+                recv1 <- Job::new(),
+                recv2 <- Job::new(),
+                recv3 <- Job::new(),
                 tick_job <- Job::new(),
                 connect_job <- Job::new(),
             }? Error),
             GFP_KERNEL,
         )?;
-        remote.install(sock)?;
+        remote.install(socks)?;
         Ok(remote)
     }
 
-    /// Makes `sock` the connection (watched: its events wake the jobs).
-    fn install(self: &Arc<Self>, mut sock: Socket) -> Result {
-        sock.watch(self.clone())?;
-        let sock = Arc::new(sock, GFP_KERNEL)?;
-        let mut tx = self.tx.lock();
-        let mut rx = self.rx.lock();
-        tx.sock = Some(sock.clone());
-        rx.sock = Some(sock);
-        rx.rx = RX_START;
+    /// Makes `socks` the connections, one per lane (watched: their events
+    /// wake the lanes' jobs).
+    fn install(self: &Arc<Self>, socks: KVec<Socket>) -> Result {
+        if socks.len() != self.lanes.len() {
+            return Err(EINVAL);
+        }
+        // Watch them all before installing any: a socket dropped on the
+        // way gives its reference back, an installed one would keep it.
+        let mut watched = KVec::with_capacity(socks.len(), GFP_KERNEL)?;
+        for (i, mut sock) in socks.into_iter().enumerate() {
+            self.watch(i, &mut sock)?;
+            watched.push(Arc::new(sock, GFP_KERNEL)?, GFP_KERNEL)?;
+        }
+        for (sock, lane) in watched.into_iter().zip(self.lanes.iter()) {
+            let mut tx = lane.tx.lock();
+            let mut rx = lane.rx.lock();
+            tx.sock = Some(sock.clone());
+            rx.sock = Some(sock);
+            rx.rx = RX_START;
+        }
         Ok(())
     }
 
@@ -437,26 +661,23 @@ impl Remote {
     /// Starts serving leg `leg` of `owner`.
     pub(crate) fn start(self: &Arc<Self>, owner: Arc<Device>, leg: usize) {
         *self.owner.lock() = Some((owner, leg));
-        Job::<Remote, RECV>::queue(self.clone(), 0);
+        for lane in 0..self.lanes.len() {
+            self.queue_recv(lane);
+        }
     }
 
     /// Stops for good: fails everything pending with `EIO`, closes the
-    /// connection, and lets go of the device.  Waits for running jobs (a
+    /// connections, and lets go of the device.  Waits for running jobs (a
     /// connection attempt: at most the timeout).
     pub(crate) fn stop(self: &Arc<Self>) {
         self.link.store(Link::Stopped as u8, Ordering::Release);
-        Job::<Remote, SEND>::disable(self);
-        Job::<Remote, RECV>::disable(self);
+        self.disable_lane_jobs();
         Job::<Remote, TICK>::disable(self);
         Job::<Remote, CONNECT>::disable(self);
         let mut done = LegBioQueue::new();
         {
-            let mut tx = self.tx.lock();
-            let mut rx = self.rx.lock();
-            say_goodbye(&tx);
-            let mut back = self.reap(&mut tx, &mut rx);
-            back.append(core::mem::replace(&mut tx.queue, LegBioQueue::new()));
-            back.append(self.submitted.take());
+            let _conn = self.conn.lock();
+            let mut back = self.reap(true);
             fail_all(&mut back, Err(EIO), &mut done);
         }
         finish(done);
@@ -514,19 +735,42 @@ impl Remote {
     /// matters most at low queue depths.  A large write, or a sender
     /// already at work, is left to the send job: the copy then runs on
     /// another CPU while the submitter goes on.
+    ///
+    /// With several lanes, the bio goes to the first idle one from a
+    /// rotating start, or to the start if none is idle.
     fn hand_over(self: &Arc<Self>, bio: LegBio) {
         // Only a write's data is copied while it is sent.
         let inline = bio.op() != Op::Write || bio.bytes() <= INLINE_MAX_BYTES;
-        self.submitted.push(bio);
+        let n = self.lanes.len();
+        let mut lane = 0;
+        if n > 1 {
+            let start = self.next_lane.fetch_add(1, Ordering::Relaxed) as usize % n;
+            lane = (0..n)
+                .map(|k| (start + k) % n)
+                .find(|&i| self.lanes.get(i).is_some_and(|l| !l.sending.load(Ordering::Relaxed)))
+                .unwrap_or(start);
+        }
+        let Some(l) = self.lanes.get(lane) else {
+            bio.end(Err(EIO));
+            return;
+        };
+        l.submitted.push(bio);
         match self.link() {
             Link::Stopped => {
                 // `stop` may have drained the stack before our push.
                 let mut done = LegBioQueue::new();
-                fail_all(&mut self.submitted.take(), Err(EIO), &mut done);
+                fail_all(&mut l.submitted.take(), Err(EIO), &mut done);
                 finish(done);
             }
-            Link::Up if inline && !self.sending.load(Ordering::Relaxed) => Self::send_pass(self),
-            _ => Job::<Remote, SEND>::queue(self.clone(), 0),
+            Link::Up if inline && !l.sending.load(Ordering::Relaxed) => Self::send_pass(self, lane),
+            _ => self.queue_send(lane),
+        }
+    }
+
+    /// Runs every lane's send job.
+    fn kick_senders(self: &Arc<Self>) {
+        for lane in 0..self.lanes.len() {
+            self.queue_send(lane);
         }
     }
 
@@ -534,7 +778,7 @@ impl Remote {
     pub(crate) fn set_policy(self: &Arc<Self>, policy: Policy) {
         self.hold.store(policy == Policy::Hold, Ordering::Release);
         if policy == Policy::FailFast {
-            Job::<Remote, SEND>::queue(self.clone(), 0);
+            self.kick_senders();
         }
     }
 
@@ -543,6 +787,7 @@ impl Remote {
         RemoteStatus {
             connects: self.connects.load(Ordering::Relaxed),
             flags: self.info.flags,
+            conns: self.lanes.len() as u8,
             // A detached leg is disconnected on purpose: no problem.
             problem: if self.parked.load(Ordering::Acquire) {
                 Msg::new(format_args!(""))
@@ -556,21 +801,35 @@ impl Remote {
         (self.cfg.timeout_ms / 4).clamp(100, 1000)
     }
 
-    /// Closes the connection and takes back every request in flight,
-    /// oldest first.  The caller holds both sides.
-    fn reap(&self, tx: &mut TxState, rx: &mut RxState) -> LegBioQueue {
-        tx.sock = None;
-        rx.sock = None;
-        let mut cur = tx.cur.take().map(|c| (c.seq, c.bio));
-        let mut rxd = match core::mem::replace(&mut rx.rx, RX_START) {
-            Rx::Data { bio, seq, .. } => Some((seq, bio)),
-            Rx::Header { .. } => None,
-        };
+    /// Closes every lane's connection (telling the server first with
+    /// `goodbye`) and takes back every request: those in flight, oldest
+    /// first, then those queued, lane by lane.  The caller holds `conn`.
+    fn reap(&self, goodbye: bool) -> LegBioQueue {
+        // Per lane, the request being sent and the one being received.
+        let mut partial: [Option<(u64, LegBio)>; 2 * MAX_CONNS] = core::array::from_fn(|_| None);
+        let mut queued = LegBioQueue::new();
+        for (lane, pair) in self.lanes.iter().zip(partial.chunks_mut(2)) {
+            let mut tx = lane.tx.lock();
+            let mut rx = lane.rx.lock();
+            if goodbye {
+                say_goodbye(&tx);
+            }
+            tx.sock = None;
+            rx.sock = None;
+            if let [sending, receiving] = pair {
+                *sending = tx.cur.take().map(|c| (c.seq, c.bio));
+                *receiving = match core::mem::replace(&mut rx.rx, RX_START) {
+                    Rx::Data { bio, seq, .. } => Some((seq, bio)),
+                    Rx::Header { .. } => None,
+                };
+            }
+            queued.append(core::mem::replace(&mut tx.queue, LegBioQueue::new()));
+            queued.append(lane.submitted.take());
+        }
         let mut s = self.slots.lock();
         let mut back = LegBioQueue::new();
         loop {
-            // The oldest of: the slots' bios, the one being sent, the one
-            // being received.
+            // The oldest of the slots' bios and the partial ones.
             let slot = s
                 .slots
                 .iter()
@@ -578,21 +837,18 @@ impl Remote {
                 .filter(|(_, sl)| sl.bio.is_some())
                 .min_by_key(|(_, sl)| sl.seq)
                 .map(|(i, sl)| (i, sl.seq));
-            let mut best = slot.map(|(_, q)| q);
-            for q in [cur.as_ref().map(|c| c.0), rxd.as_ref().map(|r| r.0)].into_iter().flatten() {
-                best = Some(best.map_or(q, |b| b.min(q)));
-            }
-            let Some(best) = best else { break };
-            if let Some((i, q)) = slot.filter(|&(_, q)| q == best) {
-                let _ = q;
-                if let Some(bio) = s.slots.get_mut(i).and_then(|sl| sl.bio.take()) {
-                    back.push_back(bio);
-                }
-            } else if cur.as_ref().is_some_and(|c| c.0 == best) {
-                if let Some((_, bio)) = cur.take() {
-                    back.push_back(bio);
-                }
-            } else if let Some((_, bio)) = rxd.take() {
+            let part = partial
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| p.as_ref().map(|(q, _)| (i, *q)))
+                .min_by_key(|&(_, q)| q);
+            let bio = match (slot, part) {
+                (None, None) => break,
+                (Some((i, q)), Some((_, pq))) if q < pq => s.slots.get_mut(i).and_then(|sl| sl.bio.take()),
+                (Some((i, _)), None) => s.slots.get_mut(i).and_then(|sl| sl.bio.take()),
+                (_, Some((j, _))) => partial.get_mut(j).and_then(Option::take).map(|(_, bio)| bio),
+            };
+            if let Some(bio) = bio {
                 back.push_back(bio);
             }
         }
@@ -601,30 +857,32 @@ impl Remote {
         }
         s.free = u64::MAX;
         self.inflight.store(0, Ordering::Relaxed);
+        back.append(queued);
         back
     }
 
     /// Drops connection `gen` for `why`, if it is still the current one:
-    /// its requests in flight go back to the front of the queue, the
-    /// device is told, and reconnecting starts (unless parked).  With
-    /// `goodbye` (we leave on purpose) the server is told first.
+    /// the requests of every lane go back to the front of the first
+    /// lane's queue, the device is told, and reconnecting starts (unless
+    /// parked).  With `goodbye` (we leave on purpose) the server is told
+    /// first.
     fn fail_connection(self: &Arc<Self>, gen: u64, why: Msg, goodbye: bool) {
         {
-            let mut tx = self.tx.lock();
-            let mut rx = self.rx.lock();
+            let _conn = self.conn.lock();
             if self.gen.load(Ordering::Acquire) != gen || self.link() != Link::Up {
                 return;
             }
-            if goodbye {
-                say_goodbye(&tx);
-            }
             self.gen.fetch_add(1, Ordering::AcqRel);
-            let back = self.reap(&mut tx, &mut rx);
-            tx.queue.prepend(back);
             if self.answered.swap(false, Ordering::AcqRel) {
                 self.down_since_ms.store(now_ms(), Ordering::Release);
             }
+            // No lane starts sending from here on; a lane at work finishes
+            // before `reap` takes its lock.
             self.link.store(Link::Down as u8, Ordering::Release);
+            let back = self.reap(goodbye);
+            if let Some(lane) = self.lanes.first() {
+                lane.tx.lock().queue.prepend(back);
+            }
         }
         self.log(&why);
         *self.problem.lock() = why;
@@ -670,7 +928,7 @@ impl Remote {
             return true;
         }
         self.dead.store(true, Ordering::Release);
-        Job::<Remote, SEND>::queue(self.clone(), 0);
+        self.kick_senders();
         false
     }
 
@@ -682,8 +940,8 @@ impl Remote {
 
     /// Sends what can be sent.  Fails with why the connection broke, if it
     /// did.
-    fn pump_send(&self, tx: &mut TxState, done: &mut LegBioQueue) -> Result<(), Msg> {
-        let res = self.send_requests(tx, done);
+    fn pump_send(&self, lane: usize, tx: &mut TxState, done: &mut LegBioQueue) -> Result<(), Msg> {
+        let res = self.send_requests(lane, tx, done);
         if let Some(sock) = tx.sock.as_ref() {
             sock.push_held();
         }
@@ -693,7 +951,7 @@ impl Remote {
     /// Sends requests until the queue is empty, every slot is taken or
     /// the socket is full.  While more requests are queued, each goes out
     /// with "more", so that they leave together.
-    fn send_requests(&self, tx: &mut TxState, done: &mut LegBioQueue) -> Result<(), Msg> {
+    fn send_requests(&self, lane: usize, tx: &mut TxState, done: &mut LegBioQueue) -> Result<(), Msg> {
         loop {
             if tx.cur.is_none() {
                 let Some(mut bio) = tx.queue.pop_front() else {
@@ -719,16 +977,16 @@ impl Remote {
                     done.push_back(bio);
                     continue;
                 }
-                let seq = tx.seq.wrapping_add(1);
                 let gen = self.gen.load(Ordering::Relaxed);
                 let reserved = {
                     let mut s = self.slots.lock();
                     if s.free == 0 {
                         // Set under the table's lock: a slot freed from
                         // now on sees it and kicks us.
-                        self.tx_stalled.store(true, Ordering::Release);
+                        self.tx_stalled.fetch_or(1 << lane, Ordering::AcqRel);
                         None
                     } else {
+                        let seq = self.seq.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
                         let slot = s.free.trailing_zeros() as usize;
                         let cookie = (gen << 40) | ((seq & 0xffff_ffff) << 8) | slot as u64;
                         s.free &= !(1 << slot);
@@ -737,18 +995,18 @@ impl Remote {
                             sl.seq = seq;
                             sl.sent_ms = now_ms();
                             sl.reads = kind == cmd::READ;
+                            sl.lane = lane as u8;
                         }
-                        Some((slot, cookie))
+                        Some((slot, cookie, seq))
                     }
                 };
-                let Some((slot, cookie)) = reserved else {
+                let Some((slot, cookie, seq)) = reserved else {
                     // Every slot is busy: a reply will kick us.
                     let mut front = LegBioQueue::new();
                     front.push_back(bio);
                     tx.queue.prepend(front);
                     return Ok(());
                 };
-                tx.seq = seq;
                 let req = Request {
                     flags,
                     kind,
@@ -808,7 +1066,7 @@ impl Remote {
 
     /// Reads what has arrived.  Fails with why the connection broke, if it
     /// did.  Sets `freed` when a slot became free.
-    fn pump_recv(&self, rs: &mut RxState, done: &mut LegBioQueue, freed: &mut bool) -> Result<(), Msg> {
+    fn pump_recv(&self, lane: usize, rs: &mut RxState, done: &mut LegBioQueue, freed: &mut bool) -> Result<(), Msg> {
         loop {
             let RxState { sock, rx } = &mut *rs;
             let Some(sock) = sock.as_ref() else {
@@ -837,7 +1095,7 @@ impl Remote {
                     let taken = {
                         let mut s = self.slots.lock();
                         let found = match s.slots.get_mut(slot) {
-                            Some(sl) if reply.cookie != 0 && sl.cookie == reply.cookie => {
+                            Some(sl) if reply.cookie != 0 && sl.cookie == reply.cookie && usize::from(sl.lane) == lane => {
                                 Some(sl.bio.take().map(|b| (b, sl.seq, sl.reads)))
                             }
                             _ => None,
@@ -890,28 +1148,25 @@ impl Remote {
     }
 }
 
-impl JobRun<SEND> for Remote {
-    fn run(this: Arc<Self>) {
-        Self::send_pass(&this);
-    }
-}
-
 impl Remote {
-    /// Sends what was submitted, or fails it if the connection is down
-    /// and the policy says so.  Runs in the send job, or in a submitter's
-    /// context ([`Remote::hand_over`]).
-    fn send_pass(this: &Arc<Self>) {
+    /// Sends what was submitted to lane `lane`, or fails it if the
+    /// connection is down and the policy says so.  Runs in the lane's send
+    /// job, or in a submitter's context ([`Remote::hand_over`]).
+    fn send_pass(this: &Arc<Self>, lane: usize) {
+        let Some(l) = this.lanes.get(lane) else {
+            return;
+        };
         let mut done = LegBioQueue::new();
         let mut broke = None;
         {
-            let mut tx = this.tx.lock();
-            this.sending.store(true, Ordering::Relaxed);
-            let queued = this.submitted.take();
+            let mut tx = l.tx.lock();
+            l.sending.store(true, Ordering::Relaxed);
+            let queued = l.submitted.take();
             tx.queue.append(queued);
             match this.link() {
                 Link::Up => {
                     let gen = this.gen.load(Ordering::Acquire);
-                    if let Err(why) = this.pump_send(&mut tx, &mut done) {
+                    if let Err(why) = this.pump_send(lane, &mut tx, &mut done) {
                         broke = Some((gen, why));
                     }
                 }
@@ -924,7 +1179,7 @@ impl Remote {
                 }
                 Link::Stopped => fail_all(&mut tx.queue, Err(EIO), &mut done),
             }
-            this.sending.store(false, Ordering::Relaxed);
+            l.sending.store(false, Ordering::Relaxed);
         }
         finish(done);
         if let Some((gen, why)) = broke {
@@ -933,10 +1188,12 @@ impl Remote {
             Job::<Remote, TICK>::queue(this.clone(), this.tick_ms());
         }
     }
-}
 
-impl JobRun<RECV> for Remote {
-    fn run(this: Arc<Self>) {
+    /// Reads lane `lane`'s replies.  Runs in the lane's receive job.
+    fn recv_pass(this: &Arc<Self>, lane: usize) {
+        let Some(l) = this.lanes.get(lane) else {
+            return;
+        };
         if this.link() != Link::Up {
             return;
         }
@@ -944,18 +1201,23 @@ impl JobRun<RECV> for Remote {
         let mut broke = None;
         let mut freed = false;
         {
-            let mut rx = this.rx.lock();
+            let mut rx = l.rx.lock();
             let gen = this.gen.load(Ordering::Acquire);
-            if let Err(why) = this.pump_recv(&mut rx, &mut done, &mut freed) {
+            if let Err(why) = this.pump_recv(lane, &mut rx, &mut done, &mut freed) {
                 broke = Some((gen, why));
             }
         }
         finish(done);
         if let Some((gen, why)) = broke {
             this.fail_connection(gen, why, false);
-        } else if freed && this.tx_stalled.swap(false, Ordering::AcqRel) {
-            // Slots are free again: the queue may move.
-            Job::<Remote, SEND>::queue(this.clone(), 0);
+        } else if freed {
+            // Slots are free again: the stalled lanes' queues may move.
+            let stalled = this.tx_stalled.swap(0, Ordering::AcqRel);
+            for i in 0..this.lanes.len() {
+                if stalled & (1 << i) != 0 {
+                    this.queue_send(i);
+                }
+            }
         }
     }
 }
@@ -996,23 +1258,8 @@ impl JobRun<CONNECT> for Remote {
         if this.link() != Link::Down || this.parked.load(Ordering::SeqCst) {
             return;
         }
-        let old = this.info;
-        let res = dial(&this.cfg).and_then(|(sock, info)| {
-            if info.size != old.size {
-                return Err(Msg::new(format_args!(
-                    "refused: the export's size changed from {} to {} bytes",
-                    old.size, info.size
-                )));
-            }
-            if info.flags & CAPS & old.flags != old.flags & CAPS || info.flags & tflag::READ_ONLY != 0 {
-                return Err(Msg::new(format_args!("refused: the server's capabilities changed")));
-            }
-            if info.min_block > old.min_block || info.max_block < old.max_block {
-                return Err(Msg::new(format_args!("refused: the server's block sizes changed")));
-            }
-            Ok(sock)
-        });
-        let sock = match res {
+        let res = this.dial_lanes();
+        let socks = match res {
             Ok(s) => s,
             Err(why) => {
                 let changed = this.problem.lock().as_str() != why.as_str();
@@ -1030,14 +1277,14 @@ impl JobRun<CONNECT> for Remote {
                 return;
             }
         };
-        if this.link() != Link::Down || this.install(sock).is_err() {
+        if this.link() != Link::Down || this.install(socks).is_err() {
             Job::<Remote, CONNECT>::queue(this.clone(), this.cfg.backoff_max_ms);
             return;
         }
         {
             // Nothing held: whatever happens to this connection starts a
             // new outage.
-            if this.tx.lock().queue.is_empty() {
+            if this.lanes.iter().all(|l| l.tx.lock().queue.is_empty()) {
                 this.answered.store(true, Ordering::Release);
             }
             this.backoff_ms.store(BACKOFF_MIN_MS, Ordering::Relaxed);
@@ -1055,16 +1302,33 @@ impl JobRun<CONNECT> for Remote {
             pr_info!("{}: leg {}: connected again\n", dev.name(), leg);
             dev.remote_up(leg);
         }
-        Job::<Remote, SEND>::queue(this.clone(), 0);
-        Job::<Remote, RECV>::queue(this.clone(), 0);
+        for lane in 0..this.lanes.len() {
+            this.queue_send(lane);
+            this.queue_recv(lane);
+        }
+    }
+}
+
+impl Remote {
+    /// Connects every lane again, to the export the leg had.
+    fn dial_lanes(&self) -> Result<KVec<Socket>, Msg> {
+        let oom = |_| Msg::new(format_args!("out of memory"));
+        let n = self.lanes.len();
+        let mut socks = KVec::with_capacity(n, GFP_KERNEL).map_err(oom)?;
+        while socks.len() < n {
+            let (sock, info) = dial(&self.cfg)?;
+            same_export(&self.info, &info, n).map_err(|c| c.refusal())?;
+            socks.push(sock, GFP_KERNEL).map_err(oom)?;
+        }
+        Ok(socks)
     }
 }
 
 impl SockEvents for Remote {
-    fn sock_event(this: ArcBorrow<'_, Self>, event: SockEvent) {
+    fn sock_event(this: ArcBorrow<'_, Self>, lane: usize, event: SockEvent) {
         match event {
-            SockEvent::Writable => Job::<Remote, SEND>::queue(this.into(), 0),
-            SockEvent::Readable | SockEvent::Closed => Job::<Remote, RECV>::queue(this.into(), 0),
+            SockEvent::Writable => Self::kick_send(this.into(), lane),
+            SockEvent::Readable | SockEvent::Closed => Self::kick_recv(this.into(), lane),
         }
     }
 }

@@ -116,7 +116,7 @@ tx_case() {
 	assert_cmd -m "$mode: remove, no kernel warning" eval 'dstctl remove "$name" >/dev/null && dmesg_scan' || true
 }
 
-plan 80
+plan 82
 brd_setup 1 32
 dst_load
 
@@ -214,11 +214,22 @@ assert_cmd -m "linear: with the server gone, a write fails with EIO within dead 
 		grep -q "Input/output error" "$TEST_TMP/dd.err"'
 assert_cmd -m "linear: remove, no kernel warning" eval 'dstctl remove hl >/dev/null && dmesg_scan'
 
-# size-change: the export is 1 MiB larger at every connection.
+# size-change: the export is 1 MiB larger at every connection.  The server
+# allows several connections (multi-conn): a leg that opens two at once sees
+# the size change on the second and is refused; one with a single connection
+# sees it on the reconnect.
 port=$(free_port)
 hostile_start "$port" --mode size-change --size 32M
-assert_cmd -m "size-change: create a mirror of ram0 and the leg" \
-	dstctl create hz --mirror /dev/ram0 "nbd://127.0.0.1:$port/?timeout=$TIMEOUT&backoff-max=1"
+expect_err_contains -m "size-change: two connections at once: the second is refused, nothing made" \
+	"connection 2: size changed from 33554432 to 34603008" \
+	dstctl create hz --mirror /dev/ram0 "nbd://127.0.0.1:$port/?timeout=$TIMEOUT&conns=2"
+assert_cmd -m "size-change: after the refusal ram0 is free and no device is left" \
+	eval '! dstctl status hz >/dev/null 2>&1 && dstctl create hz0 --linear /dev/ram0 >/dev/null && dstctl remove hz0'
+srv_stop "$port"
+port=$(free_port)
+hostile_start "$port" --mode size-change --size 32M
+assert_cmd -m "size-change: create a mirror of ram0 and the leg (one connection)" \
+	dstctl create hz --mirror /dev/ram0 "nbd://127.0.0.1:$port/?timeout=$TIMEOUT&backoff-max=1&conns=1"
 dev=$(dst_dev hz)
 assert_cmd -m "size-change: cut the network; a write still completes (on ram0)" \
 	eval 'nft_cut "$port" && timeout 30 dd if="$TEST_TMP/pat" of="$dev" bs=64k count=16 oflag=direct status=none'

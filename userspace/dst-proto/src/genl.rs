@@ -196,8 +196,12 @@ pub mod leg {
     /// Speed of the running resync over the last seconds, in bytes per
     /// second (u64; with `RESYNC_DONE`).
     pub const RESYNC_SPEED: u16 = 25;
+    /// Remote legs: TCP connections to the server (u8).  In a request, how
+    /// many to open when the server allows several (`CAN_MULTI_CONN`),
+    /// from 1 to [`super::conns::MAX`]; in a status, how many are in use.
+    pub const CONNS: u16 = 26;
     /// Highest leg attribute id.
-    pub const MAX: u16 = 25;
+    pub const MAX: u16 = 26;
 }
 
 macro_rules! wire_enum {
@@ -402,6 +406,13 @@ pub const LEG_REQUEST: &[AttrSpec] = &[
         id: leg::FULL_RESYNC,
         kind: Kind::U8 { min: 0, max: 1 },
     },
+    AttrSpec {
+        id: leg::CONNS,
+        kind: Kind::U8 {
+            min: 1,
+            max: conns::MAX,
+        },
+    },
 ];
 
 /// Attributes accepted inside a [`dev::EXPORT`] nest of a request.
@@ -442,6 +453,14 @@ pub mod timing {
     pub const MIN_MS: u32 = 100;
     /// Largest accepted value of any of them (one day).
     pub const MAX_MS: u32 = 86_400_000;
+}
+
+/// Connections of a remote leg.
+pub mod conns {
+    /// Default: two, when the server allows several.
+    pub const DEFAULT: u8 = 2;
+    /// Most connections of one leg.
+    pub const MAX: u8 = 4;
 }
 
 /// Resync settings: defaults and bounds.

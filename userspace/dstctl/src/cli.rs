@@ -4,7 +4,7 @@
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use dst_proto::genl::{
-    check_name, resync, timing, Target, EXPORT_NAME_MAX, LEG_SPEC_MAX, MAX_ALLOW, MAX_LEGS,
+    check_name, conns, resync, timing, Target, EXPORT_NAME_MAX, LEG_SPEC_MAX, MAX_ALLOW, MAX_LEGS,
 };
 use dst_proto::nbd::DEFAULT_PORT;
 
@@ -107,8 +107,9 @@ Give exactly one of --mirror and --linear, then the legs in order, at most
     PORT        default {port}
     EXPORT      the export name; none for the server's default export
     PARAMETERS  timeout=T, dead-time=T, backoff-max=T, resync=full|dirty,
-                joined by '&': settings for this leg only, overriding the
-                options below (quote such a URI for the shell)
+                conns=N, joined by '&': settings for this leg only,
+                overriding the options below (quote such a URI for the
+                shell)
 
 The kernel connects to remote legs itself and keeps reconnecting when a
 connection is lost, waiting longer after each failure up to the backoff
@@ -117,7 +118,10 @@ and, when it is back, resyncs what it missed (resync=dirty, the default:
 for servers that keep their data, e.g. a file or a disk) or all of it
 (resync=full: for servers that lose their data when restarted, e.g.
 nbdkit memory); I/O that can go nowhere else waits up to the dead time,
-then fails.
+then fails.  When the server allows several connections to an export
+(NBD's CAN_MULTI_CONN), the leg opens conns=N of them (1 to {conns_max},
+default {conns_default}) and spreads its requests over them; they fail and
+reconnect together.
 
 Durations T are a number of seconds (30) or a number with a unit: 500ms,
 30s, 2m, 1h; from {min} to {max}.  The timing options apply to every remote
@@ -156,6 +160,8 @@ no limit.  dstctl set changes the limits later.",
         region = exact_size(resync::REGION_DEFAULT.into()),
         rate = format_rate_kib(resync::RATE_DEFAULT_KIB),
         rate_max = format_rate_kib(0),
+        conns_max = conns::MAX,
+        conns_default = conns::DEFAULT,
     )
 }
 
@@ -1204,7 +1210,7 @@ mod tests {
         assert_eq!(
             check(&["create", "r1", "--mirror", "nbd://h/x?tmo=1"]),
             Err("leg nbd://h/x?tmo=1: unknown parameter tmo \
-                 (known: timeout, dead-time, backoff-max, resync)"
+                 (known: timeout, dead-time, backoff-max, resync, conns)"
                 .into())
         );
         assert_eq!(
@@ -1954,7 +1960,7 @@ mod tests {
         assert_eq!(
             check(&["add", "r1", "nbd://h/x?tmo=1"]),
             Err("leg nbd://h/x?tmo=1: unknown parameter tmo \
-                 (known: timeout, dead-time, backoff-max, resync)"
+                 (known: timeout, dead-time, backoff-max, resync, conns)"
                 .into())
         );
         assert_eq!(

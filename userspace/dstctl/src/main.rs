@@ -399,7 +399,7 @@ mod tests {
             (
                 &["add", "r1", "nbd://nowhere.invalid/x?retries=1"],
                 "add r1: leg nbd://nowhere.invalid/x?retries=1: unknown parameter retries \
-                 (known: timeout, dead-time, backoff-max, resync)",
+                 (known: timeout, dead-time, backoff-max, resync, conns)",
             ),
             // Resync settings: checked, and mirrors only, before any socket.
             (

@@ -161,7 +161,7 @@ pub struct Export {
 /// after `resync_speed` the derived `resync_eta_s` ([`Leg::resync_eta`]).
 ///
 /// The keys are always present.  Those that only remote legs have
-/// (`addr` to `backoff_max_ms`, `nbd_flags`, `connects`) are `null` for
+/// (`addr` to `backoff_max_ms`, `nbd_flags`, `connects`, `conns`) are `null` for
 /// local legs, and for remote legs when the kernel did not report them;
 /// `resync_done`, `resync_total` and `resync_speed` are 0 when no resync
 /// runs (`resync_speed` also while its speed is not known yet), and
@@ -216,6 +216,8 @@ pub struct Leg {
     pub nbd_flags: Option<u32>,
     /// Remote: successful connections so far.
     pub connects: Option<u32>,
+    /// Remote: TCP connections in use.
+    pub conns: Option<u8>,
     /// The last problem seen on the leg.
     pub problem: Option<String>,
 }
@@ -287,7 +289,7 @@ impl Serialize for Leg {
                 resync_total,
                 resync_speed
             ],
-            [resynced, nbd_flags, connects, problem]
+            [resynced, nbd_flags, connects, conns, problem]
         )
     }
 }
@@ -361,6 +363,7 @@ impl Leg {
                 leg::RESYNC_SPEED => l.resync_speed = a.u64()?,
                 leg::NBD_FLAGS => l.nbd_flags = Some(a.u32()?),
                 leg::CONNECTS => l.connects = Some(a.u32()?),
+                leg::CONNS => l.conns = Some(a.u8()?),
                 leg::PROBLEM => l.problem = Some(string(&a)?).filter(|p| !p.is_empty()),
                 _ => {}
             }
@@ -382,6 +385,7 @@ impl Leg {
             l.backoff_max_ms = None;
             l.nbd_flags = None;
             l.connects = None;
+            l.conns = None;
         }
         Ok(l)
     }
@@ -429,6 +433,9 @@ pub struct RemoteRequest {
     /// Copy the whole leg after a reconnect (`None`: the kernel's default,
     /// only what it missed).
     pub full_resync: Option<bool>,
+    /// Connections to open when the server allows several (`None`: the
+    /// kernel's default).
+    pub conns: Option<u8>,
 }
 
 /// A mirror's resync speed limits, in KiB/s (0: none), as `CREATE` and
@@ -491,7 +498,8 @@ pub fn create_request(
 
 impl LegRequest {
     /// Writes the leg's nest: `SPEC`, and for a remote leg `ADDR`,
-    /// `EXPORT`, the timing that is set and `FULL_RESYNC` if given.
+    /// `EXPORT`, the timing that is set, and `FULL_RESYNC` and `CONNS` if
+    /// given.
     fn put(&self, w: &mut Writer<'_, Buf>) -> Result<(), nlattr::Error> {
         let nest = w.begin_nest(dev::LEG)?;
         w.put_str(leg::SPEC, &self.spec)?;
@@ -509,6 +517,9 @@ impl LegRequest {
             }
             if let Some(full) = r.full_resync {
                 w.put_u8(leg::FULL_RESYNC, full.into())?;
+            }
+            if let Some(n) = r.conns {
+                w.put_u8(leg::CONNS, n)?;
             }
         }
         w.end_nest(nest)
@@ -939,7 +950,8 @@ mod tests {
             "kind": "local", "addr": null, "export": null, "timeout_ms": null,
             "dead_time_ms": null, "backoff_max_ms": null, "resync_done": 0,
             "resync_total": 0, "resync_speed": 0, "resync_eta_s": null,
-            "resynced": 0, "nbd_flags": null, "connects": null, "problem": null
+            "resynced": 0, "nbd_flags": null, "connects": null, "conns": null,
+            "problem": null
         });
         assert_eq!(
             v,
@@ -1094,6 +1106,7 @@ mod tests {
         w.put_u64(leg::RESYNC_SPEED, 3 << 20).unwrap();
         w.put_u32(leg::NBD_FLAGS, 0x1ed).unwrap();
         w.put_u32(leg::CONNECTS, 2).unwrap();
+        w.put_u8(leg::CONNS, 2).unwrap();
         w.put_str(leg::PROBLEM, "connection reset by peer").unwrap();
         w.put_u64(leg::MAX + 1, 1).unwrap();
         w.put_str(leg::MAX + 7, "future").unwrap();
@@ -1124,7 +1137,8 @@ mod tests {
                 "timeout_ms": 30000, "dead_time_ms": 60000, "backoff_max_ms": 10000,
                 "resync_done": 44040192, "resync_total": 104857600,
                 "resync_speed": 3145728, "resync_eta_s": 20,
-                "resynced": 5242880, "nbd_flags": 493, "connects": 2, "problem": "connection reset by peer"
+                "resynced": 5242880, "nbd_flags": 493, "connects": 2, "conns": 2,
+                "problem": "connection reset by peer"
             })
         );
         // 58 MiB left at 3 MiB/s: 19.3 s, rounded up.
@@ -1156,6 +1170,7 @@ mod tests {
             "resynced",
             "nbd_flags",
             "connects",
+            "conns",
             "problem",
         ];
         let at: Vec<usize> = keys

@@ -276,6 +276,9 @@ fn leg_details(l: &Leg, tty: bool) -> Vec<String> {
                 parts.push(format!("{name} {}", format_ms(ms)));
             }
         }
+        if let Some(n) = l.conns.filter(|&n| n > 1) {
+            parts.push(format!("{n} connections"));
+        }
         if !parts.is_empty() {
             lines.push(parts.join("  "));
         }

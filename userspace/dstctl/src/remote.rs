@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs};
 
-use dst_proto::genl::{timing, ADDR_MAX, EXPORT_NAME_MAX};
+use dst_proto::genl::{conns, timing, ADDR_MAX, EXPORT_NAME_MAX};
 use dst_proto::nbd::parse_uri;
 
 use crate::cli::one_line;
@@ -56,7 +56,7 @@ impl Timing {
 }
 
 /// The URI query keys, in the order the help lists them.
-pub const QUERY_KEYS: [&str; 4] = ["timeout", "dead-time", "backoff-max", "resync"];
+pub const QUERY_KEYS: [&str; 5] = ["timeout", "dead-time", "backoff-max", "resync", "conns"];
 
 /// A remote leg as typed, its host not yet resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +71,8 @@ pub struct RemoteSpec {
     pub timing: Timing,
     /// `resync=full` (`Some(true)`) or `resync=dirty` (`Some(false)`).
     pub full_resync: Option<bool>,
+    /// `conns=N`: connections to open when the server allows several.
+    pub conns: Option<u8>,
 }
 
 /// One leg of a `create`, checked but not resolved.
@@ -115,6 +117,7 @@ impl LegPlan {
                     .map_err(|m| format!("leg {}: {m}", one_line(&self.spec)))?;
                 Some(RemoteRequest {
                     full_resync: r.full_resync,
+                    conns: r.conns,
                     addr,
                     export: r.export,
                     timing: r.timing,
@@ -128,7 +131,9 @@ impl LegPlan {
     }
 }
 
-/// Parses `nbd://HOST[:PORT][/EXPORT][?timeout=T&dead-time=T&backoff-max=T]`
+/// Parses `nbd://HOST[:PORT][/EXPORT][?PARAMETERS]`, the parameters being
+/// `timeout=T`, `dead-time=T`, `backoff-max=T`, `resync=full|dirty` and
+/// `conns=N`
 /// (the URI itself with [`dst_proto::nbd::parse_uri`], the query here).
 pub fn parse_remote(spec: &str) -> Result<RemoteSpec, String> {
     let uri = parse_uri(spec).map_err(String::from)?;
@@ -138,6 +143,7 @@ pub fn parse_remote(spec: &str) -> Result<RemoteSpec, String> {
     }
     let mut timing = Timing::default();
     let mut full_resync = None;
+    let mut conns = None;
     for pair in uri.query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair
             .split_once('=')
@@ -156,6 +162,13 @@ pub fn parse_remote(spec: &str) -> Result<RemoteSpec, String> {
                     ))
                 }
             });
+            continue;
+        }
+        if key == "conns" {
+            if conns.is_some() {
+                return Err("parameter conns given twice".into());
+            }
+            conns = Some(parse_conns(value)?);
             continue;
         }
         let slot = match key {
@@ -181,7 +194,20 @@ pub fn parse_remote(spec: &str) -> Result<RemoteSpec, String> {
         export: export.to_owned(),
         timing,
         full_resync,
+        conns,
     })
+}
+
+/// Parses the `conns` parameter: 1 to [`conns::MAX`].
+fn parse_conns(value: &str) -> Result<u8, String> {
+    match value.parse::<u8>() {
+        Ok(n) if (1..=conns::MAX).contains(&n) && !value.starts_with('+') => Ok(n),
+        _ => Err(format!(
+            "conns: {} is not a number from 1 to {}",
+            one_line(value),
+            conns::MAX
+        )),
+    }
 }
 
 /// Parses a duration for `what` (named in errors): a number of seconds,
@@ -344,6 +370,7 @@ mod tests {
                 export: "disk".into(),
                 timing: Timing::default(),
                 full_resync: None,
+                conns: None,
             }
         );
         let r = parse_remote("nbd://[fd00::2]:2000").unwrap();
@@ -378,6 +405,8 @@ mod tests {
         );
         assert!(parse_remote("nbd://h/x?resync=some").is_err());
         assert!(parse_remote("nbd://h/x?resync=full&resync=full").is_err());
+        assert_eq!(parse_remote("nbd://h/x?conns=4").unwrap().conns, Some(4));
+        assert_eq!(parse_remote("nbd://h/x?conns=1").unwrap().conns, Some(1));
     }
 
     #[test]
@@ -385,8 +414,19 @@ mod tests {
         for (uri, want) in [
             (
                 "nbd://h/x?retries=3",
-                "unknown parameter retries (known: timeout, dead-time, backoff-max, resync)",
+                "unknown parameter retries (known: timeout, dead-time, backoff-max, resync, conns)",
             ),
+            ("nbd://h/x?conns=0", "conns: 0 is not a number from 1 to 4"),
+            ("nbd://h/x?conns=5", "conns: 5 is not a number from 1 to 4"),
+            (
+                "nbd://h/x?conns=+2",
+                "conns: +2 is not a number from 1 to 4",
+            ),
+            (
+                "nbd://h/x?conns=two",
+                "conns: two is not a number from 1 to 4",
+            ),
+            ("nbd://h/x?conns=1&conns=2", "parameter conns given twice"),
             ("nbd://h/x?timeout", "parameter timeout has no value"),
             (
                 "nbd://h/x?timeout=1&timeout=2",

@@ -39,7 +39,7 @@ ROUNDS=${DST_BENCH_ROUNDS:-3}
 RUNTIME=${DST_BENCH_RUNTIME:-5}
 SIZE_MB=${DST_BENCH_SIZE_MB:-256}
 ENGINE=${DST_BENCH_ENGINE:-auto}
-CONFIGS=${DST_BENCH_CONFIGS:-raw md dst nbd dstnbd exp qnbd kitfile resync}
+CONFIGS=${DST_BENCH_CONFIGS:-raw md dst nbd nbd2 dstnbd exp qnbd kitfile resync}
 SHAPES=${DST_BENCH_SHAPES:-randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd1 randwrite-4k-qd32 read-1m-qd8 write-1m-qd8}
 DSTCTL=${DST_DSTCTL:-$repo/userspace/target/release/dstctl}
 KO=${DST_KO:-}
@@ -52,7 +52,9 @@ MIRROR_LEGS=(/dev/ram1 /dev/ram2)
 MD_DEV=/dev/md0
 DST_NAME=bench
 # The NBD peers: one nbdkit memory server, used by the kernel's nbd client
-# (nbd) and by a dst device over one remote leg (dstnbd).
+# with its default of one connection (nbd) and with two (nbd2, for
+# reference), and by a dst device over one remote leg (dstnbd), which opens
+# two connections (its default, as nbdkit allows several).
 NBD_PORT=10810
 NBD_DEV=/dev/nbd0
 NBDKIT_PID=''
@@ -229,6 +231,15 @@ teardown_nbd() {
 	nbd-client -d "$NBD_DEV" >/dev/null 2>&1 || { echo "bench-guest: nbd-client -d failed" >&2; return 1; }
 }
 
+setup_nbd2() {
+	nbd-client -b 512 -C 2 -N '' 127.0.0.1 "$NBD_PORT" "$NBD_DEV" >/dev/null 2>&1 ||
+		die "nbd-client -C 2 failed to attach $NBD_DEV"
+	wait_bdev "$NBD_DEV"
+	prefill "$NBD_DEV"
+	TARGET=$NBD_DEV
+}
+teardown_nbd2() { teardown_nbd; }
+
 setup_dstnbd() {
 	local dev
 	"$DSTCTL" create "${DST_NAME}nbd" --linear "nbd://127.0.0.1:$NBD_PORT/" >/dev/null ||
@@ -395,7 +406,7 @@ resync_finish() {
 
 # The NBD server, when an NBD configuration is measured.
 start_nbdkit() {
-	case " $CONFIGS " in *" nbd "* | *" dstnbd "*) ;; *) return 0 ;; esac
+	case " $CONFIGS " in *" nbd "* | *" nbd2 "* | *" dstnbd "*) ;; *) return 0 ;; esac
 	command -v nbdkit >/dev/null || die "nbdkit missing"
 	nbdkit -f -i 127.0.0.1 -p "$NBD_PORT" memory $((SIZE_MB + 64))M >"$WORK/nbdkit.log" 2>&1 &
 	NBDKIT_PID=$!
@@ -511,7 +522,7 @@ main() {
 		echo "# fio: $(fio --version), ioengine=$ENGINE, direct, ${SIZE_MB} MiB region, ${RUNTIME}s + 1s ramp per run, $ROUNDS rounds"
 		[ -z "${DST_BENCH_REV:-}" ] || echo "# dst: $DST_BENCH_REV"
 		echo "# devices: raw=$RAW_DEV md=raid1 ${MIRROR_LEGS[*]} dst=mirror ${MIRROR_LEGS[*]} (brd ${BRD_MB} MiB)"
-		echo "# nbd peers: nbd=kernel nbd client, dstnbd=dst over one remote leg, both to nbdkit memory on 127.0.0.1:$NBD_PORT"
+		echo "# nbd peers: nbd=kernel nbd client (1 connection), nbd2=the same with 2, dstnbd=dst over one remote leg (2 connections, its default), all to nbdkit memory on 127.0.0.1:$NBD_PORT"
 		echo "# export peers (fio --ioengine=nbd to $RAW_DEV): exp=dst export of a linear dst over it, qnbd=qemu-nbd (cache=none, aio=native), kitfile=nbdkit file"
 	} >"$RESULTS"
 	msg "$(sed -n 's/^# //p' "$RESULTS" | paste -sd ';' | sed 's/;/; /g')"

@@ -7,9 +7,10 @@ RESULTS has one measurement per line, "CONFIG SHAPE ROUND VALUE UNIT"
 (written by scripts/bench-guest.sh); lines starting with "#" are metadata
 and printed as the header.  The table shows the median per (config, shape),
 configurations in the order they first appear, ratio columns of medians
-(default: dst/md, dst/raw, dstnbd/nbd, exp/qnbd, exp/kitfile, resync/dd
-and dstresync/dstidle, those whose configurations are present), the per-round values with their spread, and the verdict on the
-targets.  It is a
+(default: dst/md, dst/raw, dstnbd/nbd, dstnbd/nbd2, exp/qnbd, exp/kitfile,
+resync/dd and dstresync/dstidle, those whose configurations are present),
+the per-round values with their spread, and the verdict on the targets.
+It is a
 report: missed targets do not change the exit status (1 only for a
 malformed file).
 """
@@ -103,8 +104,8 @@ def main():
     median = {k: statistics.median(v for _, v in vs) for k, vs in values.items()}
 
     ratios = []
-    for r in args.ratio or ["dst/md", "dst/raw", "dstnbd/nbd", "exp/qnbd", "exp/kitfile",
-                               "resync/dd", "dstresync/dstidle"]:
+    for r in args.ratio or ["dst/md", "dst/raw", "dstnbd/nbd", "dstnbd/nbd2", "exp/qnbd",
+                            "exp/kitfile", "resync/dd", "dstresync/dstidle"]:
         a, _, b = r.partition("/")
         if not a or not b:
             sys.exit(f"bad --ratio {r!r}: want A/B")

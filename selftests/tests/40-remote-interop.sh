@@ -4,7 +4,9 @@
 # with crc32c verification, the export ends up holding exactly what the
 # local leg and the device hold, and the leg's status says what it is.
 # Then a linear device over two nbdkit exports (each export holds its
-# region of the device), and a remote leg over IPv6.
+# region of the device), and a remote leg over IPv6.  A leg opens two
+# connections to a server that allows several (CAN_MULTI_CONN), one to
+# others or with conns=1.
 # timeout: 420
 # SC2016: the bodies of eval '...' expand when evaluated, as intended.
 # shellcheck disable=SC2016
@@ -24,7 +26,8 @@ sum_range() {
 }
 
 # One server: $1 = what, $2 = port, $3 = export name, $4 = the leg's
-# timeout in seconds (10); the server runs.
+# timeout in seconds (10); the server runs.  Checks that the leg uses two
+# connections if the server allows several, else one.
 mirror_round() {
 	local what=$1 port=$2 export=$3 timeout=${4:-10} name=m$1 dev uri
 	uri="nbd://127.0.0.1:$port/$export"
@@ -36,6 +39,10 @@ mirror_round() {
 	assert_eq "$(dst_json "$name" 'd["size"], *(d["legs"][1][k] for k in ("kind", "addr", "export", "connects", "state"))')" \
 		"$SIZE remote 127.0.0.1:$port $export 1 in-sync" \
 		"$what: size 32M; leg 1 is remote, at 127.0.0.1:$port, export $export, 1 connection, in sync"
+	conns=$(dst_json "$name" '2 if d["legs"][1]["nbd_flags"] & 256 else 1')
+	diag "$what: the server's flags say $conns connection(s)"
+	assert_eq "$(dst_json "$name" 'd["legs"][1]["conns"]') $(established "$port")" "$conns $conns" \
+		"$what: the leg has $conns connection(s) (2 with CAN_MULTI_CONN), and ss sees as many"
 	cd "$TEST_TMP"
 	assert_cmd -m "$what: fio randwrite 4k QD16 32M + crc32c verify, no errors" \
 		fio_verify "$dev" --rw=randwrite --bs=4k --iodepth=16 --size=32M
@@ -46,7 +53,12 @@ mirror_round() {
 	srv_stop "$port"
 }
 
-plan 40
+# Established TCP connections to port $1 (the client side).
+established() {
+	ss -Htn state established "( dport = :$1 )" | wc -l
+}
+
+plan 46
 brd_setup 1 32
 dst_load
 
@@ -54,6 +66,8 @@ dst_load
 p=$(free_port)
 assert_cmd -m "nbdkit memory 32M on port $p" nbdkit_start "$p" memory 32M
 mirror_round nbdkit "$p" disk-a
+[ "$conns" = 2 ] || diag "nbdkit memory should allow several connections"
+assert_eq "$conns" 2 "nbdkit: CAN_MULTI_CONN, so two connections"
 
 p=$(free_port)
 truncate -s "$SIZE" "$TEST_TMP/qemu.img"
@@ -75,8 +89,13 @@ assert_cmd -m "two nbdkit servers, 16M and 24M" \
 	eval 'nbdkit_start "$p0" memory 16M && nbdkit_start "$p1" memory 24M'
 u0="nbd://127.0.0.1:$p0/lin0"
 u1="nbd://127.0.0.1:$p1/lin1"
-assert_cmd -m "create a linear device over both" dstctl create lr --linear "$u0" "$u1" --timeout 10s
+assert_cmd -m "create a linear device over both, the first with conns=1, the second with conns=4" \
+	dstctl create lr --linear "$u0?conns=1" "$u1?conns=4" --timeout 10s
 dev=$(dst_dev lr)
+assert_eq "$(dst_json lr '[l["conns"] for l in d["legs"]]') $(established "$p0") $(established "$p1")" \
+	"[1, 4] 1 4" "linear: one connection to the first server, four to the second (ss agrees)"
+assert_cmd -m "linear: the status table says 4 connections under the second leg" \
+	eval 'dstctl status lr | grep -q "4 connections"' 
 assert_eq "$(blockdev --getsize64 "$dev")" $((40 * MiB)) "linear: capacity 40M"
 assert_eq "$(dst_json lr '[(l["kind"], l["offset"], l["addr"], l["export"], l["state"]) for l in d["legs"]]')" \
 	"[('remote', 0, '127.0.0.1:$p0', 'lin0', 'in-sync'), ('remote', $((16 * MiB)), '127.0.0.1:$p1', 'lin1', 'in-sync')]" \
@@ -113,10 +132,10 @@ p=$(free_port)
 assert_cmd -m "nbdkit -v memory 8M on port $p" \
 	eval 'nbdkit_start "$p" -v memory 8M 2>"$TEST_TMP/kit-v.log"'
 assert_cmd -m "DISC: create a linear device over it, write 1M" \
-	eval 'dstctl create dl --linear "nbd://127.0.0.1:$p/" &&
+	eval 'dstctl create dl --linear "nbd://127.0.0.1:$p/?conns=2" &&
 		dd if=/dev/urandom of="$(dst_dev dl)" bs=1M count=1 oflag=direct status=none'
 assert_cmd -m "DISC: remove the device" dstctl remove dl
-assert_cmd -m "DISC: nbdkit saw NBD_CMD_DISC before the close" \
-	wait_until 10 grep -q "client sent NBD_CMD_DISC, closing connection" "$TEST_TMP/kit-v.log"
+assert_cmd -m "DISC: nbdkit saw NBD_CMD_DISC before the close, on both connections" \
+	wait_until 10 eval '[ "$(grep -c "client sent NBD_CMD_DISC, closing connection" "$TEST_TMP/kit-v.log")" = 2 ]' 
 srv_stop "$p"
 dmesg_check

@@ -191,6 +191,29 @@ fn same_export(old: &ExportInfo, info: &ExportInfo, nlanes: usize) -> Result<(),
     Ok(())
 }
 
+/// Connects until `socks` holds `n` connections, each to the export
+/// `info` describes (a change is told with `changed`).  Fails with the
+/// number of the connection that failed, from 1, and why.
+fn dial_rest(
+    cfg: &RemoteConfig,
+    info: &ExportInfo,
+    n: usize,
+    socks: &mut KVec<Socket>,
+    changed: fn(&Changed) -> Msg,
+) -> Result<(), (usize, Msg)> {
+    while socks.len() < n {
+        let k = socks.len() + 1;
+        let (sock, more) = dial(cfg).map_err(|m| (k, m))?;
+        same_export(info, &more, n).map_err(|c| (k, changed(&c)))?;
+        socks.push(sock, GFP_KERNEL).map_err(|_| (k, oom_msg()))?;
+    }
+    Ok(())
+}
+
+fn oom_msg() -> Msg {
+    Msg::new(format_args!("out of memory"))
+}
+
 fn connect_msg(e: Error) -> Msg {
     let what = match e.to_errno() {
         -111 => "connection refused",
@@ -555,21 +578,8 @@ impl Remote {
         };
         let mut socks = KVec::with_capacity(nlanes, GFP_KERNEL)?;
         socks.push(sock, GFP_KERNEL)?;
-        while socks.len() < nlanes {
-            let more = dial(&cfg).and_then(|(sock, more)| {
-                same_export(&info, &more, nlanes).map_err(|c| c.brief())?;
-                Ok(sock)
-            });
-            match more {
-                Ok(sock) => socks.push(sock, GFP_KERNEL)?,
-                Err(m) => refuse!(
-                    errno::enotconn(),
-                    "leg #{}: connection {}: {}",
-                    n,
-                    socks.len() + 1,
-                    m.as_str()
-                ),
-            }
+        if let Err((k, m)) = dial_rest(&cfg, &info, nlanes, &mut socks, Changed::brief) {
+            refuse!(errno::enotconn(), "leg #{}: connection {}: {}", n, k, m.as_str());
         }
         let mut slots = KVec::with_capacity(MAX_INFLIGHT, GFP_KERNEL)?;
         for _ in 0..MAX_INFLIGHT {
@@ -1312,14 +1322,9 @@ impl JobRun<CONNECT> for Remote {
 impl Remote {
     /// Connects every lane again, to the export the leg had.
     fn dial_lanes(&self) -> Result<KVec<Socket>, Msg> {
-        let oom = |_| Msg::new(format_args!("out of memory"));
         let n = self.lanes.len();
-        let mut socks = KVec::with_capacity(n, GFP_KERNEL).map_err(oom)?;
-        while socks.len() < n {
-            let (sock, info) = dial(&self.cfg)?;
-            same_export(&self.info, &info, n).map_err(|c| c.refusal())?;
-            socks.push(sock, GFP_KERNEL).map_err(oom)?;
-        }
+        let mut socks = KVec::with_capacity(n, GFP_KERNEL).map_err(|_| oom_msg())?;
+        dial_rest(&self.cfg, &self.info, n, &mut socks, Changed::refusal).map_err(|(_, m)| m)?;
         Ok(socks)
     }
 }

@@ -722,6 +722,16 @@ impl Conn {
         }
     }
 
+    /// The receive job stops (or pauses) taking over the replies made
+    /// ready meanwhile; returns whether some are ready, which it must then
+    /// see sent.
+    fn stop_receiving(&self) -> bool {
+        // SeqCst: pairs with `kick_send` (the increment of `ready`, then
+        // the load of `receiving`).
+        self.receiving.store(false, Ordering::SeqCst);
+        self.ready.load(Ordering::SeqCst) != 0
+    }
+
     /// Starts a read or a write of `buf` for `r`.
     fn submit(self: &Arc<Self>, e: &Arc<Export>, r: &Request, buf: Arc<PageBuf>) -> Result {
         let read = r.kind == cmd::READ;
@@ -836,8 +846,7 @@ impl Conn {
                             drop(st);
                             // The request may take long (a flush): the
                             // send job answers what is ready meanwhile.
-                            self.receiving.store(false, Ordering::SeqCst);
-                            if self.ready.load(Ordering::SeqCst) != 0 {
+                            if self.stop_receiving() {
                                 Job::<Conn, SEND>::queue(self.clone(), 0);
                             }
                             let res = self.run_sync(e, &r);
@@ -1067,13 +1076,12 @@ impl JobRun<RECV> for Conn {
         };
         this.receiving.store(true, Ordering::SeqCst);
         let res = this.pump_recv(&e);
-        // SeqCst: pairs with `kick_send`.
-        this.receiving.store(false, Ordering::SeqCst);
+        let ready = this.stop_receiving();
         if let Err(why) = res {
             this.drop_with(&why);
             return;
         }
-        if this.ready.load(Ordering::SeqCst) != 0 {
+        if ready {
             if this.sending.load(Ordering::Relaxed) {
                 Job::<Conn, SEND>::queue(this, 0);
             } else {

@@ -22,7 +22,7 @@ use crate::proto::genl::{
 use kernel::sync::Arc;
 use crate::remote::RemoteConfig;
 use crate::proto::nlattr::{self, Attr, Attrs, Sink, Writer};
-use crate::registry::Registry;
+use crate::registry::{Admin, Registry};
 
 /// A growable message buffer for the shared encoder.
 struct Buf(KVec<u8>);
@@ -349,7 +349,7 @@ impl Registry {
         Ok(())
     }
 
-    fn do_create(&self, attrs: &Attrs<'_>, req: &mut Request<'_>) -> Result<(), Refusal> {
+    fn do_create(&self, admin: &Admin<'_>, attrs: &Attrs<'_>, req: &mut Request<'_>) -> Result<(), Refusal> {
         let name = name(attrs)?;
         let Some(t) = last(attrs, dev::TARGET)? else {
             refuse!(EINVAL, "missing target (linear or mirror)");
@@ -372,7 +372,7 @@ impl Registry {
             specs.push(spec, GFP_KERNEL)?;
         }
         let settings = settings(attrs, target)?;
-        let d = self.create(name, target, specs, settings)?;
+        let d = self.create(admin, name, target, specs, settings)?;
         self.reply(req, cmd::CREATE, &d)?;
         Ok(())
     }
@@ -389,8 +389,8 @@ impl Registry {
         Ok(())
     }
 
-    fn do_remove(&self, attrs: &Attrs<'_>) -> Result<(), Refusal> {
-        self.remove(name(attrs)?)
+    fn do_remove(&self, admin: &Admin<'_>, attrs: &Attrs<'_>) -> Result<(), Refusal> {
+        self.remove(admin, name(attrs)?)
     }
 
     fn do_export(&self, attrs: &Attrs<'_>, req: &mut Request<'_>) -> Result<(), Refusal> {
@@ -526,20 +526,23 @@ impl Registry {
 impl Handler for Registry {
     fn doit(&self, command: u8, payload: &[u8], req: &mut Request<'_>) -> Result {
         let attrs = Attrs::new(payload);
-        // Changes run one at a time; status requests need not wait.
-        let _admin = (command != cmd::GET).then(|| self.admin.lock());
-        let res = match command {
-            cmd::GET => self.do_get(&attrs, req),
-            cmd::CREATE => self.do_create(&attrs, req),
-            cmd::REMOVE => self.do_remove(&attrs),
-            cmd::EXPORT => self.do_export(&attrs, req),
-            cmd::UNEXPORT => self.do_unexport(&attrs),
-            cmd::DETACH => self.do_detach(&attrs, req),
-            cmd::ATTACH => self.do_attach(&attrs, req),
-            cmd::SET => self.do_set(&attrs, req),
-            cmd::ADD_LEG => self.do_add_leg(&attrs, req),
-            cmd::REMOVE_LEG => self.do_remove_leg(&attrs, req),
-            _ => Err(errno::eopnotsupp().into()),
+        let res = if command == cmd::GET {
+            self.do_get(&attrs, req)
+        } else {
+            // Changes run one at a time; status requests need not wait.
+            let admin = self.admin();
+            match command {
+                cmd::CREATE => self.do_create(&admin, &attrs, req),
+                cmd::REMOVE => self.do_remove(&admin, &attrs),
+                cmd::EXPORT => self.do_export(&attrs, req),
+                cmd::UNEXPORT => self.do_unexport(&attrs),
+                cmd::DETACH => self.do_detach(&attrs, req),
+                cmd::ATTACH => self.do_attach(&attrs, req),
+                cmd::SET => self.do_set(&attrs, req),
+                cmd::ADD_LEG => self.do_add_leg(&attrs, req),
+                cmd::REMOVE_LEG => self.do_remove_leg(&attrs, req),
+                _ => Err(errno::eopnotsupp().into()),
+            }
         };
         res.map_err(|r| {
             if !r.msg.as_str().is_empty() {

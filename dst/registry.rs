@@ -5,6 +5,7 @@
 use kernel::new_mutex;
 use kernel::prelude::*;
 use kernel::rbtree::{RBTree, RBTreeNodeReservation};
+use kernel::sync::lock::{mutex::MutexBackend, Guard};
 use kernel::sync::{Arc, Mutex};
 
 use crate::device::{Device, LegSpec, Settings};
@@ -16,17 +17,23 @@ use crate::proto::genl::{Event, Target};
 /// Most devices at once.
 const MAX_DEVICES: u32 = 1024;
 
+/// Proof that the caller holds the registry's `admin` lock, which
+/// serialises the commands that change devices or exports.
+pub(crate) struct Admin<'a> {
+    _held: Guard<'a, (), MutexBackend>,
+}
+
 /// Every device, keyed by N of `/dev/dstN`.
 ///
 /// Commands that change anything hold `admin` throughout (the netlink
-/// handler takes it), so they run one at a time; `devices` is held only
-/// briefly, so that status requests are answered while a slow command
-/// (connecting to a server, waiting for writes to drain) runs.
+/// handler takes it, see [`Registry::admin`]), so they run one at a time;
+/// `devices` is held only briefly, so that status requests are answered
+/// while a slow command (connecting to a server, waiting for writes to
+/// drain) runs.
 #[pin_data]
 pub(crate) struct Registry {
-    /// Serialises the commands that change devices or exports.
     #[pin]
-    pub(crate) admin: Mutex<()>,
+    admin: Mutex<()>,
     #[pin]
     devices: Mutex<RBTree<u32, Arc<Device>>>,
     /// The devices' NBD exports.
@@ -47,11 +54,19 @@ impl Registry {
         )
     }
 
-    /// Creates a device, at the lowest free index.  The caller holds
-    /// `admin`, so the name and the index stay free while the legs are
-    /// opened and connected, without `devices` held.
+    /// Takes the `admin` lock, for a command that changes something.
+    pub(crate) fn admin(&self) -> Admin<'_> {
+        Admin {
+            _held: self.admin.lock(),
+        }
+    }
+
+    /// Creates a device, at the lowest free index.  Holding `admin` keeps
+    /// the name and the index free while the legs are opened and
+    /// connected, without `devices` held.
     pub(crate) fn create(
         &self,
+        _admin: &Admin<'_>,
         name: &str,
         target: Target,
         specs: KVec<LegSpec<'_>>,
@@ -83,9 +98,8 @@ impl Registry {
         Ok(dev)
     }
 
-    /// Removes the device named `name`, if it is not open.  The caller
-    /// holds `admin`.
-    pub(crate) fn remove(&self, name: &str) -> Result<(), Refusal> {
+    /// Removes the device named `name`, if it is not open.
+    pub(crate) fn remove(&self, _admin: &Admin<'_>, name: &str) -> Result<(), Refusal> {
         let Some(dev) = self.get(name) else {
             refuse!(ENODEV, "no device named {}", name);
         };

@@ -219,25 +219,21 @@ teardown_dst() {
 	"$DSTCTL" remove "$DST_NAME" >/dev/null || { echo "bench-guest: dstctl remove failed" >&2; return 1; }
 }
 
-setup_nbd() {
-	nbd-client -b 512 -N '' 127.0.0.1 "$NBD_PORT" "$NBD_DEV" >/dev/null 2>&1 ||
-		die "nbd-client failed to attach $NBD_DEV"
+# attach_nbd N: the kernel's nbd client with N connections.
+attach_nbd() {
+	nbd-client -b 512 -C "$1" -N '' 127.0.0.1 "$NBD_PORT" "$NBD_DEV" >/dev/null 2>&1 ||
+		die "nbd-client -C $1 failed to attach $NBD_DEV"
 	wait_bdev "$NBD_DEV"
 	prefill "$NBD_DEV"
 	TARGET=$NBD_DEV
 }
+setup_nbd() { attach_nbd 1; }
 teardown_nbd() {
 	[ -e /sys/block/nbd0/pid ] || return 0
 	nbd-client -d "$NBD_DEV" >/dev/null 2>&1 || { echo "bench-guest: nbd-client -d failed" >&2; return 1; }
 }
 
-setup_nbd2() {
-	nbd-client -b 512 -C 2 -N '' 127.0.0.1 "$NBD_PORT" "$NBD_DEV" >/dev/null 2>&1 ||
-		die "nbd-client -C 2 failed to attach $NBD_DEV"
-	wait_bdev "$NBD_DEV"
-	prefill "$NBD_DEV"
-	TARGET=$NBD_DEV
-}
+setup_nbd2() { attach_nbd 2; }
 teardown_nbd2() { teardown_nbd; }
 
 setup_dstnbd() {

@@ -38,7 +38,7 @@ mirror_round() {
 	dev=$(dst_dev "$name")
 	assert_eq "$(dst_json "$name" 'd["size"], *(d["legs"][1][k] for k in ("kind", "addr", "export", "connects", "state"))')" \
 		"$SIZE remote 127.0.0.1:$port $export 1 in-sync" \
-		"$what: size 32M; leg 1 is remote, at 127.0.0.1:$port, export $export, 1 connection, in sync"
+		"$what: size 32M; leg 1 is remote, at 127.0.0.1:$port, export $export, connected once, in sync"
 	conns=$(dst_json "$name" '2 if d["legs"][1]["nbd_flags"] & 256 else 1')
 	diag "$what: the server's flags say $conns connection(s)"
 	assert_eq "$(dst_json "$name" 'd["legs"][1]["conns"]') $(established "$port")" "$conns $conns" \
@@ -66,7 +66,6 @@ dst_load
 p=$(free_port)
 assert_cmd -m "nbdkit memory 32M on port $p" nbdkit_start "$p" memory 32M
 mirror_round nbdkit "$p" disk-a
-[ "$conns" = 2 ] || diag "nbdkit memory should allow several connections"
 assert_eq "$conns" 2 "nbdkit: CAN_MULTI_CONN, so two connections"
 
 p=$(free_port)

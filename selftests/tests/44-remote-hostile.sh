@@ -11,7 +11,7 @@
 #   bounded time, it never hangs;
 # - a server whose export grows between connections: the reconnect is
 #   refused, the leg stays down, its problem names the size.
-# timeout: 400
+# timeout: 600
 # SC2016: the bodies of eval '...' expand when evaluated, as intended.
 # shellcheck disable=SC2016
 # shellcheck source-path=SCRIPTDIR source=../lib.sh
@@ -116,7 +116,7 @@ tx_case() {
 	assert_cmd -m "$mode: remove, no kernel warning" eval 'dstctl remove "$name" >/dev/null && dmesg_scan' || true
 }
 
-plan 82
+plan 86
 brd_setup 1 32
 dst_load
 
@@ -169,6 +169,9 @@ tx_case reply-bad-magic down "bad reply magic"
 tx_case reply-structured down "unrequested structured reply"
 tx_case reply-unknown-cookie down "reply to an unknown request"
 tx_case reply-twice down "reply to an unknown request"
+# The leg's two connections (the server allows multi-conn): a reply on the
+# connection that did not carry the request is as unknown.
+tx_case reply-cross down "reply to an unknown request"
 tx_case reply-truncated down "server closed the connection|connection reset|connection broken"
 tx_case close-after-handshake down "server closed the connection|connection reset|connection broken"
 tx_case close-mid-request down "server closed the connection|connection reset|connection broken"

@@ -48,6 +48,7 @@ modes! {
     ReplyBadMagic = "reply-bad-magic": "after --after good requests, a reply with a wrong magic",
     ReplyStructured = "reply-structured": "after --after good requests, a structured reply chunk (never negotiated)",
     ReplyUnknownCookie = "reply-unknown-cookie": "after --after good requests, a reply to a cookie never sent",
+    ReplyCross = "reply-cross": "after --after good requests, answer a request on another open connection (with none open, answer it well)",
     ReplyTwice = "reply-twice": "after --after good requests, every reply is sent twice",
     ReplyTruncated = "reply-truncated": "after --after good requests, half a reply (header, or read data), then close",
     CloseAfterHandshake = "close-after-handshake": "close after the handshake (after --after requests)",
@@ -69,6 +70,7 @@ impl Mode {
             Mode::ReplyBadMagic
                 | Mode::ReplyStructured
                 | Mode::ReplyUnknownCookie
+                | Mode::ReplyCross
                 | Mode::ReplyTwice
                 | Mode::ReplyTruncated
                 | Mode::CloseAfterHandshake

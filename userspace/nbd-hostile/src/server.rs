@@ -72,11 +72,47 @@ struct Shared {
     config: Config,
     store: Mutex<Vec<u8>>,
     next_conn: AtomicU64,
+    /// Connections in the transmission phase, by index, for
+    /// [`Mode::ReplyCross`].
+    open: Mutex<Vec<(u64, TcpStream)>>,
 }
 
 impl Shared {
     fn store(&self) -> MutexGuard<'_, Vec<u8>> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn open(&self) -> MutexGuard<'_, Vec<(u64, TcpStream)>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Another open connection than `index`: its index and a handle to
+    /// write to it.
+    fn other_than(&self, index: u64) -> Option<(u64, TcpStream)> {
+        let open = self.open();
+        let (i, s) = open.iter().find(|(i, _)| *i != index)?;
+        Some((*i, s.try_clone().ok()?))
+    }
+}
+
+/// Keeps a connection in [`Shared::open`] while it lives.
+struct Listed<'a> {
+    shared: &'a Shared,
+    index: u64,
+}
+
+impl<'a> Listed<'a> {
+    fn new(shared: &'a Shared, index: u64, s: &TcpStream) -> Self {
+        if let Ok(s) = s.try_clone() {
+            shared.open().push((index, s));
+        }
+        Listed { shared, index }
+    }
+}
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        self.shared.open().retain(|(i, _)| *i != self.index);
     }
 }
 
@@ -98,6 +134,7 @@ impl Server {
                 store: Mutex::new(vec![0; len]),
                 config,
                 next_conn: AtomicU64::new(0),
+                open: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -501,6 +538,8 @@ impl Conn<'_> {
     }
 
     fn transmit(&mut self) -> io::Result<()> {
+        let shared = self.shared;
+        let _listed = Listed::new(shared, self.index, &self.s);
         let mode = self.cfg.mode;
         let mut n = 0u64;
         let mut first = true;
@@ -572,6 +611,16 @@ impl Conn<'_> {
                     r.extend(data);
                     self.s.write_all(&r)?;
                     self.note(format!("answered {what} with cookie {bogus:#x}"));
+                    return self.drain();
+                }
+                Mode::ReplyCross => {
+                    let r = self.reply_bytes(&req, &payload);
+                    let Some((other, mut s)) = shared.other_than(self.index) else {
+                        self.s.write_all(&r)?;
+                        continue;
+                    };
+                    s.write_all(&r)?;
+                    self.note(format!("answered {what} on conn {other}"));
                     return self.drain();
                 }
                 Mode::ReplyTwice => {

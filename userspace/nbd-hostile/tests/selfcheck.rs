@@ -204,6 +204,17 @@ fn reply_misbehaviours() {
     let cookie = c.send(cmd::FLUSH, 0, 0, 0, &[]);
     assert_ne!(c.reply().unwrap().unwrap().cookie, cookie);
 
+    // Answered on another connection; with none other open, answered well.
+    let addr = after(Mode::ReplyCross);
+    let (mut c, _) = Client::open(addr, b"");
+    two_good(&mut c);
+    assert_eq!(c.call(cmd::READ, 0, 0, 512, &[]), (0, vec![5; 512]));
+    let (mut other, _) = Client::open(addr, b"");
+    let cookie = c.send(cmd::READ, 0, 0, 512, &[]);
+    let r = other.reply().unwrap().unwrap();
+    assert_eq!((r.error, r.cookie), (0, cookie));
+    assert_eq!(other.data(512).unwrap(), vec![5; 512]);
+
     let (mut c, _) = Client::open(after(Mode::ReplyTwice), b"");
     two_good(&mut c);
     let cookie = c.send(cmd::READ, 0, 0, 512, &[]);

@@ -89,6 +89,9 @@ pub(crate) struct Settings {
     /// I/O, and always.
     pub(crate) resync_rate_kib: u32,
     pub(crate) resync_max_kib: u32,
+    /// Mirror: the legs after the first are copied from it in the
+    /// background (md's initial resync), not assumed identical.
+    pub(crate) sync: bool,
 }
 
 impl Default for Settings {
@@ -97,6 +100,7 @@ impl Default for Settings {
             region_bytes: limits::REGION_DEFAULT,
             resync_rate_kib: limits::RATE_DEFAULT_KIB,
             resync_max_kib: 0,
+            sync: false,
         }
     }
 }
@@ -275,12 +279,26 @@ impl Device {
             stack(&mut lim, leg, leg.offset());
         }
         let offer = lim.offer();
+        // An initial sync: the legs after the first start out of sync, all
+        // dirty, and are resynced from it once the device is up.
+        let sync = settings.sync && target == Target::Mirror && nlegs > 1;
         let dirty = AppendVec::new()?;
         if target == Target::Mirror {
-            for _ in 0..nlegs {
-                if dirty.push(DirtyMap::new(sectors, settings.region_bytes)?).is_err() {
+            for i in 0..nlegs {
+                let map = DirtyMap::new(sectors, settings.region_bytes)?;
+                if sync && i > 0 {
+                    map.mark_all();
+                }
+                if dirty.push(map).is_err() {
                     return Err(ENOSPC.into());
                 }
+            }
+        }
+        if sync {
+            // Writes skip them (their maps are all dirty anyway) until
+            // they are resyncing.
+            for leg in legs.iter().skip(1) {
+                leg.set_state(LegState::Down);
             }
         }
         let table = AppendVec::new()?;
@@ -307,7 +325,7 @@ impl Device {
                 sectors,
                 block_size,
                 legs: table,
-                in_sync: LegSet::all(nlegs),
+                in_sync: LegSet::all(if sync { 1 } else { nlegs }),
                 resyncing: LegSet::none(),
                 dirty,
                 offer,
@@ -362,6 +380,13 @@ impl Device {
             dev.legs.len(),
             sectors
         );
+        if sync {
+            pr_info!("{}: initial sync: copying leg 0 to the other legs ({} KiB each)\n", dev.name(), sectors >> 1);
+            for i in 1..nlegs {
+                dev.resync_leg(i);
+            }
+            Self::notify(dev.as_arc_borrow());
+        }
         Ok(dev)
     }
 

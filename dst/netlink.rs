@@ -296,13 +296,18 @@ fn settings(attrs: &Attrs<'_>, target: Target) -> Result<Settings, Refusal> {
     let region = optional_u32(attrs, dev::REGION_SIZE)?;
     let rate = optional_u32(attrs, dev::RESYNC_RATE)?;
     let max = optional_u32(attrs, dev::RESYNC_MAX)?;
+    let sync = flag(attrs, dev::FULL)?;
     let mut s = Settings::default();
     if target != Target::Mirror {
         if region.is_some() || rate.is_some() || max.is_some() {
             refuse!(EINVAL, "region size and resync rates apply to mirrors");
         }
+        if sync {
+            refuse!(EINVAL, "an initial sync applies to mirrors");
+        }
         return Ok(s);
     }
+    s.sync = sync;
     if let Some(r) = region {
         if let Err(why) = resync::check_region(r) {
             refuse!(EINVAL, "{}", why);
@@ -312,6 +317,17 @@ fn settings(attrs: &Attrs<'_>, target: Target) -> Result<Settings, Refusal> {
     s.resync_rate_kib = rate.unwrap_or(s.resync_rate_kib);
     s.resync_max_kib = max.unwrap_or(s.resync_max_kib);
     Ok(s)
+}
+
+/// The last u8 attribute of type `kind` as a flag (absent: false).
+fn flag(attrs: &Attrs<'_>, kind: u16) -> Result<bool, Refusal> {
+    match last(attrs, kind)? {
+        Some(a) => match a.u8() {
+            Ok(v) => Ok(v != 0),
+            Err(_) => refuse!(EINVAL, "attribute {}: not a u8", kind),
+        },
+        None => Ok(false),
+    }
 }
 
 /// The last attribute of type `kind` (netlink's rule for repeats).
@@ -498,11 +514,7 @@ impl Registry {
 
     fn do_attach(&self, attrs: &Attrs<'_>, req: &mut Request<'_>) -> Result<(), Refusal> {
         let (d, i) = self.leg_request(attrs)?;
-        let full = match last(attrs, dev::FULL)? {
-            Some(a) => a.u8().map_err(|_| Refusal::from(EINVAL))? != 0,
-            None => false,
-        };
-        d.attach(i, full)?;
+        d.attach(i, flag(attrs, dev::FULL)?)?;
         self.reply(req, cmd::ATTACH, &d)?;
         Ok(())
     }

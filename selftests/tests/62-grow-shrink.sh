@@ -10,6 +10,9 @@
 # (c) Bad input: a leg smaller than the device, one that belongs to another
 #     device, one already in the mirror, a linear device, the last in-sync
 #     leg, a removed leg: clear errors, nothing changed.
+# (d) create --sync over legs that differ: the first is copied to the
+#     others (a local and a remote leg) while the device is written, and
+#     reads as the first meanwhile; at the end all hold the same data.
 # timeout: 300
 # SC2016: the bodies of eval '...' expand when evaluated, as intended.
 # shellcheck disable=SC2016
@@ -36,7 +39,7 @@ legs_of() {
 	dst_jq "$1" '[.legs[].index] | map(tostring) | join(" ")'
 }
 
-plan 22
+plan 28
 brd_setup 6 64
 dst_load
 cleanup_push sh -c 'dmsetup remove --retry small 2>/dev/null || true'
@@ -82,4 +85,29 @@ expect_err_contains -m "the last in-sync leg" "last in-sync leg" dstctl remove-l
 expect_err_contains -m "a removed leg" "not a leg of r" dstctl remove-leg r 0
 assert_eq "$(dstctl --json list | jq -S 'map(del(.legs[].reads, .legs[].writes))')" "$before" "  ... nothing changed"
 dstctl remove lin && dstctl remove other && dstctl remove r
+
+# ---- (d) an initial sync --------------------------------------------------
+# ram0 and ram1 hold different data, the export zeroes: --sync copies ram0
+# to the others, while the device is in use and reads as ram0.
+dd if=/dev/urandom of=/dev/ram0 bs=1M count=64 oflag=direct status=none
+dd if=/dev/urandom of=/dev/ram1 bs=1M count=64 oflag=direct status=none
+port=$(free_port)
+nbdkit_start "$port" memory 64M
+assert_cmd -m "(d) create --sync (ram0, ram1, an nbdkit export; 8 MiB/s): legs 1 and 2 resyncing" \
+	eval 'dstctl create s --mirror --sync --resync-max 8M /dev/ram0 /dev/ram1 "nbd://127.0.0.1:$port/" >/dev/null &&
+		[ "$(dst_jq s "[.legs[].state] | join(\" \")")" = "in-sync resyncing resyncing" ] &&
+		dmesg | grep -q "s: initial sync: copying leg 0 to the other legs (65536 KiB each)"'
+dev=$(dst_dev s)
+assert_eq "$(sum_dev "$dev" "$SIZE")" "$(sum_dev /dev/ram0 "$SIZE")" "  ... during the sync, the device reads as ram0"
+assert_cmd -m "  ... 4 MiB written during the sync" \
+	eval 'dd if=/dev/urandom of="$dev" bs=1M count=4 seek=20 oflag=direct status=none &&
+		[ "$(leg_state s 2)" = resyncing ]'
+assert_cmd -m "  ... both legs in sync, each copied in full" \
+	eval 'wait_leg s 1 in-sync 60 && wait_leg s 2 in-sync 60 &&
+		[ "$(dst_jq s "[.state, .legs[1].resynced, .legs[2].resynced] | map(tostring) | join(\" \")")" = "ok $SIZE $SIZE" ]'
+assert_cmd -m "  ... ram0, ram1 and the export hold the device's data" \
+	eval 'legs_match_dev "$dev" "$SIZE" /dev/ram0 && same_data "$dev" /dev/ram1 "nbd://127.0.0.1:$port/" "$SIZE"'
+dstctl remove s
+expect_err_contains -m "--sync on a linear device is refused" "--sync applies to mirrors" \
+	dstctl create l --linear --sync /dev/ram0
 dmesg_check

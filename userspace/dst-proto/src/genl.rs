@@ -88,7 +88,9 @@ pub mod dev {
     /// DETACH and ATTACH: the leg, by its index from 0 (u32).
     pub const LEG_INDEX: u16 = 12;
     /// ATTACH: copy the whole leg (1) rather than only the regions written
-    /// while it was detached (0, the default) (u8).
+    /// while it was detached (0, the default) (u8).  CREATE, mirror: copy
+    /// the first leg to the others in the background (1) rather than
+    /// assume the legs identical (0, the default).
     pub const FULL: u16 = 13;
     /// Mirror: bytes of device one dirty-map bit stands for (u32; CREATE,
     /// a power of two in [`super::resync::REGION_MIN`]..=
@@ -493,6 +495,11 @@ const RESYNC_MAX_SPEC: AttrSpec = AttrSpec {
     kind: Kind::U32,
 };
 
+const FULL_SPEC: AttrSpec = AttrSpec {
+    id: dev::FULL,
+    kind: Kind::U8 { min: 0, max: 1 },
+};
+
 /// Every command of the family.
 pub const COMMANDS: &[CmdSpec] = &[
     CmdSpec {
@@ -521,6 +528,7 @@ pub const COMMANDS: &[CmdSpec] = &[
             },
             RESYNC_RATE_SPEC,
             RESYNC_MAX_SPEC,
+            FULL_SPEC,
         ],
     },
     CmdSpec {
@@ -575,14 +583,7 @@ pub const COMMANDS: &[CmdSpec] = &[
         cmd: cmd::ATTACH,
         doit: true,
         dumpit: false,
-        policy: &[
-            NAME_SPEC,
-            LEG_INDEX_SPEC,
-            AttrSpec {
-                id: dev::FULL,
-                kind: Kind::U8 { min: 0, max: 1 },
-            },
-        ],
+        policy: &[NAME_SPEC, LEG_INDEX_SPEC, FULL_SPEC],
     },
     CmdSpec {
         cmd: cmd::UNEXPORT,

@@ -146,6 +146,16 @@ These options apply to mirrors only:
                       resync runs at full speed, up to --resync-max.  Like
                       md's speed_limit_min and speed_limit_max.
   --resync-max RATE   the resync speed limit at all times (default {rate_max})
+  --sync              copy the first leg to the others, in the background
+                      and under the limits above, as md does when it
+                      creates an array.  Without it, dst writes nothing to
+                      the legs and assumes them identical (md's
+                      --assume-clean): right for blank legs, or when the
+                      whole device is written first.  The device is usable
+                      at once; reads come from the first leg until the
+                      others are in sync.  dst keeps no metadata on the
+                      legs, so after a crash, re-create a mirror with
+                      --sync, first naming a leg that was in sync.
 
 SIZE is a number of bytes with an optional unit K, M or G (1024-based):
 4096, 64K, 1M.  RATE is bytes per second, written the same way with an
@@ -173,7 +183,8 @@ Examples:
   dstctl create r2 --mirror /dev/sdb nbd://10.0.0.2/disk
   dstctl create r3 --mirror nbd://store1:10809/vol 'nbd://[fd00::2]/vol' --timeout 10s
   dstctl create r4 --mirror /dev/sdb 'nbd://store1/vol?timeout=5s&dead-time=2m'
-  dstctl create r5 --mirror /dev/sdb /dev/sdc --region-size 256K --resync-rate 100M";
+  dstctl create r5 --mirror /dev/sdb /dev/sdc --region-size 256K --resync-rate 100M
+  dstctl create r6 --mirror --sync /dev/sdb /dev/sdc";
 
 /// `dstctl set --help`; the default comes from the shared protocol
 /// definition.
@@ -609,6 +620,11 @@ pub struct CreateArgs {
 
     #[command(flatten)]
     pub limit_args: LimitArgs,
+
+    /// Mirror: copy the first leg to the others in the background (an
+    /// initial sync), rather than assume the legs identical
+    #[arg(long)]
+    pub sync: bool,
 }
 
 /// The short help of `--region-size`, with the bounds and the default from
@@ -884,10 +900,14 @@ impl CreateArgs {
                     "{name} applies to mirrors (--mirror), not to --linear"
                 ));
             }
+            if self.sync {
+                return Err("--sync applies to mirrors (--mirror), not to --linear".into());
+            }
         }
         Ok(ResyncSettings {
             region_size: parse_opt(region, parse_region)?,
             limits: self.limit_args.limits()?,
+            sync: self.sync,
         })
     }
 
@@ -1249,6 +1269,17 @@ mod tests {
                     rate_kib: Some(50 << 10),
                     max_kib: Some(1 << 20),
                 },
+                sync: false,
+            })
+        );
+        assert_eq!(a.legs, ["/dev/sdb", "/dev/sdc"]);
+        // An initial sync, the flag anywhere.
+        let a = create(&["create", "r1", "--mirror", "/dev/sdb", "--sync", "/dev/sdc"]);
+        assert_eq!(
+            a.settings(),
+            Ok(ResyncSettings {
+                sync: true,
+                ..ResyncSettings::default()
             })
         );
         assert_eq!(a.legs, ["/dev/sdb", "/dev/sdc"]);
@@ -1322,6 +1353,10 @@ mod tests {
                 )),
             );
         }
+        assert_eq!(
+            check(&["create", "l", "--linear", "--sync", "/dev/sdb"]),
+            Err("--sync applies to mirrors (--mirror), not to --linear".into()),
+        );
         // Each at most once, with a value.
         for args in [
             &["create", "r1", "--mirror", "/dev/sdb", "--region-size"][..],
@@ -1388,6 +1423,7 @@ mod tests {
                         rate_kib: Some(0),
                         max_kib: Some(0),
                     },
+                    sync: false,
                 },
                 ..Checked::default()
             })
@@ -1462,6 +1498,10 @@ mod tests {
                 "0 or none means",
                 "dstctl set",
                 "--region-size 256K --resync-rate 100M",
+                "--sync              copy the first leg to the others",
+                "md's\n                      --assume-clean",
+                "after a crash",
+                "create r6 --mirror --sync",
             ],
         );
         assert_help(
@@ -1493,7 +1533,7 @@ mod tests {
                  to 4M (default 64K).  The maps",
                 "\n  --resync-rate RATE  the resync speed limit while the device has other\n                      \
                  I/O (default 16M/s).  When",
-                "\n  --resync-max RATE   the resync speed limit at all times (default none)\n\n",
+                "\n  --resync-max RATE   the resync speed limit at all times (default none)\n  --sync",
             ],
         );
         assert_help(

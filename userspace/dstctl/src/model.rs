@@ -471,6 +471,8 @@ pub struct ResyncSettings {
     pub region_size: Option<u32>,
     /// The speed limits.
     pub limits: ResyncLimits,
+    /// Copy the first leg to the others (an initial sync).
+    pub sync: bool,
 }
 
 /// Attributes of a `CREATE` request: name, target, the resync settings
@@ -490,6 +492,9 @@ pub fn create_request(
         w.put_u32(dev::REGION_SIZE, region)?;
     }
     settings.limits.put(&mut w)?;
+    if settings.sync {
+        w.put_u8(dev::FULL, 1)?;
+    }
     for l in legs {
         l.put(&mut w)?;
     }
@@ -819,6 +824,7 @@ mod tests {
                 rate_kib: Some(50 << 10),
                 max_kib: Some(0),
             },
+            sync: true,
         };
         let bytes = create_request("r1", Target::Mirror, &all, &legs).unwrap();
         assert_eq!(
@@ -829,6 +835,7 @@ mod tests {
                 u32_attr(dev::REGION_SIZE, 256 << 10),
                 u32_attr(dev::RESYNC_RATE, 50 << 10),
                 u32_attr(dev::RESYNC_MAX, 0),
+                (dev::FULL, vec![1]),
             ]
         );
         assert_eq!(leg_nests(&bytes).len(), 2);
@@ -839,6 +846,7 @@ mod tests {
                 rate_kib: None,
                 max_kib: Some(100 << 10),
             },
+            sync: false,
         };
         let bytes = create_request("r1", Target::Mirror, &some, &legs).unwrap();
         let kinds: Vec<u16> = top_level(&bytes).iter().map(|a| a.0).collect();

@@ -121,6 +121,12 @@ pub(crate) struct Device {
     in_sync: LegSet,
     /// Legs being resynced: they get every write, serve no reads.
     resyncing: LegSet,
+    /// In-sync legs that failed a read: the regions are marked dirty, and
+    /// the repair job resyncs them (see [`Device::repair`]).
+    to_repair: LegSet,
+    /// When each leg's last repair began.
+    #[pin]
+    repairs: Mutex<Repairs>,
     /// Mirror: per leg, the regions that may differ from the device.
     dirty: AppendVec<DirtyMap, MAX_LEGS>,
     /// What the device offers its users (a leg added must allow it).
@@ -165,7 +171,19 @@ pub(crate) struct Device {
     resync_job: Job<Device, RESYNC_JOB>,
     #[pin]
     event_job: Job<Device, EVENT_JOB>,
+    #[pin]
+    repair_job: Job<Device, REPAIR_JOB>,
 }
+
+/// The repair job's memory.
+struct Repairs {
+    /// Per leg, when its last repair began (ms; 0: never).
+    last_ms: [u64; MAX_LEGS],
+}
+
+/// A leg is repaired at most once in this many milliseconds: a leg that
+/// fails every read but takes writes would otherwise go round and round.
+const REPAIR_PAUSE_MS: u64 = 10_000;
 
 /// Work item ids.
 const RETRY_WORK: u64 = 0;
@@ -174,6 +192,7 @@ const LANE1_WORK: u64 = 2;
 /// Job ids.
 const RESYNC_JOB: u64 = 0;
 const EVENT_JOB: u64 = 1;
+const REPAIR_JOB: u64 = 2;
 
 impl_has_work! {
     impl HasWork<Self, RETRY_WORK> for Device { self.work }
@@ -182,6 +201,7 @@ impl_has_work! {
 }
 impl_has_job!(Device, RESYNC_JOB, resync_job);
 impl_has_job!(Device, EVENT_JOB, event_job);
+impl_has_job!(Device, REPAIR_JOB, repair_job);
 
 impl WorkItem<RETRY_WORK> for Device {
     type Pointer = Arc<Device>;
@@ -223,6 +243,12 @@ impl JobRun<RESYNC_JOB> for Device {
 impl JobRun<EVENT_JOB> for Device {
     fn run(this: Arc<Self>) {
         netlink::send_event(&this, Event::Changed);
+    }
+}
+
+impl JobRun<REPAIR_JOB> for Device {
+    fn run(this: Arc<Self>) {
+        this.repair_legs();
     }
 }
 
@@ -327,6 +353,8 @@ impl Device {
                 legs: table,
                 in_sync: LegSet::all(if sync { 1 } else { nlegs }),
                 resyncing: LegSet::none(),
+                to_repair: LegSet::none(),
+                repairs <- new_mutex!(Repairs { last_ms: [0; MAX_LEGS] }, "Device::repairs"),
                 dirty,
                 offer,
                 holder,
@@ -352,6 +380,7 @@ impl Device {
                 lane1_work <- new_work!("Device::lane1_work"),
                 resync_job <- Job::new(),
                 event_job <- Job::new(),
+                repair_job <- Job::new(),
             }? Error),
             GFP_KERNEL,
         )?;
@@ -419,6 +448,7 @@ impl Device {
         self.stop_remotes();
         Job::<Device, RESYNC_JOB>::disable(self);
         Job::<Device, EVENT_JOB>::disable(self);
+        Job::<Device, REPAIR_JOB>::disable(self);
         self.barrier.lower();
         self.resubmit_parked();
         {
@@ -647,6 +677,66 @@ impl Device {
                 e.to_errno()
             ),
             Removal::NotMember => {}
+        }
+    }
+
+    /// In-sync leg `i` failed a read of the range (the read is retried on
+    /// another leg): its copy is rewritten from the others, as md's read
+    /// repair does.  The range is marked dirty now, in any context; the
+    /// repair job then resyncs the leg (see [`Device::repair_legs`]).
+    pub(crate) fn repair(this: ArcBorrow<'_, Self>, i: usize, sector: u64, bytes: u32) {
+        if !this.in_sync.contains(i) || this.in_sync.count() < 2 {
+            // Nothing to copy from (a resync will, once there is).
+            return;
+        }
+        this.mark_dirty(i, sector, bytes);
+        this.to_repair.insert(i);
+        Job::<Device, REPAIR_JOB>::queue(this.into(), 0);
+    }
+
+    /// Repairs the legs [`Device::repair`] marked: each leaves the in-sync
+    /// set (unless it is the last) and is resynced, which copies its dirty
+    /// regions from an in-sync leg; if that fails too, the resync fails
+    /// the leg.  Under `admin`, so that no detach or attach runs meanwhile.
+    /// A leg repaired less than [`REPAIR_PAUSE_MS`] ago waits.
+    fn repair_legs(self: &Arc<Self>) {
+        let _admin = self.admin.lock();
+        let mut r = self.repairs.lock();
+        let now = now_ms();
+        let mut wait = 0;
+        let mut pending = self.to_repair.take();
+        while pending != 0 {
+            let i = pending.trailing_zeros() as usize;
+            pending &= pending - 1;
+            let Some(leg) = self.legs.get(i) else { continue };
+            if self.is_stopping() || leg.state() != LegState::InSync {
+                continue;
+            }
+            let last = r.last_ms[i];
+            if last != 0 && now < last + REPAIR_PAUSE_MS {
+                self.to_repair.insert(i);
+                wait = wait.max(last + REPAIR_PAUSE_MS - now);
+                continue;
+            }
+            if self.in_sync.remove_unless_last(i) != Removal::Removed {
+                continue;
+            }
+            r.last_ms[i] = now.max(1);
+            let kib = self.dirty.get(i).map_or(0, |m| m.dirty_bytes() >> 10);
+            self.resync_leg(i);
+            // After the state changed, so that a reader who sees this line
+            // and then `in-sync` knows the repair is done.
+            pr_warn!(
+                "{}: leg {} ({}) failed reads; rewriting them from the other legs ({} KiB)\n",
+                self.name(),
+                i,
+                leg.dev().name(),
+                kib
+            );
+            Self::notify(self.as_arc_borrow());
+        }
+        if wait > 0 {
+            Job::<Device, REPAIR_JOB>::queue(self.clone(), u32::try_from(wait).unwrap_or(u32::MAX));
         }
     }
 

@@ -58,6 +58,11 @@ impl LegSet {
         self.0.fetch_and(!(1 << i), Ordering::AcqRel) & (1 << i) != 0
     }
 
+    /// Empties the set; returns what it held.
+    pub(crate) fn take(&self) -> u32 {
+        self.0.swap(0, Ordering::AcqRel)
+    }
+
     /// Whether leg `i` is in the set.
     pub(crate) fn contains(&self, i: usize) -> bool {
         self.0.load(Ordering::Acquire) & (1 << i) != 0

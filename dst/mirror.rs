@@ -163,7 +163,9 @@ pub(crate) fn clone_failed(dev: ArcBorrow<'_, Device>, i: usize, op: Op, sector:
                 Device::fail_leg(dev, i, e);
             }
         }
-        // A read error is retried elsewhere and leaves the leg in use.
+        // A read error is retried elsewhere, and the leg's copy rewritten
+        // from the others; an outage is not the leg's data's fault.
+        Op::Read if e != errno::leg_away() => Device::repair(dev, i, sector, bytes),
         Op::Read | Op::Other => {}
     }
 }

@@ -2,7 +2,8 @@
 # Mirror legs failing: a leg failed mid-write (fail_make_request, then a dm
 # "error" table) leaves the mirror writable, with no error reaching fio,
 # the leg faulty and its errors counted; reads failing on a leg are retried
-# on another; the last in-sync leg is never taken out.
+# on another, and the leg's copy rewritten from it (read repair); the last
+# in-sync leg is never taken out.
 # timeout: 600
 # shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
@@ -116,17 +117,40 @@ assert_cmd wait_leg fd 1 in-sync 60
 assert_cmd legs_match_dev "$dev" "$(dst_json fd 'd["size"]')" /dev/ram2 /dev/mapper/dleg
 assert_cmd -m "remove fd" dstctl remove fd
 
-# 4. Reads failing on one leg are retried on the other.
+# 4. Reads failing on one leg are retried on the other, and the failing
+#    leg's copy is rewritten from it (read repair): 64 KiB of ram3 are
+#    corrupted behind the mirror's back and made to fail reads.
 assert_cmd -m "dm-flakey leg over ram3 (healthy)" \
 	sh -c "dmsetup remove dleg && dmsetup create fleg --table '0 $sectors linear /dev/ram3 0' && dmsetup mknodes fleg"
 assert_cmd -m "create mirror over ram2 and the flakey leg" dstctl create fr --mirror /dev/ram2 /dev/mapper/fleg
 dev=$(dst_dev fr)
 dd if="$TEST_TMP/blob" of="$dev" bs=1M oflag=direct status=none
-assert_cmd -m "make the leg fail every read" \
-	sh -c "dmsetup load fleg --table '0 $sectors flakey /dev/ram3 0 0 3600 1 error_reads' && dmsetup resume fleg"
-assert_eq "$(sum_dev "$dev" $((8 * MiB)))" "$(sha256sum <"$TEST_TMP/blob" | cut -d' ' -f1)" \
-	"every read succeeds, with the right data"
-assert_cmd -m "the flakey leg's read errors are counted" test "$(dst_json fr 'd["legs"][1]["read_errors"]')" -gt 0
-assert_eq "$(dst_json fr 'd["state"]')" ok "read errors do not take a leg out"
+dd if=/dev/urandom of=/dev/ram3 bs=64k count=1 seek=16 oflag=direct status=none
+assert_cmd -m "ram3's copy of 64 KiB at 1 MiB is bad and fails reads" \
+	sh -c "dmsetup load fleg --table '0 2048 linear /dev/ram3 0
+2048 128 flakey /dev/ram3 2048 0 3600 1 error_reads
+2176 $((sectors - 2176)) linear /dev/ram3 2176' && dmsetup resume fleg"
+good=$(dd if="$TEST_TMP/blob" bs=64k count=1 skip=16 status=none | sha256sum | cut -d' ' -f1)
+# Reads alternate between the legs; stop once the bad copy has been hit.
+reads_ok() {
+	local i
+	for i in 1 2 3 4 5 6 7 8; do
+		[ "$(dd if="$dev" bs=64k count=1 skip=16 iflag=direct status=none | sha256sum | cut -d' ' -f1)" = "$good" ] ||
+			return 1
+		[ "$(dst_json fr 'd["legs"][1]["read_errors"]')" -eq 0 ] || return 0
+	done
+	echo "no read reached leg 1"
+	return 1
+}
+assert_cmd -m "reads of the range succeed, with the right data, until one fails on leg 1" reads_ok
+# The repair logged (after leg 1 left the in-sync set), and leg 1 back.
+repaired() {
+	dmesg | grep -q "fr: leg 1 (.*) failed reads; rewriting them from the other legs (64 KiB)" &&
+		[ "$(dst_json fr 'd["state"], d["legs"][1]["state"]')" = "ok in-sync" ]
+}
+assert_cmd -m "  ... leg 1 is repaired: its 64 KiB rewritten from ram2, then in sync again" \
+	wait_until 30 repaired
+assert_eq "$(sum_dev /dev/ram3 $((8 * MiB)))" "$(sha256sum <"$TEST_TMP/blob" | cut -d' ' -f1)" \
+	"  ... ram3 holds the data again"
 assert_cmd -m "remove fr" dstctl remove fr
 dmesg_check

@@ -680,25 +680,36 @@ impl Device {
         }
     }
 
-    /// In-sync leg `i` failed a read of the range (the read is retried on
-    /// another leg): its copy is rewritten from the others, as md's read
-    /// repair does.  The range is marked dirty now, in any context; the
-    /// repair job then resyncs the leg (see [`Device::repair_legs`]).
+    /// Leg `i` failed a read of the range (the read is retried on another
+    /// leg): its copy is rewritten from the others, as md's read repair
+    /// does.  The range is marked dirty now, in any context.  An in-sync
+    /// leg is then resynced by the repair job (see
+    /// [`Device::repair_legs`]); a leg already resyncing (a read that was
+    /// in flight when its repair began) has the range copied by the
+    /// running resync, which looks for regions dirtied behind it.
     pub(crate) fn repair(this: ArcBorrow<'_, Self>, i: usize, sector: u64, bytes: u32) {
-        if !this.in_sync.contains(i) || this.in_sync.count() < 2 {
-            // Nothing to copy from (a resync will, once there is).
+        if this.in_sync.mask() & !(1 << i) == 0 {
+            // No other leg to copy from.
+            return;
+        }
+        let in_sync = this.in_sync.contains(i);
+        if !in_sync && !this.resyncing.contains(i) {
             return;
         }
         this.mark_dirty(i, sector, bytes);
-        this.to_repair.insert(i);
-        Job::<Device, REPAIR_JOB>::queue(this.into(), 0);
+        if in_sync {
+            this.to_repair.insert(i);
+            Job::<Device, REPAIR_JOB>::queue(this.into(), 0);
+        }
     }
 
     /// Repairs the legs [`Device::repair`] marked: each leaves the in-sync
     /// set (unless it is the last) and is resynced, which copies its dirty
     /// regions from an in-sync leg; if that fails too, the resync fails
-    /// the leg.  Under `admin`, so that no detach or attach runs meanwhile.
-    /// A leg repaired less than [`REPAIR_PAUSE_MS`] ago waits.
+    /// the leg.  Under `admin`, so that no detach or attach runs meanwhile
+    /// (the job may wait there for a detach, which waits at most
+    /// `DETACH_WAIT_MS` for the leg's I/O; that I/O does not need this
+    /// job).  A leg repaired less than [`REPAIR_PAUSE_MS`] ago waits.
     fn repair_legs(self: &Arc<Self>) {
         let _admin = self.admin.lock();
         let mut r = self.repairs.lock();

@@ -5,7 +5,8 @@
 #     resync held to 4 MiB/s.  Once it has copied some, leg 0 starts failing
 #     every I/O.  The resync goes on from leg 1: leg 2 is in sync again
 #     without copying more than it missed (plus one chunk), and legs 1, 2
-#     and the device are identical.
+#     and the device are identical.  Leg 0's failed reads are repaired
+#     from leg 1; that write fails too, so leg 0 ends faulty.
 # (b) Target dropping mid-resync: a mirror of a RAM disk and a remote leg,
 #     under fio with verification.  The remote leg is detached while 32 MiB
 #     are written, attached again, and its connection is cut part way
@@ -56,7 +57,7 @@ back_kib() {
 	dmesg | sed -n "s/.*dst: $1: leg 1 is back; resyncing .* (\([0-9]*\) KiB)/\1/p" | sed -n "${2}p"
 }
 
-plan 38
+plan 40
 brd_setup 4 64
 dst_load
 cleanup_push sh -c 'dmsetup remove --retry srcleg 2>/dev/null || true'
@@ -78,12 +79,18 @@ diag "leg 2: $done_at_fail of $total bytes copied when leg 0 fails"
 assert_cmd -m "leg 0 starts failing every I/O, mid-resync" \
 	sh -c "dmsetup load srcleg --table '0 $SECTORS error' && dmsetup resume srcleg"
 assert_cmd -m "  ... the resync goes on from leg 1: leg 2 in sync" wait_leg ra 2 in-sync 60
+# No read through the device yet: the repair comes from the resync's reads.
+assert_cmd -m "  ... leg 0's failed resync reads are to be rewritten from leg 1" \
+	eval 'dmesg | grep -q "ra: leg 0 (.*) failed reads; rewriting them from the other legs"'
 copied=$(($(resynced_of ra 2) - resynced0))
 diag "leg 2: $copied bytes copied in all, $total missed; leg 0: $(dst_jq ra '.legs[0].read_errors') read errors"
 assert_cmd -m "  ... leg 0 really failed resync reads" eval '[ "$(dst_jq ra ".legs[0].read_errors")" -gt 0 ]'
 assert_cmd -m "  ... it copied what leg 2 missed, at most one chunk again" \
 	eval '[ "$copied" -ge "$total" ] && [ "$copied" -le $((total + MiB)) ]'
 assert_cmd -m "  ... legs 1 and 2 hold the device's data" legs_match_dev "$dev" "$SIZE" /dev/ram1 /dev/ram2
+assert_cmd -m "  ... the rewrite fails too: leg 0 faulty, legs 1 and 2 in sync" \
+	eval 'wait_leg ra 0 faulty 30 &&
+		[ "$(dst_jq ra "[.state, .legs[1].state, .legs[2].state] | join(\" \")")" = "degraded in-sync in-sync" ]'
 assert_cmd -m "  ... remove ra" dstctl remove ra
 dmsetup remove --retry srcleg
 

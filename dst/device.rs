@@ -651,7 +651,13 @@ impl Device {
         let spec = leg.spec().to_str().unwrap_or("?");
         if this.resyncing.remove(i) {
             leg.set_state(LegState::Faulty);
-            pr_err!("{}: leg {} failed a write while resyncing (errno {}), now faulty\n", this.name(), spec, e.to_errno());
+            pr_err!(
+                "{}: leg {} ({}) failed a write while resyncing (errno {}), now faulty\n",
+                this.name(),
+                spec,
+                leg.dev().name(),
+                e.to_errno()
+            );
             Self::notify(this);
             return;
         }

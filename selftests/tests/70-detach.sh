@@ -138,12 +138,18 @@ ext4_round() {
 	legs_match_dev "$dev" "$SIZE" /dev/ram0 /dev/ram1 /dev/ram2
 }
 
+# nbdkit -v's log ($1) holds $2 NBD_CMD_DISC.
+discs() {
+	[ "$(grep -c "client sent NBD_CMD_DISC, closing connection" "$1")" = "$2" ]
+}
+
 # A remote leg: disconnected while detached (its server then serves the
-# copy on its own), resynced with what changed when attached again.
+# copy on its own; both connections were told NBD_CMD_DISC), resynced with
+# what changed when attached again.
 remote_round() {
-	local port dev at_detach before moved
+	local port dev at_detach before moved log=$TEST_TMP/kit-d.log
 	port=$(free_port)
-	nbdkit_start "$port" memory 64M || return 1
+	nbdkit_start "$port" -v memory 64M 2>"$log" || return 1
 	dd if=/dev/zero of=/dev/ram3 bs=1M count=64 oflag=direct status=none
 	dstctl create rm --mirror /dev/ram3 "nbd://127.0.0.1:$port/?timeout=2&backoff-max=1" || return 1
 	dev=$(dst_dev rm)
@@ -152,6 +158,7 @@ remote_round() {
 	[ -n "$(connected "$port")" ] || { echo "no connection to the server before the detach"; return 1; }
 	dstctl detach rm 1 || return 1
 	[ -z "$(connected "$port")" ] || { echo "still connected"; return 1; }
+	wait_until 10 discs "$log" 2 || { echo "not 2 NBD_CMD_DISC: $(grep -c NBD_CMD_DISC "$log")"; return 1; }
 	[ "$(export_sum "nbd://127.0.0.1:$port/")" = "$at_detach" ] || { echo "export != device at detach"; return 1; }
 	write_regions "$dev" 16 || return 1
 	before=$(resynced rm 1)
@@ -185,7 +192,7 @@ assert_cmd -m "detach under fio verify: the leg keeps the pattern and does not c
 	load_round "$DEV"
 assert_cmd -m "ext4 + detach --freeze: the copy passes e2fsck -fn, has the files of the moment; attach refused while it is mounted" \
 	ext4_round "$DEV"
-assert_cmd -m "remote leg: disconnected while detached, server serves the copy; attach resyncs what changed" \
+assert_cmd -m "remote leg: disconnected while detached (NBD_CMD_DISC on both connections), server serves the copy; attach resyncs what changed" \
 	remote_round
 
 # Bad input.

@@ -15,7 +15,7 @@ DSTCTL := userspace/target/release/dstctl
 
 # (Kbuild reads ./Kbuild, never this file.)
 
-.PHONY: all deps kernel module dstctl userspace-check check demo bench lint clean
+.PHONY: all deps kernel module dstctl userspace-check check demo bench lint fmt clean
 
 all: module dstctl
 
@@ -37,10 +37,20 @@ userspace-check: deps
 	cd userspace && $(CARGO) clippy --locked --all-targets --quiet -- -D warnings
 	cd userspace && $(CARGO) test --locked --quiet
 
-# clippy over the module, with the kernel's lint set.
+# The module: rustfmt with the kernel's settings (dst/.rustfmt.toml; rustfmt
+# follows the crate's modules from its root, dst-proto's shared files too),
+# then clippy with the kernel's lint set.
 lint: deps
+	@rustfmt --edition 2021 --check dst/dst_main.rs >/dev/null || \
+		{ echo "lint: dst/ is not rustfmt-clean: run make fmt"; exit 1; }
+	@echo "lint: dst/ is rustfmt-clean"
 	@touch dst/dst_main.rs && scripts/build-module.sh test CLIPPY=1 >/dev/null
 	@echo "lint: dst.ko is clippy-clean"
+
+# Formats the module and userspace.
+fmt:
+	rustfmt --edition 2021 dst/dst_main.rs
+	cd userspace && $(CARGO) fmt --all
 
 check: userspace-check lint module dstctl
 	selftests/check.sh $(TESTS)

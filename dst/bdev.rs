@@ -145,7 +145,9 @@ impl BlockDev {
     /// blocks allocated (sleeps).
     pub(crate) fn zeroout(&self, sector: u64, nr: u64, nounmap: bool) -> Result {
         // SAFETY: the device is open; we may sleep here.
-        kernel::error::to_result(unsafe { glue::dst_bdev_zeroout(self.bdev.as_ptr(), sector, nr, nounmap) })
+        kernel::error::to_result(unsafe {
+            glue::dst_bdev_zeroout(self.bdev.as_ptr(), sector, nr, nounmap)
+        })
     }
 
     /// Whether the device supports discard.

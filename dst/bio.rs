@@ -57,7 +57,9 @@ pub(crate) fn from_status(status: bindings::blk_status_t) -> Result {
         return Ok(());
     }
     // SAFETY: plain conversion function, any status is accepted.
-    Err(Error::from_errno(unsafe { bindings::blk_status_to_errno(status) }))
+    Err(Error::from_errno(unsafe {
+        bindings::blk_status_to_errno(status)
+    }))
 }
 
 /// A bio submitted to a dst device.  dst owns it until it calls
@@ -590,7 +592,9 @@ impl BioStack {
 
     /// Takes every bio set aside so far, oldest first.
     pub(crate) fn take(&self) -> BioStackDrain {
-        BioStackDrain { next: self.0.take() }
+        BioStackDrain {
+            next: self.0.take(),
+        }
     }
 }
 

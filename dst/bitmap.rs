@@ -69,7 +69,9 @@ impl DirtyMap {
             return;
         }
         let first = self.region_of(sector);
-        let last = self.region_of(sector.saturating_add(sectors - 1)).min(self.regions.saturating_sub(1));
+        let last = self
+            .region_of(sector.saturating_add(sectors - 1))
+            .min(self.regions.saturating_sub(1));
         for r in first..=last {
             if let Some((w, bit)) = self.word(r) {
                 w.fetch_or(bit, Ordering::AcqRel);
@@ -82,7 +84,11 @@ impl DirtyMap {
         for (i, w) in self.words.iter().enumerate() {
             let base = i as u64 * 64;
             let bits = self.regions.saturating_sub(base).min(64);
-            let mask = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
+            let mask = if bits == 64 {
+                u64::MAX
+            } else {
+                (1u64 << bits) - 1
+            };
             w.fetch_or(mask, Ordering::AcqRel);
         }
     }
@@ -96,7 +102,8 @@ impl DirtyMap {
 
     /// Whether region `r` is dirty.
     pub(crate) fn is_dirty(&self, r: u64) -> bool {
-        self.word(r).is_some_and(|(w, bit)| w.load(Ordering::Acquire) & bit != 0)
+        self.word(r)
+            .is_some_and(|(w, bit)| w.load(Ordering::Acquire) & bit != 0)
     }
 
     /// The first dirty region at or after `from`.

@@ -20,6 +20,7 @@ use crate::bio::{Bio, BioSet, BioStack, LegBioStack, Op};
 use crate::bitmap::DirtyMap;
 use crate::disk::{Disk, DiskOps, Limits, Offer};
 use crate::errno;
+use crate::glue::now_ms;
 use crate::io::{Decision, DeferList, Gate, IoOwner, IoResult, IoSet, Outcome, PageIoOwner, Route};
 use crate::job::{impl_has_job, Job, JobRun};
 use crate::leg::{Leg, LegDev, LegSet, Removal};
@@ -27,7 +28,6 @@ use crate::msg::{refuse, Refusal};
 use crate::proto::genl::{resync as limits, DevState, Event, LegState, Target, MAX_LEGS};
 use crate::remote::{Link, Policy, RemoteConfig};
 use crate::resync::{self, Barrier, ResyncState};
-use crate::glue::now_ms;
 use crate::{io, linear, mirror, netlink, wq};
 
 /// What an I/O wants of a leg (see [`Device::enter_leg`]).
@@ -62,7 +62,9 @@ pub(crate) struct Name {
 impl Name {
     fn new(s: &str) -> Result<Self> {
         let mut buf = [0u8; 32];
-        buf.get_mut(..s.len()).ok_or(EINVAL)?.copy_from_slice(s.as_bytes());
+        buf.get_mut(..s.len())
+            .ok_or(EINVAL)?
+            .copy_from_slice(s.as_bytes());
         Ok(Name { buf, len: s.len() })
     }
 
@@ -279,7 +281,12 @@ impl Device {
             if let Some(other) = legs.iter().find(|l| l.dev().same_as(leg.dev())) {
                 let shown = leg.spec().to_str().unwrap_or("?");
                 let other = other.spec().to_str().unwrap_or("?");
-                refuse!(EINVAL, "leg {} given twice (same device as {})", shown, other);
+                refuse!(
+                    EINVAL,
+                    "leg {} given twice (same device as {})",
+                    shown,
+                    other
+                );
             }
             legs.push(leg, GFP_KERNEL)?;
         }
@@ -397,7 +404,12 @@ impl Device {
         for leg in dev.legs.iter() {
             if let Some(b) = leg.dev().local() {
                 if let Err(e) = dev.disk.link_holder(b) {
-                    pr_err!("{}: cannot link holder for {}: {:?}\n", dev.name(), b.name(), e);
+                    pr_err!(
+                        "{}: cannot link holder for {}: {:?}\n",
+                        dev.name(),
+                        b.name(),
+                        e
+                    );
                 }
             }
         }
@@ -410,7 +422,11 @@ impl Device {
             sectors
         );
         if sync {
-            pr_info!("{}: initial sync: copying leg 0 to the other legs ({} KiB each)\n", dev.name(), sectors >> 1);
+            pr_info!(
+                "{}: initial sync: copying leg 0 to the other legs ({} KiB each)\n",
+                dev.name(),
+                sectors >> 1
+            );
             for i in 1..nlegs {
                 dev.resync_leg(i);
             }
@@ -505,7 +521,9 @@ impl Device {
 
     /// The state of the device as a whole.
     pub(crate) fn state(&self) -> DevState {
-        let usable = (0..self.legs.len()).filter(|&i| self.in_sync.contains(i) && self.leg_reachable(i)).count();
+        let usable = (0..self.legs.len())
+            .filter(|&i| self.in_sync.contains(i) && self.leg_reachable(i))
+            .count();
         let live = self.live_legs();
         match self.target {
             Target::Linear if usable == live => DevState::Ok,
@@ -540,7 +558,9 @@ impl Device {
     /// before detach waits for the leg's I/O to end.  A counted I/O ends
     /// with [`Leg::done`] or [`Leg::end`].
     pub(crate) fn enter_leg(&self, i: usize, what: LegUse) -> bool {
-        let Some(leg) = self.legs.get(i) else { return false };
+        let Some(leg) = self.legs.get(i) else {
+            return false;
+        };
         leg.start();
         fence(Ordering::SeqCst);
         let usable = match what {
@@ -609,9 +629,17 @@ impl Device {
 
     /// Changes the resync speed limits given; they apply from the next
     /// chunk.
-    pub(crate) fn set_resync_limits(self: &Arc<Self>, rate: Option<u32>, max: Option<u32>) -> Result<(), Refusal> {
+    pub(crate) fn set_resync_limits(
+        self: &Arc<Self>,
+        rate: Option<u32>,
+        max: Option<u32>,
+    ) -> Result<(), Refusal> {
         if self.target != Target::Mirror {
-            refuse!(EINVAL, "{} is linear: resync settings apply to mirrors", self.name());
+            refuse!(
+                EINVAL,
+                "{} is linear: resync settings apply to mirrors",
+                self.name()
+            );
         }
         if let Some(r) = rate {
             self.resync_rate_kib.store(r, Ordering::Relaxed);
@@ -627,10 +655,13 @@ impl Device {
     /// Requests the legs have served (a resync tells from it whether the
     /// device is in use).
     pub(crate) fn foreground_requests(&self) -> u64 {
-        self.legs.iter().map(|l| {
-            let s = l.stats();
-            s.reads.wrapping_add(s.writes)
-        }).fold(0, u64::wrapping_add)
+        self.legs
+            .iter()
+            .map(|l| {
+                let s = l.stats();
+                s.reads.wrapping_add(s.writes)
+            })
+            .fold(0, u64::wrapping_add)
     }
 
     /// The bio set used to split bios.
@@ -725,7 +756,9 @@ impl Device {
         while pending != 0 {
             let i = pending.trailing_zeros() as usize;
             pending &= pending - 1;
-            let Some(leg) = self.legs.get(i) else { continue };
+            let Some(leg) = self.legs.get(i) else {
+                continue;
+            };
             if self.is_stopping() || leg.state() != LegState::InSync {
                 continue;
             }
@@ -784,7 +817,8 @@ impl Device {
         let start = self.rotor.load(Ordering::Relaxed);
         let next = start + 1;
         let wrap = next >= legs.len() as u32;
-        self.rotor.store(if wrap { 0 } else { next }, Ordering::Relaxed);
+        self.rotor
+            .store(if wrap { 0 } else { next }, Ordering::Relaxed);
         let below = (1u32 << start.min(31)) - 1;
         let mut best: Option<(usize, u32)> = None;
         // The candidates from `start` up, then those below it.
@@ -793,7 +827,11 @@ impl Device {
                 let i = rest.trailing_zeros() as usize;
                 rest &= rest - 1;
                 let Some(leg) = legs.get(i) else { continue };
-                let load = if self.leg_reachable(i) { leg.inflight() } else { u32::MAX };
+                let load = if self.leg_reachable(i) {
+                    leg.inflight()
+                } else {
+                    u32::MAX
+                };
                 if best.map_or(true, |(_, b)| load < b) {
                     best = Some((i, load));
                 }
@@ -855,7 +893,9 @@ impl Device {
                 && self.in_sync.contains(*i)
                 && self.leg_reachable(*i)
         };
-        let local = (0..self.legs.len()).filter(ok).find(|&i| self.legs[i].dev().local().is_some());
+        let local = (0..self.legs.len())
+            .filter(ok)
+            .find(|&i| self.legs[i].dev().local().is_some());
         local.or_else(|| (0..self.legs.len()).find(ok))
     }
 
@@ -894,14 +934,22 @@ impl Device {
             if let Some(leg) = self.legs.get(target) {
                 leg.set_state(LegState::Faulty);
             }
-            pr_err!("{}: resync of leg {} stopped: {}\n", self.name(), target, why);
+            pr_err!(
+                "{}: resync of leg {} stopped: {}\n",
+                self.name(),
+                target,
+                why
+            );
             Self::notify(self.as_arc_borrow());
         }
     }
 
     /// The resync's write to `target` failed.
     pub(crate) fn resync_target_failed(self: &Arc<Self>, target: usize, e: Error) {
-        let remote = self.legs.get(target).is_some_and(|l| l.dev().remote().is_some());
+        let remote = self
+            .legs
+            .get(target)
+            .is_some_and(|l| l.dev().remote().is_some());
         if remote && e == errno::leg_away() {
             // The connection is down; the remote reported it, the leg is
             // `down` and will be resynced again when it is back.
@@ -931,7 +979,9 @@ impl Device {
     fn leg_or_refuse(&self, i: usize) -> Result<&Leg, Refusal> {
         self.mirror_or_refuse()?;
         match self.legs.get(i) {
-            Some(l) if l.is_removed() => refuse!(ENOENT, "leg {} of {} was removed", i, self.name()),
+            Some(l) if l.is_removed() => {
+                refuse!(ENOENT, "leg {} of {} was removed", i, self.name())
+            }
             Some(l) => Ok(l),
             None => refuse!(ENOENT, "{} has no leg {}", self.name(), i),
         }
@@ -940,7 +990,11 @@ impl Device {
     /// Refuses leg changes but on a mirror that is not going away.
     fn mirror_or_refuse(&self) -> Result<(), Refusal> {
         if self.target != Target::Mirror {
-            refuse!(EINVAL, "{} is linear: only mirror legs can change", self.name());
+            refuse!(
+                EINVAL,
+                "{} is linear: only mirror legs can change",
+                self.name()
+            );
         }
         if self.is_stopping() {
             refuse!(ENODEV, "{} is going away", self.name());
@@ -960,7 +1014,12 @@ impl Device {
         let _admin = self.admin.lock();
         let leg = self.leg_or_refuse(i)?;
         if self.leg_state(i) == LegState::Detached {
-            refuse!(errno::ealready(), "leg {} of {} is already detached", i, self.name());
+            refuse!(
+                errno::ealready(),
+                "leg {} of {} is already detached",
+                i,
+                self.name()
+            );
         }
         let was_in_sync = self.take_out(i, leg)?;
         pr_info!(
@@ -968,7 +1027,11 @@ impl Device {
             self.name(),
             i,
             leg.spec().to_str().unwrap_or("?"),
-            if was_in_sync { "" } else { " (it was not in sync)" }
+            if was_in_sync {
+                ""
+            } else {
+                " (it was not in sync)"
+            }
         );
         Self::notify(self.as_arc_borrow());
         Ok(())
@@ -979,7 +1042,12 @@ impl Device {
     fn take_out(self: &Arc<Self>, i: usize, leg: &Leg) -> Result<bool, Refusal> {
         let prior = leg.state();
         let was_in_sync = match self.in_sync.remove_unless_last(i) {
-            Removal::Last => refuse!(EBUSY, "leg {} is the last in-sync leg of {}", i, self.name()),
+            Removal::Last => refuse!(
+                EBUSY,
+                "leg {} is the last in-sync leg of {}",
+                i,
+                self.name()
+            ),
             Removal::Removed => true,
             Removal::NotMember => false,
         };
@@ -1002,14 +1070,24 @@ impl Device {
         }
         if was_in_sync && self.leg_reachable(i) {
             if let Err(e) = io::flush_sync(leg.dev()) {
-                pr_warn!("{}: leg {}: flush before detaching failed (errno {})\n", self.name(), i, e.to_errno());
+                pr_warn!(
+                    "{}: leg {}: flush before detaching failed (errno {})\n",
+                    self.name(),
+                    i,
+                    e.to_errno()
+                );
             }
         }
         match leg.dev() {
             LegDev::Local(b) => {
                 self.disk.unlink_holder(b);
                 if let Err(e) = b.release_claim() {
-                    pr_warn!("{}: leg {}: cannot release it (errno {})\n", self.name(), i, e.to_errno());
+                    pr_warn!(
+                        "{}: leg {}: cannot release it (errno {})\n",
+                        self.name(),
+                        i,
+                        e.to_errno()
+                    );
                 }
             }
             LegDev::Remote(r) => r.park(),
@@ -1024,7 +1102,12 @@ impl Device {
         self.mirror_or_refuse()?;
         let i = self.legs.len();
         if i >= MAX_LEGS {
-            refuse!(ENOSPC, "{} has had {} legs, the most a device can", self.name(), MAX_LEGS);
+            refuse!(
+                ENOSPC,
+                "{} has had {} legs, the most a device can",
+                self.name(),
+                MAX_LEGS
+            );
         }
         let mut leg = match spec.remote {
             None => Leg::open(spec.spec, &self.holder)?,
@@ -1037,13 +1120,26 @@ impl Device {
             refuse!(EINVAL, "{} is already leg {} of {}", shown, j, self.name());
         }
         if leg.sectors() < self.sectors {
-            refuse!(ENOSPC, "{} is smaller than {} ({} < {} sectors)", shown, self.name(), leg.sectors(), self.sectors);
+            refuse!(
+                ENOSPC,
+                "{} is smaller than {} ({} < {} sectors)",
+                shown,
+                self.name(),
+                leg.sectors(),
+                self.sectors
+            );
         }
         let mut probe = Limits::stacking();
         stack(&mut probe, &leg, 0);
         let offer = probe.offer();
         if let Some(what) = self.offer.lacking(&offer) {
-            refuse!(EINVAL, "{} cannot serve {}: it has {}", shown, self.name(), what);
+            refuse!(
+                EINVAL,
+                "{} cannot serve {}: it has {}",
+                shown,
+                self.name(),
+                what
+            );
         }
         leg.place(self.sectors, 0);
         let map = DirtyMap::new(self.sectors, self.region_bytes())?;
@@ -1062,7 +1158,12 @@ impl Device {
                 if let LegDev::Local(b) = leg.dev() {
                     self.disk.unlink_holder(b);
                 }
-                refuse!(e, "{}: cannot lower the largest request to {} sectors", self.name(), offer.max_sectors);
+                refuse!(
+                    e,
+                    "{}: cannot lower the largest request to {} sectors",
+                    self.name(),
+                    offer.max_sectors
+                );
             }
         }
         if self.dirty.len() != i || self.dirty.push(map).is_err() || self.legs.push(leg).is_err() {
@@ -1077,7 +1178,13 @@ impl Device {
             r.start(self.clone(), i);
         }
         self.resync_leg(i);
-        pr_info!("{}: leg {} ({}) added; resyncing all of it ({} KiB)\n", self.name(), i, shown, self.sectors >> 1);
+        pr_info!(
+            "{}: leg {} ({}) added; resyncing all of it ({} KiB)\n",
+            self.name(),
+            i,
+            shown,
+            self.sectors >> 1
+        );
         Self::notify(self.as_arc_borrow());
         Ok(i)
     }
@@ -1152,7 +1259,11 @@ impl Device {
         } else {
             leg.set_state(prior);
         }
-        pr_warn!("{}: leg {}: detach abandoned, its I/O in flight did not end\n", self.name(), i);
+        pr_warn!(
+            "{}: leg {}: detach abandoned, its I/O in flight did not end\n",
+            self.name(),
+            i
+        );
         Self::notify(self.as_arc_borrow());
     }
 
@@ -1167,14 +1278,29 @@ impl Device {
         }
         if let LegDev::Local(b) = leg.dev() {
             if let Err(e) = b.reclaim(&self.holder) {
-                refuse!(e, "leg {}: cannot claim it again: in use (mounted, or another device)", i);
+                refuse!(
+                    e,
+                    "leg {}: cannot claim it again: in use (mounted, or another device)",
+                    i
+                );
             }
             if b.sectors() < leg.sectors() {
                 let _ = b.release_claim();
-                refuse!(ENOSPC, "leg {} is now smaller than the device ({} < {} sectors)", i, b.sectors(), leg.sectors());
+                refuse!(
+                    ENOSPC,
+                    "leg {} is now smaller than the device ({} < {} sectors)",
+                    i,
+                    b.sectors(),
+                    leg.sectors()
+                );
             }
             if let Err(e) = self.disk.link_holder(b) {
-                pr_err!("{}: cannot link holder for {}: {:?}\n", self.name(), b.name(), e);
+                pr_err!(
+                    "{}: cannot link holder for {}: {:?}\n",
+                    self.name(),
+                    b.name(),
+                    e
+                );
             }
         }
         let kib = self.to_resync_kib(i, full);
@@ -1307,7 +1433,14 @@ impl IoOwner for Device {
         &self.defer
     }
 
-    fn clone_done(this: ArcBorrow<'_, Self>, leg: u32, op: Op, sector: u64, bytes: u32, res: Result) {
+    fn clone_done(
+        this: ArcBorrow<'_, Self>,
+        leg: u32,
+        op: Op,
+        sector: u64,
+        bytes: u32,
+        res: Result,
+    ) {
         let i = leg as usize;
         if let Some(l) = this.legs.get(i) {
             l.done(op, res);

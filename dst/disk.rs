@@ -91,7 +91,9 @@ impl Limits {
                 f & tflag::ROTATIONAL != 0,
             )
         };
-        self.max_sectors = self.max_sectors.min(info.max_block >> bindings::SECTOR_SHIFT);
+        self.max_sectors = self
+            .max_sectors
+            .min(info.max_block >> bindings::SECTOR_SHIFT);
         self.discard &= f & tflag::SEND_TRIM != 0;
         self.fua &= f & tflag::SEND_FUA != 0;
     }
@@ -181,7 +183,8 @@ impl Disk {
     /// Allocates a disk named `name` with `sectors` of capacity.
     pub(crate) fn new(lim: &mut Limits, name: fmt::Arguments<'_>, sectors: u64) -> Result<Self> {
         // SAFETY: `lim` is valid; the C side copies it.
-        let raw = unsafe { glue::dst_alloc_disk(&mut lim.lim, lim.max_sectors, lim.discard, lim.fua) };
+        let raw =
+            unsafe { glue::dst_alloc_disk(&mut lim.lim, lim.max_sectors, lim.discard, lim.fua) };
         let raw = NonNull::new(kernel::error::from_err_ptr(raw)?).ok_or(ENOMEM)?;
         let disk = Disk {
             raw,
@@ -191,7 +194,10 @@ impl Disk {
         let gd = unsafe { &mut *raw.as_ptr() };
         // SAFETY: `disk_name` is a plain `c_char` array.
         let name_bytes = unsafe {
-            core::slice::from_raw_parts_mut(gd.disk_name.as_mut_ptr().cast::<u8>(), gd.disk_name.len())
+            core::slice::from_raw_parts_mut(
+                gd.disk_name.as_mut_ptr().cast::<u8>(),
+                gd.disk_name.len(),
+            )
         };
         name_bytes.fill(0);
         let mut w = NameBuf {
@@ -251,14 +257,18 @@ impl Disk {
     pub(crate) fn link_holder(&self, leg: &BlockDev) -> Result {
         // SAFETY: the disk is added (sysfs exists) and `leg` is opened
         // exclusively, as `bd_link_disk_holder` requires.
-        kernel::error::to_result(unsafe { bindings::bd_link_disk_holder(leg.as_raw(), self.raw.as_ptr()) })
+        kernel::error::to_result(unsafe {
+            bindings::bd_link_disk_holder(leg.as_raw(), self.raw.as_ptr())
+        })
     }
 
     /// Lowers the largest request the disk takes to `max_sectors`, for a
     /// leg that cannot take more.  Sleeps (freezes the queue).
     pub(crate) fn cap_sectors(&self, max_sectors: u32) -> Result {
         // SAFETY: the disk is live (allocated until dropped).
-        kernel::error::to_result(unsafe { glue::dst_disk_cap_sectors(self.raw.as_ptr(), max_sectors) })
+        kernel::error::to_result(unsafe {
+            glue::dst_disk_cap_sectors(self.raw.as_ptr(), max_sectors)
+        })
     }
 
     /// Undoes [`Disk::link_holder`]; must run before [`Disk::del`].
@@ -313,7 +323,10 @@ unsafe extern "C" fn dst_disk_submit_bio(bio: *mut bindings::bio) {
 ///
 /// Called by the block layer only, for an added dst disk.
 #[no_mangle]
-unsafe extern "C" fn dst_disk_open(disk: *mut bindings::gendisk, _mode: bindings::blk_mode_t) -> i32 {
+unsafe extern "C" fn dst_disk_open(
+    disk: *mut bindings::gendisk,
+    _mode: bindings::blk_mode_t,
+) -> i32 {
     // SAFETY: opens happen on added disks, and `del_gendisk` waits for them.
     let owner = unsafe { owner(disk) };
     match owner.open() {

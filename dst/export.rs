@@ -81,7 +81,11 @@ impl Cidr {
             }
             let mut addr = [0u8; 16];
             addr[..4].copy_from_slice(&a.octets());
-            return Some(Cidr { addr, v6: false, prefix });
+            return Some(Cidr {
+                addr,
+                v6: false,
+                prefix,
+            });
         }
         let a = ip.parse::<core::net::Ipv6Addr>().ok()?;
         let prefix = prefix.unwrap_or(128);
@@ -132,9 +136,15 @@ impl Cidr {
 impl core::fmt::Display for Cidr {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         if self.v6 {
-            write!(f, "{}/{}", core::net::Ipv6Addr::from(self.addr), self.prefix)
+            write!(
+                f,
+                "{}/{}",
+                core::net::Ipv6Addr::from(self.addr),
+                self.prefix
+            )
         } else {
-            let a = core::net::Ipv4Addr::new(self.addr[0], self.addr[1], self.addr[2], self.addr[3]);
+            let a =
+                core::net::Ipv4Addr::new(self.addr[0], self.addr[1], self.addr[2], self.addr[3]);
             write!(f, "{}/{}", a, self.prefix)
         }
     }
@@ -144,7 +154,9 @@ impl core::fmt::Display for Cidr {
 fn is_loopback(peer: &SocketAddr) -> bool {
     match peer {
         SocketAddr::V4(a) => a.ip().is_loopback(),
-        SocketAddr::V6(a) => a.ip().is_loopback() || a.ip().to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        SocketAddr::V6(a) => {
+            a.ip().is_loopback() || a.ip().to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -236,7 +248,9 @@ impl Listener {
         let sock = match Socket::listen(&addr) {
             Ok(s) => s,
             Err(e) if e.to_errno() == -98 => refuse!(e, "{} is in use", addr),
-            Err(e) if e.to_errno() == -99 => refuse!(e, "{} is not an address of this machine", addr),
+            Err(e) if e.to_errno() == -99 => {
+                refuse!(e, "{} is not an address of this machine", addr)
+            }
             Err(e) => refuse!(e, "cannot listen on {} (errno {})", addr, e.to_errno()),
         };
         let l = Arc::pin_init(
@@ -271,7 +285,11 @@ impl Listener {
     pub(crate) fn clients_of(&self, export: &Arc<Export>) -> KVec<SocketAddr> {
         let mut v = KVec::new();
         for c in self.conns.lock().iter() {
-            let same = c.export.lock().as_ref().is_some_and(|e| Arc::ptr_eq(e, export));
+            let same = c
+                .export
+                .lock()
+                .as_ref()
+                .is_some_and(|e| Arc::ptr_eq(e, export));
             if same {
                 let _ = v.push(c.peer, GFP_KERNEL);
             }
@@ -301,7 +319,11 @@ impl Listener {
             let mut conns = self.conns.lock();
             let mut i = 0;
             while i < conns.len() {
-                let same = conns[i].export.lock().as_ref().is_some_and(|e| Arc::ptr_eq(e, export));
+                let same = conns[i]
+                    .export
+                    .lock()
+                    .as_ref()
+                    .is_some_and(|e| Arc::ptr_eq(e, export));
                 if same {
                     if let Some(c) = take_at(&mut conns, i) {
                         let _ = gone.push(c, GFP_KERNEL);
@@ -436,7 +458,9 @@ impl Pending {
         let n = self.slots.len();
         for k in 0..n {
             let i = (self.next + k) % n;
-            let done = self.slots[i].as_ref().is_some_and(|r| r.done.load(Ordering::Acquire));
+            let done = self.slots[i]
+                .as_ref()
+                .is_some_and(|r| r.done.load(Ordering::Acquire));
             if done {
                 self.next = (i + 1) % n;
                 return self.slots[i].take();
@@ -448,9 +472,20 @@ impl Pending {
 
 /// Where reading requests stands.
 enum Rx {
-    Header { buf: [u8; Request::SIZE], got: usize },
-    Payload { req: Request, buf: Arc<PageBuf>, got: u32 },
-    Discard { left: u32, error: u32, cookie: u64 },
+    Header {
+        buf: [u8; Request::SIZE],
+        got: usize,
+    },
+    Payload {
+        req: Request,
+        buf: Arc<PageBuf>,
+        got: u32,
+    },
+    Discard {
+        left: u32,
+        error: u32,
+        cookie: u64,
+    },
 }
 
 const RX_START: Rx = Rx::Header {
@@ -549,7 +584,11 @@ impl Lookup<'_> {
         if name.is_empty() {
             // The default export: the only one this peer may use.
             let first = allowed.next();
-            return if allowed.next().is_none() { first.cloned() } else { None };
+            return if allowed.next().is_none() {
+                first.cloned()
+            } else {
+                None
+            };
         }
         allowed.find(|e| &e.name[..] == name).cloned()
     }
@@ -665,7 +704,8 @@ impl Conn {
 
     /// Whether the client has as much in flight as it may.
     fn over_budget(&self) -> bool {
-        self.inflight.count() >= MAX_INFLIGHT || self.inflight_bytes.load(Ordering::SeqCst) >= MAX_INFLIGHT_BYTES
+        self.inflight.count() >= MAX_INFLIGHT
+            || self.inflight_bytes.load(Ordering::SeqCst) >= MAX_INFLIGHT_BYTES
     }
 
     /// A request is answered, or dropped: it no longer counts.
@@ -807,7 +847,12 @@ impl Conn {
                         Ok(0) => return Err(Msg::new(format_args!("closed by the client"))),
                         Ok(n) => *got += n,
                         Err(err) if err == EAGAIN => return Ok(()),
-                        Err(err) => return Err(Msg::new(format_args!("receive failed (errno {})", err.to_errno()))),
+                        Err(err) => {
+                            return Err(Msg::new(format_args!(
+                                "receive failed (errno {})",
+                                err.to_errno()
+                            )))
+                        }
                     }
                     if *got < Request::SIZE {
                         continue;
@@ -818,7 +863,9 @@ impl Conn {
                     st.rx = RX_START;
                     match nbd_server::check_request(&r, &e.served) {
                         Ok(()) => {}
-                        Err(RequestVerdict::Fatal(why)) => return Err(Msg::new(format_args!("{}", why))),
+                        Err(RequestVerdict::Fatal(why)) => {
+                            return Err(Msg::new(format_args!("{}", why)))
+                        }
                         Err(RequestVerdict::Error(code)) => {
                             if r.has_payload() && r.length > 0 {
                                 st.rx = Rx::Discard {
@@ -840,7 +887,11 @@ impl Conn {
                         }
                         cmd::WRITE => {
                             let buf = alloc_buf(r.length)?;
-                            st.rx = Rx::Payload { req: r, buf, got: 0 };
+                            st.rx = Rx::Payload {
+                                req: r,
+                                buf,
+                                got: 0,
+                            };
                         }
                         _ => {
                             drop(st);
@@ -861,7 +912,12 @@ impl Conn {
                         Ok(0) => return Err(Msg::new(format_args!("closed by the client"))),
                         Ok(n) => *got += n as u32,
                         Err(err) if err == EAGAIN => return Ok(()),
-                        Err(err) => return Err(Msg::new(format_args!("receive failed (errno {})", err.to_errno()))),
+                        Err(err) => {
+                            return Err(Msg::new(format_args!(
+                                "receive failed (errno {})",
+                                err.to_errno()
+                            )))
+                        }
                     }
                     if *got < req.length {
                         continue;
@@ -870,14 +926,23 @@ impl Conn {
                         self.submit(e, &req, buf).map_err(|_| oom())?;
                     }
                 }
-                Rx::Discard { left, error, cookie } => {
+                Rx::Discard {
+                    left,
+                    error,
+                    cookie,
+                } => {
                     let mut junk = [0u8; 512];
                     let n = (*left as usize).min(junk.len());
                     match sock.recv(&mut junk[..n]) {
                         Ok(0) => return Err(Msg::new(format_args!("closed by the client"))),
                         Ok(got) => *left -= got as u32,
                         Err(err) if err == EAGAIN => return Ok(()),
-                        Err(err) => return Err(Msg::new(format_args!("receive failed (errno {})", err.to_errno()))),
+                        Err(err) => {
+                            return Err(Msg::new(format_args!(
+                                "receive failed (errno {})",
+                                err.to_errno()
+                            )))
+                        }
                     }
                     if *left == 0 {
                         let (code, cookie) = (*error, *cookie);
@@ -949,7 +1014,12 @@ impl Conn {
                 match sock.send(&cur.hdr[cur.hdr_done..cur.hdr_len], more) {
                     Ok(n) => cur.hdr_done += n,
                     Err(err) if err == EAGAIN => return Ok(()),
-                    Err(err) => return Err(Msg::new(format_args!("send failed (errno {})", err.to_errno()))),
+                    Err(err) => {
+                        return Err(Msg::new(format_args!(
+                            "send failed (errno {})",
+                            err.to_errno()
+                        )))
+                    }
                 }
                 continue;
             }
@@ -960,7 +1030,12 @@ impl Conn {
                 match sock.send_pages(buf, cur.data_done, cur.req.len, more_replies) {
                     Ok(n) => cur.data_done += n as u32,
                     Err(err) if err == EAGAIN => return Ok(()),
-                    Err(err) => return Err(Msg::new(format_args!("send failed (errno {})", err.to_errno()))),
+                    Err(err) => {
+                        return Err(Msg::new(format_args!(
+                            "send failed (errno {})",
+                            err.to_errno()
+                        )))
+                    }
                 }
                 continue;
             }
@@ -979,7 +1054,12 @@ impl Conn {
     fn drop_with(&self, why: &Msg) {
         if !why.as_str().is_empty() {
             if let Some(e) = self.export() {
-                pr_info!("{}: export client {}: {}\n", e.dev.name(), self.peer, why.as_str());
+                pr_info!(
+                    "{}: export client {}: {}\n",
+                    e.dev.name(),
+                    self.peer,
+                    why.as_str()
+                );
             }
         }
         self.close();
@@ -1030,7 +1110,11 @@ impl JobRun<HANDSHAKE> for Conn {
             }
             (Err(e), _) => {
                 if !matches!(e, nbd_server::ServerHandshakeError::Aborted) {
-                    pr_info!("export client {}: handshake failed: {}\n", this.peer, e.what());
+                    pr_info!(
+                        "export client {}: handshake failed: {}\n",
+                        this.peer,
+                        e.what()
+                    );
                 }
                 this.close();
                 return;
@@ -1038,7 +1122,12 @@ impl JobRun<HANDSHAKE> for Conn {
         };
         // Still exported?  (An unexport closes the clients it knows of,
         // and this one may have chosen its export just before.)
-        let live = this.listener.exports.lock().iter().any(|e| Arc::ptr_eq(e, &export));
+        let live = this
+            .listener
+            .exports
+            .lock()
+            .iter()
+            .any(|e| Arc::ptr_eq(e, &export));
         if !live || this.closed.load(Ordering::Acquire) {
             this.close();
             return;
@@ -1157,14 +1246,25 @@ impl Exports {
         for l in listeners.iter() {
             for e in l.exports.lock().iter() {
                 if Arc::ptr_eq(&e.dev, dev) {
-                    refuse!(EBUSY, "{} is already exported (as {} on {})", dev.name(), shown(&e.name), l.addr);
+                    refuse!(
+                        EBUSY,
+                        "{} is already exported (as {} on {})",
+                        dev.name(),
+                        shown(&e.name),
+                        l.addr
+                    );
                 }
             }
         }
         let existing = listeners.iter().find(|l| l.addr == req.listen).cloned();
         if let Some(l) = &existing {
             if l.exports.lock().iter().any(|e| e.name[..] == req.name[..]) {
-                refuse!(EEXIST, "{} already serves an export named {}", l.addr, shown(&req.name));
+                refuse!(
+                    EEXIST,
+                    "{} already serves an export named {}",
+                    l.addr,
+                    shown(&req.name)
+                );
             }
         }
         // Open the device itself, exclusively.
@@ -1173,12 +1273,20 @@ impl Exports {
         let bdev = match BlockDev::open(&path, &holder) {
             Ok(b) => b,
             Err(e) if e == EBUSY => refuse!(e, "{} is in use (mounted?)", dev.name()),
-            Err(e) => refuse!(e, "cannot open {} (errno {})", path.to_str().unwrap_or("?"), e.to_errno()),
+            Err(e) => refuse!(
+                e,
+                "cannot open {} (errno {})",
+                path.to_str().unwrap_or("?"),
+                e.to_errno()
+            ),
         };
         // FLUSH is advertised even without a volatile cache: harmless, and
         // clients like to send it.
-        let mut tflags =
-            tflag::HAS_FLAGS | tflag::SEND_FLUSH | tflag::SEND_FUA | tflag::SEND_WRITE_ZEROES | tflag::CAN_MULTI_CONN;
+        let mut tflags = tflag::HAS_FLAGS
+            | tflag::SEND_FLUSH
+            | tflag::SEND_FUA
+            | tflag::SEND_WRITE_ZEROES
+            | tflag::CAN_MULTI_CONN;
         if bdev.supports_discard() {
             tflags |= tflag::SEND_TRIM;
         }
@@ -1229,9 +1337,9 @@ impl Exports {
             loop {
                 let gone = {
                     let mut ex = l.exports.lock();
-                    let pos = ex
-                        .iter()
-                        .position(|e| Arc::ptr_eq(&e.dev, dev) && name.map_or(true, |n| e.name[..] == *n));
+                    let pos = ex.iter().position(|e| {
+                        Arc::ptr_eq(&e.dev, dev) && name.map_or(true, |n| e.name[..] == *n)
+                    });
                     pos.and_then(|p| take_at(&mut ex, p))
                 };
                 let Some(e) = gone else { break };
@@ -1272,7 +1380,11 @@ impl Exports {
     }
 
     /// Calls `f` with each export of `dev` and its listener.
-    pub(crate) fn for_each_of(&self, dev: &Device, mut f: impl FnMut(&Arc<Listener>, &Arc<Export>)) {
+    pub(crate) fn for_each_of(
+        &self,
+        dev: &Device,
+        mut f: impl FnMut(&Arc<Listener>, &Arc<Export>),
+    ) {
         for l in self.listeners.lock().iter() {
             for e in l.exports.lock().iter() {
                 if core::ptr::eq(&*e.dev, dev) {

@@ -11,8 +11,8 @@
 //! serialises what needs it.
 
 use core::ffi::c_void;
-use kernel::ffi::{c_char, c_int};
 use core::marker::PhantomData;
+use kernel::ffi::{c_char, c_int};
 
 use kernel::bindings;
 use kernel::prelude::*;
@@ -45,8 +45,7 @@ impl Request<'_> {
         let len = u32::try_from(payload.len()).map_err(|_| errno::emsgsize())?;
         // SAFETY: `info` is the request's `genl_info`, valid for the whole
         // `doit` call that created `self`; `payload` is valid for `len` bytes.
-        let ret =
-            unsafe { glue::dst_genl_reply(self.info, cmd, payload.as_ptr().cast(), len) };
+        let ret = unsafe { glue::dst_genl_reply(self.info, cmd, payload.as_ptr().cast(), len) };
         kernel::error::to_result(ret)
     }
 
@@ -78,8 +77,7 @@ impl Dump<'_> {
         let len = u32::try_from(payload.len()).map_err(|_| errno::emsgsize())?;
         // SAFETY: `raw` is the dump state of the `dumpit` call that created
         // `self`; `payload` is valid for `len` bytes.
-        let ret =
-            unsafe { glue::dst_genl_dump_put(self.raw, cmd, payload.as_ptr().cast(), len) };
+        let ret = unsafe { glue::dst_genl_dump_put(self.raw, cmd, payload.as_ptr().cast(), len) };
         match ret {
             0 => Ok(true),
             e if e == errno::emsgsize().to_errno() => Ok(false),
@@ -216,7 +214,9 @@ impl<T: Handler> Registration<T> {
     /// Registers the family; requests go to `handler`.
     pub(crate) fn new(handler: Arc<T>) -> Result<Self> {
         let spec = Spec::build::<T>()?;
-        let priv_ = core::ptr::from_ref::<T>(&handler).cast_mut().cast::<c_void>();
+        let priv_ = core::ptr::from_ref::<T>(&handler)
+            .cast_mut()
+            .cast::<c_void>();
         // SAFETY: `spec.raw` and every table it points to live in `spec`,
         // which the registration keeps until `Drop` has unregistered the
         // family; `priv_` points to the handler, kept alive by `handler` for

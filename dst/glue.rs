@@ -6,8 +6,8 @@
 //! call these.  Keep every signature identical to `glue.h`.
 
 use core::ffi::c_void;
-use kernel::ffi::{c_char, c_int, c_long, c_uint};
 use kernel::bindings;
+use kernel::ffi::{c_char, c_int, c_long, c_uint};
 
 /// `struct dst_nl_attr`.
 #[repr(C)]
@@ -45,9 +45,8 @@ pub(crate) struct NlSpec {
     pub(crate) sets: *const NlSet,
     pub(crate) ncmds: u32,
     pub(crate) cmds: *const NlCmd,
-    pub(crate) doit: Option<
-        unsafe extern "C" fn(*mut c_void, u8, *const c_void, u32, *mut GenlInfo) -> c_int,
-    >,
+    pub(crate) doit:
+        Option<unsafe extern "C" fn(*mut c_void, u8, *const c_void, u32, *mut GenlInfo) -> c_int>,
     pub(crate) dumpit:
         Option<unsafe extern "C" fn(*mut c_void, u8, *mut Cursor, *mut NlDump) -> c_int>,
 }
@@ -84,8 +83,12 @@ extern "C" {
         len: u32,
     ) -> c_int;
     pub(crate) fn dst_genl_set_err(info: *mut GenlInfo, msg: *const c_char);
-    pub(crate) fn dst_genl_dump_put(dump: *mut NlDump, cmd: u8, buf: *const c_void, len: u32)
-        -> c_int;
+    pub(crate) fn dst_genl_dump_put(
+        dump: *mut NlDump,
+        cmd: u8,
+        buf: *const c_void,
+        len: u32,
+    ) -> c_int;
     pub(crate) fn dst_genl_multicast(cmd: u8, buf: *const c_void, len: u32) -> c_int;
 
     pub(crate) fn dst_limits_init(lim: *mut bindings::queue_limits);
@@ -106,8 +109,11 @@ extern "C" {
         fua: bool,
     ) -> *mut bindings::gendisk;
     pub(crate) fn dst_add_disk(disk: *mut bindings::gendisk) -> c_int;
-    pub(crate) fn dst_bioset_init(bs: *mut bindings::bio_set, front_pad: u32, rescuer: bool)
-        -> c_int;
+    pub(crate) fn dst_bioset_init(
+        bs: *mut bindings::bio_set,
+        front_pad: u32,
+        rescuer: bool,
+    ) -> c_int;
     pub(crate) fn dst_bio_clone(
         bdev: *mut bindings::block_device,
         src: *mut bindings::bio,
@@ -130,7 +136,11 @@ extern "C" {
     pub(crate) fn dst_bdev_synchronous(bdev: *mut bindings::block_device) -> bool;
     pub(crate) fn dst_bdev_name(bdev: *mut bindings::block_device, buf: *mut c_char, len: usize);
     pub(crate) fn dst_wait_var(var: *mut c_void, done: unsafe extern "C" fn(*mut c_void) -> bool);
-    pub(crate) fn dst_wait_var_timeout(var: *mut c_void, done: unsafe extern "C" fn(*mut c_void) -> bool, ms: c_uint) -> c_long;
+    pub(crate) fn dst_wait_var_timeout(
+        var: *mut c_void,
+        done: unsafe extern "C" fn(*mut c_void) -> bool,
+        ms: c_uint,
+    ) -> c_long;
     pub(crate) fn dst_alloc_workqueue(name: *const c_char) -> *mut bindings::workqueue_struct;
     pub(crate) fn dst_pages_alloc(n: c_uint) -> *mut *mut bindings::page;
     pub(crate) fn dst_pages_free(pages: *mut *mut bindings::page, n: c_uint);
@@ -175,8 +185,11 @@ extern "C" {
         skip: u32,
         more: bool,
     ) -> c_int;
-    pub(crate) fn dst_sock_recv_bio(sock: *mut bindings::socket, bio: *mut bindings::bio, skip: u32)
-        -> c_int;
+    pub(crate) fn dst_sock_recv_bio(
+        sock: *mut bindings::socket,
+        bio: *mut bindings::bio,
+        skip: u32,
+    ) -> c_int;
     pub(crate) fn dst_sock_set_callbacks(
         sock: *mut bindings::socket,
         f: unsafe extern "C" fn(*mut c_void, c_int),
@@ -230,8 +243,12 @@ extern "C" {
     ) -> c_int;
     pub(crate) fn dst_bdev_flush(bdev: *mut bindings::block_device) -> c_int;
     pub(crate) fn dst_bdev_trim(bdev: *mut bindings::block_device, sector: u64, nr: u64) -> c_int;
-    pub(crate) fn dst_bdev_zeroout(bdev: *mut bindings::block_device, sector: u64, nr: u64, nounmap: bool)
-        -> c_int;
+    pub(crate) fn dst_bdev_zeroout(
+        bdev: *mut bindings::block_device,
+        sector: u64,
+        nr: u64,
+        nounmap: bool,
+    ) -> c_int;
 }
 
 /// `enum dst_sock_event`.

@@ -182,7 +182,10 @@ pub(crate) trait BioSink: Sync {
 /// # Safety
 ///
 /// `parent` must be a live bio.
-unsafe fn target_bdev(sink: &dyn BioSink, parent: *mut bindings::bio) -> *mut bindings::block_device {
+unsafe fn target_bdev(
+    sink: &dyn BioSink,
+    parent: *mut bindings::bio,
+) -> *mut bindings::block_device {
     match sink.bdev() {
         Some(dev) => dev.as_raw(),
         // SAFETY: per the function's contract.
@@ -200,7 +203,14 @@ pub(crate) trait IoOwner: Send + Sync + Sized {
     fn defer_list(&self) -> &DeferList;
     /// Called for every clone as it ends, in any context, with the
     /// parent's range (`sector`, `bytes`).
-    fn clone_done(this: ArcBorrow<'_, Self>, leg: u32, op: Op, sector: u64, bytes: u32, res: Result);
+    fn clone_done(
+        this: ArcBorrow<'_, Self>,
+        leg: u32,
+        op: Op,
+        sector: u64,
+        bytes: u32,
+        res: Result,
+    );
     /// Called once all clones of an I/O have ended, in any context.
     fn io_done(this: ArcBorrow<'_, Self>, outcome: &Outcome) -> Decision;
     /// Picks where to send an I/O again, in process context; `None` ends it
@@ -340,7 +350,11 @@ impl<'a, T: IoOwner> Io<'a, T> {
                         first: clone,
                         owner: ptr::from_ref::<T>(&self.owner).cast(),
                         next: ptr::null_mut(),
-                        start: if acct { bindings::bio_start_io_acct(parent) } else { 0 },
+                        start: if acct {
+                            bindings::bio_start_io_acct(parent)
+                        } else {
+                            0
+                        },
                         acct,
                         // The bias, and this clone.
                         pending: AtomicU32::new(2),
@@ -370,7 +384,12 @@ impl<'a, T: IoOwner> Io<'a, T> {
         let strip = sink.bdev().is_none();
         // SAFETY: `parent` is live; the io set is initialised.
         let clone = unsafe {
-            glue::dst_bio_clone(target_bdev(sink, parent), parent, self.owner.ioset().as_raw(), strip)
+            glue::dst_bio_clone(
+                target_bdev(sink, parent),
+                parent,
+                self.owner.ioset().as_raw(),
+                strip,
+            )
         };
         if clone.is_null() {
             return Err(ENOMEM);
@@ -417,7 +436,10 @@ impl<'a, T: IoOwner> Io<'a, T> {
     pub(crate) fn flush_to(&mut self, leg: u32, sink: &dyn BioSink) -> Result {
         // SAFETY: the parent is live; the io set is initialised.
         let bio = unsafe {
-            glue::dst_bio_alloc_flush(target_bdev(sink, self.parent().as_raw()), self.owner.ioset().as_raw())
+            glue::dst_bio_alloc_flush(
+                target_bdev(sink, self.parent().as_raw()),
+                self.owner.ioset().as_raw(),
+            )
         };
         if bio.is_null() {
             return Err(ENOMEM);
@@ -576,8 +598,15 @@ fn outcome(s: &IoState) -> Outcome {
 /// `io` must be live, with no pending reference left.
 unsafe fn complete<T: IoOwner>(io: *mut IoState, res: Result) {
     // SAFETY: per the function's contract; copy out before freeing.
-    let (parent, first, start, acct, owner) =
-        unsafe { ((*io).parent, (*io).first, (*io).start, (*io).acct, (*io).owner.cast::<T>()) };
+    let (parent, first, start, acct, owner) = unsafe {
+        (
+            (*io).parent,
+            (*io).first,
+            (*io).start,
+            (*io).acct,
+            (*io).owner.cast::<T>(),
+        )
+    };
     // SAFETY: the owner outlives its I/Os; take the gate address now.
     let gate: *const Gate = unsafe { (*owner).gate() };
     // SAFETY: `parent` is live and ours to end; `first` holds the state
@@ -656,7 +685,14 @@ unsafe fn retry<T: IoOwner>(owner: &T, io: *mut IoState) {
         return;
     };
     // SAFETY: the parent is live (owned by the I/O), the io set initialised.
-    let clone = unsafe { glue::dst_bio_clone(target_bdev(route.sink, s.parent), s.parent, owner.ioset().as_raw(), false) };
+    let clone = unsafe {
+        glue::dst_bio_clone(
+            target_bdev(route.sink, s.parent),
+            s.parent,
+            owner.ioset().as_raw(),
+            false,
+        )
+    };
     if clone.is_null() {
         // SAFETY: as above.
         unsafe { complete::<T>(io, Err(ENOMEM)) };
@@ -727,7 +763,18 @@ pub(crate) fn page_io<T: PageIoOwner>(
     // SAFETY: `pages` has at least `bytes` bytes of pages, kept alive by
     // the context's buffer reference; `private` is the context, given back
     // in `page_io_endio`.
-    let bio = unsafe { glue::dst_bio_pages(bdev, pages, bytes, write, fua, sector, page_io_endio::<T>, private) };
+    let bio = unsafe {
+        glue::dst_bio_pages(
+            bdev,
+            pages,
+            bytes,
+            write,
+            fua,
+            sector,
+            page_io_endio::<T>,
+            private,
+        )
+    };
     if bio.is_null() {
         // SAFETY: `private` came from `KBox::into_raw` and was not used.
         drop(unsafe { KBox::from_raw(private.cast::<PageIoCtx<T>>()) });
@@ -819,7 +866,18 @@ pub(crate) fn flush_sync(sink: &dyn BioSink) -> Result {
     let private = res.clone().into_raw().cast_mut().cast::<c_void>();
     // SAFETY: no pages for a flush; `private` is a reference to `res`,
     // given back in `flush_endio`.
-    let bio = unsafe { glue::dst_bio_pages(bdev, ptr::null_mut(), 0, true, false, 0, flush_endio, private) };
+    let bio = unsafe {
+        glue::dst_bio_pages(
+            bdev,
+            ptr::null_mut(),
+            0,
+            true,
+            false,
+            0,
+            flush_endio,
+            private,
+        )
+    };
     if bio.is_null() {
         // SAFETY: `private` came from `Arc::into_raw` and was not used.
         drop(unsafe { Arc::from_raw(private.cast::<IoResult>()) });

@@ -12,9 +12,9 @@ use kernel::sync::Arc;
 use crate::bdev::{BlockDev, Holder};
 use crate::bio::{LegBio, Op};
 use crate::io::{BioSink, Gate};
-use crate::remote::{Remote, RemoteConfig};
 use crate::msg::{refuse, Refusal};
 use crate::proto::genl::LegState;
+use crate::remote::{Remote, RemoteConfig};
 
 /// A set of legs of a device (which are in sync, which are resyncing): one
 /// atomic bitmask, bit `i` for leg `i`, so that "take leg `i` out unless it
@@ -219,7 +219,9 @@ impl Leg {
                 shown
             ),
             Err(e) if e == EROFS || e == EACCES => refuse!(e, "leg {}: read-only", shown),
-            Err(e) if e == ENXIO || e == ENODEV => refuse!(e, "leg {}: no medium or device gone", shown),
+            Err(e) if e == ENXIO || e == ENODEV => {
+                refuse!(e, "leg {}: no medium or device gone", shown)
+            }
             Err(e) => refuse!(e, "leg {}: cannot open (errno {})", shown, e.to_errno()),
         };
         if dev.sectors() == 0 {
@@ -336,7 +338,9 @@ impl Leg {
 
     /// Counts `bytes` copied to the leg by a resync.
     pub(crate) fn count_resynced(&self, bytes: u32) {
-        self.stats.resynced.fetch_add(bytes.into(), Ordering::Relaxed);
+        self.stats
+            .resynced
+            .fetch_add(bytes.into(), Ordering::Relaxed);
     }
 
     /// Requests in flight.

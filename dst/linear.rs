@@ -12,9 +12,9 @@ use core::num::NonZeroU64;
 use kernel::prelude::*;
 use kernel::sync::ArcBorrow;
 
-use crate::errno;
 use crate::bio::{Bio, Op};
 use crate::device::Device;
+use crate::errno;
 use crate::io::{Decision, Io, Outcome};
 use crate::leg::Leg;
 

@@ -44,7 +44,9 @@ pub(crate) fn layout(legs: &mut [Leg], unit: NonZeroU64) -> u64 {
 
 /// The barrier buckets a write covers (none for an empty flush).
 fn buckets(dev: &Device, sector: u64, bytes: u32) -> u64 {
-    let Some(map) = dev.dirty_map(0) else { return 0 };
+    let Some(map) = dev.dirty_map(0) else {
+        return 0;
+    };
     if bytes == 0 {
         return 0;
     }
@@ -65,9 +67,19 @@ enum Sent {
 
 /// Sends `io` to leg `i`, from here or (`later`) from the workqueue; a leg
 /// that cannot get it is failed.
-fn send(io: &mut Io<'_, Device>, dev: ArcBorrow<'_, Device>, i: usize, sector: u64, later: bool) -> Sent {
+fn send(
+    io: &mut Io<'_, Device>,
+    dev: ArcBorrow<'_, Device>,
+    i: usize,
+    sector: u64,
+    later: bool,
+) -> Sent {
     let op = io.parent().op();
-    let what = if op == Op::Read { LegUse::Read } else { LegUse::Write };
+    let what = if op == Op::Read {
+        LegUse::Read
+    } else {
+        LegUse::Write
+    };
     if !dev.enter_leg(i, what) {
         return Sent::Skipped;
     }
@@ -93,7 +105,11 @@ pub(crate) fn submit(dev: ArcBorrow<'_, Device>, bio: Bio) {
     let sector = bio.sector();
     let bytes = bio.bytes();
     let write = matches!(op, Op::Write | Op::Discard | Op::WriteZeroes);
-    let mask = if write { buckets(&dev, sector, bytes) } else { 0 };
+    let mask = if write {
+        buckets(&dev, sector, bytes)
+    } else {
+        0
+    };
     if mask != 0 && !dev.barrier().enter(mask) {
         Device::park(dev, bio);
         return;
@@ -149,7 +165,14 @@ pub(crate) fn submit(dev: ArcBorrow<'_, Device>, bio: Bio) {
 }
 
 /// A clone to leg `i` failed.
-pub(crate) fn clone_failed(dev: ArcBorrow<'_, Device>, i: usize, op: Op, sector: u64, bytes: u32, e: Error) {
+pub(crate) fn clone_failed(
+    dev: ArcBorrow<'_, Device>,
+    i: usize,
+    op: Op,
+    sector: u64,
+    bytes: u32,
+    e: Error,
+) {
     match op {
         Op::Write | Op::WriteZeroes | Op::Discard => {
             // The leg may now differ from the others there.

@@ -13,16 +13,17 @@ use crate::errno;
 use core::net::SocketAddr;
 
 use crate::device::{Device, LegSpec, Settings};
+use crate::export::{self, Cidr, Export, ExportRequest, Exports, Listener};
 use crate::genl::{self, Dump, Handler, Request};
 use crate::msg::{refuse, Msg, Refusal};
-use crate::export::{self, Cidr, Export, ExportRequest, Exports, Listener};
 use crate::proto::genl::{
-    self as schema, cmd, conns, dev, exp, leg, resync, timing, Event, LegKind, Target, MAX_ALLOW, MAX_LEGS,
+    self as schema, cmd, conns, dev, exp, leg, resync, timing, Event, LegKind, Target, MAX_ALLOW,
+    MAX_LEGS,
 };
-use kernel::sync::Arc;
-use crate::remote::RemoteConfig;
 use crate::proto::nlattr::{self, Attr, Attrs, Sink, Writer};
 use crate::registry::{Admin, Registry};
+use crate::remote::RemoteConfig;
+use kernel::sync::Arc;
 
 /// A growable message buffer for the shared encoder.
 struct Buf(KVec<u8>);
@@ -130,7 +131,11 @@ fn encode(d: &Device, exports: Option<&Exports>) -> Result<KVec<u8>> {
     Ok(buf.0)
 }
 
-fn encode_export(w: &mut Writer<'_, Buf>, l: &Arc<Listener>, e: &Arc<Export>) -> Result<(), nlattr::Error> {
+fn encode_export(
+    w: &mut Writer<'_, Buf>,
+    l: &Arc<Listener>,
+    e: &Arc<Export>,
+) -> Result<(), nlattr::Error> {
     let nest = w.begin_nest(dev::EXPORT)?;
     w.put_str(exp::LISTEN, Msg::new(format_args!("{}", l.addr())).as_str())?;
     w.put_str_bytes(exp::NAME, e.name())?;
@@ -164,9 +169,14 @@ pub(crate) fn send_event(d: &Device, event: Event) {
         }
         buf.0
     } else {
-        let Ok(mut payload) = encode(d, None) else { return };
+        let Ok(mut payload) = encode(d, None) else {
+            return;
+        };
         let mut buf = Buf(core::mem::take(&mut payload));
-        if Writer::new(&mut buf).put_u8(dev::EVENT, event as u8).is_err() {
+        if Writer::new(&mut buf)
+            .put_u8(dev::EVENT, event as u8)
+            .is_err()
+        {
             return;
         }
         buf.0
@@ -175,7 +185,13 @@ pub(crate) fn send_event(d: &Device, event: Event) {
 }
 
 /// A timing attribute of a leg nest, in milliseconds, checked.
-fn timing_ms(nest: &Attrs<'_>, id: u16, default: u32, what: &str, n: usize) -> Result<u32, Refusal> {
+fn timing_ms(
+    nest: &Attrs<'_>,
+    id: u16,
+    default: u32,
+    what: &str,
+    n: usize,
+) -> Result<u32, Refusal> {
     let Some(a) = last(nest, id)? else {
         return Ok(default);
     };
@@ -234,8 +250,20 @@ fn leg_spec<'a>(a: &Attr<'a>, n: usize) -> Result<LegSpec<'a>, Refusal> {
             addr,
             export: name,
             timeout_ms: timing_ms(&nest, leg::TIMEOUT_MS, timing::TIMEOUT_MS, "timeout", n)?,
-            dead_ms: timing_ms(&nest, leg::DEAD_TIME_MS, timing::DEAD_TIME_MS, "dead time", n)?,
-            backoff_max_ms: timing_ms(&nest, leg::BACKOFF_MAX_MS, timing::BACKOFF_MAX_MS, "backoff maximum", n)?,
+            dead_ms: timing_ms(
+                &nest,
+                leg::DEAD_TIME_MS,
+                timing::DEAD_TIME_MS,
+                "dead time",
+                n,
+            )?,
+            backoff_max_ms: timing_ms(
+                &nest,
+                leg::BACKOFF_MAX_MS,
+                timing::BACKOFF_MAX_MS,
+                "backoff maximum",
+                n,
+            )?,
             full_resync: match last(&nest, leg::FULL_RESYNC)? {
                 Some(a) => a.u8().map_err(|_| Refusal::from(EINVAL))? != 0,
                 None => false,
@@ -262,7 +290,11 @@ fn fmt_into<'a>(buf: &'a mut [u8], args: core::fmt::Arguments<'_>) -> &'a str {
 fn cstr<'a>(a: &Attr<'a>) -> Result<&'a CStr, Refusal> {
     match CStr::from_bytes_with_nul(a.payload) {
         Ok(s) if a.str().is_ok() => Ok(s),
-        _ => refuse!(EINVAL, "attribute {}: not a NUL-terminated UTF-8 string", a.kind),
+        _ => refuse!(
+            EINVAL,
+            "attribute {}: not a NUL-terminated UTF-8 string",
+            a.kind
+        ),
     }
 }
 
@@ -365,7 +397,12 @@ impl Registry {
         Ok(())
     }
 
-    fn do_create(&self, admin: &Admin<'_>, attrs: &Attrs<'_>, req: &mut Request<'_>) -> Result<(), Refusal> {
+    fn do_create(
+        &self,
+        admin: &Admin<'_>,
+        attrs: &Attrs<'_>,
+        req: &mut Request<'_>,
+    ) -> Result<(), Refusal> {
         let name = name(attrs)?;
         let Some(t) = last(attrs, dev::TARGET)? else {
             refuse!(EINVAL, "missing target (linear or mirror)");
@@ -419,7 +456,10 @@ impl Registry {
             refuse!(EINVAL, "missing listen address");
         };
         let Some(listen) = listen.str().ok().and_then(export::parse_listen) else {
-            refuse!(EINVAL, "bad listen address (IP:PORT or [IPv6]:PORT, port not 0)");
+            refuse!(
+                EINVAL,
+                "bad listen address (IP:PORT or [IPv6]:PORT, port not 0)"
+            );
         };
         let mut ename = KVec::new();
         match last(&nest, exp::NAME)? {

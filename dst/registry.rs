@@ -93,7 +93,9 @@ impl Registry {
         // Allocate the node first: once the device exists, nothing fails.
         let slot = RBTreeNodeReservation::new(GFP_KERNEL)?;
         let dev = Device::create(name, index, target, specs, settings)?;
-        self.devices.lock().insert(slot.into_node(index, dev.clone()));
+        self.devices
+            .lock()
+            .insert(slot.into_node(index, dev.clone()));
         netlink::send_event(&dev, Event::Created);
         Ok(dev)
     }
@@ -104,7 +106,12 @@ impl Registry {
             refuse!(ENODEV, "no device named {}", name);
         };
         if self.exports.exports_device(&dev) {
-            refuse!(EBUSY, "{} is exported (dstctl unexport {} first)", name, name);
+            refuse!(
+                EBUSY,
+                "{} is exported (dstctl unexport {} first)",
+                name,
+                name
+            );
         }
         dev.begin_remove()?;
         // Out of the list first: the teardown may wait for a connection
@@ -135,7 +142,11 @@ impl Registry {
 
     /// The device named `name`.
     pub(crate) fn get(&self, name: &str) -> Option<Arc<Device>> {
-        self.devices.lock().values().find(|d| d.name() == name).cloned()
+        self.devices
+            .lock()
+            .values()
+            .find(|d| d.name() == name)
+            .cloned()
     }
 
     /// The device with the lowest index not below `index`.

@@ -43,7 +43,9 @@ use crate::errno;
 use crate::glue::now_ms;
 use crate::job::{impl_has_job, Job, JobRun};
 use crate::msg::{refuse, Msg, Refusal};
-use crate::proto::nbd::{self, cmd, cmdflag, tflag, ExportInfo, HandshakeError, Request, SimpleReply};
+use crate::proto::nbd::{
+    self, cmd, cmdflag, tflag, ExportInfo, HandshakeError, Request, SimpleReply,
+};
 use crate::socket::{SockEvent, SockEvents, Socket};
 
 /// Most requests in flight on one leg.
@@ -130,10 +132,12 @@ fn dial(cfg: &RemoteConfig) -> Result<(Socket, ExportInfo), Msg> {
     match nbd::client_handshake(&mut sock.blocking(), &cfg.export) {
         Ok(info) => Ok((sock, info)),
         Err(HandshakeError::Io(e)) => Err(connect_msg(e)),
-        Err(HandshakeError::BadMagic) => Err(Msg::new(format_args!("not an NBD server (bad magic)"))),
-        Err(HandshakeError::NotFixedNewstyle) => {
-            Err(Msg::new(format_args!("server lacks the fixed newstyle handshake")))
+        Err(HandshakeError::BadMagic) => {
+            Err(Msg::new(format_args!("not an NBD server (bad magic)")))
         }
+        Err(HandshakeError::NotFixedNewstyle) => Err(Msg::new(format_args!(
+            "server lacks the fixed newstyle handshake"
+        ))),
         Err(HandshakeError::Refused { reply }) => Err(Msg::new(format_args!(
             "server refused the export: {}",
             nbd::rep::describe(reply)
@@ -156,7 +160,9 @@ impl Changed {
     /// name the leg and the connection).
     fn brief(&self) -> Msg {
         match self {
-            Changed::Size(from, to) => Msg::new(format_args!("size changed from {} to {}", from, to)),
+            Changed::Size(from, to) => {
+                Msg::new(format_args!("size changed from {} to {}", from, to))
+            }
             Changed::Caps => Msg::new(format_args!("capabilities changed")),
             Changed::BlockSizes => Msg::new(format_args!("block sizes changed")),
         }
@@ -170,7 +176,9 @@ impl Changed {
                 from, to
             )),
             Changed::Caps => Msg::new(format_args!("refused: the server's capabilities changed")),
-            Changed::BlockSizes => Msg::new(format_args!("refused: the server's block sizes changed")),
+            Changed::BlockSizes => {
+                Msg::new(format_args!("refused: the server's block sizes changed"))
+            }
         }
     }
 }
@@ -181,7 +189,11 @@ fn same_export(old: &ExportInfo, info: &ExportInfo, nlanes: usize) -> Result<(),
     if info.size != old.size {
         return Err(Changed::Size(old.size, info.size));
     }
-    let caps = if nlanes > 1 { CAPS | tflag::CAN_MULTI_CONN } else { CAPS };
+    let caps = if nlanes > 1 {
+        CAPS | tflag::CAN_MULTI_CONN
+    } else {
+        CAPS
+    };
     if info.flags & caps & old.flags != old.flags & caps || info.flags & tflag::READ_ONLY != 0 {
         return Err(Changed::Caps);
     }
@@ -295,8 +307,16 @@ struct TxState {
 
 /// Where reading replies stands.
 enum Rx {
-    Header { buf: [u8; SimpleReply::SIZE], got: usize },
-    Data { bio: LegBio, seq: u64, got: u32, len: u32 },
+    Header {
+        buf: [u8; SimpleReply::SIZE],
+        got: usize,
+    },
+    Data {
+        bio: LegBio,
+        seq: u64,
+        got: u32,
+        len: u32,
+    },
 }
 
 const RX_START: Rx = Rx::Header {
@@ -566,10 +586,18 @@ impl Remote {
             refuse!(EROFS, "leg #{}: the export is read-only", n);
         }
         if info.min_block > 4096 {
-            refuse!(EINVAL, "leg #{}: the server's minimum block size is over 4096", n);
+            refuse!(
+                EINVAL,
+                "leg #{}: the server's minimum block size is over 4096",
+                n
+            );
         }
         if info.max_block < 512 {
-            refuse!(EINVAL, "leg #{}: the server's maximum block size is under 512", n);
+            refuse!(
+                EINVAL,
+                "leg #{}: the server's maximum block size is under 512",
+                n
+            );
         }
         let nlanes = if info.flags & tflag::CAN_MULTI_CONN != 0 {
             usize::from(cfg.conns).clamp(1, MAX_CONNS)
@@ -579,7 +607,13 @@ impl Remote {
         let mut socks = KVec::with_capacity(nlanes, GFP_KERNEL)?;
         socks.push(sock, GFP_KERNEL)?;
         if let Err((k, m)) = dial_rest(&cfg, &info, nlanes, &mut socks, Changed::brief) {
-            refuse!(errno::enotconn(), "leg #{}: connection {}: {}", n, k, m.as_str());
+            refuse!(
+                errno::enotconn(),
+                "leg #{}: connection {}: {}",
+                n,
+                k,
+                m.as_str()
+            );
         }
         let mut slots = KVec::with_capacity(MAX_INFLIGHT, GFP_KERNEL)?;
         for _ in 0..MAX_INFLIGHT {
@@ -757,7 +791,11 @@ impl Remote {
             let start = self.next_lane.fetch_add(1, Ordering::Relaxed) as usize % n;
             lane = (0..n)
                 .map(|k| (start + k) % n)
-                .find(|&i| self.lanes.get(i).is_some_and(|l| !l.sending.load(Ordering::Relaxed)))
+                .find(|&i| {
+                    self.lanes
+                        .get(i)
+                        .is_some_and(|l| !l.sending.load(Ordering::Relaxed))
+                })
                 .unwrap_or(start);
         }
         let Some(l) = self.lanes.get(lane) else {
@@ -854,9 +892,14 @@ impl Remote {
                 .min_by_key(|&(_, q)| q);
             let bio = match (slot, part) {
                 (None, None) => break,
-                (Some((i, q)), Some((_, pq))) if q < pq => s.slots.get_mut(i).and_then(|sl| sl.bio.take()),
+                (Some((i, q)), Some((_, pq))) if q < pq => {
+                    s.slots.get_mut(i).and_then(|sl| sl.bio.take())
+                }
                 (Some((i, _)), None) => s.slots.get_mut(i).and_then(|sl| sl.bio.take()),
-                (_, Some((j, _))) => partial.get_mut(j).and_then(Option::take).map(|(_, bio)| bio),
+                (_, Some((j, _))) => partial
+                    .get_mut(j)
+                    .and_then(Option::take)
+                    .map(|(_, bio)| bio),
             };
             if let Some(bio) = bio {
                 back.push_back(bio);
@@ -961,7 +1004,12 @@ impl Remote {
     /// Sends requests until the queue is empty, every slot is taken or
     /// the socket is full.  While more requests are queued, each goes out
     /// with "more", so that they leave together.
-    fn send_requests(&self, lane: usize, tx: &mut TxState, done: &mut LegBioQueue) -> Result<(), Msg> {
+    fn send_requests(
+        &self,
+        lane: usize,
+        tx: &mut TxState,
+        done: &mut LegBioQueue,
+    ) -> Result<(), Msg> {
         loop {
             if tx.cur.is_none() {
                 let Some(mut bio) = tx.queue.pop_front() else {
@@ -982,7 +1030,10 @@ impl Remote {
                 };
                 let offset = bio.sector() << 9;
                 let len = bio.bytes();
-                if offset.checked_add(len.into()).map_or(true, |end| end > self.info.size) {
+                if offset
+                    .checked_add(len.into())
+                    .map_or(true, |end| end > self.info.size)
+                {
                     bio.record(Err(EIO));
                     done.push_back(bio);
                     continue;
@@ -1040,7 +1091,9 @@ impl Remote {
             // same hold: a reply that finds its slot without a bio then
             // really came before the request was fully sent.
             let mut s = self.slots.lock();
-            let TxState { sock, cur, queue, .. } = &mut *tx;
+            let TxState {
+                sock, cur, queue, ..
+            } = &mut *tx;
             let (Some(c), Some(sock)) = (cur.as_mut(), sock.as_ref()) else {
                 return Ok(());
             };
@@ -1076,7 +1129,13 @@ impl Remote {
 
     /// Reads what has arrived.  Fails with why the connection broke, if it
     /// did.  Sets `freed` when a slot became free.
-    fn pump_recv(&self, lane: usize, rs: &mut RxState, done: &mut LegBioQueue, freed: &mut bool) -> Result<(), Msg> {
+    fn pump_recv(
+        &self,
+        lane: usize,
+        rs: &mut RxState,
+        done: &mut LegBioQueue,
+        freed: &mut bool,
+    ) -> Result<(), Msg> {
         loop {
             let RxState { sock, rx } = &mut *rs;
             let Some(sock) = sock.as_ref() else {
@@ -1086,7 +1145,9 @@ impl Remote {
                 Rx::Header { buf, got } => {
                     let rest = buf.get_mut(*got..).unwrap_or(&mut []);
                     match sock.recv(rest) {
-                        Ok(0) => return Err(Msg::new(format_args!("the server closed the connection"))),
+                        Ok(0) => {
+                            return Err(Msg::new(format_args!("the server closed the connection")))
+                        }
                         Ok(n) => *got += n,
                         Err(e) if e == EAGAIN => return Ok(()),
                         Err(e) => return Err(io_msg("receive", e)),
@@ -1097,15 +1158,23 @@ impl Remote {
                     let reply = match SimpleReply::decode(buf) {
                         Ok(r) => r,
                         Err(nbd::WireError::Structured) => {
-                            return Err(Msg::new(format_args!("protocol error: unrequested structured reply")))
+                            return Err(Msg::new(format_args!(
+                                "protocol error: unrequested structured reply"
+                            )))
                         }
-                        Err(_) => return Err(Msg::new(format_args!("protocol error: bad reply magic"))),
+                        Err(_) => {
+                            return Err(Msg::new(format_args!("protocol error: bad reply magic")))
+                        }
                     };
                     let slot = (reply.cookie & 0xff) as usize;
                     let taken = {
                         let mut s = self.slots.lock();
                         let found = match s.slots.get_mut(slot) {
-                            Some(sl) if reply.cookie != 0 && sl.cookie == reply.cookie && usize::from(sl.lane) == lane => {
+                            Some(sl)
+                                if reply.cookie != 0
+                                    && sl.cookie == reply.cookie
+                                    && usize::from(sl.lane) == lane =>
+                            {
                                 Some(sl.bio.take().map(|b| (b, sl.seq, sl.reads)))
                             }
                             _ => None,
@@ -1119,10 +1188,16 @@ impl Remote {
                         found
                     };
                     let (mut bio, seq, reads) = match taken {
-                        None => return Err(Msg::new(format_args!("protocol error: reply to an unknown request"))),
+                        None => {
+                            return Err(Msg::new(format_args!(
+                                "protocol error: reply to an unknown request"
+                            )))
+                        }
                         // Not even sent in full: the server cannot know it.
                         Some(None) => {
-                            return Err(Msg::new(format_args!("protocol error: reply to a request not sent yet")))
+                            return Err(Msg::new(format_args!(
+                                "protocol error: reply to a request not sent yet"
+                            )))
                         }
                         Some(Some(t)) => t,
                     };
@@ -1131,16 +1206,27 @@ impl Remote {
                     *freed = true;
                     let len = bio.bytes();
                     if reply.error == 0 && reads && len > 0 {
-                        *rx = Rx::Data { bio, seq, got: 0, len };
+                        *rx = Rx::Data {
+                            bio,
+                            seq,
+                            got: 0,
+                            len,
+                        };
                         continue;
                     }
                     *rx = RX_START;
-                    bio.record(if reply.error == 0 { Ok(()) } else { Err(errno::from_nbd(reply.error)) });
+                    bio.record(if reply.error == 0 {
+                        Ok(())
+                    } else {
+                        Err(errno::from_nbd(reply.error))
+                    });
                     done.push_back(bio);
                 }
                 Rx::Data { bio, got, len, .. } => {
                     match sock.recv_bio(bio, *got) {
-                        Ok(0) => return Err(Msg::new(format_args!("the server closed the connection"))),
+                        Ok(0) => {
+                            return Err(Msg::new(format_args!("the server closed the connection")))
+                        }
                         Ok(n) => *got += n as u32,
                         Err(e) if e == EAGAIN => return Ok(()),
                         Err(e) => return Err(io_msg("receive", e)),
@@ -1241,11 +1327,18 @@ impl JobRun<TICK> for Remote {
                 let gen = this.gen.load(Ordering::Acquire);
                 let oldest = {
                     let s = this.slots.lock();
-                    s.slots.iter().filter(|sl| sl.cookie != 0).map(|sl| sl.sent_ms).min()
+                    s.slots
+                        .iter()
+                        .filter(|sl| sl.cookie != 0)
+                        .map(|sl| sl.sent_ms)
+                        .min()
                 };
                 if let Some(t) = oldest {
                     if now.saturating_sub(t) > u64::from(this.cfg.timeout_ms) {
-                        let why = Msg::new(format_args!("a request timed out after {} ms", this.cfg.timeout_ms));
+                        let why = Msg::new(format_args!(
+                            "a request timed out after {} ms",
+                            this.cfg.timeout_ms
+                        ));
                         this.fail_connection(gen, why, false);
                         return;
                     }

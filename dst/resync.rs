@@ -250,7 +250,11 @@ impl ResyncState {
         let (rate, max) = dev.resync_limits();
         // The lowest limit that applies (0: none).
         let busy_rate = if busy { rate } else { 0 };
-        let kib = [busy_rate, max].into_iter().filter(|&k| k != 0).min().unwrap_or(0);
+        let kib = [busy_rate, max]
+            .into_iter()
+            .filter(|&k| k != 0)
+            .min()
+            .unwrap_or(0);
         if kib == 0 {
             self.next_us = 0;
             return;
@@ -263,7 +267,10 @@ impl ResyncState {
     /// Milliseconds until the next chunk may start (0: now).
     fn wait_ms(&self) -> u64 {
         let now_us = now_ms() * 1000;
-        self.next_us.saturating_sub(now_us).div_ceil(1000).min(MAX_SLEEP_MS)
+        self.next_us
+            .saturating_sub(now_us)
+            .div_ceil(1000)
+            .min(MAX_SLEEP_MS)
     }
 }
 
@@ -319,7 +326,8 @@ fn step(dev: &Arc<Device>, st: &mut ResyncState) -> Next {
     let sector = chunk.first * region_sectors;
     let bytes = u32::try_from((chunk.count * region_sectors) << 9).unwrap_or(0);
     // The last region may be short.
-    let bytes = bytes.min(u32::try_from((dev.sectors().saturating_sub(sector)) << 9).unwrap_or(u32::MAX));
+    let bytes =
+        bytes.min(u32::try_from((dev.sectors().saturating_sub(sector)) << 9).unwrap_or(u32::MAX));
     match chunk.phase {
         Phase::Draining => {
             if !dev.barrier().drained(chunk.mask) {
@@ -467,7 +475,10 @@ fn start_chunk(dev: &Arc<Device>, st: &mut ResyncState) -> Next {
         dev.kick_resync_in(wait);
         return Next::Wait;
     }
-    let Some(source) = dev.resync_source(target, st.bad_sources).or_else(|| dev.resync_source(target, 0)) else {
+    let Some(source) = dev
+        .resync_source(target, st.bad_sources)
+        .or_else(|| dev.resync_source(target, 0))
+    else {
         // No leg to copy from: wait until one comes back.
         return Next::Idle;
     };

@@ -109,7 +109,14 @@ impl Socket {
         let mut raw = core::ptr::null_mut();
         // SAFETY: `bytes` holds the address; `raw` receives the socket.
         let ret = unsafe {
-            glue::dst_sock_connect(family, bytes.as_ptr(), addr.port(), scope, timeout_ms, &mut raw)
+            glue::dst_sock_connect(
+                family,
+                bytes.as_ptr(),
+                addr.port(),
+                scope,
+                timeout_ms,
+                &mut raw,
+            )
         };
         kernel::error::to_result(ret)?;
         let raw = NonNull::new(raw).ok_or(EINVAL)?;
@@ -121,7 +128,8 @@ impl Socket {
         let (family, bytes, scope) = raw_addr(addr);
         let mut raw = core::ptr::null_mut();
         // SAFETY: `bytes` holds the address; `raw` receives the socket.
-        let ret = unsafe { glue::dst_sock_listen(family, bytes.as_ptr(), addr.port(), scope, &mut raw) };
+        let ret =
+            unsafe { glue::dst_sock_listen(family, bytes.as_ptr(), addr.port(), scope, &mut raw) };
         kernel::error::to_result(ret)?;
         let raw = NonNull::new(raw).ok_or(EINVAL)?;
         Ok(Socket::new(raw))
@@ -146,7 +154,13 @@ impl Socket {
         let (mut family, mut addr, mut port, mut scope) = (0, [0u8; 16], 0u16, 0u32);
         // SAFETY: the socket is connected; the outputs are valid.
         let ret = unsafe {
-            glue::dst_sock_peer(self.raw.as_ptr(), &mut family, addr.as_mut_ptr(), &mut port, &mut scope)
+            glue::dst_sock_peer(
+                self.raw.as_ptr(),
+                &mut family,
+                addr.as_mut_ptr(),
+                &mut port,
+                &mut scope,
+            )
         };
         kernel::error::to_result(ret)?;
         Ok(if family == 4 {
@@ -159,13 +173,20 @@ impl Socket {
     }
 
     /// Sends bytes `[skip, len)` of `buf` without waiting.
-    pub(crate) fn send_pages(&self, buf: &PageBuf, skip: u32, len: u32, more: bool) -> Result<usize> {
+    pub(crate) fn send_pages(
+        &self,
+        buf: &PageBuf,
+        skip: u32,
+        len: u32,
+        more: bool,
+    ) -> Result<usize> {
         if len > buf.len() || skip > len {
             return Err(EINVAL);
         }
         // SAFETY: the socket is connected; `buf` has at least `len` bytes
         // of pages and lives while borrowed.
-        let ret = unsafe { glue::dst_sock_send_pages(self.raw.as_ptr(), buf.as_raw(), skip, len, more) };
+        let ret =
+            unsafe { glue::dst_sock_send_pages(self.raw.as_ptr(), buf.as_raw(), skip, len, more) };
         self.sent(ret, more)
     }
 
@@ -185,7 +206,15 @@ impl Socket {
     /// partial segment until the next send, or [`Socket::push_held`]).
     pub(crate) fn send(&self, buf: &[u8], more: bool) -> Result<usize> {
         // SAFETY: the socket is connected; `buf` is valid for its length.
-        let ret = unsafe { glue::dst_sock_send(self.raw.as_ptr(), buf.as_ptr().cast(), buf.len(), true, more) };
+        let ret = unsafe {
+            glue::dst_sock_send(
+                self.raw.as_ptr(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                true,
+                more,
+            )
+        };
         self.sent(ret, more)
     }
 
@@ -203,7 +232,9 @@ impl Socket {
     /// `Err(EAGAIN)` if nothing is there.
     pub(crate) fn recv(&self, buf: &mut [u8]) -> Result<usize> {
         // SAFETY: the socket is connected; `buf` is valid for its length.
-        to_len(unsafe { glue::dst_sock_recv(self.raw.as_ptr(), buf.as_mut_ptr().cast(), buf.len(), true) })
+        to_len(unsafe {
+            glue::dst_sock_recv(self.raw.as_ptr(), buf.as_mut_ptr().cast(), buf.len(), true)
+        })
     }
 
     /// Sends the data of `bio` from byte `skip`, without waiting.
@@ -308,7 +339,13 @@ impl Transport for BlockingIo<'_> {
         while !buf.is_empty() {
             // SAFETY: the socket is connected; `buf` is valid.
             let ret = unsafe {
-                glue::dst_sock_send(self.0.raw.as_ptr(), buf.as_ptr().cast(), buf.len(), false, false)
+                glue::dst_sock_send(
+                    self.0.raw.as_ptr(),
+                    buf.as_ptr().cast(),
+                    buf.len(),
+                    false,
+                    false,
+                )
             };
             if ret < 0 {
                 return Err(blocking_err(ret));
@@ -325,7 +362,12 @@ impl Transport for BlockingIo<'_> {
         while !buf.is_empty() {
             // SAFETY: the socket is connected; `buf` is valid.
             let ret = unsafe {
-                glue::dst_sock_recv(self.0.raw.as_ptr(), buf.as_mut_ptr().cast(), buf.len(), false)
+                glue::dst_sock_recv(
+                    self.0.raw.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    false,
+                )
             };
             if ret < 0 {
                 return Err(blocking_err(ret));

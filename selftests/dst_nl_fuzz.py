@@ -27,19 +27,18 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from nl_raw import GenlSocket, nla, nla_nest, nla_str, nla_u8, nla_u32  # noqa: E402
-
-# Commands and attributes (dst-proto genl.rs).
-GET, CREATE, REMOVE, EXPORT, UNEXPORT, DETACH, ATTACH, SET, ADD_LEG, REMOVE_LEG = 1, 2, 3, 5, 6, 7, 8, 9, 10, 11
-NAME, TARGET, LEG, EXP, LEG_INDEX, FULL, REGION_SIZE, RESYNC_RATE, RESYNC_MAX = 1, 2, 3, 11, 12, 13, 14, 15, 16
-SPEC, CONNS = 1, 26
-LISTEN, EXP_NAME, READ_ONLY, ALLOW = 1, 2, 3, 4
+from dst_nl_cases import (  # noqa: E402
+    ADD_LEG, ALLOW, ATTACH, CREATE, DETACH, EXP, EXP_NAME, EXPORT, FULL, GET, LEG, LEG_INDEX, LISTEN, NAME,
+    READ_ONLY, REGION_SIZE, REMOVE, REMOVE_LEG, RESYNC_MAX, RESYNC_RATE, SET, TARGET, UNEXPORT,
+)
+from dst_nl_cases import leg as leg_of  # noqa: E402
 
 NAMES = ("fz0", "fz1", "fz2")
 LEGS = ("/dev/ram2", "/dev/ram3", "/dev/ram4", "/dev/ram5")
 
 
 def leg(r):
-    return nla_nest(LEG, nla_str(SPEC, r.choice(LEGS)))
+    return leg_of(r.choice(LEGS))
 
 
 def template(r):
@@ -121,9 +120,8 @@ def main():
     with GenlSocket() as s:
         fam = s.family("dst")
         for cmd, attrs in (
-            (CREATE, nla_str(NAME, "fz0") + nla_u8(TARGET, 2) + nla_nest(LEG, nla_str(SPEC, LEGS[0]))
-             + nla_nest(LEG, nla_str(SPEC, LEGS[1]))),
-            (CREATE, nla_str(NAME, "fz1") + nla_u8(TARGET, 1) + nla_nest(LEG, nla_str(SPEC, LEGS[2]))),
+            (CREATE, nla_str(NAME, "fz0") + nla_u8(TARGET, 2) + leg_of(LEGS[0]) + leg_of(LEGS[1])),
+            (CREATE, nla_str(NAME, "fz1") + nla_u8(TARGET, 1) + leg_of(LEGS[2])),
             (EXPORT, nla_str(NAME, "fz0") + nla_nest(EXP, nla_str(LISTEN, "127.0.0.1:20000")
                                                      + nla_str(ALLOW, "127.0.0.0/8"))),
         ):

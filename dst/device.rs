@@ -717,15 +717,17 @@ impl Device {
         }
     }
 
-    /// Leg `i` failed a read of the range (the read is retried on another
-    /// leg): its copy is rewritten from the others, as md's read repair
-    /// does.  The range is marked dirty now, in any context.  An in-sync
-    /// leg is then resynced by the repair job (see
+    /// Leg `i` failed a read of the range with `e` (the read is retried
+    /// on another leg): its copy is rewritten from the others, as md's
+    /// read repair does, unless the error says the leg was away (a remote
+    /// leg's lost connection: its data is not at fault, and the outage
+    /// resyncs the leg anyway).  The range is marked dirty now, in any
+    /// context.  An in-sync leg is then resynced by the repair job (see
     /// [`Device::repair_legs`]); a leg already resyncing (a read that was
     /// in flight when its repair began) has the range copied by the
     /// running resync, which looks for regions dirtied behind it.
-    pub(crate) fn repair(this: ArcBorrow<'_, Self>, i: usize, sector: u64, bytes: u32) {
-        if this.in_sync.mask() & !(1 << i) == 0 {
+    pub(crate) fn repair(this: ArcBorrow<'_, Self>, i: usize, sector: u64, bytes: u32, e: Error) {
+        if e == errno::leg_away() || this.in_sync.mask() & !(1 << i) == 0 {
             // No other leg to copy from.
             return;
         }
@@ -762,16 +764,18 @@ impl Device {
             if self.is_stopping() || leg.state() != LegState::InSync {
                 continue;
             }
-            let last = r.last_ms[i];
-            if last != 0 && now < last + REPAIR_PAUSE_MS {
+            let Some(last) = r.last_ms.get_mut(i) else {
+                continue;
+            };
+            if *last != 0 && now < *last + REPAIR_PAUSE_MS {
                 self.to_repair.insert(i);
-                wait = wait.max(last + REPAIR_PAUSE_MS - now);
+                wait = wait.max(*last + REPAIR_PAUSE_MS - now);
                 continue;
             }
             if self.in_sync.remove_unless_last(i) != Removal::Removed {
                 continue;
             }
-            r.last_ms[i] = now.max(1);
+            *last = now.max(1);
             let kib = self.dirty.get(i).map_or(0, |m| m.dirty_bytes() >> 10);
             self.resync_leg(i);
             // After the state changed, so that a reader who sees this line

@@ -187,9 +187,9 @@ pub(crate) fn clone_failed(
             }
         }
         // A read error is retried elsewhere, and the leg's copy rewritten
-        // from the others; an outage is not the leg's data's fault.
-        Op::Read if e != errno::leg_away() => Device::repair(dev, i, sector, bytes),
-        Op::Read | Op::Other => {}
+        // from the others.
+        Op::Read => Device::repair(dev, i, sector, bytes, e),
+        Op::Other => {}
     }
 }
 

@@ -36,7 +36,6 @@ use kernel::sync::Arc;
 
 use crate::bio::{Op, PageBuf};
 use crate::device::{Device, LegUse};
-use crate::errno;
 use crate::glue::now_ms;
 use crate::io::{page_io, PageOp};
 
@@ -373,10 +372,8 @@ fn step(dev: &Arc<Device>, st: &mut ResyncState) -> Next {
                 if let Err(e) = res {
                     // The source's copy is bad there: it is rewritten
                     // from another in-sync leg, if there is one (read
-                    // repair), but not when its connection broke.
-                    if e != errno::leg_away() {
-                        Device::repair(dev.as_arc_borrow(), chunk.source, sector, bytes);
-                    }
+                    // repair).
+                    Device::repair(dev.as_arc_borrow(), chunk.source, sector, bytes, e);
                     // The source failed: copy from another leg if there
                     // is one, else try again later; give up on this target
                     // after a few failures in a row.

@@ -471,7 +471,7 @@ macro_rules! lane_jobs {
 
         impl Remote {
             /// Runs lane `lane`'s send job.
-            fn kick_send(this: Arc<Self>, lane: usize) {
+            fn queue_send(this: Arc<Self>, lane: usize) {
                 match lane {
                     $($i => Job::<Remote, { SEND + $i }>::queue(this, 0),)*
                     _ => {}
@@ -479,7 +479,7 @@ macro_rules! lane_jobs {
             }
 
             /// Runs lane `lane`'s receive job.
-            fn kick_recv(this: Arc<Self>, lane: usize) {
+            fn queue_recv(this: Arc<Self>, lane: usize) {
                 match lane {
                     $($i => Job::<Remote, { RECV + $i }>::queue(this, 0),)*
                     _ => {}
@@ -503,16 +503,6 @@ macro_rules! lane_jobs {
             }
         }
     };
-}
-
-impl Remote {
-    fn queue_send(self: &Arc<Self>, lane: usize) {
-        Self::kick_send(self.clone(), lane);
-    }
-
-    fn queue_recv(self: &Arc<Self>, lane: usize) {
-        Self::kick_recv(self.clone(), lane);
-    }
 }
 
 lane_jobs! {
@@ -706,7 +696,7 @@ impl Remote {
     pub(crate) fn start(self: &Arc<Self>, owner: Arc<Device>, leg: usize) {
         *self.owner.lock() = Some((owner, leg));
         for lane in 0..self.lanes.len() {
-            self.queue_recv(lane);
+            Self::queue_recv(self.clone(), lane);
         }
     }
 
@@ -811,14 +801,14 @@ impl Remote {
                 finish(done);
             }
             Link::Up if inline && !l.sending.load(Ordering::Relaxed) => Self::send_pass(self, lane),
-            _ => self.queue_send(lane),
+            _ => Self::queue_send(self.clone(), lane),
         }
     }
 
     /// Runs every lane's send job.
     fn kick_senders(self: &Arc<Self>) {
         for lane in 0..self.lanes.len() {
-            self.queue_send(lane);
+            Self::queue_send(self.clone(), lane);
         }
     }
 
@@ -1311,7 +1301,7 @@ impl Remote {
             let stalled = this.tx_stalled.swap(0, Ordering::AcqRel);
             for i in 0..this.lanes.len() {
                 if stalled & (1 << i) != 0 {
-                    this.queue_send(i);
+                    Self::queue_send(this.clone(), i);
                 }
             }
         }
@@ -1406,8 +1396,8 @@ impl JobRun<CONNECT> for Remote {
             dev.remote_up(leg);
         }
         for lane in 0..this.lanes.len() {
-            this.queue_send(lane);
-            this.queue_recv(lane);
+            Self::queue_send(this.clone(), lane);
+            Self::queue_recv(this.clone(), lane);
         }
     }
 }
@@ -1425,8 +1415,8 @@ impl Remote {
 impl SockEvents for Remote {
     fn sock_event(this: ArcBorrow<'_, Self>, lane: usize, event: SockEvent) {
         match event {
-            SockEvent::Writable => Self::kick_send(this.into(), lane),
-            SockEvent::Readable | SockEvent::Closed => Self::kick_recv(this.into(), lane),
+            SockEvent::Writable => Self::queue_send(this.into(), lane),
+            SockEvent::Readable | SockEvent::Closed => Self::queue_recv(this.into(), lane),
         }
     }
 }

@@ -286,10 +286,12 @@ openers, then a table of its legs with their I/O counters.
 
 Device states: ok (every leg in sync), degraded (working, but some leg is
 not), failed (no I/O possible).  Leg states: in-sync (up to date, receives
-every write), faulty (failed an I/O, no longer used), connecting (a remote
-leg not connected yet), down (a remote leg whose connection is lost; the
-kernel reconnects), resyncing (being brought back in sync, shown with its
-progress), detached (taken out by dstctl detach; see dstctl attach).
+every write), faulty (failed a write, or the rewrite of what it failed to
+read; no longer used), connecting (a remote leg not connected yet), down
+(a remote leg whose connection is lost; the kernel reconnects), resyncing
+(being brought back in sync, or having what it failed to read rewritten;
+shown with its progress), detached (taken out by dstctl detach; see dstctl
+attach).
 A leg keeps its number (LEG) as long as it is part of the device: legs
 removed by dstctl remove-leg leave gaps, and legs added by dstctl add
 take the next number.

@@ -84,18 +84,20 @@ repaired() {
 		[ "$(dst_jq "$1" '[.state, .legs[1].state, .legs[1].read_errors > 0] | map(tostring) | join(" ")')" = "ok in-sync true" ]
 }
 
-# tx_case MODE END PROBLEM: a mirror of ram0 and a leg whose server turns
-# MODE after 20 good requests.  The pattern is written and read back right;
-# then the leg is END (down: dropped, PROBLEM (an ERE) in the kernel log,
-# and down for good once the server is gone; faulty; or in-sync, with read
-# errors, rewritten from the RAM disk); no kernel warning.
+# tx_case MODE END PROBLEM: a mirror of ram0 and a leg (two connections,
+# whatever the default) whose server turns MODE after 20 good requests.
+# The pattern is written and read back right; then the leg is END (down:
+# dropped, PROBLEM (an ERE) in the kernel log, and down for good once the
+# server is gone; faulty; or in-sync, with read errors, rewritten from the
+# RAM disk); no kernel warning.
 tx_case() {
 	local mode=$1 end=$2 problem=$3 port name=h-$1 dev first
 	port=$(free_port)
 	hostile_start "$port" --mode "$mode" --size 32M --after 20
 	dd if=/dev/zero of=/dev/ram0 bs=1M count=32 oflag=direct status=none
 	assert_cmd -m "$mode: create a mirror of ram0 and the leg" \
-		dstctl create "$name" --mirror /dev/ram0 "nbd://127.0.0.1:$port/?timeout=$TIMEOUT&backoff-max=1" || return 1
+		dstctl create "$name" --mirror /dev/ram0 "nbd://127.0.0.1:$port/?timeout=$TIMEOUT&backoff-max=1&conns=2" ||
+		return 1
 	dev=$(dst_dev "$name")
 	assert_cmd -m "$mode: 4 MiB written and read back right (bounded)" write_read "$dev" || true
 	case $end in
@@ -176,8 +178,8 @@ tx_case reply-bad-magic down "bad reply magic"
 tx_case reply-structured down "unrequested structured reply"
 tx_case reply-unknown-cookie down "reply to an unknown request"
 tx_case reply-twice down "reply to an unknown request"
-# The leg's two connections (the server allows multi-conn): a reply on the
-# connection that did not carry the request is as unknown.
+# The leg's two connections (conns=2; the server allows multi-conn): a
+# reply on the connection that did not carry the request is as unknown.
 tx_case reply-cross down "reply to an unknown request"
 tx_case reply-truncated down "server closed the connection|connection reset|connection broken"
 tx_case close-after-handshake down "server closed the connection|connection reset|connection broken"

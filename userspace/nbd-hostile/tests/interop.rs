@@ -266,15 +266,40 @@ fn nbd_server_once(image: &TempFile, tag: &str) -> (Proc, TempFile, SocketAddr) 
     (Proc(child), conf, SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
+/// Connects to a fresh one-shot `nbd-server` and runs the handshake for
+/// `export`.  nbd-server serves one connection in the foreground; when
+/// the transport fails before the handshake ends (a reset seen once on a
+/// loaded CI host, never reproduced), that server is gone, so a new one
+/// is started, up to three times.  A protocol answer is never retried:
+/// a fault of dst-proto's handshake fails the same way every time.
+fn nbd_server_handshake(
+    image: &TempFile,
+    tag: &str,
+    export: &[u8],
+) -> (Proc, TempFile, Client, HsResult) {
+    let mut attempt = 1;
+    loop {
+        let (p, conf, addr) = nbd_server_once(image, &format!("{tag}-{attempt}"));
+        let mut c = Client::connect_retry(addr);
+        let r = c.handshake(export);
+        match r {
+            Err(HandshakeError::Io(ref e)) if attempt < 3 => {
+                eprintln!("nbd-server {tag}: attempt {attempt}: {e}; starting another");
+                attempt += 1;
+            }
+            _ => return (p, conf, c, r),
+        }
+    }
+}
+
 #[test]
 fn nbd_server() {
     if !available("nbd-server") {
         return;
     }
     let image = TempFile::new("nbd-server.img", 8 * MIB);
-    let (_p, _conf, addr) = nbd_server_once(&image, "good");
-    let mut c = Client::connect_retry(addr);
-    let info = c.handshake(b"disk").expect("handshake");
+    let (_p, _conf, mut c, r) = nbd_server_handshake(&image, "good", b"disk");
+    let info = r.expect("handshake");
     eprintln!("nbd-server: {info:?}");
     assert_eq!(info.size, 8 * MIB);
     let data: Vec<u8> = (0..4096u32).map(|i| (i * 5 + 1) as u8).collect();
@@ -282,7 +307,6 @@ fn nbd_server() {
     assert_eq!(c.call(cmd::READ, 0, MIB, 4096, &[]), (0, data));
     c.send(cmd::DISC, 0, 0, 0, &[]);
 
-    let (_p, _conf, addr) = nbd_server_once(&image, "unknown");
-    let r = Client::connect_retry(addr).handshake(b"nope");
+    let (_p, _conf, _c, r) = nbd_server_handshake(&image, "unknown", b"nope");
     assert!(refused_unknown(&r), "{r:?}");
 }

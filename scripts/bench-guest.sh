@@ -514,7 +514,7 @@ main() {
 	read -ra configs <<<"${CONFIGS//resync/}"
 	n=${#configs[@]}
 	{
-		echo "# kernel: $(uname -r), ${DST_VM_ACCEL:-?} accel, $(nproc) CPUs, $(($(sed -n 's/^MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo) / 1024)) MiB"
+		echo "# kernel: $(uname -r), ${DST_VM_ACCEL:-?} accel$([ "${DST_VM_CLOCK:-}" = icount ] && echo ' (icount: instruction-counted time)'), $(nproc) CPUs, $(($(sed -n 's/^MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo) / 1024)) MiB"
 		echo "# fio: $(fio --version), ioengine=$ENGINE, direct, ${SIZE_MB} MiB region, ${RUNTIME}s + 1s ramp per run, $ROUNDS rounds"
 		[ -z "${DST_BENCH_REV:-}" ] || echo "# dst: $DST_BENCH_REV"
 		echo "# devices: raw=$RAW_DEV md=raid1 ${MIRROR_LEGS[*]} dst=mirror ${MIRROR_LEGS[*]} (brd ${BRD_MB} MiB)"

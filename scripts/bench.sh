@@ -13,7 +13,10 @@
 # Knobs (passed into the guest, see bench-guest.sh): DST_BENCH_ROUNDS (3),
 # DST_BENCH_RUNTIME (5 s), DST_BENCH_SIZE_MB (256), DST_BENCH_ENGINE (auto),
 # DST_BENCH_CONFIGS, DST_BENCH_SHAPES; DST_BENCH_TIMEOUT (3000 s) limits the VM;
-# DST_BENCH_APPEND adds to the guest kernel's command line.
+# DST_BENCH_APPEND adds to the guest kernel's command line; DST_BENCH_ICOUNT=1
+# runs the guest with instruction-counted time (vm-run --icount): slower, but
+# the same build gives the same numbers within a percent or two, whatever
+# else the host is doing.
 #
 # Exit status: 0 if everything ran (missed targets are reported, not
 # failed), otherwise non-zero (vm-run's: 124 timeout, 125 kernel splat).
@@ -47,6 +50,7 @@ rc=0
 # The module path is an argument (not only DST_KO) so that vm-run makes its
 # directory visible in the guest.
 "$here/vm-run" --kdir "$kdir" --mem 4096 --cpus 2 --timeout "${DST_BENCH_TIMEOUT:-3000}" \
+	${DST_BENCH_ICOUNT:+--icount} \
 	--log "$out/console.log" ${DST_BENCH_APPEND:+--append "$DST_BENCH_APPEND"} \
 	-- "$here/bench-guest.sh" --ko "$ko" 2>&1 | tee "$out/output" ||
 	rc=$?

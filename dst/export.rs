@@ -553,6 +553,10 @@ pub(crate) struct Conn {
     /// The send job is at work (a hint: the receive job then leaves the
     /// replies to it rather than wait for it).
     sending: AtomicBool,
+    /// The receive job is queued, or at work and looks at the socket
+    /// again before it stops: new data then needs no queueing (see
+    /// [`Conn::kick_recv`]).
+    rx_queued: AtomicBool,
     /// The client asked for structured replies.
     structured: AtomicBool,
     closed: AtomicBool,
@@ -651,6 +655,7 @@ impl Conn {
                 throttled: AtomicBool::new(false),
                 ready: AtomicU32::new(0),
                 receiving: AtomicBool::new(false),
+                rx_queued: AtomicBool::new(false),
                 sending: AtomicBool::new(false),
                 structured: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
@@ -759,6 +764,18 @@ impl Conn {
         // the two sides sees the other's store.
         if !self.receiving.load(Ordering::SeqCst) {
             Job::<Conn, SEND>::queue(self.clone(), 0);
+        }
+    }
+
+    /// Makes sure the receive job looks at the socket soon: queues it,
+    /// unless it is queued already or at work (it then looks again before
+    /// it stops).  Called for every arrival of data, from the socket
+    /// callback on the client's CPU over loopback, so the common case is
+    /// one atomic operation.
+    fn kick_recv(this: ArcBorrow<'_, Self>) {
+        // SeqCst: pairs with the receive job's store and `readable` check.
+        if !this.rx_queued.swap(true, Ordering::SeqCst) {
+            Job::<Conn, RECV>::queue(this.into(), 0);
         }
     }
 
@@ -1045,7 +1062,7 @@ impl Conn {
                 // Pairs with the receive side's store and loads (SeqCst).
                 fence(Ordering::SeqCst);
                 if self.throttled.swap(false, Ordering::SeqCst) {
-                    Job::<Conn, RECV>::queue(self.clone(), 0);
+                    Self::kick_recv(self.as_arc_borrow());
                 }
             }
         }
@@ -1151,30 +1168,52 @@ impl JobRun<HANDSHAKE> for Conn {
             drop(this.tx.lock().sock.take());
             return;
         }
-        Job::<Conn, RECV>::queue(this, 0);
+        Self::kick_recv(this.as_arc_borrow());
     }
 }
 
+/// Passes over the socket a receive job makes before it queues itself
+/// again, so that a client that never stops sending shares the worker.
+const RECV_PASSES: u32 = 8;
+
 impl JobRun<RECV> for Conn {
     fn run(this: Arc<Self>) {
-        if this.closed.load(Ordering::Acquire) {
-            return;
-        }
-        let Some(e) = this.export() else {
-            return;
-        };
-        this.receiving.store(true, Ordering::SeqCst);
-        let res = this.pump_recv(&e);
-        let ready = this.stop_receiving();
-        if let Err(why) = res {
-            this.drop_with(&why);
-            return;
-        }
-        if ready {
-            if this.sending.load(Ordering::Relaxed) {
-                Job::<Conn, SEND>::queue(this, 0);
-            } else {
-                Self::send_pass(&this);
+        for pass in 1.. {
+            if this.closed.load(Ordering::Acquire) {
+                return;
+            }
+            let Some(e) = this.export() else {
+                return;
+            };
+            this.receiving.store(true, Ordering::SeqCst);
+            let res = this.pump_recv(&e);
+            let ready = this.stop_receiving();
+            if let Err(why) = res {
+                this.drop_with(&why);
+                return;
+            }
+            if ready {
+                if this.sending.load(Ordering::Relaxed) {
+                    Job::<Conn, SEND>::queue(this.clone(), 0);
+                } else {
+                    Self::send_pass(&this);
+                }
+            }
+            // Data that came since the last receive found `rx_queued` set
+            // and queued nothing: look again after clearing it.  A
+            // throttled receiver is restarted by the send side instead.
+            // SeqCst: pairs with `kick_recv` (`readable` fences).
+            this.rx_queued.store(false, Ordering::SeqCst);
+            if this.throttled.load(Ordering::SeqCst) {
+                return;
+            }
+            let sock = this.rx.lock().sock.clone();
+            if !sock.is_some_and(|s| s.readable()) || this.rx_queued.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            if pass == RECV_PASSES {
+                Job::<Conn, RECV>::queue(this, 0);
+                return;
             }
         }
     }
@@ -1207,11 +1246,11 @@ impl SockEvents for Conn {
     fn sock_event(this: ArcBorrow<'_, Self>, _tag: usize, event: SockEvent) {
         match event {
             SockEvent::Writable => Job::<Conn, SEND>::queue(this.into(), 0),
-            SockEvent::Readable => Job::<Conn, RECV>::queue(this.into(), 0),
+            SockEvent::Readable => Self::kick_recv(this),
             SockEvent::Closed => {
                 // The receive side may be throttled: let the send side
                 // find out too.
-                Job::<Conn, RECV>::queue(this.into(), 0);
+                Self::kick_recv(this);
                 Job::<Conn, SEND>::queue(this.into(), 0);
             }
         }

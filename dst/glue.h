@@ -141,6 +141,7 @@ int dst_sock_send_pages(struct socket *sock, struct page **pages, u32 skip,
 int dst_sock_recv_pages(struct socket *sock, struct page **pages, u32 skip,
 			u32 len);
 void dst_sock_push(struct socket *sock);
+bool dst_sock_readable(struct socket *sock);
 int dst_sock_listen(int family, const u8 *addr, u16 port, u32 scope_id,
 		    struct socket **out);
 int dst_sock_accept(struct socket *lsock, unsigned int timeout_ms,

@@ -222,6 +222,7 @@ extern "C" {
         len: u32,
     ) -> c_int;
     pub(crate) fn dst_sock_push(sock: *mut bindings::socket);
+    pub(crate) fn dst_sock_readable(sock: *mut bindings::socket) -> bool;
     pub(crate) fn dst_sock_listen(
         family: c_int,
         addr: *const u8,

@@ -327,6 +327,21 @@ int dst_sock_recv_pages(struct socket *sock, struct page **pages, u32 skip,
 	return dst_sock_xfer_pages(sock, pages, skip, len, false, false);
 }
 
+/*
+ * Whether a receive would find something: data, end of stream or an
+ * error.  Lockless; a full barrier must order the caller's earlier stores
+ * before it (pairs with the data-ready callback, which runs after the data
+ * is queued).
+ */
+bool dst_sock_readable(struct socket *sock)
+{
+	struct sock *sk = sock->sk;
+
+	return !skb_queue_empty_lockless(&sk->sk_receive_queue) ||
+	       READ_ONCE(sk->sk_err) ||
+	       (READ_ONCE(sk->sk_shutdown) & RCV_SHUTDOWN);
+}
+
 /* Sends what earlier sends held back with MSG_MORE. */
 void dst_sock_push(struct socket *sock)
 {

@@ -339,6 +339,10 @@ struct Lane {
     /// Someone is sending (a hint: submitters then leave their bios to
     /// the send job rather than wait for the lock).
     sending: AtomicBool,
+    /// The receive job is queued, or at work and looks at the socket
+    /// again before it stops: new data then needs no queueing (see
+    /// [`Remote::kick_recv`]).
+    rx_queued: AtomicBool,
     submitted: LegBioStack,
     #[pin]
     tx: Mutex<TxState>,
@@ -350,6 +354,7 @@ impl Lane {
     fn new() -> impl PinInit<Self> {
         pin_init!(Lane {
             sending: AtomicBool::new(false),
+            rx_queued: AtomicBool::new(false),
             submitted: LegBioStack::new(),
             tx <- new_mutex!(
                 TxState {
@@ -369,6 +374,10 @@ impl Lane {
         })
     }
 }
+
+/// Passes over its socket a lane's receive job makes before it queues
+/// itself again, so that a stream of replies shares the worker.
+const RECV_PASSES: u32 = 8;
 
 /// Job ids: lane `i` sends in job `SEND + i` and receives in `RECV + i`.
 const SEND: u64 = 0;
@@ -1275,34 +1284,68 @@ impl Remote {
         }
     }
 
+    /// Makes sure lane `lane`'s receive job looks at its socket soon:
+    /// queues it, unless it is queued already or at work (it then looks
+    /// again before it stops).  Called for every arrival of data, from
+    /// the socket callback, so the common case is one atomic operation.
+    fn kick_recv(this: ArcBorrow<'_, Self>, lane: usize) {
+        let Some(l) = this.lanes.get(lane) else {
+            return;
+        };
+        // SeqCst: pairs with the receive job's store and `readable` check.
+        if !l.rx_queued.swap(true, Ordering::SeqCst) {
+            Self::queue_recv(this.into(), lane);
+        }
+    }
+
     /// Reads lane `lane`'s replies.  Runs in the lane's receive job.
     fn recv_pass(this: &Arc<Self>, lane: usize) {
         let Some(l) = this.lanes.get(lane) else {
             return;
         };
-        if this.link() != Link::Up {
-            return;
-        }
-        let mut done = LegBioQueue::new();
-        let mut broke = None;
-        let mut freed = false;
-        {
-            let mut rx = l.rx.lock();
-            let gen = this.gen.load(Ordering::Acquire);
-            if let Err(why) = this.pump_recv(lane, &mut rx, &mut done, &mut freed) {
-                broke = Some((gen, why));
+        for pass in 1.. {
+            if this.link() != Link::Up {
+                // A new connection's jobs are queued when it is up.
+                l.rx_queued.store(false, Ordering::SeqCst);
+                return;
             }
-        }
-        finish(done);
-        if let Some((gen, why)) = broke {
-            this.fail_connection(gen, why, false);
-        } else if freed {
-            // Slots are free again: the stalled lanes' queues may move.
-            let stalled = this.tx_stalled.swap(0, Ordering::AcqRel);
-            for i in 0..this.lanes.len() {
-                if stalled & (1 << i) != 0 {
-                    Self::queue_send(this.clone(), i);
+            let mut done = LegBioQueue::new();
+            let mut broke = None;
+            let mut freed = false;
+            {
+                let mut rx = l.rx.lock();
+                let gen = this.gen.load(Ordering::Acquire);
+                if let Err(why) = this.pump_recv(lane, &mut rx, &mut done, &mut freed) {
+                    broke = Some((gen, why));
                 }
+            }
+            finish(done);
+            if let Some((gen, why)) = broke {
+                l.rx_queued.store(false, Ordering::SeqCst);
+                this.fail_connection(gen, why, false);
+                return;
+            }
+            if freed {
+                // Slots are free again: the stalled lanes' queues may move.
+                let stalled = this.tx_stalled.swap(0, Ordering::AcqRel);
+                for i in 0..this.lanes.len() {
+                    if stalled & (1 << i) != 0 {
+                        Self::queue_send(this.clone(), i);
+                    }
+                }
+            }
+            // Data that came since the last receive found `rx_queued` set
+            // and queued nothing: look again after clearing it.
+            // SeqCst: pairs with `kick_recv` (`readable` fences).
+            l.rx_queued.store(false, Ordering::SeqCst);
+            let readable = l.rx.lock().sock.as_ref().is_some_and(|s| s.readable());
+            if !readable || l.rx_queued.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            if pass == RECV_PASSES {
+                // Shares the worker with others; `rx_queued` stays set.
+                Self::queue_recv(this.clone(), lane);
+                return;
             }
         }
     }
@@ -1416,7 +1459,7 @@ impl SockEvents for Remote {
     fn sock_event(this: ArcBorrow<'_, Self>, lane: usize, event: SockEvent) {
         match event {
             SockEvent::Writable => Self::queue_send(this.into(), lane),
-            SockEvent::Readable | SockEvent::Closed => Self::queue_recv(this.into(), lane),
+            SockEvent::Readable | SockEvent::Closed => Self::kick_recv(this, lane),
         }
     }
 }

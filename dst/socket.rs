@@ -10,7 +10,7 @@
 use core::ffi::c_void;
 use core::net::SocketAddr;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{fence, AtomicBool, Ordering};
 
 use kernel::bindings;
 use kernel::ffi::c_int;
@@ -226,6 +226,16 @@ impl Socket {
             // SAFETY: the socket is connected.
             unsafe { glue::dst_sock_push(self.raw.as_ptr()) }
         }
+    }
+
+    /// Whether a receive would find data, the end of the stream or an
+    /// error.  Orders the caller's earlier stores before its loads, so a
+    /// receiver that cleared a "will look again" flag and finds nothing
+    /// here can rely on the data-ready callback seeing the flag cleared.
+    pub(crate) fn readable(&self) -> bool {
+        fence(Ordering::SeqCst);
+        // SAFETY: the socket is connected; the check takes no lock.
+        unsafe { glue::dst_sock_readable(self.raw.as_ptr()) }
     }
 
     /// Receives into `buf` without waiting; `Ok(0)` at end of stream,

@@ -23,11 +23,6 @@ void dst_limits_init(struct queue_limits *lim)
 	lim->features |= BLK_FEAT_NOWAIT;
 }
 
-int dst_add_disk(struct gendisk *disk)
-{
-	return add_disk(disk);
-}
-
 int dst_bioset_init(struct bio_set *bs, unsigned int front_pad, bool rescuer)
 {
 	/*
@@ -148,6 +143,39 @@ struct workqueue_struct *dst_alloc_workqueue(const char *name)
 void dst_disk_submit_bio(struct bio *bio);
 int dst_disk_open(struct gendisk *disk, blk_mode_t mode);
 void dst_disk_release(struct gendisk *disk);
+ssize_t dst_disk_show_name(struct gendisk *disk, char *buf);
+
+/*
+ * /sys/block/dstN/dst/name: the device's name, for udev's /dev/dst/NAME
+ * links (as dm's dm/name).  The group is created before the disk's "add"
+ * uevent, and removed by del_gendisk() before the owner goes.
+ */
+static ssize_t name_show(struct device *dev, struct device_attribute *attr,
+			 char *buf)
+{
+	return dst_disk_show_name(dev_to_disk(dev), buf);
+}
+static DEVICE_ATTR_RO(name);
+
+static struct attribute *dst_disk_attrs[] = {
+	&dev_attr_name.attr,
+	NULL,
+};
+
+static const struct attribute_group dst_disk_group = {
+	.name = "dst",
+	.attrs = dst_disk_attrs,
+};
+
+static const struct attribute_group *dst_disk_groups[] = {
+	&dst_disk_group,
+	NULL,
+};
+
+int dst_add_disk(struct gendisk *disk)
+{
+	return device_add_disk(NULL, disk, dst_disk_groups);
+}
 
 /*
  * In C for THIS_MODULE: an open dst device pins the module, and the table

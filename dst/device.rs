@@ -1422,6 +1422,10 @@ impl DiskOps for Device {
         let mut o = self.openers.lock();
         o.count = o.count.saturating_sub(1);
     }
+
+    fn name(&self) -> &str {
+        Device::name(self)
+    }
 }
 
 impl IoOwner for Device {

@@ -31,6 +31,8 @@ pub(crate) trait DiskOps: Send + Sync + Sized {
     fn open(&self) -> Result;
     /// Called when the last opener of an open closes.
     fn release(&self);
+    /// The name shown in `/sys/block/dstN/dst/name` (at most 31 bytes).
+    fn name(&self) -> &str;
 }
 
 /// The owner type of every dst disk.
@@ -345,4 +347,26 @@ unsafe extern "C" fn dst_disk_release(disk: *mut bindings::gendisk) {
     // SAFETY: as for open.
     let owner = unsafe { owner(disk) };
     owner.release();
+}
+
+/// `show` of the disk's `dst/name` sysfs attribute: the owner's name and a
+/// newline, in `buf`.
+///
+/// # Safety
+///
+/// Called by sysfs only, for an added dst disk, with `buf` a page.
+#[no_mangle]
+unsafe extern "C" fn dst_disk_show_name(disk: *mut bindings::gendisk, buf: *mut u8) -> isize {
+    // SAFETY: the attribute exists only while the disk is added, and
+    // `del_gendisk` removes it (waiting for readers) before the owner goes.
+    let owner = unsafe { owner(disk) };
+    let name = DiskOps::name(&*owner).as_bytes();
+    // Names are short (checked at creation); a page holds them with room.
+    let len = name.len().min(bindings::PAGE_SIZE - 1);
+    // SAFETY: `buf` is a page, and `len + 1` bytes fit in it.
+    unsafe {
+        core::ptr::copy_nonoverlapping(name.as_ptr(), buf, len);
+        *buf.add(len) = b'\n';
+    }
+    (len + 1) as isize
 }

@@ -13,6 +13,7 @@ PKGS=(
 	# test peers and tools
 	fio nbdkit libnbd-bin nbd-client nbd-server mdadm xfsprogs e2fsprogs
 	nftables iptables iproute2 kmod util-linux python3 procps jq dmsetup mount
+	udev fdisk
 )
 
 need=()

@@ -93,6 +93,7 @@ fn create_long_about() -> String {
     format!(
         "\
 Create a device from one or more legs and print its node (/dev/dstN).
+With dst's udev rule (60-dst.rules) installed, /dev/dst/NAME links to it.
 
 Give exactly one of --mirror and --linear, then the legs in order, at most
 {MAX_LEGS}.  A LEG is either:

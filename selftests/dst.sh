@@ -104,6 +104,8 @@ fio_verify() {
 #   srv_kill PORT [SIGNAL]        kill the server on PORT (default KILL) and
 #                                 wait until nothing listens there
 #   srv_restart PORT              start it again, as it was started
+#   srv_report PORT               print whether the server on PORT still
+#                                 runs and listens (for a failure's diag)
 #   (every server started is stopped at exit)
 #   wait_listen PORT [SECS]       until something listens on PORT
 #   wait_until SECS CMD...        run CMD every 0.2 s until it succeeds;
@@ -206,6 +208,14 @@ srv_kill() {
 
 srv_restart() {
 	_srv_run "$1"
+}
+
+srv_report() {
+	local pid state=gone listen=no
+	pid=$(_srv_pid "$1") || pid=?
+	[ "$pid" = ? ] || ! kill -0 "$pid" 2>/dev/null || state=running
+	! _listening "$1" || listen=yes
+	echo "server on port $1: pid $pid $state, listening: $listen"
 }
 
 # srv_stop PORT: stop the server on PORT if it runs (TERM, then KILL).

@@ -114,7 +114,10 @@ nft_cut "$port"
 assert_cmd -m "  ... cut mid-resync: the leg goes down" wait_leg rb 1 down 30
 sleep 2
 nft_heal
-assert_cmd -m "  ... healed: it resumes and is in sync" wait_leg rb 1 in-sync 90
+# (A failure says whether the server was still there: once, in 2026-12,
+# the leg found nothing listening on the port after the heal.)
+assert_cmd -m "  ... healed: it resumes and is in sync" \
+	eval 'wait_leg rb 1 in-sync 90 || { srv_report "$port"; false; }'
 assert_cmd -m "  ... fio verified all along" fio_loop_stop
 first=$(back_kib rb 1) second=$(back_kib rb 2)
 diag "first resync: ${first:-?} KiB, after the cut: ${second:-?} KiB"

@@ -45,7 +45,7 @@ use crate::msg::{refuse, Msg, Refusal};
 use crate::proto::genl::{MAX_ALLOW, MAX_CLIENTS, MAX_EXPORTS};
 use crate::proto::nbd::{cmd, cmdflag, tflag, Request, SimpleReply, StructuredReply, Transport};
 use crate::proto::nbd_server::{self, ExportLookup, RequestVerdict, ServedExport};
-use crate::socket::{SockEvent, SockEvents, Socket};
+use crate::socket::{RecvKick, RecvNext, SockEvent, SockEvents, Socket};
 
 /// Most requests in flight per client.
 pub(crate) const MAX_INFLIGHT: usize = 64;
@@ -553,10 +553,8 @@ pub(crate) struct Conn {
     /// The send job is at work (a hint: the receive job then leaves the
     /// replies to it rather than wait for it).
     sending: AtomicBool,
-    /// The receive job is queued, or at work and looks at the socket
-    /// again before it stops: new data then needs no queueing (see
-    /// [`Conn::kick_recv`]).
-    rx_queued: AtomicBool,
+    /// The receive job's wakeups (see [`Conn::kick_recv`]).
+    rx_kick: RecvKick,
     /// The client asked for structured replies.
     structured: AtomicBool,
     closed: AtomicBool,
@@ -655,7 +653,7 @@ impl Conn {
                 throttled: AtomicBool::new(false),
                 ready: AtomicU32::new(0),
                 receiving: AtomicBool::new(false),
-                rx_queued: AtomicBool::new(false),
+                rx_kick: RecvKick::new(),
                 sending: AtomicBool::new(false),
                 structured: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
@@ -770,11 +768,9 @@ impl Conn {
     /// Makes sure the receive job looks at the socket soon: queues it,
     /// unless it is queued already or at work (it then looks again before
     /// it stops).  Called for every arrival of data, from the socket
-    /// callback on the client's CPU over loopback, so the common case is
-    /// one atomic operation.
+    /// callback.
     fn kick_recv(this: ArcBorrow<'_, Self>) {
-        // SeqCst: pairs with the receive job's store and `readable` check.
-        if !this.rx_queued.swap(true, Ordering::SeqCst) {
+        if this.rx_kick.kick() {
             Job::<Conn, RECV>::queue(this.into(), 0);
         }
     }
@@ -1172,10 +1168,6 @@ impl JobRun<HANDSHAKE> for Conn {
     }
 }
 
-/// Passes over the socket a receive job makes before it queues itself
-/// again, so that a client that never stops sending shares the worker.
-const RECV_PASSES: u32 = 8;
-
 impl JobRun<RECV> for Conn {
     fn run(this: Arc<Self>) {
         for pass in 1.. {
@@ -1199,21 +1191,19 @@ impl JobRun<RECV> for Conn {
                     Self::send_pass(&this);
                 }
             }
-            // Data that came since the last receive found `rx_queued` set
-            // and queued nothing: look again after clearing it.  A
+            // Data that came meanwhile queued nothing: look again.  A
             // throttled receiver is restarted by the send side instead.
-            // SeqCst: pairs with `kick_recv` (`readable` fences).
-            this.rx_queued.store(false, Ordering::SeqCst);
-            if this.throttled.load(Ordering::SeqCst) {
-                return;
-            }
-            let sock = this.rx.lock().sock.clone();
-            if !sock.is_some_and(|s| s.readable()) || this.rx_queued.swap(true, Ordering::SeqCst) {
-                return;
-            }
-            if pass == RECV_PASSES {
-                Job::<Conn, RECV>::queue(this, 0);
-                return;
+            let next = this.rx_kick.after_pass(pass, || {
+                !this.throttled.load(Ordering::SeqCst)
+                    && this.rx.lock().sock.as_ref().is_some_and(|s| s.readable())
+            });
+            match next {
+                RecvNext::Stop => return,
+                RecvNext::Again => {}
+                RecvNext::Requeue => {
+                    Job::<Conn, RECV>::queue(this, 0);
+                    return;
+                }
             }
         }
     }

@@ -46,7 +46,7 @@ use crate::msg::{refuse, Msg, Refusal};
 use crate::proto::nbd::{
     self, cmd, cmdflag, tflag, ExportInfo, HandshakeError, Request, SimpleReply,
 };
-use crate::socket::{SockEvent, SockEvents, Socket};
+use crate::socket::{RecvKick, RecvNext, SockEvent, SockEvents, Socket};
 
 /// Most requests in flight on one leg.
 pub(crate) const MAX_INFLIGHT: usize = 64;
@@ -339,10 +339,8 @@ struct Lane {
     /// Someone is sending (a hint: submitters then leave their bios to
     /// the send job rather than wait for the lock).
     sending: AtomicBool,
-    /// The receive job is queued, or at work and looks at the socket
-    /// again before it stops: new data then needs no queueing (see
-    /// [`Remote::kick_recv`]).
-    rx_queued: AtomicBool,
+    /// The receive job's wakeups (see [`Remote::kick_recv`]).
+    rx_kick: RecvKick,
     submitted: LegBioStack,
     #[pin]
     tx: Mutex<TxState>,
@@ -354,7 +352,7 @@ impl Lane {
     fn new() -> impl PinInit<Self> {
         pin_init!(Lane {
             sending: AtomicBool::new(false),
-            rx_queued: AtomicBool::new(false),
+            rx_kick: RecvKick::new(),
             submitted: LegBioStack::new(),
             tx <- new_mutex!(
                 TxState {
@@ -374,10 +372,6 @@ impl Lane {
         })
     }
 }
-
-/// Passes over its socket a lane's receive job makes before it queues
-/// itself again, so that a stream of replies shares the worker.
-const RECV_PASSES: u32 = 8;
 
 /// Job ids: lane `i` sends in job `SEND + i` and receives in `RECV + i`.
 const SEND: u64 = 0;
@@ -1292,8 +1286,7 @@ impl Remote {
         let Some(l) = this.lanes.get(lane) else {
             return;
         };
-        // SeqCst: pairs with the receive job's store and `readable` check.
-        if !l.rx_queued.swap(true, Ordering::SeqCst) {
+        if l.rx_kick.kick() {
             Self::queue_recv(this.into(), lane);
         }
     }
@@ -1306,22 +1299,29 @@ impl Remote {
         for pass in 1.. {
             if this.link() != Link::Up {
                 // A new connection's jobs are queued when it is up.
-                l.rx_queued.store(false, Ordering::SeqCst);
+                l.rx_kick.release();
                 return;
             }
             let mut done = LegBioQueue::new();
             let mut broke = None;
             let mut freed = false;
+            let mut next = RecvNext::Stop;
             {
                 let mut rx = l.rx.lock();
                 let gen = this.gen.load(Ordering::Acquire);
-                if let Err(why) = this.pump_recv(lane, &mut rx, &mut done, &mut freed) {
-                    broke = Some((gen, why));
+                match this.pump_recv(lane, &mut rx, &mut done, &mut freed) {
+                    Err(why) => broke = Some((gen, why)),
+                    // Data that came meanwhile queued nothing: look again.
+                    Ok(()) => {
+                        next = l
+                            .rx_kick
+                            .after_pass(pass, || rx.sock.as_ref().is_some_and(|s| s.readable()))
+                    }
                 }
             }
             finish(done);
             if let Some((gen, why)) = broke {
-                l.rx_queued.store(false, Ordering::SeqCst);
+                l.rx_kick.release();
                 this.fail_connection(gen, why, false);
                 return;
             }
@@ -1334,18 +1334,14 @@ impl Remote {
                     }
                 }
             }
-            // Data that came since the last receive found `rx_queued` set
-            // and queued nothing: look again after clearing it.
-            // SeqCst: pairs with `kick_recv` (`readable` fences).
-            l.rx_queued.store(false, Ordering::SeqCst);
-            let readable = l.rx.lock().sock.as_ref().is_some_and(|s| s.readable());
-            if !readable || l.rx_queued.swap(true, Ordering::SeqCst) {
-                return;
-            }
-            if pass == RECV_PASSES {
-                // Shares the worker with others; `rx_queued` stays set.
-                Self::queue_recv(this.clone(), lane);
-                return;
+            match next {
+                RecvNext::Stop => return,
+                RecvNext::Again => {}
+                RecvNext::Requeue => {
+                    // Shares the worker with others.
+                    Self::queue_recv(this.clone(), lane);
+                    return;
+                }
             }
         }
     }

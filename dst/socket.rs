@@ -330,6 +330,68 @@ unsafe extern "C" fn sock_event<T: SockEvents, const TAG: usize>(data: *mut c_vo
     T::sock_event(owner, TAG, event);
 }
 
+/// Passes over its socket a receive job makes before it queues itself
+/// again, so that a peer that never stops sending shares the worker.
+const RECV_PASSES: u32 = 8;
+
+/// What a receive job does after a pass that drained its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecvNext {
+    /// Stop: nothing is there, or a new kick has queued the job.
+    Stop,
+    /// Data came meanwhile: make another pass now.
+    Again,
+    /// Data came meanwhile, but the job has had its passes: queue it
+    /// again (the kick stays taken).
+    Requeue,
+}
+
+/// Wakeups of a connection's receive job, as NAPI does them: data that
+/// arrives while the job is queued or at work queues nothing, and the job
+/// looks at the socket once more after it stops taking kicks.  The common
+/// case is one atomic operation per data-ready callback.
+pub(crate) struct RecvKick {
+    /// The job is queued, or at work and will look at the socket again.
+    taken: AtomicBool,
+}
+
+impl RecvKick {
+    /// No job queued.
+    pub(crate) const fn new() -> Self {
+        RecvKick {
+            taken: AtomicBool::new(false),
+        }
+    }
+
+    /// Data arrived (or the socket closed): returns whether the caller
+    /// must queue the receive job.
+    pub(crate) fn kick(&self) -> bool {
+        // SeqCst: pairs with `after_pass` (store, then `readable`).
+        !self.taken.swap(true, Ordering::SeqCst)
+    }
+
+    /// The job stops for good (the connection is gone or down): the next
+    /// kick queues it.
+    pub(crate) fn release(&self) {
+        self.taken.store(false, Ordering::SeqCst);
+    }
+
+    /// Called by the job after its `pass`-th pass (from 1): stops taking
+    /// kicks, then asks `readable` (which must end in
+    /// [`Socket::readable`], or answer `false` when the job must not go
+    /// on, e.g. throttled) whether data came meanwhile.
+    pub(crate) fn after_pass(&self, pass: u32, readable: impl FnOnce() -> bool) -> RecvNext {
+        self.release();
+        if !readable() || self.taken.swap(true, Ordering::SeqCst) {
+            RecvNext::Stop
+        } else if pass >= RECV_PASSES {
+            RecvNext::Requeue
+        } else {
+            RecvNext::Again
+        }
+    }
+}
+
 /// A socket used with blocking calls, bounded by its timeouts.
 pub(crate) struct BlockingIo<'a>(&'a Socket);
 

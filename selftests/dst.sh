@@ -105,7 +105,8 @@ fio_verify() {
 #                                 wait until nothing listens there
 #   srv_restart PORT              start it again, as it was started
 #   srv_report PORT               print whether the server on PORT still
-#                                 runs and listens (for a failure's diag)
+#                                 runs and listens, and the end of its log
+#                                 (for a failure's diag)
 #   (every server started is stopped at exit)
 #   wait_listen PORT [SECS]       until something listens on PORT
 #   wait_until SECS CMD...        run CMD every 0.2 s until it succeeds;
@@ -216,6 +217,7 @@ srv_report() {
 	[ "$pid" = ? ] || ! kill -0 "$pid" 2>/dev/null || state=running
 	! _listening "$1" || listen=yes
 	echo "server on port $1: pid $pid $state, listening: $listen"
+	[ ! -s "$TEST_TMP/srv.$1.log" ] || tail -n 20 "$TEST_TMP/srv.$1.log"
 }
 
 # srv_stop PORT: stop the server on PORT if it runs (TERM, then KILL).
@@ -227,13 +229,23 @@ srv_stop() {
 	rm -f "$TEST_TMP/srv.$1.pid"
 }
 
+# nbdkit forks into the background once it listens.  A daemon logs to
+# syslog by default, which nobody reads in the VM (and with which nbdkit
+# was seen to vanish when a cut connection healed): its log goes to
+# $TEST_TMP/srv.PORT.log instead.
+_nbdkit_bg() {
+	local port=$1
+	shift
+	nbdkit --log=stderr "$@" 2>>"$TEST_TMP/srv.$port.log"
+}
+
 nbdkit_start() {
 	local addr=127.0.0.1 port
 	[ "$1" != -6 ] || { addr=::1; shift; }
 	port=$1
 	shift
 	[ $# -gt 0 ] || set -- memory 32M
-	_srv_start "$port" nbdkit -P "$TEST_TMP/srv.$port.pid" -i "$addr" -p "$port" "$@"
+	_srv_start "$port" _nbdkit_bg "$port" -P "$TEST_TMP/srv.$port.pid" -i "$addr" -p "$port" "$@"
 }
 
 qemu_nbd_start() {

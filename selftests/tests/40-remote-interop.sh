@@ -129,12 +129,12 @@ srv_stop "$p"
 # logs the command it got last.
 p=$(free_port)
 assert_cmd -m "nbdkit -v memory 8M on port $p" \
-	eval 'nbdkit_start "$p" -v memory 8M 2>"$TEST_TMP/kit-v.log"'
+	nbdkit_start "$p" -v memory 8M
 assert_cmd -m "DISC: create a linear device over it, write 1M" \
 	eval 'dstctl create dl --linear "nbd://127.0.0.1:$p/?conns=2" &&
 		dd if=/dev/urandom of="$(dst_dev dl)" bs=1M count=1 oflag=direct status=none'
 assert_cmd -m "DISC: remove the device" dstctl remove dl
 assert_cmd -m "DISC: nbdkit saw NBD_CMD_DISC before the close, on both connections" \
-	wait_until 10 eval '[ "$(grep -c "client sent NBD_CMD_DISC, closing connection" "$TEST_TMP/kit-v.log")" = 2 ]' 
+	wait_until 10 eval '[ "$(grep -c "client sent NBD_CMD_DISC, closing connection" "$TEST_TMP/srv.$p.log")" = 2 ]' 
 srv_stop "$p"
 dmesg_check

@@ -147,9 +147,10 @@ discs() {
 # copy on its own; both connections were told NBD_CMD_DISC), resynced with
 # what changed when attached again.
 remote_round() {
-	local port dev at_detach before moved log=$TEST_TMP/kit-d.log
+	local port dev at_detach before moved log
 	port=$(free_port)
-	nbdkit_start "$port" -v memory 64M 2>"$log" || return 1
+	log=$TEST_TMP/srv.$port.log
+	nbdkit_start "$port" -v memory 64M || return 1
 	dd if=/dev/zero of=/dev/ram3 bs=1M count=64 oflag=direct status=none
 	dstctl create rm --mirror /dev/ram3 "nbd://127.0.0.1:$port/?timeout=2&backoff-max=1" || return 1
 	dev=$(dst_dev rm)

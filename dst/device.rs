@@ -21,7 +21,7 @@ use crate::bitmap::DirtyMap;
 use crate::disk::{Disk, DiskOps, Limits, Offer};
 use crate::errno;
 use crate::glue::now_ms;
-use crate::io::{Decision, DeferList, Gate, IoOwner, IoResult, IoSet, Outcome, PageIoOwner, Route};
+use crate::io::{Decision, DeferList, Gate, IoOwner, IoResult, IoSet, Outcome, Route};
 use crate::job::{impl_has_job, Job, JobRun};
 use crate::leg::{Leg, LegDev, LegSet, Removal};
 use crate::msg::{refuse, Refusal};
@@ -144,7 +144,8 @@ pub(crate) struct Device {
     barrier: Barrier,
     /// Writes waiting for the resync barrier.
     parked: BioStack,
-    resync_result: IoResult,
+    /// Where the resync's I/O leaves its result, one per chunk slot.
+    resync_results: [IoResult; resync::DEPTH],
     stopping: AtomicBool,
     last_progress_ms: AtomicU64,
     /// Mirror: resync speed limits, see [`Settings`].
@@ -372,7 +373,7 @@ impl Device {
                 rotor: AtomicU32::new(0),
                 barrier: Barrier::new(),
                 parked: BioStack::new(),
-                resync_result: IoResult::new(),
+                resync_results: [const { IoResult::new() }; resync::DEPTH],
                 stopping: AtomicBool::new(false),
                 last_progress_ms: AtomicU64::new(0),
                 resync_rate_kib: AtomicU32::new(settings.resync_rate_kib),
@@ -465,7 +466,9 @@ impl Device {
         Job::<Device, RESYNC_JOB>::disable(self);
         Job::<Device, EVENT_JOB>::disable(self);
         Job::<Device, REPAIR_JOB>::disable(self);
-        self.barrier.lower();
+        self.barrier.lower_all();
+        // As in the resync job: pairs with the fence in `Device::park`.
+        fence(Ordering::SeqCst);
         self.resubmit_parked();
         {
             // A detached or removed leg is not linked.
@@ -858,8 +861,9 @@ impl Device {
         &self.barrier
     }
 
-    pub(crate) fn resync_result(&self) -> &IoResult {
-        &self.resync_result
+    /// Where the resync I/O of chunk slot `slot` leaves its result.
+    pub(crate) fn resync_result(&self, slot: usize) -> Option<&IoResult> {
+        self.resync_results.get(slot)
     }
 
     pub(crate) fn is_stopping(&self) -> bool {
@@ -969,12 +973,19 @@ impl Device {
         }
     }
 
-    /// Parks a write until the barrier is lowered.
-    pub(crate) fn park(this: ArcBorrow<'_, Self>, bio: Bio) {
+    /// Parks a write, which found buckets of `mask` raised, until they
+    /// are lowered: the resync job resubmits the parked writes after it
+    /// lowers any.
+    pub(crate) fn park(this: ArcBorrow<'_, Self>, bio: Bio, mask: u64) {
         this.parked.push(bio);
-        // The barrier may have been lowered meanwhile: make sure the job
-        // runs to resubmit.
-        Job::<Device, RESYNC_JOB>::queue(this.into(), 0);
+        // The job may have lowered them and resubmitted before the push:
+        // then it must run again.  (Not if they are still raised: the job
+        // resubmits writes that are parked again each time it runs, and
+        // would only park them again, for as long as the chunk lasts.)
+        fence(Ordering::SeqCst);
+        if !this.barrier.is_raised(mask) {
+            Job::<Device, RESYNC_JOB>::queue(this.into(), 0);
+        }
     }
 
     // ---- detach and attach ----
@@ -1488,12 +1499,5 @@ impl IoOwner for Device {
         } else {
             wq::queue().enqueue::<Arc<Device>, LANE1_WORK>(Arc::from(this))
         };
-    }
-}
-
-impl PageIoOwner for Device {
-    fn page_io_done(this: Arc<Self>, res: Result) {
-        this.resync_result.set(res);
-        this.kick_resync();
     }
 }

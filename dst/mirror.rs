@@ -44,14 +44,10 @@ pub(crate) fn layout(legs: &mut [Leg], unit: NonZeroU64) -> u64 {
 
 /// The barrier buckets a write covers (none for an empty flush).
 fn buckets(dev: &Device, sector: u64, bytes: u32) -> u64 {
-    let Some(map) = dev.dirty_map(0) else {
-        return 0;
-    };
-    if bytes == 0 {
+    if bytes == 0 || dev.dirty_map(0).is_none() {
         return 0;
     }
-    let last = sector + (u64::from(bytes) - 1) / 512;
-    Barrier::buckets(map.region_of(sector), map.region_of(last))
+    Barrier::buckets(sector, u64::from(bytes))
 }
 
 /// What [`send`] did.
@@ -111,7 +107,7 @@ pub(crate) fn submit(dev: ArcBorrow<'_, Device>, bio: Bio) {
         0
     };
     if mask != 0 && !dev.barrier().enter(mask) {
-        Device::park(dev, bio);
+        Device::park(dev, bio, mask);
         return;
     }
     let mut io = Io::new(dev, bio);

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The resync copies several chunks at once, each behind the barrier over
+# its stretch of the device, while writes elsewhere go on and writes into a
+# chunk wait for it.  With no speed limit (so chunks are always in flight)
+# and fio writing over the whole device with crc32c verification, a full
+# resync of a leg ends with the legs identical and fio clean, for regions
+# of 4 KiB (a chunk of 256 regions), 64 KiB and 4 MiB (a chunk of one
+# region, four barrier buckets), and for a remote leg behind a 2 ms netem
+# delay (chunks in flight on the link at once).
+# timeout: 400
+# SC2016: the bodies of eval '...' expand when evaluated, as intended.
+# shellcheck disable=SC2016
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+# shellcheck source=../dst.sh
+. "$SELFTESTS_DIR/dst.sh"
+
+require_cmd fio nbdkit nbdcopy tc ss jq
+MiB=$((1 << 20))
+SIZE=$((64 * MiB))
+
+qdisc_del() {
+	! tc qdisc show dev lo | grep -q netem || tc qdisc del dev lo root
+}
+
+# A full resync of leg 1 of NAME under fio, twice; the legs then match.
+resync_under_fio() {
+	local name=$1 dev i
+	dev=$(dst_dev "$name")
+	dd if=/dev/urandom of="$dev" bs=1M count=64 oflag=direct status=none || return 1
+	fio_loop_start "$dev" --rw=randwrite --bsrange=4k-256k --iodepth=16 --size="$SIZE" \
+		--verify_backlog=256
+	for i in 1 2; do
+		dstctl detach "$name" 1 >/dev/null && dstctl attach "$name" 1 --full >/dev/null &&
+			wait_leg "$name" 1 in-sync 120 || { fio_loop_stop; return 1; }
+		[ "$(dst_jq "$name" '.legs[1].resynced')" -ge $((i * SIZE)) ] ||
+			{ echo "round $i: leg 1 resynced $(dst_jq "$name" '.legs[1].resynced') bytes"; fio_loop_stop; return 1; }
+	done
+	fio_loop_stop
+}
+
+plan 10
+brd_setup 2 64
+dst_load
+
+for region in 4K 64K 4M; do
+	name=r$region
+	assert_cmd -m "mirror $name (ram0, ram1), --region-size $region, no resync limit" \
+		dstctl create "$name" --mirror /dev/ram0 /dev/ram1 --region-size "$region" --resync-rate 0
+	assert_cmd -m "  ... two full resyncs of leg 1 under fio verify; the legs hold the device's data" \
+		eval 'resync_under_fio "$name" && legs_match_dev "$(dst_dev "$name")" "$SIZE" /dev/ram0 /dev/ram1'
+	dstctl remove "$name"
+done
+
+port=$(free_port)
+assert_cmd -m "nbdkit memory 64M on port $port" nbdkit_start "$port" memory 64M
+cleanup_push qdisc_del
+assert_cmd -m "netem on lo: delay 2ms; mirror rn of ram0 and the export, no resync limit" \
+	eval 'tc qdisc add dev lo root netem delay 2ms &&
+		dstctl create rn --mirror /dev/ram0 "nbd://127.0.0.1:$port/" --resync-rate 0'
+assert_cmd -m "  ... two full resyncs of the remote leg under fio verify; ram0, the export and the device are identical" \
+	eval 'resync_under_fio rn && same_data "$(dst_dev rn)" /dev/ram0 "nbd://127.0.0.1:$port/" "$SIZE"'
+dstctl remove rn
+dmesg_check

@@ -12,7 +12,8 @@
 #   DST_BENCH_SIZE_MB  test region per device (default 256, at least 256)
 #   DST_BENCH_ENGINE   io_uring, libaio or auto (default: io_uring if it works)
 #   DST_BENCH_CONFIGS  configurations to run (default: all below, and
-#                      "resync": the resync measurements, run last)
+#                      "resync" and "netresync": the resync measurements,
+#                      run last)
 #   DST_BENCH_SHAPES   shapes to run (default: all of SHAPES below)
 #   DST_DSTCTL         dstctl binary (default: the repo's release build)
 #   DST_BENCH_REV      what dst.ko was built from, for the report header
@@ -39,7 +40,7 @@ ROUNDS=${DST_BENCH_ROUNDS:-3}
 RUNTIME=${DST_BENCH_RUNTIME:-5}
 SIZE_MB=${DST_BENCH_SIZE_MB:-256}
 ENGINE=${DST_BENCH_ENGINE:-auto}
-CONFIGS=${DST_BENCH_CONFIGS:-raw md dst nbd nbd2 dstnbd exp qnbd kitfile resync}
+CONFIGS=${DST_BENCH_CONFIGS:-raw md dst nbd nbd2 dstnbd exp qnbd kitfile resync netresync}
 SHAPES=${DST_BENCH_SHAPES:-randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd1 randwrite-4k-qd32 read-1m-qd8 write-1m-qd8}
 DSTCTL=${DST_DSTCTL:-$repo/userspace/target/release/dstctl}
 KO=${DST_KO:-}
@@ -78,6 +79,21 @@ RESYNC_MB=1024
 RESYNC_LEGS=(/dev/ram0 /dev/ram1)
 RESYNC_NAME=benchrs
 RESYNC_SHAPES="randwrite-4k-qd32 randread-4k-qd32"
+# The resync over a network, last: brd is reloaded with one RAM disk of
+# NETRESYNC_MB, served too by an nbdkit memory server of the same size on
+# loopback, where netem delays every packet by NETRESYNC_DELAY (a round trip
+# of twice that); each round measures
+#   nbdcopy/copy-net    nbdcopy copying the RAM disk to the server, with its
+#                       defaults (4 connections, 64 requests in flight each;
+#                       -S 0: zeroes are written too)
+#   netresync/copy-net  the full resync of a new mirror of the RAM disk and
+#                       the server (create --sync), at the speed the kernel
+#                       logs when it ends
+NETRESYNC_MB=256
+NETRESYNC_DELAY=1ms
+NETRESYNC_PORT=10812
+NETRESYNC_NAME=benchnr
+NETRESYNC_PID=
 
 WORK='' RESULTS='' TARGET='' UNLOAD_RAID1=0 T0=$SECONDS
 
@@ -393,6 +409,62 @@ resync_round() {
 	done
 }
 
+# ---- netresync ---------------------------------------------------------------
+
+teardown_netresync() {
+	if grep -q '^dst ' /proc/modules && "$DSTCTL" status "$NETRESYNC_NAME" >/dev/null 2>&1; then
+		"$DSTCTL" remove "$NETRESYNC_NAME" >/dev/null || { echo "bench-guest: dstctl remove failed" >&2; return 1; }
+	fi
+	! tc qdisc show dev lo 2>/dev/null | grep -q netem || tc qdisc del dev lo root || return 1
+	if [ -n "$NETRESYNC_PID" ]; then
+		kill "$NETRESYNC_PID" 2>/dev/null
+		wait "$NETRESYNC_PID" 2>/dev/null
+		NETRESYNC_PID=
+	fi
+	return 0
+}
+
+setup_netresync_all() {
+	local uri=nbd://127.0.0.1:$NETRESYNC_PORT/ i
+	[ ! -d /sys/module/brd ] || rmmod brd || die "brd is busy"
+	modprobe brd rd_nr=1 rd_size=$((NETRESYNC_MB * 1024)) max_part=0 || die "modprobe brd (netresync) failed"
+	wait_bdev "$RAW_DEV"
+	fio_run "fill-netresync" --filename="$RAW_DEV" --rw=write --bs=1M --iodepth=8 --size="${NETRESYNC_MB}M"
+	nbdkit -f -i 127.0.0.1 -p "$NETRESYNC_PORT" memory "${NETRESYNC_MB}M" >"$WORK/nbdkit-nr.log" 2>&1 &
+	NETRESYNC_PID=$!
+	for ((i = 0; i < 50; i++)); do
+		nbdinfo --size "$uri" >/dev/null 2>&1 && break
+		sleep 0.2
+	done
+	nbdinfo --size "$uri" >/dev/null 2>&1 || die "nbdkit (netresync) did not start"
+	tc qdisc add dev lo root netem delay "$NETRESYNC_DELAY" || die "tc netem failed"
+}
+
+netresync_round() {
+	local round=$1 uri=nbd://127.0.0.1:$NETRESYNC_PORT/ t0 t1 v i n0 kibs
+	t0=${EPOCHREALTIME/./}
+	nbdcopy -S 0 "$RAW_DEV" "$uri" || die "nbdcopy failed"
+	t1=${EPOCHREALTIME/./}
+	v=$(awk -v mb="$NETRESYNC_MB" -v us=$((t1 - t0)) 'BEGIN { printf "%.1f\n", mb / (us / 1e6) }')
+	record nbdcopy copy-net "$round" "$v" MiB/s
+	msg "round $round nbdcopy copy-net: $v MiB/s"
+	n0=$(dmesg | grep -c "dst: $NETRESYNC_NAME: leg 1 is in sync again") || true
+	"$DSTCTL" create "$NETRESYNC_NAME" --mirror "$RAW_DEV" "$uri" --sync >/dev/null ||
+		die "dstctl create (netresync) failed"
+	for ((i = 0; i < 3000; i++)); do
+		kibs=$(dmesg | sed -n "s/.*dst: $NETRESYNC_NAME: leg 1 is in sync again (.* KiB copied in .* ms, \([0-9]*\) KiB\/s)/\1/p")
+		[ "$(wc -l <<<"$kibs")" -le "$n0" ] || [ -z "$kibs" ] || break
+		kibs=
+		sleep 0.2
+	done
+	kibs=$(tail -n 1 <<<"$kibs")
+	[ -n "$kibs" ] || die "the resync over the network did not end in 600 s"
+	"$DSTCTL" remove "$NETRESYNC_NAME" >/dev/null || die "dstctl remove (netresync) failed"
+	v=$(awk -v k="$kibs" 'BEGIN { printf "%.1f\n", k / 1024 }')
+	record netresync copy-net "$round" "$v" MiB/s
+	msg "round $round netresync copy-net: $v MiB/s"
+}
+
 # Lets the resync finish at full speed, then restores the default limit.
 resync_finish() {
 	"$DSTCTL" set "$RESYNC_NAME" --resync-rate 0 >/dev/null || die "dstctl set failed"
@@ -488,7 +560,8 @@ check_params() {
 		die "DST_BENCH_SIZE_MB must be 256..448 (RAM disks of $BRD_MB MiB, md metadata)"
 	fi
 	for c in $CONFIGS; do
-		[ "$c" = resync ] || declare -F "setup_$c" >/dev/null || die "unknown configuration '$c'"
+		case $c in resync | netresync) continue ;; esac
+		declare -F "setup_$c" >/dev/null || die "unknown configuration '$c'"
 	done
 	for s in $SHAPES; do
 		shape_spec "$s" >/dev/null || die "unknown shape '$s'"
@@ -511,7 +584,10 @@ main() {
 	trap 'exit 130' INT TERM
 	setup_all
 	choose_engine
-	read -ra configs <<<"${CONFIGS//resync/}"
+	configs=()
+	for c in $CONFIGS; do
+		case $c in resync | netresync) ;; *) configs+=("$c") ;; esac
+	done
 	n=${#configs[@]}
 	{
 		echo "# kernel: $(uname -r), ${DST_VM_ACCEL:-?} accel$([ "${DST_VM_CLOCK:-}" = icount ] && echo ' (icount: instruction-counted time)'), $(nproc) CPUs, $(($(sed -n 's/^MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo) / 1024)) MiB"
@@ -549,6 +625,15 @@ main() {
 			resync_round "$round"
 		done
 		teardown_resync || die "teardown of resync failed"
+	fi
+	if [[ " $CONFIGS " == *" netresync "* ]]; then
+		msg "netresync: a ${NETRESYNC_MB} MiB RAM disk and nbdkit memory, ${NETRESYNC_DELAY} netem delay on lo"
+		setup_netresync_all
+		echo "# netresync: full resync of a mirror of a ${NETRESYNC_MB} MiB brd and nbdkit memory over loopback with netem delay ${NETRESYNC_DELAY}, vs nbdcopy of the same" >>"$RESULTS"
+		for ((round = 1; round <= ROUNDS; round++)); do
+			netresync_round "$round"
+		done
+		teardown_netresync || die "teardown of netresync failed"
 	fi
 	echo
 	echo "==== raw results (config shape round value unit) ===="

@@ -8,7 +8,8 @@ RESULTS has one measurement per line, "CONFIG SHAPE ROUND VALUE UNIT"
 and printed as the header.  The table shows the median per (config, shape),
 configurations in the order they first appear, ratio columns of medians
 (default: dst/md, dst/raw, dstnbd/nbd, dstnbd/nbd2, exp/qnbd, exp/kitfile,
-resync/dd and dstresync/dstidle, those whose configurations are present),
+resync/dd, dstresync/dstidle and netresync/nbdcopy, those whose
+configurations are present),
 the per-round values with their spread, and the verdict on the targets.
 It is a
 report: missed targets do not change the exit status (1 only for a
@@ -105,7 +106,8 @@ def main():
 
     ratios = []
     for r in args.ratio or ["dst/md", "dst/raw", "dstnbd/nbd", "dstnbd/nbd2", "exp/qnbd",
-                            "exp/kitfile", "resync/dd", "dstresync/dstidle"]:
+                            "exp/kitfile", "resync/dd", "dstresync/dstidle",
+                            "netresync/nbdcopy"]:
         a, _, b = r.partition("/")
         if not a or not b:
             sys.exit(f"bad --ratio {r!r}: want A/B")

@@ -875,13 +875,9 @@ impl Device {
         Job::<Device, RESYNC_JOB>::queue(self.clone(), 0);
     }
 
-    /// Runs the resync job a little later (after a failure).
-    pub(crate) fn kick_resync_later(self: &Arc<Self>) {
-        self.kick_resync_in(500);
-    }
-
-    /// Runs the resync job in `ms` milliseconds (keeping a rate), unless it
-    /// is queued already.
+    /// Runs the resync job in `ms` milliseconds (keeping a rate, backing
+    /// off), unless it is queued already: a pending run is not brought
+    /// forward by [`Device::kick_resync`].
     pub(crate) fn kick_resync_in(self: &Arc<Self>, ms: u64) {
         Job::<Device, RESYNC_JOB>::queue(self.clone(), u32::try_from(ms).unwrap_or(u32::MAX));
     }

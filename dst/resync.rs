@@ -462,7 +462,6 @@ fn advance(dev: &Arc<Device>, st: &mut ResyncState, slot: usize) -> bool {
                 }
                 end_chunk(dev, st, slot);
                 st.back_off();
-                dev.kick_resync_later();
             }
             true
         }
@@ -511,7 +510,6 @@ fn advance(dev: &Arc<Device>, st: &mut ResyncState, slot: usize) -> bool {
                         }
                         end_chunk(dev, st, slot);
                         st.back_off();
-                        dev.kick_resync_later();
                     }
                 }
                 (_, Ok(())) => {
@@ -552,7 +550,6 @@ fn switch_source(dev: &Arc<Device>, st: &mut ResyncState, slot: usize, source: u
     let target = st.target.unwrap_or(usize::MAX);
     if dev.resync_source(target, st.bad_sources).is_none() {
         st.back_off();
-        dev.kick_resync_later();
     }
 }
 
@@ -587,7 +584,13 @@ fn fill(dev: &Arc<Device>, st: &mut ResyncState) -> bool {
     while let Some(slot) = st.slots.iter().position(|s| s.chunk.is_none()) {
         let wait = st.wait_ms();
         if wait > 0 {
-            dev.kick_resync_in(wait);
+            // Chunks in flight run the job when they end; only a copy
+            // with none needs a timer.  (A pending timer would hold back
+            // their completions, and so the writes parked behind them:
+            // the job's work item runs once, at the later time.)
+            if !st.busy() {
+                dev.kick_resync_in(wait);
+            }
             break;
         }
         let Some(source) = dev
@@ -640,9 +643,9 @@ fn fill(dev: &Arc<Device>, st: &mut ResyncState) -> bool {
             match PageBuf::new(size).and_then(|b| Ok(Arc::new(b, GFP_KERNEL)?)) {
                 Ok(b) => st.slots[slot].buf = Some(b),
                 Err(_) => {
+                    // The wait above sets the timer.
                     st.back_off();
-                    dev.kick_resync_later();
-                    break;
+                    continue;
                 }
             }
         }

@@ -122,6 +122,8 @@ fio_verify() {
 #                                 local leg LEG, and the whole export URI
 #                                 (SIZE bytes long), are the same
 #   nft_cut PORT / nft_heal       drop / let through all TCP to and from PORT
+#   netem_lo ARGS... / netem_del  put netem (ARGS: delay 5ms loss 1%...) on
+#                                 lo / take it off (also at exit)
 #   fio_loop_start DEV FIO-ARGS... / fio_loop_stop
 #                                 fio_verify DEV FIO-ARGS... run back to back
 #                                 in the background; fio_loop_stop waits for
@@ -325,6 +327,18 @@ nft_cut() {
 			}
 		}
 	EOT
+}
+
+netem_lo() {
+	if [ -z "${_netem_cleanup:-}" ]; then
+		_netem_cleanup=1
+		cleanup_push netem_del
+	fi
+	tc qdisc add dev lo root netem "$@"
+}
+
+netem_del() {
+	! tc qdisc show dev lo | grep -q netem || tc qdisc del dev lo root
 }
 
 nft_heal() {

@@ -15,18 +15,13 @@ require_cmd fio nbdkit nbdcopy tc ss jq
 MiB=$((1 << 20))
 SIZE=$((32 * MiB))
 
-qdisc_del() {
-	! tc qdisc show dev lo | grep -q netem || tc qdisc del dev lo root
-}
-
 plan 9
 brd_setup 1 32
 dst_load
 port=$(free_port)
 assert_cmd -m "nbdkit memory 32M on port $port" nbdkit_start "$port" memory 32M
-cleanup_push qdisc_del
 assert_cmd -m "netem on lo: delay 5ms, loss 1%" \
-	eval 'tc qdisc add dev lo root netem delay 5ms loss 1% && tc qdisc show dev lo | grep -q "netem.*delay 5ms loss 1%"'
+	eval 'netem_lo delay 5ms loss 1% && tc qdisc show dev lo | grep -q "netem.*delay 5ms loss 1%"'
 assert_cmd -m "create a mirror of ram0 and the export (default timing)" \
 	dstctl create mn --mirror /dev/ram0 "nbd://127.0.0.1:$port/"
 dev=$(dst_dev mn)

@@ -22,10 +22,6 @@ require_cmd fio nbdkit nbdcopy tc ss jq
 MiB=$((1 << 20))
 SIZE=$((64 * MiB))
 
-qdisc_del() {
-	! tc qdisc show dev lo | grep -q netem || tc qdisc del dev lo root
-}
-
 # A full resync of leg 1 of NAME under fio, twice; the legs then match.
 resync_under_fio() {
 	local name=$1 dev i
@@ -69,14 +65,13 @@ dstctl remove rl
 
 port=$(free_port)
 assert_cmd -m "nbdkit memory 64M on port $port" nbdkit_start "$port" memory 64M
-cleanup_push qdisc_del
 assert_cmd -m "netem on lo: delay 2ms; mirror rn of ram0 and the export, no resync limit" \
-	eval 'tc qdisc add dev lo root netem delay 2ms &&
+	eval 'netem_lo delay 2ms &&
 		dstctl create rn --mirror /dev/ram0 "nbd://127.0.0.1:$port/" --resync-rate 0'
 assert_cmd -m "  ... two full resyncs of the remote leg under fio verify; ram0, the export and the device are identical" \
 	eval 'resync_under_fio rn && same_data "$(dst_dev rn)" /dev/ram0 "nbd://127.0.0.1:$port/" "$SIZE"'
 dstctl remove rn
-qdisc_del
+netem_del
 
 # fio's 99.9th percentile completion latency of 4k writes at QD1, in ms.
 write_p999_ms() {

@@ -916,10 +916,7 @@ impl Device {
     /// in `ms` milliseconds.
     pub(crate) fn resync_done(self: &Arc<Self>, target: usize, bytes: u64, ms: u64) {
         if self.resyncing.remove(target) {
-            if let Some(leg) = self.legs.get(target) {
-                leg.set_state(LegState::InSync);
-            }
-            self.in_sync.insert(target);
+            // Logged first: whoever sees the leg in sync finds the line.
             pr_info!(
                 "{}: leg {} is in sync again ({} KiB copied in {} ms, {} KiB/s)\n",
                 self.name(),
@@ -928,6 +925,10 @@ impl Device {
                 ms,
                 (bytes >> 10) * 1000 / ms.max(1)
             );
+            if let Some(leg) = self.legs.get(target) {
+                leg.set_state(LegState::InSync);
+            }
+            self.in_sync.insert(target);
             Self::notify(self.as_arc_borrow());
         }
     }

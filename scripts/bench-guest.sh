@@ -342,9 +342,9 @@ setup_resync_all() {
 	wait_bdev "$TARGET"
 }
 
-# resync_leg1 FIELD: a field of leg 1 of the resync mirror.
+# resync_leg1 FIELD [NAME]: a field of leg 1 of the resync mirror (or NAME).
 resync_leg1() {
-	"$DSTCTL" --json status "$RESYNC_NAME" | python3 -c "import json, sys; print(json.load(sys.stdin)['legs'][1]['$1'])"
+	"$DSTCTL" --json status "${2:-$RESYNC_NAME}" | python3 -c "import json, sys; print(json.load(sys.stdin)['legs'][1]['$1'])"
 }
 
 # Leg 1 is detached and attached again, to be copied whole.
@@ -353,16 +353,17 @@ resync_restart() {
 	"$DSTCTL" attach "$RESYNC_NAME" 1 --full >/dev/null || die "dstctl attach failed"
 }
 
-# Waits (at most 600 s) until leg 1 is in sync; prints the speed the kernel
-# logged for the resync that ended, in MiB/s.
+# Waits (at most 600 s) until leg 1 of the resync mirror (or NAME) is in
+# sync; prints the speed the kernel logged for the resync that ended (before
+# the leg showed in sync), in MiB/s.
 resync_wait() {
-	local i kibs
+	local name=${1:-$RESYNC_NAME} i kibs
 	for ((i = 0; i < 3000; i++)); do
-		[ "$(resync_leg1 state)" = in-sync ] && break
+		[ "$(resync_leg1 state "$name")" = in-sync ] && break
 		sleep 0.2
 	done
-	[ "$(resync_leg1 state)" = in-sync ] || die "the resync did not end in 600 s"
-	kibs=$(dmesg | sed -n "s/.*dst: $RESYNC_NAME: leg 1 is in sync again (.* KiB copied in .* ms, \([0-9]*\) KiB\/s)/\1/p" | tail -n 1)
+	[ "$(resync_leg1 state "$name")" = in-sync ] || die "the resync of $name did not end in 600 s"
+	kibs=$(dmesg | sed -n "s/.*dst: $name: leg 1 is in sync again (.* KiB copied in .* ms, \([0-9]*\) KiB\/s)/\1/p" | tail -n 1)
 	[ -n "$kibs" ] || die "no resync speed in dmesg"
 	awk -v k="$kibs" 'BEGIN { printf "%.1f\n", k / 1024 }'
 }
@@ -441,26 +442,17 @@ setup_netresync_all() {
 }
 
 netresync_round() {
-	local round=$1 uri=nbd://127.0.0.1:$NETRESYNC_PORT/ t0 t1 v i n0 kibs
+	local round=$1 uri=nbd://127.0.0.1:$NETRESYNC_PORT/ t0 t1 v
 	t0=${EPOCHREALTIME/./}
 	nbdcopy -S 0 "$RAW_DEV" "$uri" || die "nbdcopy failed"
 	t1=${EPOCHREALTIME/./}
 	v=$(awk -v mb="$NETRESYNC_MB" -v us=$((t1 - t0)) 'BEGIN { printf "%.1f\n", mb / (us / 1e6) }')
 	record nbdcopy copy-net "$round" "$v" MiB/s
 	msg "round $round nbdcopy copy-net: $v MiB/s"
-	n0=$(dmesg | grep -c "dst: $NETRESYNC_NAME: leg 1 is in sync again") || true
 	"$DSTCTL" create "$NETRESYNC_NAME" --mirror "$RAW_DEV" "$uri" --sync >/dev/null ||
 		die "dstctl create (netresync) failed"
-	for ((i = 0; i < 3000; i++)); do
-		kibs=$(dmesg | sed -n "s/.*dst: $NETRESYNC_NAME: leg 1 is in sync again (.* KiB copied in .* ms, \([0-9]*\) KiB\/s)/\1/p")
-		[ "$(wc -l <<<"$kibs")" -le "$n0" ] || [ -z "$kibs" ] || break
-		kibs=
-		sleep 0.2
-	done
-	kibs=$(tail -n 1 <<<"$kibs")
-	[ -n "$kibs" ] || die "the resync over the network did not end in 600 s"
+	v=$(resync_wait "$NETRESYNC_NAME")
 	"$DSTCTL" remove "$NETRESYNC_NAME" >/dev/null || die "dstctl remove (netresync) failed"
-	v=$(awk -v k="$kibs" 'BEGIN { printf "%.1f\n", k / 1024 }')
 	record netresync copy-net "$round" "$v" MiB/s
 	msg "round $round netresync copy-net: $v MiB/s"
 }

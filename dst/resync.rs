@@ -266,7 +266,7 @@ impl ResyncState {
     }
 
     /// Whether a chunk is being copied.
-    fn busy(&self) -> bool {
+    fn in_flight(&self) -> bool {
         self.slots.iter().any(|s| s.chunk.is_some())
     }
 
@@ -557,14 +557,14 @@ fn switch_source(dev: &Arc<Device>, st: &mut ResyncState, slot: usize, source: u
 /// the dirty map allow, or finishes the target; `true` if it did either.
 fn fill(dev: &Arc<Device>, st: &mut ResyncState) -> bool {
     let Some(target) = dev.next_resync_target() else {
-        if !st.busy() {
+        if !st.in_flight() {
             st.target = None;
             st.slots.iter_mut().for_each(|s| s.buf = None);
         }
         return false;
     };
     if st.target != Some(target) {
-        if st.busy() {
+        if st.in_flight() {
             // The previous target's chunks end first.
             return false;
         }
@@ -588,7 +588,7 @@ fn fill(dev: &Arc<Device>, st: &mut ResyncState) -> bool {
             // with none needs a timer.  (A pending timer would hold back
             // their completions, and so the writes parked behind them:
             // the job's work item runs once, at the later time.)
-            if !st.busy() {
+            if !st.in_flight() {
                 dev.kick_resync_in(wait);
             }
             break;
@@ -605,7 +605,7 @@ fn fill(dev: &Arc<Device>, st: &mut ResyncState) -> bool {
             // Regions dirtied behind the cursor meanwhile, or not copied.
             None => match map.next_dirty(0) {
                 Some(r) => r,
-                None if st.busy() => break,
+                None if st.in_flight() => break,
                 None => {
                     dev.resync_done(target, st.done, now_ms().saturating_sub(st.started_ms));
                     st.target = None;

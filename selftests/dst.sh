@@ -310,7 +310,41 @@ same_data() {
 	sum_loc=$(sum_dev "$2" "$4")
 	sum_exp=$(export_sum "$3")
 	echo "device $dev, $2 $sum_loc, export $sum_exp"
-	[ "$dev" = "$sum_loc" ] && [ "$dev" = "$sum_exp" ]
+	if [ "$dev" = "$sum_loc" ] && [ "$dev" = "$sum_exp" ]; then
+		return 0
+	fi
+	# Where they differ, to tell a lost region from a lost write.
+	# shellcheck disable=SC2086 # word splitting wanted
+	nbdcopy ${NBDCOPY_ARGS:-} "$3" "$TEST_TMP/export.img" &&
+		diff_blocks "$2" "$TEST_TMP/export.img" "$4"
+	[ "$dev" = "$sum_loc" ] || diff_blocks "$1" "$2" "$4"
+	return 1
+}
+
+# Prints the 4 KiB blocks in which the first BYTES of files (or devices)
+# A and B differ, as ranges (at most 20).  Block devices are read through
+# their page cache, emptied first.
+diff_blocks() {
+	local f
+	for f in "$1" "$2"; do
+		[ ! -b "$f" ] || blockdev --flushbufs "$f"
+	done
+	python3 - "$1" "$2" "$3" <<-'EOT'
+		import sys
+		a, b, size = open(sys.argv[1], "rb"), open(sys.argv[2], "rb"), int(sys.argv[3])
+		bs, runs, blk = 4096, [], 0
+		while blk * bs < size:
+		    if a.read(bs) != b.read(bs):
+		        if runs and runs[-1][1] == blk:
+		            runs[-1][1] = blk + 1
+		        else:
+		            runs.append([blk, blk + 1])
+		    blk += 1
+		n = sum(e - s for s, e in runs)
+		print(f"{sys.argv[1]} and {sys.argv[2]} differ in {n} blocks of 4 KiB, {len(runs)} runs:")
+		for s, e in runs[:20]:
+		    print(f"  bytes {s * bs:#x}-{e * bs:#x} ({e - s} blocks)")
+	EOT
 }
 
 nft_cut() {

@@ -69,6 +69,9 @@ assert_cmd -m "every resync started finished or was reported stopped; the last o
 	test "$started" -eq $((finished + stopped)) -a "$finished" -ge 1
 assert_eq "$(dst_json rr 'd["state"], d["legs"][1]["connects"], d["legs"][0]["write_errors"]')" \
 	"ok $((RESTARTS + 1)) 0" "device ok; $((RESTARTS + 1)) connections; no error on ram0"
-assert_cmd -m "ram0, the export and the device hold the same data" same_data "$dev" /dev/ram0 "nbd://127.0.0.1:$port/" "$SIZE"
+assert_cmd -m "ram0, the export and the device hold the same data" same_data "$dev" /dev/ram0 "nbd://127.0.0.1:$port/" "$SIZE" || {
+	dmesg | grep -E '(^|\] )rr: ' | tail -n 40 | diag
+	false
+}
 assert_cmd -m "remove the mirror" dstctl remove rr
 dmesg_check

@@ -579,8 +579,13 @@ impl Device {
     }
 
     /// Whether leg `i` gets writes (in sync, or being resynced).
+    ///
+    /// The resyncing set is read first: a leg that [`Device::resync_done`]
+    /// moves joins the in-sync set before it leaves the resyncing one, so
+    /// a reader that finds it gone from the latter finds it in the former.
     pub(crate) fn leg_writable(&self, i: usize) -> bool {
-        (self.in_sync.mask() | self.resyncing.mask()) & (1 << i) != 0
+        let resyncing = self.resyncing.mask();
+        (resyncing | self.in_sync.mask()) & (1 << i) != 0
     }
 
     /// The state of leg `i`.
@@ -914,23 +919,34 @@ impl Device {
 
     /// Leg `target` is in sync again, after a resync that copied `bytes`
     /// in `ms` milliseconds.
+    ///
+    /// The leg joins the in-sync set before it leaves the resyncing one: a
+    /// write that found it in neither would skip it and mark a region that
+    /// no resync is left to copy.  If the leg left the resyncing set
+    /// meanwhile (it went down, failed, or was detached), whoever took it
+    /// out set its state, and it leaves the in-sync set again.
     pub(crate) fn resync_done(self: &Arc<Self>, target: usize, bytes: u64, ms: u64) {
-        if self.resyncing.remove(target) {
-            // Logged first: whoever sees the leg in sync finds the line.
-            pr_info!(
-                "{}: leg {} is in sync again ({} KiB copied in {} ms, {} KiB/s)\n",
-                self.name(),
-                target,
-                bytes >> 10,
-                ms,
-                (bytes >> 10) * 1000 / ms.max(1)
-            );
-            if let Some(leg) = self.legs.get(target) {
-                leg.set_state(LegState::InSync);
-            }
-            self.in_sync.insert(target);
-            Self::notify(self.as_arc_borrow());
+        let Some(leg) = self.legs.get(target) else {
+            return;
+        };
+        if !self.resyncing.contains(target) {
+            return;
         }
+        // Logged first: whoever sees the leg in sync finds the line.
+        pr_info!(
+            "{}: leg {} is in sync again ({} KiB copied in {} ms, {} KiB/s)\n",
+            self.name(),
+            target,
+            bytes >> 10,
+            ms,
+            (bytes >> 10) * 1000 / ms.max(1)
+        );
+        leg.set_state(LegState::InSync);
+        self.in_sync.insert(target);
+        if !self.resyncing.remove(target) {
+            self.in_sync.remove(target);
+        }
+        Self::notify(self.as_arc_borrow());
     }
 
     /// The resync of `target` cannot go on.

@@ -909,7 +909,7 @@ impl Device {
     }
 
     /// Reports resync progress (at most every two seconds).
-    pub(crate) fn resync_progress(self: &Arc<Self>, _st: &ResyncState) {
+    pub(crate) fn resync_progress(self: &Arc<Self>) {
         let now = now_ms();
         if now.saturating_sub(self.last_progress_ms.load(Ordering::Relaxed)) >= 2000 {
             self.last_progress_ms.store(now, Ordering::Relaxed);

@@ -526,7 +526,7 @@ fn advance(dev: &Arc<Device>, st: &mut ResyncState, slot: usize) -> bool {
                         leg.count_resynced(bytes);
                     }
                     end_chunk(dev, st, slot);
-                    dev.resync_progress(st);
+                    dev.resync_progress();
                 }
                 (_, Err(e)) => {
                     // The target failed the write: its state changes (the
@@ -571,7 +571,7 @@ fn fill(dev: &Arc<Device>, st: &mut ResyncState) -> bool {
         st.slots.iter_mut().for_each(|s| s.buf = None);
         let total = dev.dirty_map(target).map_or(0, |m| m.dirty_bytes());
         st.start_target(target, total, dev.foreground_requests());
-        dev.resync_progress(st);
+        dev.resync_progress();
     }
     let Some(map) = dev.dirty_map(target) else {
         return false;

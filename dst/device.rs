@@ -923,8 +923,10 @@ impl Device {
     /// The leg joins the in-sync set before it leaves the resyncing one: a
     /// write that found it in neither would skip it and mark a region that
     /// no resync is left to copy.  If the leg left the resyncing set
-    /// meanwhile (it went down, failed, or was detached), whoever took it
-    /// out set its state, and it leaves the in-sync set again.
+    /// meanwhile (it went down, failed, or was detached), it leaves the
+    /// in-sync set again, and keeps the state whoever took it out gave it.
+    /// Its state becomes `in-sync` only if still `resyncing`, for the same
+    /// reason.
     pub(crate) fn resync_done(self: &Arc<Self>, target: usize, bytes: u64, ms: u64) {
         let Some(leg) = self.legs.get(target) else {
             return;
@@ -941,9 +943,10 @@ impl Device {
             ms,
             (bytes >> 10) * 1000 / ms.max(1)
         );
-        leg.set_state(LegState::InSync);
         self.in_sync.insert(target);
-        if !self.resyncing.remove(target) {
+        if self.resyncing.remove(target) {
+            leg.change_state(LegState::Resyncing, LegState::InSync);
+        } else {
             self.in_sync.remove(target);
         }
         Self::notify(self.as_arc_borrow());

@@ -295,6 +295,14 @@ impl Leg {
         self.state.store(state as u8, Ordering::Release);
     }
 
+    /// Changes the state from `from` to `to`, unless someone changed it
+    /// meanwhile; returns whether it did.
+    pub(crate) fn change_state(&self, from: LegState, to: LegState) -> bool {
+        self.state
+            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
     /// Counts a request sent to the leg.
     pub(crate) fn start(&self) {
         self.stats.inflight.enter();

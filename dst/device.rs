@@ -934,7 +934,8 @@ impl Device {
         if !self.resyncing.contains(target) {
             return;
         }
-        // Logged first: whoever sees the leg in sync finds the line.
+        // Logged first: whoever sees the leg in sync finds the line.  (If
+        // the leg leaves meanwhile, the reason it left is logged after.)
         pr_info!(
             "{}: leg {} is in sync again ({} KiB copied in {} ms, {} KiB/s)\n",
             self.name(),
@@ -944,11 +945,12 @@ impl Device {
             (bytes >> 10) * 1000 / ms.max(1)
         );
         self.in_sync.insert(target);
-        if self.resyncing.remove(target) {
-            leg.change_state(LegState::Resyncing, LegState::InSync);
-        } else {
+        if !self.resyncing.remove(target) {
+            // Whoever took it out reports the change.
             self.in_sync.remove(target);
+            return;
         }
+        leg.change_state(LegState::Resyncing, LegState::InSync);
         Self::notify(self.as_arc_borrow());
     }
 

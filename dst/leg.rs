@@ -296,11 +296,11 @@ impl Leg {
     }
 
     /// Changes the state from `from` to `to`, unless someone changed it
-    /// meanwhile; returns whether it did.
-    pub(crate) fn change_state(&self, from: LegState, to: LegState) -> bool {
-        self.state
-            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+    /// meanwhile (their change stands).
+    pub(crate) fn change_state(&self, from: LegState, to: LegState) {
+        let _ =
+            self.state
+                .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// Counts a request sent to the leg.

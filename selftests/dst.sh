@@ -69,6 +69,7 @@ legs_match_dev() {
 	for leg in "$@"; do
 		if [ "$(sum_dev "$leg" "$size")" != "$want" ]; then
 			echo "leg $leg differs from $dev"
+			diff_blocks "$dev" "$leg" "$size"
 			return 1
 		fi
 	done

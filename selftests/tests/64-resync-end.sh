@@ -20,10 +20,10 @@ BLOCKS=$((SIZE / 4096))
 CYCLES=20
 
 # Four writers, one per quarter of the device, each going through its
-# quarter in order: one 4 KiB direct write of random bytes per block,
-# with a pause of a millisecond after each.  $TEST_TMP/written holds how many blocks of each
-# quarter have been written (four 64-bit counts, updated after each
-# write).  They stop at the end or when $TEST_TMP/stop exists.
+# quarter in order: one 4 KiB direct write of random bytes per block, with
+# a pause of a millisecond after each.  $TEST_TMP/written holds how many
+# blocks of each quarter have been written (four 64-bit counts, updated
+# after each write).  They stop at the end or when $TEST_TMP/stop exists.
 writer() {
 	python3 - "$1" "$BLOCKS" "$TEST_TMP" <<-'EOT'
 		import mmap, os, struct, sys, threading, time
@@ -96,28 +96,17 @@ stop_writer() {
 	[ -z "$wpid" ] || wait "$wpid" 2>/dev/null || true
 }
 
-# The device and both legs hold the same first $2 bytes.
-same_legs() {
-	local d r0 r1
-	d=$(sum_dev "$1" "$2") r0=$(sum_dev /dev/ram0 "$2") r1=$(sum_dev /dev/ram1 "$2")
-	echo "device $d, ram0 $r0, ram1 $r1"
-	[ "$d" = "$r0" ] && [ "$d" = "$r1" ] && return 0
-	[ "$r0" = "$r1" ] || diff_blocks /dev/ram0 /dev/ram1 "$2"
-	return 1
-}
-
 # Detaches and attaches leg 1 $CYCLES times; after each resync, checks
-# the blocks written before it ended.  Counts in $TEST_TMP/busy the
-# resyncs that ended while the writer ran.
+# the blocks written before it ended.  Counts in `busy` the resyncs that
+# ended while the writers ran.
 cycles() {
-	local i n busy=0
+	local i n
 	for ((i = 1; i <= CYCLES; i++)); do
 		dstctl detach m 1 >/dev/null || return 1
 		sleep 0.2
 		dstctl attach m 1 >/dev/null || return 1
 		wait_leg m 1 in-sync 30 || return 1
 		[ ! -d "/proc/$wpid" ] || busy=$((busy + 1))
-		echo "$busy" >"$TEST_TMP/busy"
 		n=$(same_written) || { echo "cycle $i: the legs differ"; return 1; }
 	done
 	echo "$CYCLES cycles, $busy under the writers; $n of $BLOCKS blocks written by then"
@@ -130,7 +119,7 @@ assert_cmd -m "create a mirror of two RAM disks" dstctl create m --mirror /dev/r
 dev=$(dst_dev m)
 head -c 32 /dev/zero >"$TEST_TMP/written"
 head -c 32 /dev/zero >"$TEST_TMP/checked"
-echo 0 >"$TEST_TMP/busy"
+busy=0
 writer "$dev" >"$TEST_TMP/writer.log" 2>&1 &
 wpid=$!
 cleanup_push stop_writer
@@ -139,7 +128,7 @@ rc=0
 cycles >"$TEST_TMP/cycles.log" 2>&1 || rc=$?
 diag <"$TEST_TMP/cycles.log"
 assert_eq "$rc" 0 "leg 1 detached and attached $CYCLES times under the writers; after each resync, the legs agree on what was written"
-assert_cmd -m "at least 10 of the resyncs ended under the writers" test "$(cat "$TEST_TMP/busy")" -ge 10
+assert_cmd -m "at least 10 of the resyncs ended under the writers" test "$busy" -ge 10
 touch "$TEST_TMP/stop"
 rc=0
 wait "$wpid" || rc=$?
@@ -147,6 +136,6 @@ wpid=
 diag <"$TEST_TMP/writer.log"
 assert_eq "$rc" 0 "every write succeeded"
 assert_cmd -m "leg 1 is in sync" wait_leg m 1 in-sync 30
-assert_cmd -m "the legs and the device hold the same data" same_legs "$dev" "$SIZE"
+assert_cmd -m "the legs and the device hold the same data" legs_match_dev "$dev" "$SIZE" /dev/ram0 /dev/ram1
 assert_cmd -m "remove the mirror" dstctl remove m
 dmesg_check

@@ -993,15 +993,17 @@ impl Device {
 
     /// Parks a write, which found buckets of `mask` raised, until they
     /// are lowered: the resync job resubmits the parked writes after it
-    /// lowers any.
-    pub(crate) fn park(this: ArcBorrow<'_, Self>, bio: Bio, mask: u64) {
+    /// lowers any.  `wake`: the write drained a bucket on its way here,
+    /// so a chunk may be waiting for the job to run.
+    pub(crate) fn park(this: ArcBorrow<'_, Self>, bio: Bio, mask: u64, wake: bool) {
         this.parked.push(bio);
         // The job may have lowered them and resubmitted before the push:
-        // then it must run again.  (Not if they are still raised: the job
-        // resubmits writes that are parked again each time it runs, and
-        // would only park them again, for as long as the chunk lasts.)
+        // then it must run again.  (Not if they are still raised and
+        // drained: the job resubmits writes that are parked again each
+        // time it runs, and would only park them again, for as long as
+        // the chunk lasts.)
         fence(Ordering::SeqCst);
-        if !this.barrier.is_raised(mask) {
+        if wake || !this.barrier.is_raised(mask) {
             Job::<Device, RESYNC_JOB>::queue(this.into(), 0);
         }
     }

@@ -26,7 +26,7 @@ use crate::device::{Device, LegUse};
 use crate::errno;
 use crate::io::{Decision, Io, Outcome, Route};
 use crate::leg::Leg;
-use crate::resync::Barrier;
+use crate::resync::{Barrier, Gate};
 
 /// Writes at least this large go to synchronous legs in parallel.
 const PARALLEL_BYTES: u32 = 64 * 1024;
@@ -106,9 +106,11 @@ pub(crate) fn submit(dev: ArcBorrow<'_, Device>, bio: Bio) {
     } else {
         0
     };
-    if mask != 0 && !dev.barrier().enter(mask) {
-        Device::park(dev, bio, mask);
-        return;
+    if mask != 0 {
+        if let Gate::Closed { wake } = dev.barrier().enter(mask) {
+            Device::park(dev, bio, mask, wake);
+            return;
+        }
     }
     let mut io = Io::new(dev, bio);
     match op {

@@ -74,9 +74,27 @@ const BUCKET_SHIFT: u32 = (CHUNK_BYTES >> 9).trailing_zeros();
 /// buckets of each chunk it copies, then waits for them to drain; a write
 /// that finds one of its buckets raised is parked until it is lowered.
 /// Writes elsewhere go on.
+///
+/// The write that leaves a draining bucket last must run the job, or the
+/// chunk waits forever.  That includes a write that registered, found the
+/// bucket raised and unregistered again before it was parked: its count
+/// may have been the last one the chunk waited for.
 pub(crate) struct Barrier {
     raised: AtomicU64,
+    /// The raised buckets whose chunk still waits for them to drain: only
+    /// a write leaving one of those wakes the job (a write leaving a
+    /// bucket whose chunk is being copied would only run it for nothing).
+    draining: AtomicU64,
     pending: [AtomicU32; BUCKETS as usize],
+}
+
+/// What a write found at the [`Barrier`].
+pub(crate) enum Gate {
+    /// No bucket of its raised: it is registered, and goes on.
+    Open,
+    /// A bucket of its is raised: it is not registered, and is parked.
+    /// `wake`: leaving, it drained a bucket, so the job must run.
+    Closed { wake: bool },
 }
 
 impl Barrier {
@@ -84,6 +102,7 @@ impl Barrier {
     pub(crate) fn new() -> Self {
         Barrier {
             raised: AtomicU64::new(0),
+            draining: AtomicU64::new(0),
             pending: [const { AtomicU32::new(0) }; BUCKETS as usize],
         }
     }
@@ -102,16 +121,19 @@ impl Barrier {
         mask
     }
 
-    /// Registers a write in `mask`; `false` if it must be parked.
-    pub(crate) fn enter(&self, mask: u64) -> bool {
+    /// Registers a write in `mask`, unless it must be parked.
+    pub(crate) fn enter(&self, mask: u64) -> Gate {
         for b in bits(mask) {
             self.pending[b].fetch_add(1, Ordering::SeqCst);
         }
         if self.raised.load(Ordering::SeqCst) & mask == 0 {
-            return true;
+            return Gate::Open;
         }
-        self.exit(mask);
-        false
+        // A write in flight there may have ended since we registered,
+        // leaving our count as the last one.
+        Gate::Closed {
+            wake: self.exit(mask),
+        }
     }
 
     /// Unregisters a write; `true` if the resync may be waiting for it.
@@ -119,15 +141,21 @@ impl Barrier {
         let mut wake = false;
         for b in bits(mask) {
             if self.pending[b].fetch_sub(1, Ordering::SeqCst) == 1 {
-                wake |= self.raised.load(Ordering::SeqCst) & (1 << b) != 0;
+                wake |= self.draining.load(Ordering::SeqCst) & (1 << b) != 0;
             }
         }
         wake
     }
 
-    /// Raises `mask`, which no chunk in flight holds.
+    /// Raises `mask`, which no chunk in flight holds; it drains from now.
     fn raise(&self, mask: u64) {
+        self.draining.fetch_or(mask, Ordering::SeqCst);
         self.raised.fetch_or(mask, Ordering::SeqCst);
+    }
+
+    /// `mask` has drained: its chunk is being copied.
+    fn drain_done(&self, mask: u64) {
+        self.draining.fetch_and(!mask, Ordering::SeqCst);
     }
 
     /// Whether any of `mask` is raised.
@@ -142,11 +170,13 @@ impl Barrier {
     /// Lowers `mask` (the buckets of one chunk).
     fn lower(&self, mask: u64) {
         self.raised.fetch_and(!mask, Ordering::SeqCst);
+        self.drain_done(mask);
     }
 
     /// Lowers every bucket (the device is going away).
     pub(crate) fn lower_all(&self) {
         self.raised.store(0, Ordering::SeqCst);
+        self.draining.store(0, Ordering::SeqCst);
     }
 }
 
@@ -452,6 +482,7 @@ fn advance(dev: &Arc<Device>, st: &mut ResyncState, slot: usize) -> bool {
                 switch_source(dev, st, slot, chunk.source);
                 return true;
             }
+            dev.barrier().drain_done(chunk.mask);
             st.slots[slot].chunk = Some(Chunk {
                 phase: Phase::Reading,
                 ..chunk

@@ -297,6 +297,8 @@ wait_leg() {
 	wait_until "$secs" _leg_state_in "$name" "$leg" "$states" && return 0
 	echo "$name leg $leg: state $(leg_state "$name" "$leg"), not $states after ${secs}s" \
 		"(problem: $(dst_jq "$name" ".legs[] | select(.index == $leg) | .problem"))" >&2
+	# Whether a resync is slow or stalled.
+	dstctl status "$name" >&2 || true
 	return 1
 }
 

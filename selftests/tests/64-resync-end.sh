@@ -6,8 +6,9 @@
 # detached and attached again, 20 times: each attach is a short resync of
 # what changed, which ends under the writers (in at least 10 of them).
 # After each, the blocks written so far are the same on both legs; at the
-# end, the whole legs and the device are.
-# timeout: 240
+# end, the whole legs and the device are.  Then the same cycles run while
+# fio keeps many writes in flight in one barrier bucket.
+# timeout: 360
 # shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 # shellcheck source=../dst.sh
@@ -91,9 +92,27 @@ same_written() {
 	EOT
 }
 
+# Stops the writers and returns their status; 124 if they do not stop
+# within a minute (a write hangs: they can be neither waited for nor
+# killed, so the test ends, leaving the device in use).
 stop_writer() {
+	local i rc=0
 	touch "$TEST_TMP/stop"
-	[ -z "$wpid" ] || wait "$wpid" 2>/dev/null || true
+	[ -n "$wpid" ] || return 0
+	for ((i = 0; i < 600; i++)); do
+		case $(cut -d' ' -f3 "/proc/$wpid/stat" 2>/dev/null) in
+		Z | "") break ;;
+		esac
+		sleep 0.1
+	done
+	if ((i == 600)); then
+		echo "the writers did not stop within 60 s: a write hangs"
+		od -An -tu8 "$TEST_TMP/written"
+		return 124
+	fi
+	wait "$wpid" || rc=$?
+	wpid=
+	return "$rc"
 }
 
 # Detaches and attaches leg 1 $CYCLES times; after each resync, checks
@@ -112,7 +131,20 @@ cycles() {
 	echo "$CYCLES cycles, $busy under the writers; $n of $BLOCKS blocks written by then"
 }
 
-plan 8
+# The same, while fio writes to one small stretch of the device.
+hot_cycles() {
+	local i
+	for ((i = 1; i <= CYCLES; i++)); do
+		fio_loop_running || { echo "cycle $i: fio stopped"; return 1; }
+		dstctl detach m 1 >/dev/null || return 1
+		sleep 0.2
+		dstctl attach m 1 >/dev/null || return 1
+		wait_leg m 1 in-sync 30 || { echo "cycle $i: the resync did not end"; return 1; }
+	done
+	echo "$CYCLES cycles"
+}
+
+plan 11
 brd_setup 2 256
 dst_load
 assert_cmd -m "create a mirror of two RAM disks" dstctl create m --mirror /dev/ram0 /dev/ram1
@@ -129,13 +161,25 @@ cycles >"$TEST_TMP/cycles.log" 2>&1 || rc=$?
 diag <"$TEST_TMP/cycles.log"
 assert_eq "$rc" 0 "leg 1 detached and attached $CYCLES times under the writers; after each resync, the legs agree on what was written"
 assert_cmd -m "at least 10 of the resyncs ended under the writers" test "$busy" -ge 10
-touch "$TEST_TMP/stop"
 rc=0
-wait "$wpid" || rc=$?
-wpid=
+stop_writer >>"$TEST_TMP/writer.log" 2>&1 || rc=$?
 diag <"$TEST_TMP/writer.log"
 assert_eq "$rc" 0 "every write succeeded"
 assert_cmd -m "leg 1 is in sync" wait_leg m 1 in-sync 30
 assert_cmd -m "the legs and the device hold the same data" legs_match_dev "$dev" "$SIZE" /dev/ram0 /dev/ram1
+
+# A hot spot: four fio jobs keep 16 writes each in flight in one barrier
+# bucket (1 MiB at 0, 64, 128 and 192 MiB: buckets are 1 MiB stretches
+# modulo 64) while leg 1 is detached and attached again.  So each chunk
+# of each resync drains under a stream of writes, many of which find the
+# bucket raised on their way in and are parked.  None may wait forever.
+fio_loop_start "$dev" --rw=randwrite --bs=4k --iodepth=16 --numjobs=4 \
+	--size=1M --offset_increment=64M
+rc=0
+hot_cycles >"$TEST_TMP/hot.log" 2>&1 || rc=$?
+diag <"$TEST_TMP/hot.log"
+assert_eq "$rc" 0 "one bucket hot under fio: leg 1 detached and attached $CYCLES times, each resync ends"
+assert_cmd -m "  ... fio verify ran without an error meanwhile" fio_loop_stop
+assert_cmd -m "  ... the legs and the device hold the same data" legs_match_dev "$dev" "$SIZE" /dev/ram0 /dev/ram1
 assert_cmd -m "remove the mirror" dstctl remove m
 dmesg_check

@@ -424,7 +424,11 @@ impl PageIoOwner for Req {
         // Counted before it can be taken (the send side subtracts).
         // SeqCst: see `Conn::kick_send`.
         this.conn.ready.fetch_add(1, Ordering::SeqCst);
-        this.done.store(true, Ordering::Release);
+        // SeqCst, like the load in `take_done`: the receive job, if
+        // `kick_send` leaves the reply to it, must find it done.  (A
+        // release store could still sit in this CPU's store buffer when
+        // `kick_send` reads `receiving`.)
+        this.done.store(true, Ordering::SeqCst);
         this.conn.kick_send();
     }
 }
@@ -460,7 +464,7 @@ impl Pending {
             let i = (self.next + k) % n;
             let done = self.slots[i]
                 .as_ref()
-                .is_some_and(|r| r.done.load(Ordering::Acquire));
+                .is_some_and(|r| r.done.load(Ordering::SeqCst));
             if done {
                 self.next = (i + 1) % n;
                 return self.slots[i].take();

@@ -598,6 +598,13 @@ impl BioStack {
     }
 }
 
+impl Drop for BioStack {
+    fn drop(&mut self) {
+        // Bios still set aside fail rather than never end.
+        drop(self.take());
+    }
+}
+
 /// The bios taken from a [`BioStack`]; any not consumed are failed.
 pub(crate) struct BioStackDrain {
     next: *mut bindings::bio,

@@ -323,6 +323,12 @@ impl<'a, T: IoOwner> Io<'a, T> {
         self.parent.as_ref().unwrap_or_else(|| unreachable!())
     }
 
+    /// Whether a clone went (a flush ahead of a data clone that could not
+    /// be made counts): the owner's `io_done` then runs when it ends.
+    pub(crate) fn started(&self) -> bool {
+        self.state.is_some()
+    }
+
     fn attach(&mut self, clone: *mut bindings::bio, leg: u32) {
         // SAFETY: `clone` was just allocated from the owner's io set.
         let pad = unsafe { pad_of(clone) };

@@ -22,9 +22,10 @@ CYCLES=20
 
 # Four writers, one per quarter of the device, each going through its
 # quarter in order: one 4 KiB direct write of random bytes per block, with
-# a pause of a millisecond after each.  $TEST_TMP/written holds how many
-# blocks of each quarter have been written (four 64-bit counts, updated
-# after each write).  They stop at the end or when $TEST_TMP/stop exists.
+# a pause of 2 ms after each (so that they outlast most cycles).
+# $TEST_TMP/written holds how many blocks of each quarter have been
+# written (four 64-bit counts, updated after each write).  They stop at
+# the end or when $TEST_TMP/stop exists.
 writer() {
 	python3 - "$1" "$BLOCKS" "$TEST_TMP" <<-'EOT'
 		import mmap, os, struct, sys, threading, time
@@ -45,7 +46,7 @@ writer() {
 		            failed.append(f"short write at block {b}")
 		            break
 		        struct.pack_into("<Q", counts, 8 * k, i + 1)
-		        time.sleep(0.001)
+		        time.sleep(0.002)
 		threads = [threading.Thread(target=write, args=(k,)) for k in range(4)]
 		for t in threads:
 		    t.start()

@@ -155,6 +155,7 @@ void dst_sock_clear_callbacks(struct socket *sock);
 void dst_dwork_init(struct delayed_work *dw, void (*fn)(struct work_struct *));
 bool dst_dwork_queue(struct delayed_work *dw, struct workqueue_struct *wq,
 		     unsigned int delay_ms);
+bool dst_dwork_cancel(struct delayed_work *dw);
 bool dst_dwork_disable_sync(struct delayed_work *dw);
 u64 dst_now_ms(void);
 

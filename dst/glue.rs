@@ -206,6 +206,7 @@ extern "C" {
         wq: *mut bindings::workqueue_struct,
         delay_ms: c_uint,
     ) -> bool;
+    pub(crate) fn dst_dwork_cancel(dw: *mut bindings::delayed_work) -> bool;
     pub(crate) fn dst_dwork_disable_sync(dw: *mut bindings::delayed_work) -> bool;
     pub(crate) fn dst_now_ms() -> u64;
     pub(crate) fn dst_sock_send_pages(

@@ -100,6 +100,22 @@ impl<T: JobRun<ID> + HasJob<ID>, const ID: u64> Job<T, ID> {
         }
     }
 
+    /// Runs the job as soon as possible: a run pending after a delay is
+    /// brought forward.  (If another `queue` with a delay slips in between,
+    /// its delay stands.)
+    pub(crate) fn queue_now(this: Arc<T>) {
+        let dw = Self::raw(&this);
+        // SAFETY: `dw` is initialised.  `cancel_delayed_work` is true only
+        // if it took a pending run off the queue (a disabled job has none),
+        // whose reference is then ours to drop.
+        if unsafe { glue::dst_dwork_cancel(dw) } {
+            // SAFETY: a pending job holds exactly one reference, from
+            // `Arc::into_raw` in `queue`.
+            drop(unsafe { Arc::from_raw(core::ptr::from_ref(&*this)) });
+        }
+        Self::queue(this, 0);
+    }
+
     /// Cancels a pending run, waits for a running one, and prevents every
     /// later one.
     pub(crate) fn disable(this: &T) {

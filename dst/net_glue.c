@@ -568,6 +568,11 @@ bool dst_dwork_queue(struct delayed_work *dw, struct workqueue_struct *wq,
 	return queue_delayed_work(wq, dw, msecs_to_jiffies(delay_ms));
 }
 
+bool dst_dwork_cancel(struct delayed_work *dw)
+{
+	return cancel_delayed_work(dw);
+}
+
 bool dst_dwork_disable_sync(struct delayed_work *dw)
 {
 	return disable_delayed_work_sync(dw);

@@ -735,7 +735,9 @@ impl Remote {
         // What went wrong before the detach is history.
         *self.problem.lock() = Msg::new(format_args!(""));
         self.backoff_ms.store(BACKOFF_MIN_MS, Ordering::Relaxed);
-        Job::<Remote, CONNECT>::queue(self.clone(), 0);
+        // A run may be pending from before the detach, after a long
+        // backoff: the admin asked for the leg now.
+        Job::<Remote, CONNECT>::queue_now(self.clone());
     }
 
     /// Takes a bio for the server.  A read or write longer than the server

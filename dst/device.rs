@@ -1367,6 +1367,10 @@ impl Device {
         if self.target == Target::Linear {
             return Policy::Hold;
         }
+        // Pairs with the fence in `resync_leg`: the link is down by now
+        // (stored by the remote before this call), and either that leg
+        // sees it or the removal below sees the leg in the set.
+        fence(Ordering::SeqCst);
         if self.resyncing.remove(i) {
             if let Some(leg) = self.legs.get(i) {
                 leg.set_state(LegState::Down);

@@ -26,7 +26,7 @@ use crate::device::{Device, LegUse};
 use crate::errno;
 use crate::io::{Decision, Io, Outcome, Route};
 use crate::leg::Leg;
-use crate::resync::{Barrier, Gate};
+use crate::resync::{Barrier, Entry};
 
 /// Writes at least this large go to synchronous legs in parallel.
 const PARALLEL_BYTES: u32 = 64 * 1024;
@@ -107,7 +107,7 @@ pub(crate) fn submit(dev: ArcBorrow<'_, Device>, bio: Bio) {
         0
     };
     if mask != 0 {
-        if let Gate::Closed { wake } = dev.barrier().enter(mask) {
+        if let Entry::Closed { wake } = dev.barrier().enter(mask) {
             Device::park(dev, bio, mask, wake);
             return;
         }

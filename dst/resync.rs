@@ -89,7 +89,7 @@ pub(crate) struct Barrier {
 }
 
 /// What a write found at the [`Barrier`].
-pub(crate) enum Gate {
+pub(crate) enum Entry {
     /// No bucket of its raised: it is registered, and goes on.
     Open,
     /// A bucket of its is raised: it is not registered, and is parked.
@@ -122,16 +122,16 @@ impl Barrier {
     }
 
     /// Registers a write in `mask`, unless it must be parked.
-    pub(crate) fn enter(&self, mask: u64) -> Gate {
+    pub(crate) fn enter(&self, mask: u64) -> Entry {
         for b in bits(mask) {
             self.pending[b].fetch_add(1, Ordering::SeqCst);
         }
         if self.raised.load(Ordering::SeqCst) & mask == 0 {
-            return Gate::Open;
+            return Entry::Open;
         }
         // A write in flight there may have ended since we registered,
         // leaving our count as the last one.
-        Gate::Closed {
+        Entry::Closed {
             wake: self.exit(mask),
         }
     }

@@ -1398,15 +1398,9 @@ impl Device {
 
     /// Remote leg `i` is connected again.
     pub(crate) fn remote_up(self: &Arc<Self>, i: usize) {
-        if self.target == Target::Mirror && self.in_sync.contains(i) {
-            // A held leg (the last in sync) is back: a resync that found
-            // no leg to copy from waits for this, and nothing else runs it.
-            if self.next_resync_target().is_some() {
-                self.kick_resync();
-            }
-        } else if self.target == Target::Mirror {
+        if self.target == Target::Mirror {
             let Some(leg) = self.legs.get(i) else { return };
-            if leg.state() == LegState::Down {
+            if !self.in_sync.contains(i) && leg.state() == LegState::Down {
                 // The leg missed the writes its dirty map holds (those
                 // made while it was down, and those that failed with the
                 // connection).  A server that does not keep its data
@@ -1421,6 +1415,10 @@ impl Device {
                     kib
                 );
                 self.resync_leg(i);
+            } else if self.next_resync_target().is_some() {
+                // A held leg (the last in sync) is back: a resync that
+                // found no leg to copy from waits for this.
+                self.kick_resync();
             }
         }
         Self::notify(self.as_arc_borrow());

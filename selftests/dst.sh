@@ -251,6 +251,13 @@ nbdkit_start() {
 	_srv_start "$port" _nbdkit_bg "$port" -P "$TEST_TMP/srv.$port.pid" -i "$addr" -p "$port" "$@"
 }
 
+# nbdkit_file_start PORT SIZE: nbdkit serving a new file of SIZE bytes,
+# whose data outlives a restart (unlike `memory`).
+nbdkit_file_start() {
+	truncate -s "$2" "$TEST_TMP/srv.$1.img" &&
+		nbdkit_start "$1" file "$TEST_TMP/srv.$1.img"
+}
+
 qemu_nbd_start() {
 	_srv_start "$1" qemu-nbd --fork --persistent --shared=8 -f raw -b 127.0.0.1 -p "$1" \
 		-x "$2" --pid-file="$TEST_TMP/srv.$1.pid" "$3"
@@ -290,6 +297,16 @@ _leg_state_in() {
 	local s
 	s=$(leg_state "$1" "$2") || return 1
 	[[ "|$3|" == *"|$s|"* ]]
+}
+
+# Bytes leg $2 of $1 has been resynced so far, in the running resync.
+done_of() {
+	dst_jq "$1" ".legs[$2].resync_done"
+}
+
+# Leg $2 of $1 is resyncing and has copied at least $3 bytes.
+resync_past() {
+	[ "$(leg_state "$1" "$2")" = resyncing ] && [ "$(done_of "$1" "$2")" -ge "$3" ]
 }
 
 wait_leg() {

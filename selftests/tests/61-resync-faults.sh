@@ -38,16 +38,6 @@ dm_create() {
 	dmsetup create "$1" --table "$2" && dmsetup mknodes "$1"
 }
 
-# Bytes leg $2 of $1 has been resynced so far, in the running resync.
-done_of() {
-	dst_jq "$1" ".legs[$2].resync_done"
-}
-
-# Leg $2 of $1 is resyncing and has copied at least $3 bytes.
-resync_past() {
-	[ "$(leg_state "$1" "$2")" = resyncing ] && [ "$(done_of "$1" "$2")" -ge "$3" ]
-}
-
 resynced_of() {
 	dst_jq "$1" ".legs[$2].resynced"
 }

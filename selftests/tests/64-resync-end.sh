@@ -93,20 +93,23 @@ same_written() {
 	EOT
 }
 
+# Whether the writers still run (bash reaps them when they end).
+writers_running() {
+	[ -n "$wpid" ] && [ -d "/proc/$wpid" ]
+}
+
+writers_gone() {
+	! writers_running
+}
+
 # Stops the writers and returns their status; 124 if they do not stop
 # within a minute (a write hangs: they can be neither waited for nor
 # killed, so the test ends, leaving the device in use).
 stop_writer() {
-	local i rc=0
+	local rc=0
 	touch "$TEST_TMP/stop"
 	[ -n "$wpid" ] || return 0
-	for ((i = 0; i < 600; i++)); do
-		case $(cut -d' ' -f3 "/proc/$wpid/stat" 2>/dev/null) in
-		Z | "") break ;;
-		esac
-		sleep 0.1
-	done
-	if ((i == 600)); then
+	if ! wait_until 60 writers_gone; then
 		echo "the writers did not stop within 60 s: a write hangs"
 		od -An -tu8 "$TEST_TMP/written"
 		return 124
@@ -116,17 +119,21 @@ stop_writer() {
 	return "$rc"
 }
 
-# Detaches and attaches leg 1 $CYCLES times; after each resync, checks
-# the blocks written before it ended.  Counts in `busy` the resyncs that
-# ended while the writers ran.
+# Detaches leg 1, lets writes miss it a moment, attaches it again and
+# waits for its resync to end.
+reattach() {
+	dstctl detach m 1 >/dev/null && sleep 0.2 && dstctl attach m 1 >/dev/null &&
+		wait_leg m 1 in-sync 30
+}
+
+# Reattaches leg 1 $CYCLES times; after each resync, checks the blocks
+# written before it ended.  Counts in `busy` the resyncs that ended while
+# the writers ran.
 cycles() {
 	local i n
 	for ((i = 1; i <= CYCLES; i++)); do
-		dstctl detach m 1 >/dev/null || return 1
-		sleep 0.2
-		dstctl attach m 1 >/dev/null || return 1
-		wait_leg m 1 in-sync 30 || return 1
-		[ ! -d "/proc/$wpid" ] || busy=$((busy + 1))
+		reattach || { echo "cycle $i failed"; return 1; }
+		! writers_running || busy=$((busy + 1))
 		n=$(same_written) || { echo "cycle $i: the legs differ"; return 1; }
 	done
 	echo "$CYCLES cycles, $busy under the writers; $n of $BLOCKS blocks written by then"
@@ -137,10 +144,7 @@ hot_cycles() {
 	local i
 	for ((i = 1; i <= CYCLES; i++)); do
 		fio_loop_running || { echo "cycle $i: fio stopped"; return 1; }
-		dstctl detach m 1 >/dev/null || return 1
-		sleep 0.2
-		dstctl attach m 1 >/dev/null || return 1
-		wait_leg m 1 in-sync 30 || { echo "cycle $i: the resync did not end"; return 1; }
+		reattach || { echo "cycle $i failed"; return 1; }
 	done
 	echo "$CYCLES cycles"
 }

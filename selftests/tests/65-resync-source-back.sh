@@ -18,21 +18,11 @@ require_cmd nbdkit nbdcopy jq
 MiB=$((1 << 20))
 SIZE=$((64 * MiB))
 
-done_of() {
-	dst_jq "$1" ".legs[$2].resync_done"
-}
-
-# Leg $2 of $1 is resyncing and has copied at least $3 bytes.
-resync_past() {
-	[ "$(leg_state "$1" "$2")" = resyncing ] && [ "$(done_of "$1" "$2")" -ge "$3" ]
-}
-
 plan 9
 brd_setup 1 64
 dst_load
 port=$(free_port)
-truncate -s "$SIZE" "$TEST_TMP/leg0.img"
-assert_cmd -m "nbdkit serving a 64 MiB file" nbdkit_start "$port" file "$TEST_TMP/leg0.img"
+assert_cmd -m "nbdkit serving a 64 MiB file" nbdkit_file_start "$port" "$SIZE"
 url="nbd://127.0.0.1:$port/?timeout=5&backoff-max=1"
 assert_cmd -m "mirror m of the remote leg and ram0; ram0 in sync" \
 	eval 'dstctl create m --mirror "$url" /dev/ram0 >/dev/null && wait_leg m 1 in-sync 60'

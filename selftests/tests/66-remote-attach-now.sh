@@ -20,8 +20,7 @@ plan 7
 brd_setup 1 64
 dst_load
 port=$(free_port)
-truncate -s "$SIZE" "$TEST_TMP/leg1.img"
-assert_cmd -m "nbdkit serving a 64 MiB file" nbdkit_start "$port" file "$TEST_TMP/leg1.img"
+assert_cmd -m "nbdkit serving a 64 MiB file" nbdkit_file_start "$port" "$SIZE"
 assert_cmd -m "mirror m of ram0 and the remote leg (backoff-max 60 s), in sync" \
 	eval 'dstctl create m --mirror /dev/ram0 "nbd://127.0.0.1:$port/?timeout=2&backoff-max=60" >/dev/null &&
 		wait_leg m 1 in-sync 60'

@@ -244,12 +244,16 @@ impl JobRun<RESYNC_JOB> for Device {
 }
 
 impl JobRun<EVENT_JOB> for Device {
+    // Allocates and sends a netlink message.
+    const QUEUE: wq::Kind = wq::Kind::Wait;
     fn run(this: Arc<Self>) {
         netlink::send_event(&this, Event::Changed);
     }
 }
 
 impl JobRun<REPAIR_JOB> for Device {
+    // Takes the admin lock, which commands hold while they wait for I/O.
+    const QUEUE: wq::Kind = wq::Kind::Wait;
     fn run(this: Arc<Self>) {
         this.repair_legs();
     }

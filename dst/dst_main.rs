@@ -51,12 +51,12 @@ module! {
 struct Dst {
     netlink: Option<genl::Registration<registry::Registry>>,
     registry: Arc<registry::Registry>,
-    wq: Option<wq::WorkQueue>,
+    wq: Option<wq::WorkQueues>,
 }
 
 impl kernel::Module for Dst {
     fn init(_module: &'static ThisModule) -> Result<Self> {
-        let wq = wq::WorkQueue::new()?;
+        let wq = wq::WorkQueues::new()?;
         let registry = registry::Registry::new()?;
         let netlink = genl::Registration::new(registry.clone())?;
         pr_info!("loaded\n");

@@ -46,6 +46,7 @@ use crate::proto::genl::{MAX_ALLOW, MAX_CLIENTS, MAX_EXPORTS};
 use crate::proto::nbd::{cmd, cmdflag, tflag, Request, SimpleReply, StructuredReply, Transport};
 use crate::proto::nbd_server::{self, ExportLookup, RequestVerdict, ServedExport};
 use crate::socket::{RecvKick, RecvNext, SockEvent, SockEvents, Socket};
+use crate::wq;
 
 /// Most requests in flight per client.
 pub(crate) const MAX_INFLIGHT: usize = 64;
@@ -358,6 +359,8 @@ impl SockEvents for Listener {
 }
 
 impl JobRun<ACCEPT> for Listener {
+    // Takes locks, and starts connections (allocations).
+    const QUEUE: wq::Kind = wq::Kind::Wait;
     fn run(this: Arc<Self>) {
         loop {
             if this.closed.load(Ordering::Acquire) {
@@ -1093,6 +1096,8 @@ fn alloc_buf(len: u32) -> Result<Arc<PageBuf>, Msg> {
 }
 
 impl JobRun<HANDSHAKE> for Conn {
+    // Blocking socket calls, bounded by timeouts.
+    const QUEUE: wq::Kind = wq::Kind::Wait;
     fn run(this: Arc<Self>) {
         let Some(mut sock) = this.hs_sock.lock().take() else {
             return;
@@ -1173,6 +1178,8 @@ impl JobRun<HANDSHAKE> for Conn {
 }
 
 impl JobRun<RECV> for Conn {
+    // Runs flushes, trims and zeroing synchronously (`run_sync`).
+    const QUEUE: wq::Kind = wq::Kind::Wait;
     fn run(this: Arc<Self>) {
         for pass in 1.. {
             if this.closed.load(Ordering::Acquire) {

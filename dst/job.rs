@@ -20,7 +20,10 @@ use crate::{glue, wq};
 
 /// What a job of id `ID` does when it runs.
 pub(crate) trait JobRun<const ID: u64>: Send + Sync + Sized {
-    /// Runs the job, in process context, on the module's workqueue.
+    /// The queue the job runs on: [`wq::Kind::Wait`] for a job that may
+    /// sleep on the network, a lock or I/O (see [`crate::wq`]).
+    const QUEUE: wq::Kind = wq::Kind::Io;
+    /// Runs the job, in process context, on its workqueue.
     fn run(this: Arc<Self>);
 }
 
@@ -93,7 +96,7 @@ impl<T: JobRun<ID> + HasJob<ID>, const ID: u64> Job<T, ID> {
         let ptr = Arc::into_raw(this);
         // SAFETY: `dw` is the job's initialised delayed work; the queue
         // lives while any object with jobs exists.
-        if !unsafe { glue::dst_dwork_queue(dw, wq::raw(), delay_ms) } {
+        if !unsafe { glue::dst_dwork_queue(dw, wq::raw(T::QUEUE), delay_ms) } {
             // Already pending (it holds its own reference) or disabled.
             // SAFETY: `ptr` came from `Arc::into_raw` just above.
             drop(unsafe { Arc::from_raw(ptr) });

@@ -47,6 +47,7 @@ use crate::proto::nbd::{
     self, cmd, cmdflag, tflag, ExportInfo, HandshakeError, Request, SimpleReply,
 };
 use crate::socket::{RecvKick, RecvNext, SockEvent, SockEvents, Socket};
+use crate::wq;
 
 /// Most requests in flight on one leg.
 pub(crate) const MAX_INFLIGHT: usize = 64;
@@ -1388,6 +1389,8 @@ impl JobRun<TICK> for Remote {
 }
 
 impl JobRun<CONNECT> for Remote {
+    // Dials and runs the handshake with blocking socket calls.
+    const QUEUE: wq::Kind = wq::Kind::Wait;
     fn run(this: Arc<Self>) {
         if this.link() != Link::Down || this.parked.load(Ordering::SeqCst) {
             return;

@@ -1,13 +1,25 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The module's workqueue.
+//! The module's workqueues.
 //!
-//! Deferred I/O runs here: a read retried on another leg, and the clones of
-//! a large mirror write that go to the other legs in parallel.  The queue is
-//! unbound and high-priority, so that work starts at once on another CPU,
-//! and has `WQ_MEM_RECLAIM`, so it makes progress under memory pressure,
-//! when writeback through dst is what frees memory; the system workqueues
-//! do not promise that.
+//! Two queues, both unbound and high-priority, so that work starts at once
+//! on another CPU, and both with `WQ_MEM_RECLAIM`, so that each makes
+//! progress under memory pressure, when writeback through dst is what
+//! frees memory (the system workqueues do not promise that):
+//!
+//! - the I/O queue ([`Kind::Io`]) runs work that never sleeps for long: a
+//!   read retried on another leg, the clones of a large mirror write that
+//!   go to the other legs in parallel, the remote legs' send and receive
+//!   passes, the resync;
+//! - the wait queue ([`Kind::Wait`]) runs jobs that may sleep on the
+//!   network, a lock or I/O: a remote leg's connect and handshake, an
+//!   export's accept, handshake and receive job (which runs flushes and
+//!   zeroing synchronously), read repair (which takes the device's admin
+//!   lock) and events.
+//!
+//! When no new worker can be made, a queue's work runs one item at a time
+//! on its rescuer.  A job that sleeps waiting for I/O must then not sit on
+//! the rescuer the I/O it waits for needs: hence the two queues.
 
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, Ordering};
@@ -18,44 +30,86 @@ use kernel::workqueue::Queue;
 
 use crate::glue;
 
-static QUEUE: AtomicPtr<bindings::workqueue_struct> = AtomicPtr::new(ptr::null_mut());
+/// Which of the module's queues.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Work that does not sleep for long.
+    Io,
+    /// Jobs that may sleep on the network, a lock or I/O.
+    Wait,
+}
 
-/// Owns the module's workqueue; dropping it drains and destroys the queue.
-pub(crate) struct WorkQueue(NonNull<bindings::workqueue_struct>);
+static IO: AtomicPtr<bindings::workqueue_struct> = AtomicPtr::new(ptr::null_mut());
+static WAIT: AtomicPtr<bindings::workqueue_struct> = AtomicPtr::new(ptr::null_mut());
+
+fn slot(kind: Kind) -> &'static AtomicPtr<bindings::workqueue_struct> {
+    match kind {
+        Kind::Io => &IO,
+        Kind::Wait => &WAIT,
+    }
+}
+
+/// Owns the module's workqueues; dropping it drains and destroys them.
+pub(crate) struct WorkQueues {
+    io: NonNull<bindings::workqueue_struct>,
+    wait: NonNull<bindings::workqueue_struct>,
+}
 
 // SAFETY: a workqueue may be used and destroyed from any thread.
-unsafe impl Send for WorkQueue {}
+unsafe impl Send for WorkQueues {}
 // SAFETY: as above.
-unsafe impl Sync for WorkQueue {}
+unsafe impl Sync for WorkQueues {}
 
-impl WorkQueue {
-    /// Creates the module's workqueue.  Call once, at module init.
+/// Allocates a queue named `name`.
+fn alloc(name: &'static CStr) -> Result<NonNull<bindings::workqueue_struct>> {
+    // SAFETY: the name is a NUL-terminated static string.
+    let raw = unsafe { glue::dst_alloc_workqueue(name.as_char_ptr()) };
+    NonNull::new(raw).ok_or(ENOMEM)
+}
+
+/// Destroys a queue made by [`alloc`], after its pending work has run.
+fn destroy(wq: NonNull<bindings::workqueue_struct>) {
+    // SAFETY: made by `alloc`, destroyed once; destroying drains it first.
+    unsafe { bindings::destroy_workqueue(wq.as_ptr()) };
+}
+
+impl WorkQueues {
+    /// Creates the module's workqueues.  Call once, at module init.
     pub(crate) fn new() -> Result<Self> {
-        // SAFETY: the name is a NUL-terminated static string.
-        let raw = unsafe { glue::dst_alloc_workqueue(kernel::c_str!("dst").as_char_ptr()) };
-        let raw = NonNull::new(raw).ok_or(ENOMEM)?;
-        QUEUE.store(raw.as_ptr(), Ordering::Release);
-        Ok(WorkQueue(raw))
+        let io = alloc(kernel::c_str!("dst"))?;
+        let wait = match alloc(kernel::c_str!("dst_wait")) {
+            Ok(wait) => wait,
+            Err(e) => {
+                destroy(io);
+                return Err(e);
+            }
+        };
+        IO.store(io.as_ptr(), Ordering::Release);
+        WAIT.store(wait.as_ptr(), Ordering::Release);
+        Ok(WorkQueues { io, wait })
     }
 }
 
-impl Drop for WorkQueue {
+impl Drop for WorkQueues {
     fn drop(&mut self) {
-        QUEUE.store(ptr::null_mut(), Ordering::Release);
-        // SAFETY: created in `new`; destroying drains pending work first.
-        unsafe { bindings::destroy_workqueue(self.0.as_ptr()) };
+        // Every device, remote leg and export is gone by now, and their
+        // jobs with them: both queues are idle.
+        WAIT.store(ptr::null_mut(), Ordering::Release);
+        destroy(self.wait);
+        IO.store(ptr::null_mut(), Ordering::Release);
+        destroy(self.io);
     }
 }
 
-/// The module's workqueue.
+/// The I/O queue, for `kernel::workqueue` work items.
 pub(crate) fn queue() -> &'static Queue {
-    let raw = QUEUE.load(Ordering::Acquire);
+    let raw = IO.load(Ordering::Acquire);
     // SAFETY: per the above, `raw` is a live workqueue whenever a device
     // exists to call this, and it outlives every such call.
     unsafe { Queue::from_raw(raw) }
 }
 
-/// The module's workqueue, as a C pointer (for delayed jobs, see `job`).
-pub(crate) fn raw() -> *mut bindings::workqueue_struct {
-    QUEUE.load(Ordering::Acquire)
+/// The queue `kind`, as a C pointer (for delayed jobs, see `job`).
+pub(crate) fn raw(kind: Kind) -> *mut bindings::workqueue_struct {
+    slot(kind).load(Ordering::Acquire)
 }

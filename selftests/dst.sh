@@ -258,16 +258,24 @@ nbdkit_file_start() {
 		nbdkit_start "$1" file "$TEST_TMP/srv.$1.img"
 }
 
+# qemu-nbd and nbd-server keep what they print in $TEST_TMP/srv.PORT.log too
+# (srv_report shows it).
+_logged_bg() {
+	local port=$1
+	shift
+	"$@" 2>>"$TEST_TMP/srv.$port.log"
+}
+
 qemu_nbd_start() {
-	_srv_start "$1" qemu-nbd --fork --persistent --shared=8 -f raw -b 127.0.0.1 -p "$1" \
-		-x "$2" --pid-file="$TEST_TMP/srv.$1.pid" "$3"
+	_srv_start "$1" _logged_bg "$1" qemu-nbd --fork --persistent --shared=8 -f raw \
+		-b 127.0.0.1 -p "$1" -x "$2" --pid-file="$TEST_TMP/srv.$1.pid" "$3"
 }
 
 nbd_server_start() {
 	local conf=$TEST_TMP/nbd-server.$1.conf
 	printf '[generic]\nlistenaddr = 127.0.0.1\nport = %s\n[%s]\nexportname = %s\n' \
 		"$1" "$2" "$3" >"$conf"
-	_srv_start "$1" nbd-server -C "$conf" -p "$TEST_TMP/srv.$1.pid"
+	_srv_start "$1" _logged_bg "$1" nbd-server -C "$conf" -p "$TEST_TMP/srv.$1.pid"
 }
 
 # nbd-hostile stays in the foreground: run it in the background.

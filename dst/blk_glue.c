@@ -8,6 +8,8 @@
 #include <linux/bio.h>
 #include <linux/blk-mq.h>
 #include <linux/blkdev.h>
+#include <linux/delay.h>
+#include <linux/moduleparam.h>
 #include <linux/wait_bit.h>
 #include <linux/workqueue.h>
 
@@ -383,4 +385,24 @@ void dst_bio_kfree(struct bio *bio)
 {
 	bio_uninit(bio);
 	kfree(bio);
+}
+
+/*
+ * Testing only: dst.race_delay_us busy-waits that long inside a race
+ * window that is otherwise a few instructions wide (a mirror write
+ * between registering at the resync barrier and looking at it), so that
+ * a test can make the race happen at will.  0 (the default) turns it off;
+ * at most 1000.
+ */
+static unsigned int race_delay_us;
+module_param(race_delay_us, uint, 0644);
+MODULE_PARM_DESC(race_delay_us,
+		 "testing only: widen a race window by this many microseconds (0: off, at most 1000)");
+
+void dst_race_delay(void)
+{
+	unsigned int us = READ_ONCE(race_delay_us);
+
+	if (unlikely(us))
+		udelay(min(us, 1000U));
 }

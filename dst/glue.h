@@ -101,6 +101,7 @@ void dst_bdev_name(struct block_device *bdev, char *buf, size_t len);
 void dst_wait_var(void *var, bool (*done)(void *var));
 long dst_wait_var_timeout(void *var, bool (*done)(void *var), unsigned int ms);
 struct workqueue_struct *dst_alloc_workqueue(const char *name);
+void dst_race_delay(void);
 struct page;
 struct page **dst_pages_alloc(unsigned int n);
 void dst_pages_free(struct page **pages, unsigned int n);

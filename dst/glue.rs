@@ -209,6 +209,7 @@ extern "C" {
     pub(crate) fn dst_dwork_cancel(dw: *mut bindings::delayed_work) -> bool;
     pub(crate) fn dst_dwork_disable_sync(dw: *mut bindings::delayed_work) -> bool;
     pub(crate) fn dst_now_ms() -> u64;
+    pub(crate) fn dst_race_delay();
     pub(crate) fn dst_sock_send_pages(
         sock: *mut bindings::socket,
         pages: *mut *mut bindings::page,
@@ -266,4 +267,12 @@ pub(crate) type Cursor = c_long;
 pub(crate) fn now_ms() -> u64 {
     // SAFETY: reads the monotonic clock; callable in any context.
     unsafe { dst_now_ms() }
+}
+
+/// Widens a race window by the `race_delay_us` module parameter, for
+/// tests; nothing when it is 0 (the default).
+pub(crate) fn race_delay() {
+    // SAFETY: reads a module parameter and busy-waits; callable in any
+    // context.
+    unsafe { dst_race_delay() }
 }

@@ -126,6 +126,7 @@ impl Barrier {
         for b in bits(mask) {
             self.pending[b].fetch_add(1, Ordering::SeqCst);
         }
+        crate::glue::race_delay();
         if self.raised.load(Ordering::SeqCst) & mask == 0 {
             return Entry::Open;
         }

@@ -8,6 +8,13 @@
 # After each, the blocks written so far are the same on both legs; at the
 # end, the whole legs and the device are.  Then the same cycles run while
 # fio keeps many writes in flight in one barrier bucket.
+#
+# The barrier race is a few instructions wide: a write between
+# registering at the resync barrier and looking at it.  The module's
+# race_delay_us parameter (testing only) widens it to RACE_US, so that a
+# module that loses the wake-up there hangs here (with the fix taken
+# out it did in each of three runs: in the 3rd cycle twice, and in the
+# 10th cycle of the hot spot), not once in a while.
 # timeout: 360
 # shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
@@ -19,6 +26,7 @@ MiB=$((1 << 20))
 SIZE=$((256 * MiB))
 BLOCKS=$((SIZE / 4096))
 CYCLES=20
+RACE_US=${DST_RACE_US:-1000}
 
 # Four writers, one per quarter of the device, each going through its
 # quarter in order: one 4 KiB direct write of random bytes per block, with
@@ -149,9 +157,15 @@ hot_cycles() {
 	echo "$CYCLES cycles"
 }
 
-plan 11
+race_delay() {
+	echo "$1" >/sys/module/dst/parameters/race_delay_us
+}
+
+plan 12
 brd_setup 2 256
 dst_load
+assert_cmd -m "widen the barrier's race window to $RACE_US us (race_delay_us)" race_delay "$RACE_US"
+cleanup_push race_delay 0
 assert_cmd -m "create a mirror of two RAM disks" dstctl create m --mirror /dev/ram0 /dev/ram1
 dev=$(dst_dev m)
 head -c 32 /dev/zero >"$TEST_TMP/written"

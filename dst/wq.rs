@@ -68,8 +68,13 @@ fn alloc(name: &'static CStr) -> Result<NonNull<bindings::workqueue_struct>> {
 }
 
 /// Destroys a queue made by [`alloc`], after its pending work has run.
-fn destroy(wq: NonNull<bindings::workqueue_struct>) {
-    // SAFETY: made by `alloc`, destroyed once; destroying drains it first.
+///
+/// # Safety
+///
+/// `wq` must come from [`alloc`], be destroyed only once, and not be used
+/// afterwards.
+unsafe fn destroy(wq: NonNull<bindings::workqueue_struct>) {
+    // SAFETY: per the function's contract; destroying drains it first.
     unsafe { bindings::destroy_workqueue(wq.as_ptr()) };
 }
 
@@ -80,7 +85,8 @@ impl WorkQueues {
         let wait = match alloc(kernel::c_str!("dst_wait")) {
             Ok(wait) => wait,
             Err(e) => {
-                destroy(io);
+                // SAFETY: just made, and not published.
+                unsafe { destroy(io) };
                 return Err(e);
             }
         };
@@ -95,9 +101,11 @@ impl Drop for WorkQueues {
         // Every device, remote leg and export is gone by now, and their
         // jobs with them: both queues are idle.
         WAIT.store(ptr::null_mut(), Ordering::Release);
-        destroy(self.wait);
+        // SAFETY: made in `new`; only this drop destroys it.
+        unsafe { destroy(self.wait) };
         IO.store(ptr::null_mut(), Ordering::Release);
-        destroy(self.io);
+        // SAFETY: as above.
+        unsafe { destroy(self.io) };
     }
 }
 

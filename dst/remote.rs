@@ -7,8 +7,9 @@
 //! *lane* with its own sending and receiving side, and the leg spreads its
 //! requests over them.  Requests are tagged with a cookie and pipelined (up
 //! to [`MAX_INFLIGHT`] at a time, over all lanes); nothing waits on a
-//! socket: jobs on the module's workqueue do all the work, woken by socket
-//! callbacks and by each other:
+//! socket: jobs on the module's I/O workqueue do all the work (the connect
+//! job, which blocks, runs on the wait queue: see [`crate::wq`]), woken by
+//! socket callbacks and by each other:
 //!
 //! - *send* (one per lane): moves submitted bios to the lane's queue and
 //!   sends what fits (a submitter does this itself, unless it has a large

@@ -232,14 +232,15 @@ srv_stop() {
 	rm -f "$TEST_TMP/srv.$1.pid"
 }
 
-# nbdkit forks into the background once it listens.  A daemon logs to
-# syslog by default, which nobody reads in the VM (and with which nbdkit
-# was seen to vanish when a cut connection healed): its log goes to
-# $TEST_TMP/srv.PORT.log instead.
-_nbdkit_bg() {
+# _logged_bg PORT CMD...: runs a server that forks into the background
+# once it listens, with what it prints kept in $TEST_TMP/srv.PORT.log
+# (srv_report shows it).  nbdkit is told to log to stderr: a daemon logs
+# to syslog by default, which nobody reads in the VM (and with which
+# nbdkit was seen to vanish when a cut connection healed).
+_logged_bg() {
 	local port=$1
 	shift
-	nbdkit --log=stderr "$@" 2>>"$TEST_TMP/srv.$port.log"
+	"$@" 2>>"$TEST_TMP/srv.$port.log"
 }
 
 nbdkit_start() {
@@ -248,7 +249,8 @@ nbdkit_start() {
 	port=$1
 	shift
 	[ $# -gt 0 ] || set -- memory 32M
-	_srv_start "$port" _nbdkit_bg "$port" -P "$TEST_TMP/srv.$port.pid" -i "$addr" -p "$port" "$@"
+	_srv_start "$port" _logged_bg "$port" nbdkit --log=stderr -P "$TEST_TMP/srv.$port.pid" \
+		-i "$addr" -p "$port" "$@"
 }
 
 # nbdkit_file_start PORT SIZE: nbdkit serving a new file of SIZE bytes,
@@ -256,14 +258,6 @@ nbdkit_start() {
 nbdkit_file_start() {
 	truncate -s "$2" "$TEST_TMP/srv.$1.img" &&
 		nbdkit_start "$1" file "$TEST_TMP/srv.$1.img"
-}
-
-# qemu-nbd and nbd-server keep what they print in $TEST_TMP/srv.PORT.log too
-# (srv_report shows it).
-_logged_bg() {
-	local port=$1
-	shift
-	"$@" 2>>"$TEST_TMP/srv.$port.log"
 }
 
 qemu_nbd_start() {

@@ -394,15 +394,13 @@ void dst_bio_kfree(struct bio *bio)
  * a test can make the race happen at will.  0 (the default) turns it off;
  * at most 1000.
  */
-static unsigned int race_delay_us;
-module_param(race_delay_us, uint, 0644);
+unsigned int dst_race_delay_us;
+module_param_named(race_delay_us, dst_race_delay_us, uint, 0644);
 MODULE_PARM_DESC(race_delay_us,
 		 "testing only: widen a race window by this many microseconds (0: off, at most 1000)");
 
-void dst_race_delay(void)
+/* Called (from Rust, which reads the parameter first) only when it is set. */
+void dst_race_delay(unsigned int us)
 {
-	unsigned int us = READ_ONCE(race_delay_us);
-
-	if (unlikely(us))
-		udelay(min(us, 1000U));
+	udelay(min(us, 1000U));
 }

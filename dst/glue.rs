@@ -209,7 +209,8 @@ extern "C" {
     pub(crate) fn dst_dwork_cancel(dw: *mut bindings::delayed_work) -> bool;
     pub(crate) fn dst_dwork_disable_sync(dw: *mut bindings::delayed_work) -> bool;
     pub(crate) fn dst_now_ms() -> u64;
-    pub(crate) fn dst_race_delay();
+    pub(crate) static dst_race_delay_us: c_uint;
+    pub(crate) fn dst_race_delay(us: c_uint);
     pub(crate) fn dst_sock_send_pages(
         sock: *mut bindings::socket,
         pages: *mut *mut bindings::page,
@@ -270,9 +271,16 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// Widens a race window by the `race_delay_us` module parameter, for
-/// tests; nothing when it is 0 (the default).
+/// tests; when it is 0 (the default) this is one load and a branch, on
+/// the write path.
+#[inline]
 pub(crate) fn race_delay() {
-    // SAFETY: reads a module parameter and busy-waits; callable in any
-    // context.
-    unsafe { dst_race_delay() }
+    // SAFETY: the parameter is a plain `unsigned int` that lives as long as
+    // the module; sysfs may write it at any time, hence the volatile read
+    // (as the C side's `READ_ONCE`).
+    let us = unsafe { core::ptr::read_volatile(core::ptr::addr_of!(dst_race_delay_us)) };
+    if us != 0 {
+        // SAFETY: busy-waits; callable in any context.
+        unsafe { dst_race_delay(us) }
+    }
 }

@@ -31,7 +31,7 @@ use kernel::workqueue::Queue;
 use crate::glue;
 
 /// Which of the module's queues.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub(crate) enum Kind {
     /// Work that does not sleep for long.
     Io,

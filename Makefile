@@ -4,6 +4,7 @@
 #   make check   every test: host-side unit tests and lints, then the
 #                in-VM selftests on the real module
 #   make bench   dst against brd, md raid1 and the nbd peers, in one VM run
+#   make check-kasan  the in-VM tests (or TESTS=...) on a KASAN kernel
 #
 # Each target installs what it needs (Debian packages, bindgen) and builds
 # the 6.12 test kernel once into ~/.cache/dst (override with DST_CACHE).
@@ -15,7 +16,7 @@ DSTCTL := userspace/target/release/dstctl
 
 # (Kbuild reads ./Kbuild, never this file.)
 
-.PHONY: all deps kernel module dstctl userspace-check check demo bench lint fmt clean
+.PHONY: all deps kernel module dstctl userspace-check check check-kasan demo bench lint fmt clean
 
 all: module dstctl
 
@@ -54,6 +55,14 @@ fmt:
 
 check: userspace-check lint module dstctl
 	selftests/check.sh $(TESTS)
+
+# The one-machine tests on a kernel with KASAN and kmemleak (built with
+# clang; slower, so not part of check).  TESTS picks tests as for check.
+check-kasan: deps dstctl
+	@kdir=$$(scripts/build-kernel.sh kasan | tail -n 1) && \
+	ko=$$(scripts/build-module.sh kasan | tail -n 1) && \
+	DST_KO=$$ko selftests/check.sh --kdir $$kdir --share $${ko%/*} --timeout 5400 -- \
+		$(if $(TESTS),$(TESTS),$$(cd selftests/tests && ls | sed "s/\.sh$$//"))
 
 demo: module dstctl
 	scripts/vm-run --timeout 600 -- scripts/demo.sh

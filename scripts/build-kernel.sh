@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Build (or reuse) the dst test kernel from Debian's linux-source-6.12.
 #
-# usage: build-kernel.sh [test|bench|prof]
+# usage: build-kernel.sh [test|bench|prof|kasan]
 #
 # test: make check's kernel (lock and memory debugging); bench: make bench's
 # (no debugging); prof: the bench kernel plus kallsyms and perf events, for
-# profiling with perf in the guest.
+# profiling with perf in the guest; kasan: the test kernel plus KASAN and
+# kmemleak, built with clang (LLVM=1), which KASAN needs to check Rust code.
 #
 # The build lives outside the work tree, in $DST_CACHE (default
 # ~/.cache/dst), keyed by the kernel source version, the config fragments,
@@ -24,8 +25,12 @@ case "$flavour" in
 test) frags=("$here/kconfig/base.config" "$here/kconfig/debug.config") ;;
 bench) frags=("$here/kconfig/base.config") ;;
 prof) frags=("$here/kconfig/base.config" "$here/kconfig/prof.config") ;;
-*) echo "build-kernel: unknown flavour '$flavour' (test|bench|prof)" >&2; exit 2 ;;
+kasan) frags=("$here/kconfig/base.config" "$here/kconfig/debug.config" "$here/kconfig/kasan.config") ;;
+*) echo "build-kernel: unknown flavour '$flavour' (test|bench|prof|kasan)" >&2; exit 2 ;;
 esac
+# The make variables that choose the compilers (build-module.sh uses the same).
+llvm=()
+[ "$flavour" != kasan ] || llvm=(LLVM=1)
 
 tarball=/usr/src/linux-source-6.12.tar.xz
 [ -f "$tarball" ] || { echo "build-kernel: $tarball missing; run scripts/install-deps.sh" >&2; exit 1; }
@@ -37,6 +42,7 @@ key=$( {
 	"$RUSTC" --version
 	"$BINDGEN" --version
 	gcc --version | head -1
+	[ ${#llvm[@]} = 0 ] || clang --version | head -1
 } | sha256sum | cut -c1-16)
 
 src=$cache/linux-$srcver
@@ -65,7 +71,7 @@ rm -rf "$cache"/kbuild-"$flavour"-*
 mkdir -p "$out"
 log=$out/build.log
 kmake() {
-	make -C "$src" O="$out" RUSTC="$RUSTC" HOSTRUSTC="$RUSTC" BINDGEN="$BINDGEN" "$@"
+	make -C "$src" O="$out" RUSTC="$RUSTC" HOSTRUSTC="$RUSTC" BINDGEN="$BINDGEN" ${llvm[@]+"${llvm[@]}"} "$@"
 }
 
 echo "build-kernel: configuring ($flavour) in $out" >&2

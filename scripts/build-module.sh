@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Build dst.ko against the test (default) or bench kernel.
+# Build dst.ko against one of the kernels of build-kernel.sh (default: test).
 #
-# usage: build-module.sh [test|bench|prof] [make args...]
+# usage: build-module.sh [test|bench|prof|kasan] [make args...]
 #
-# The test flavour builds in the work tree (dst/dst.ko); the bench and prof
-# kernels have a different config (no lockdep), so their module is built in
-# a copy of the sources under the cache.  Warnings fail the build.  The
-# last line printed on stdout is the path of dst.ko.
+# The test flavour builds in the work tree (dst/dst.ko); the other kernels
+# have a different config (no lockdep; or KASAN and clang), so their module
+# is built in a copy of the sources under the cache.  Warnings fail the
+# build.  The last line printed on stdout is the path of dst.ko.
 set -euo pipefail
 
 flavour=${1:-test}
@@ -20,7 +20,7 @@ kdir=$("$here/build-kernel.sh" "$flavour" | tail -1)
 
 case "$flavour" in
 test) src=$repo ;;
-bench|prof)
+bench|prof|kasan)
 	src=$cache/module-$flavour
 	rm -rf "$src"
 	mkdir -p "$src/dst" "$src/userspace/dst-proto"
@@ -28,13 +28,16 @@ bench|prof)
 	cp "$repo"/dst/Kbuild "$repo"/dst/*.rs "$repo"/dst/*.c "$repo"/dst/*.h "$src/dst/"
 	cp -r "$repo/userspace/dst-proto/src" "$src/userspace/dst-proto/"
 	;;
-*) echo "build-module: unknown flavour '$flavour' (test|bench|prof)" >&2; exit 2 ;;
+*) echo "build-module: unknown flavour '$flavour' (test|bench|prof|kasan)" >&2; exit 2 ;;
 esac
+# The kernel's compilers (see build-kernel.sh).
+llvm=()
+[ "$flavour" != kasan ] || llvm=(LLVM=1)
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 if ! make -C "$kdir" M="$src" RUSTC=/usr/bin/rustc HOSTRUSTC=/usr/bin/rustc \
-	"$@" modules >"$log" 2>&1; then
+	${llvm[@]+"${llvm[@]}"} "$@" modules >"$log" 2>&1; then
 	cat "$log" >&2
 	echo "build-module: build failed" >&2
 	exit 1

@@ -6,7 +6,8 @@
 #
 # Each test file runs in its own bash process, under timeout(1) (300 s, or
 # the value of a "# timeout: N" line in the file), after `dmesg -C`; a kernel
-# splat in dmesg afterwards fails it.  Output is one TAP stream: each file is
+# splat in dmesg afterwards fails it, and so does, on a kernel with kmemleak
+# (make check-kasan), an object leaked meanwhile.  Output is one TAP stream: each file is
 # one top-level test point, its own TAP lines indented by 4 spaces.  The
 # last line is "N passed, N failed, N skipped" (test files); the exit status
 # is 1 if any failed.
@@ -31,9 +32,25 @@ check_dmesg() {
 	return 1
 }
 
+# On a kernel with kmemleak (make check-kasan): print the objects that
+# kmemleak finds unreferenced since the last call as diagnostics, and
+# return 1 if there are any.  A scan skips objects younger than 5 s, and
+# an object counts only if two scans in a row find it unreferenced.
+check_leaks() {
+	local f=/sys/kernel/debug/kmemleak out
+	[ -w "$f" ] || return 0
+	sleep 5
+	echo scan >"$f" && echo scan >"$f" || return 0
+	out=$(cat "$f")
+	echo clear >"$f"
+	[ -n "$out" ] || return 0
+	printf '%s\n' "$out" | head -n 80 | sed 's/^/# kmemleak: /'
+	return 1
+}
+
 # run_one N FILE: run one test file as top-level test point N.
 run_one() {
-	local n=$1 file=$2 name t rc start splat=0
+	local n=$1 file=$2 name t rc start splat=0 leak=0
 	name=$(basename "$file" .sh)
 	if [ ! -f "$file" ]; then
 		echo "not ok $n $name # no such test"
@@ -47,11 +64,14 @@ run_one() {
 	DST_TAP_NESTED=1 timeout -k 10 "$t" bash "$file" 2>&1 </dev/null | sed -u 's/^/    /'
 	rc=${PIPESTATUS[0]}
 	check_dmesg || splat=1
+	check_leaks || leak=1
 	echo "# $name: exit status $rc after $((SECONDS - start))s"
 	if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
 		echo "not ok $n $name # TIMEOUT after ${t}s"
 	elif [ "$splat" -eq 1 ]; then
 		echo "not ok $n $name # kernel splat in dmesg"
+	elif [ "$leak" -eq 1 ]; then
+		echo "not ok $n $name # kmemleak: unreferenced objects"
 	elif [ "$rc" -eq 0 ]; then
 		echo "ok $n $name"
 		passed=$((passed + 1))

@@ -23,7 +23,7 @@ use crate::errno;
 use crate::glue::now_ms;
 use crate::io::{Decision, DeferList, Gate, IoOwner, IoResult, IoSet, Outcome, Route};
 use crate::job::{impl_has_job, Job, JobRun};
-use crate::leg::{Leg, LegDev, LegSet, Removal};
+use crate::leg::{Leg, LegDev, LegSet, LegSets, Removal};
 use crate::msg::{refuse, Refusal};
 use crate::proto::genl::{resync as limits, DevState, Event, LegState, Target, MAX_LEGS};
 use crate::remote::{Link, Policy, RemoteConfig};
@@ -119,10 +119,9 @@ pub(crate) struct Device {
     /// stays (state `Removed`, its device released) so that indexes hold.
     /// Dropped before `holder`.
     legs: AppendVec<Leg, MAX_LEGS>,
-    /// Legs that get every write and serve reads.
-    in_sync: LegSet,
-    /// Legs being resynced: they get every write, serve no reads.
-    resyncing: LegSet,
+    /// Legs in sync (they get every write and serve reads), and legs
+    /// being resynced (they get every write, serve no reads).
+    sets: LegSets,
     /// In-sync legs that failed a read: the regions are marked dirty, and
     /// the repair job resyncs them (see [`Device::repair`]).
     to_repair: LegSet,
@@ -363,8 +362,7 @@ impl Device {
                 sectors,
                 block_size,
                 legs: table,
-                in_sync: LegSet::all(if sync { 1 } else { nlegs }),
-                resyncing: LegSet::none(),
+                sets: LegSets::new(if sync { 1 } else { nlegs }),
                 to_repair: LegSet::none(),
                 repairs <- new_mutex!(Repairs { last_ms: [0; MAX_LEGS] }, "Device::repairs"),
                 dirty,
@@ -529,7 +527,7 @@ impl Device {
     /// The state of the device as a whole.
     pub(crate) fn state(&self) -> DevState {
         let usable = (0..self.legs.len())
-            .filter(|&i| self.in_sync.contains(i) && self.leg_reachable(i))
+            .filter(|&i| self.sets.in_sync().contains(i) && self.leg_reachable(i))
             .count();
         let live = self.live_legs();
         match self.target {
@@ -543,12 +541,12 @@ impl Device {
 
     /// Whether leg `i` is in sync.
     pub(crate) fn leg_in_sync(&self, i: usize) -> bool {
-        self.in_sync.contains(i)
+        self.sets.in_sync().contains(i)
     }
 
     /// The legs in sync, as a bit mask.
     pub(crate) fn in_sync_mask(&self) -> u32 {
-        self.in_sync.mask()
+        self.sets.in_sync().mask()
     }
 
     /// Whether leg `i` can be reached now (a remote leg is connected).
@@ -574,7 +572,7 @@ impl Device {
             LegUse::Read => self.leg_in_sync(i),
             LegUse::Write => self.leg_writable(i),
             LegUse::ResyncSource => self.leg_in_sync(i) && self.leg_reachable(i),
-            LegUse::ResyncTarget => self.resyncing.contains(i),
+            LegUse::ResyncTarget => self.sets.resyncing().contains(i),
         };
         if !usable {
             leg.end();
@@ -582,14 +580,11 @@ impl Device {
         usable
     }
 
-    /// Whether leg `i` gets writes (in sync, or being resynced).
-    ///
-    /// The resyncing set is read first: a leg that [`Device::resync_done`]
-    /// moves joins the in-sync set before it leaves the resyncing one, so
-    /// a reader that finds it gone from the latter finds it in the former.
+    /// Whether leg `i` gets writes (in sync, or being resynced).  Both
+    /// sets are one word: a leg [`Device::resync_done`] moves is always
+    /// in one of them.
     pub(crate) fn leg_writable(&self, i: usize) -> bool {
-        let resyncing = self.resyncing.mask();
-        (resyncing | self.in_sync.mask()) & (1 << i) != 0
+        self.sets.writable() & (1 << i) != 0
     }
 
     /// The state of leg `i`.
@@ -597,14 +592,14 @@ impl Device {
         let Some(leg) = self.legs.get(i) else {
             return LegState::Faulty;
         };
-        if self.in_sync.contains(i) {
+        if self.sets.in_sync().contains(i) {
             // A held remote leg is still in sync, but its connection is down.
             return match leg.dev().remote().map(|r| r.link()) {
                 Some(Link::Down) => LegState::Down,
                 _ => LegState::InSync,
             };
         }
-        if self.resyncing.contains(i) {
+        if self.sets.resyncing().contains(i) {
             return LegState::Resyncing;
         }
         leg.state()
@@ -613,7 +608,7 @@ impl Device {
     /// Bytes resynced and to resync on leg `i`, and the speed in bytes per
     /// second (all 0 when it is not being resynced).
     pub(crate) fn resync_progress_of(&self, i: usize) -> (u64, u64, u64) {
-        if !self.resyncing.contains(i) {
+        if !self.sets.resyncing().contains(i) {
             return (0, 0, 0);
         }
         {
@@ -692,7 +687,7 @@ impl Device {
     pub(crate) fn fail_leg(this: ArcBorrow<'_, Self>, i: usize, e: Error) {
         let Some(leg) = this.legs.get(i) else { return };
         let spec = leg.spec().to_str().unwrap_or("?");
-        if this.resyncing.remove(i) {
+        if this.sets.resyncing().remove(i) {
             leg.set_state(LegState::Faulty);
             pr_err!(
                 "{}: leg {} ({}) failed a write while resyncing (errno {}), now faulty\n",
@@ -704,7 +699,7 @@ impl Device {
             Self::notify(this);
             return;
         }
-        match this.in_sync.remove_unless_last(i) {
+        match this.sets.in_sync().remove_unless_last(i) {
             Removal::Removed => {
                 leg.set_state(LegState::Faulty);
                 pr_err!(
@@ -713,7 +708,7 @@ impl Device {
                     spec,
                     leg.dev().name(),
                     e.to_errno(),
-                    this.in_sync.count(),
+                    this.sets.in_sync().count(),
                     this.live_legs()
                 );
                 Self::notify(this);
@@ -739,12 +734,12 @@ impl Device {
     /// in flight when its repair began) has the range copied by the
     /// running resync, which looks for regions dirtied behind it.
     pub(crate) fn repair(this: ArcBorrow<'_, Self>, i: usize, sector: u64, bytes: u32, e: Error) {
-        if e == errno::leg_away() || this.in_sync.mask() & !(1 << i) == 0 {
+        if e == errno::leg_away() || this.sets.in_sync().mask() & !(1 << i) == 0 {
             // No other leg to copy from.
             return;
         }
-        let in_sync = this.in_sync.contains(i);
-        if !in_sync && !this.resyncing.contains(i) {
+        let in_sync = this.sets.in_sync().contains(i);
+        if !in_sync && !this.sets.resyncing().contains(i) {
             return;
         }
         this.mark_dirty(i, sector, bytes);
@@ -784,7 +779,7 @@ impl Device {
                 wait = wait.max(*last + REPAIR_PAUSE_MS - now);
                 continue;
             }
-            if self.in_sync.remove_unless_last(i) != Removal::Removed {
+            if self.sets.in_sync().remove_unless_last(i) != Removal::Removed {
                 continue;
             }
             *last = now.max(1);
@@ -822,7 +817,7 @@ impl Device {
     /// position so equal legs share the load.  Held remote legs (in sync,
     /// connection down) are used only when nothing else is left.
     pub(crate) fn pick_read_leg(&self, tried: u32) -> Option<usize> {
-        let candidates = self.in_sync.mask() & !tried;
+        let candidates = self.sets.in_sync().mask() & !tried;
         if candidates & candidates.wrapping_sub(1) == 0 {
             // None, or only one: nothing to choose.
             return (candidates != 0).then(|| candidates.trailing_zeros() as usize);
@@ -893,7 +888,7 @@ impl Device {
 
     /// The next leg to resync.
     pub(crate) fn next_resync_target(&self) -> Option<usize> {
-        let m = self.resyncing.mask();
+        let m = self.sets.resyncing().mask();
         (m != 0).then(|| m.trailing_zeros() as usize)
     }
 
@@ -903,7 +898,7 @@ impl Device {
         let ok = |i: &usize| {
             *i != target
                 && avoid & (1 << *i) == 0
-                && self.in_sync.contains(*i)
+                && self.sets.in_sync().contains(*i)
                 && self.leg_reachable(*i)
         };
         let local = (0..self.legs.len())
@@ -924,18 +919,17 @@ impl Device {
     /// Leg `target` is in sync again, after a resync that copied `bytes`
     /// in `ms` milliseconds.
     ///
-    /// The leg joins the in-sync set before it leaves the resyncing one: a
-    /// write that found it in neither would skip it and mark a region that
-    /// no resync is left to copy.  If the leg left the resyncing set
-    /// meanwhile (it went down, failed, or was detached), it leaves the
-    /// in-sync set again, and keeps the state whoever took it out gave it.
-    /// Its state becomes `in-sync` only if still `resyncing`, for the same
-    /// reason.
+    /// The leg moves from the resyncing set to the in-sync one in one
+    /// step: a write never finds it in neither (it would skip it, and mark
+    /// a region no resync is left to copy), and a leg that left the
+    /// resyncing set meanwhile (it went down, failed, or was detached)
+    /// stays out, with the state whoever took it out gave it.  Its state
+    /// becomes `in-sync` only if still `resyncing`, for the same reason.
     pub(crate) fn resync_done(self: &Arc<Self>, target: usize, bytes: u64, ms: u64) {
         let Some(leg) = self.legs.get(target) else {
             return;
         };
-        if !self.resyncing.contains(target) {
+        if !self.sets.resyncing().contains(target) {
             return;
         }
         // Logged first: whoever sees the leg in sync finds the line.  (If
@@ -948,10 +942,8 @@ impl Device {
             ms,
             (bytes >> 10) * 1000 / ms.max(1)
         );
-        self.in_sync.insert(target);
-        if !self.resyncing.remove(target) {
+        if !self.sets.promote(target) {
             // Whoever took it out reports the change.
-            self.in_sync.remove(target);
             return;
         }
         leg.change_state(LegState::Resyncing, LegState::InSync);
@@ -960,7 +952,7 @@ impl Device {
 
     /// The resync of `target` cannot go on.
     pub(crate) fn resync_failed(self: &Arc<Self>, target: usize, why: &str) {
-        if self.resyncing.remove(target) {
+        if self.sets.resyncing().remove(target) {
             if let Some(leg) = self.legs.get(target) {
                 leg.set_state(LegState::Faulty);
             }
@@ -1080,17 +1072,16 @@ impl Device {
     /// returns whether it was in sync.  The caller holds `admin`.
     fn take_out(self: &Arc<Self>, i: usize, leg: &Leg) -> Result<bool, Refusal> {
         let prior = leg.state();
-        let was_in_sync = match self.in_sync.remove_unless_last(i) {
-            Removal::Last => refuse!(
+        // Out of both sets in one step (a resync ending meanwhile cannot
+        // put it back in sync).
+        let Ok((was_in_sync, was_resyncing)) = self.sets.leave(i) else {
+            refuse!(
                 EBUSY,
                 "leg {} is the last in-sync leg of {}",
                 i,
                 self.name()
-            ),
-            Removal::Removed => true,
-            Removal::NotMember => false,
+            )
         };
-        let was_resyncing = self.resyncing.remove(i);
         leg.set_state(LegState::Detached);
         // Pairs with the fence in `enter_leg`: an I/O that did not see the
         // leg leave is counted by now.
@@ -1246,7 +1237,7 @@ impl Device {
             self.name(),
             i,
             leg.spec().to_str().unwrap_or("?"),
-            self.in_sync.count(),
+            self.sets.in_sync().count(),
             self.live_legs()
         );
         Self::notify(self.as_arc_borrow());
@@ -1276,9 +1267,9 @@ impl Device {
     fn resync_leg(self: &Arc<Self>, i: usize) {
         let Some(leg) = self.legs.get(i) else { return };
         leg.set_state(LegState::Resyncing);
-        self.resyncing.insert(i);
+        self.sets.resyncing().insert(i);
         fence(Ordering::SeqCst);
-        if !self.leg_reachable(i) && self.resyncing.remove(i) {
+        if !self.leg_reachable(i) && self.sets.resyncing().remove(i) {
             leg.set_state(LegState::Down);
             return;
         }
@@ -1375,13 +1366,13 @@ impl Device {
         // (stored by the remote before this call), and either that leg
         // sees it or the removal below sees the leg in the set.
         fence(Ordering::SeqCst);
-        if self.resyncing.remove(i) {
+        if self.sets.resyncing().remove(i) {
             if let Some(leg) = self.legs.get(i) {
                 leg.set_state(LegState::Down);
             }
             return Policy::FailFast;
         }
-        match self.in_sync.remove_unless_last(i) {
+        match self.sets.in_sync().remove_unless_last(i) {
             Removal::Removed => {
                 if let Some(leg) = self.legs.get(i) {
                     leg.set_state(LegState::Down);
@@ -1390,7 +1381,7 @@ impl Device {
                     "{}: leg {} is down; the mirror goes on with {} of {} legs\n",
                     self.name(),
                     i,
-                    self.in_sync.count(),
+                    self.sets.in_sync().count(),
                     self.live_legs()
                 );
                 Policy::FailFast
@@ -1404,7 +1395,7 @@ impl Device {
     pub(crate) fn remote_up(self: &Arc<Self>, i: usize) {
         if self.target == Target::Mirror {
             let Some(leg) = self.legs.get(i) else { return };
-            if !self.in_sync.contains(i) && leg.state() == LegState::Down {
+            if !self.sets.in_sync().contains(i) && leg.state() == LegState::Down {
                 // The leg missed the writes its dirty map holds (those
                 // made while it was down, and those that failed with the
                 // connection).  A server that does not keep its data
@@ -1491,9 +1482,10 @@ impl IoOwner for Device {
         sector: u64,
         bytes: u32,
         res: Result,
+        preflush: bool,
     ) {
         let i = leg as usize;
-        if let Some(l) = this.legs.get(i) {
+        if let Some(l) = this.legs.get(i).filter(|_| !preflush) {
             l.done(op, res);
         }
         if let (Err(e), Target::Mirror) = (res, this.target) {

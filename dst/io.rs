@@ -135,7 +135,8 @@ impl Default for Gate {
 pub(crate) struct Outcome {
     /// The parent's operation.
     pub(crate) op: Op,
-    /// Legs whose clone succeeded (bit per leg index).
+    /// Legs whose clones all succeeded (bit per leg index), among those
+    /// allowed to count ([`Io::set_voters`]).
     pub(crate) ok: u32,
     /// Every leg tried so far for this I/O (reads may retry).
     pub(crate) tried: u32,
@@ -202,7 +203,9 @@ pub(crate) trait IoOwner: Send + Sync + Sized {
     /// Where deferred I/Os wait.
     fn defer_list(&self) -> &DeferList;
     /// Called for every clone as it ends, in any context, with the
-    /// parent's range (`sector`, `bytes`).
+    /// parent's range (`sector`, `bytes`).  `preflush` marks the flush sent
+    /// ahead of a data clone ([`Io::clone_to`]): the data clone ends the
+    /// leg's request, the flush only reports its failure.
     fn clone_done(
         this: ArcBorrow<'_, Self>,
         leg: u32,
@@ -210,6 +213,7 @@ pub(crate) trait IoOwner: Send + Sync + Sized {
         sector: u64,
         bytes: u32,
         res: Result,
+        preflush: bool,
     );
     /// Called once all clones of an I/O have ended, in any context.
     fn io_done(this: ArcBorrow<'_, Self>, outcome: &Outcome) -> Decision;
@@ -239,6 +243,10 @@ struct IoState {
     acct: bool,
     pending: AtomicU32,
     ok: AtomicU32,
+    /// Legs whose flush ahead of the data failed (see [`Io::clone_to`]).
+    bad: AtomicU32,
+    /// Legs whose success can make the I/O good ([`Io::set_voters`]).
+    voters: u32,
     tried: AtomicU32,
     error: AtomicU32,
     op: Op,
@@ -249,6 +257,9 @@ struct IoState {
 struct Pad {
     io: *mut IoState,
     leg: u32,
+    /// The flush sent ahead of the leg's data clone ([`Io::clone_to`]): not
+    /// a request of its own.
+    preflush: bool,
     state: IoState,
 }
 
@@ -301,6 +312,7 @@ pub(crate) struct Io<'a, T: IoOwner> {
     state: Option<NonNull<IoState>>,
     op: Op,
     error: Option<Error>,
+    voters: u32,
 }
 
 impl<'a, T: IoOwner> Io<'a, T> {
@@ -314,7 +326,15 @@ impl<'a, T: IoOwner> Io<'a, T> {
             state: None,
             op,
             error: None,
+            voters: u32::MAX,
         }
+    }
+
+    /// Lets only the legs in `mask` make the I/O good: a clone on another
+    /// leg is sent and counted, but does not show in [`Outcome::ok`].  To
+    /// be called before the first clone is sent.
+    pub(crate) fn set_voters(&mut self, mask: u32) {
+        self.voters = mask;
     }
 
     /// The parent bio.
@@ -329,7 +349,7 @@ impl<'a, T: IoOwner> Io<'a, T> {
         self.state.is_some()
     }
 
-    fn attach(&mut self, clone: *mut bindings::bio, leg: u32) {
+    fn attach(&mut self, clone: *mut bindings::bio, leg: u32, preflush: bool) {
         // SAFETY: `clone` was just allocated from the owner's io set.
         let pad = unsafe { pad_of(clone) };
         let io = match self.state.map(NonNull::as_ptr) {
@@ -365,6 +385,8 @@ impl<'a, T: IoOwner> Io<'a, T> {
                         // The bias, and this clone.
                         pending: AtomicU32::new(2),
                         ok: AtomicU32::new(0),
+                        bad: AtomicU32::new(0),
+                        voters: self.voters,
                         tried: AtomicU32::new(1 << leg),
                         error: AtomicU32::new(0),
                         op: self.op,
@@ -378,6 +400,7 @@ impl<'a, T: IoOwner> Io<'a, T> {
         unsafe {
             (*pad).io = io;
             (*pad).leg = leg;
+            (*pad).preflush = preflush;
             (*clone).bi_end_io = Some(clone_endio::<T>);
         }
     }
@@ -400,7 +423,7 @@ impl<'a, T: IoOwner> Io<'a, T> {
         if clone.is_null() {
             return Err(ENOMEM);
         }
-        self.attach(clone, leg);
+        self.attach(clone, leg, false);
         // SAFETY: the clone is ours until submitted; it has its end_io.
         unsafe {
             (*clone).bi_iter.bi_sector = sector;
@@ -411,14 +434,15 @@ impl<'a, T: IoOwner> Io<'a, T> {
     /// Sends a clone of the parent to leg `leg` of `sink` at `sector`.  A
     /// leg that is not a block device gets a `REQ_PREFLUSH` with data as an
     /// empty flush followed by the data without it: the flush only has to
-    /// cover writes completed before the parent was issued.
+    /// cover writes completed before the parent was issued.  The two are
+    /// one request of the leg: the leg succeeds only if both do.
     ///
     /// Fails only if no clone can be made (a bio set with `GFP_NOIO` waits
     /// for memory rather than fail, so in practice never); the leg then did
     /// not get the I/O and the caller decides what that means.
     pub(crate) fn clone_to(&mut self, leg: u32, sink: &dyn BioSink, sector: u64) -> Result {
         if sink.bdev().is_none() && self.parent().is_preflush() && !self.parent().is_flush_only() {
-            self.flush_to(leg, sink)?;
+            self.send_flush(leg, sink, true)?;
         }
         sink.submit(self.make_clone(leg, sink, sector)?);
         Ok(())
@@ -440,6 +464,12 @@ impl<'a, T: IoOwner> Io<'a, T> {
     /// Sends an empty cache flush to leg `leg` of `sink`.  Fails as
     /// [`Io::clone_to`] does.
     pub(crate) fn flush_to(&mut self, leg: u32, sink: &dyn BioSink) -> Result {
+        self.send_flush(leg, sink, false)
+    }
+
+    /// Sends an empty cache flush, as a request of its own or (`preflush`)
+    /// as the first half of one ([`Io::clone_to`]).
+    fn send_flush(&mut self, leg: u32, sink: &dyn BioSink, preflush: bool) -> Result {
         // SAFETY: the parent is live; the io set is initialised.
         let bio = unsafe {
             glue::dst_bio_alloc_flush(
@@ -450,7 +480,7 @@ impl<'a, T: IoOwner> Io<'a, T> {
         if bio.is_null() {
             return Err(ENOMEM);
         }
-        self.attach(bio, leg);
+        self.attach(bio, leg, preflush);
         // SAFETY: the bio is ours until submitted; it has its end_io.
         let Some(bio) = (unsafe { LegBio::from_raw(bio) }) else {
             return Err(ENOMEM);
@@ -530,11 +560,22 @@ unsafe extern "C" fn clone_endio<T: IoOwner>(clone: *mut bindings::bio) {
     let pad = unsafe { pad_of(clone) };
     // SAFETY: `attach` filled the pad; the I/O is live until its last
     // clone ends, which is at the earliest this one.
-    let (io, leg) = unsafe { ((*pad).io, (*pad).leg) };
+    let (io, leg, preflush) = unsafe { ((*pad).io, (*pad).leg, (*pad).preflush) };
     // SAFETY: the clone is live until we put it.
     let res = from_status(unsafe { (*clone).bi_status });
-    // SAFETY: the I/O is live.
-    unsafe { record(io, Some(leg), res) };
+    match (preflush, res) {
+        // The data clone tells whether the leg took the write.
+        (true, Ok(())) => {}
+        (true, Err(e)) => {
+            // SAFETY: the I/O is live.
+            unsafe {
+                (*io).bad.fetch_or(1 << leg, Ordering::Relaxed);
+                record(io, None, Err(e));
+            }
+        }
+        // SAFETY: the I/O is live.
+        (false, _) => unsafe { record(io, Some(leg), res) },
+    }
     {
         // SAFETY: `owner` is the pointer the disk stores with
         // `Arc::into_raw`, and the disk's reference lasts while the I/O
@@ -545,7 +586,7 @@ unsafe extern "C" fn clone_endio<T: IoOwner>(clone: *mut bindings::bio) {
             let p = (*io).parent;
             ((*io).op, (*p).bi_iter.bi_sector, (*p).bi_iter.bi_size)
         };
-        T::clone_done(owner, leg, op, sector, bytes, res);
+        T::clone_done(owner, leg, op, sector, bytes, res, preflush);
     }
     // SAFETY: the first clone holds the state and is put when the I/O ends.
     if clone != unsafe { (*io).first } {
@@ -587,7 +628,7 @@ fn outcome(s: &IoState) -> Outcome {
     let code = s.error.load(Ordering::Relaxed);
     Outcome {
         op: s.op,
-        ok: s.ok.load(Ordering::Relaxed),
+        ok: s.ok.load(Ordering::Relaxed) & !s.bad.load(Ordering::Relaxed) & s.voters,
         tried: s.tried.load(Ordering::Relaxed),
         error: (code != 0).then(|| Error::from_errno(-(code as i32))),
         // SAFETY: the parent is live while its I/O is.
@@ -711,6 +752,7 @@ unsafe fn retry<T: IoOwner>(owner: &T, io: *mut IoState) {
         let pad = pad_of(clone);
         (*pad).io = io;
         (*pad).leg = route.leg;
+        (*pad).preflush = false;
         s.pending.store(1, Ordering::Relaxed);
         s.tried.fetch_or(1 << route.leg, Ordering::Relaxed);
         (*clone).bi_end_io = Some(clone_endio::<T>);

@@ -16,12 +16,11 @@ use crate::msg::{refuse, Refusal};
 use crate::proto::genl::LegState;
 use crate::remote::{Remote, RemoteConfig};
 
-/// A set of legs of a device (which are in sync, which are resyncing): one
-/// atomic bitmask, bit `i` for leg `i`, so that "take leg `i` out unless it
-/// is the last one" is a single, race-free decision.
+/// A set of legs of a device (those with reads that failed, to repair):
+/// one atomic bitmask, bit `i` for leg `i`.
 pub(crate) struct LegSet(AtomicU32);
 
-/// What [`LegSet::remove_unless_last`] did.
+/// What [`SetView::remove_unless_last`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Removal {
     /// The leg left the set.
@@ -33,19 +32,9 @@ pub(crate) enum Removal {
 }
 
 impl LegSet {
-    /// Legs `0..n`.
-    pub(crate) fn all(n: usize) -> Self {
-        LegSet(AtomicU32::new(((1u64 << n) - 1) as u32))
-    }
-
     /// No leg.
     pub(crate) fn none() -> Self {
         LegSet(AtomicU32::new(0))
-    }
-
-    /// The bitmask.
-    pub(crate) fn mask(&self) -> u32 {
-        self.0.load(Ordering::Acquire)
     }
 
     /// Adds leg `i`; returns whether it was absent.
@@ -53,41 +42,135 @@ impl LegSet {
         self.0.fetch_or(1 << i, Ordering::AcqRel) & (1 << i) == 0
     }
 
-    /// Removes leg `i`; returns whether it was present.
-    pub(crate) fn remove(&self, i: usize) -> bool {
-        self.0.fetch_and(!(1 << i), Ordering::AcqRel) & (1 << i) != 0
-    }
-
     /// Empties the set; returns what it held.
     pub(crate) fn take(&self) -> u32 {
         self.0.swap(0, Ordering::AcqRel)
     }
+}
+
+/// The two sets a mirror's legs are in: in sync (they get writes and
+/// serve reads) and resyncing (they get writes only).  One atomic word,
+/// bit `i` for leg `i` in sync and bit `16 + i` for it resyncing, so that
+/// a leg moves from one set to the other, or leaves both, in one step
+/// nobody can see half done, and "take leg `i` out unless it is the last
+/// in sync" is one race-free decision.
+pub(crate) struct LegSets(AtomicU32);
+
+const RESYNCING: u32 = 16;
+const _: () = assert!(crate::proto::genl::MAX_LEGS <= RESYNCING as usize);
+
+/// One of the [`LegSets`], with the operations of a set of legs.
+#[derive(Clone, Copy)]
+pub(crate) struct SetView<'a> {
+    word: &'a AtomicU32,
+    shift: u32,
+}
+
+impl LegSets {
+    /// Legs `0..n` in sync, none resyncing.
+    pub(crate) fn new(n: usize) -> Self {
+        LegSets(AtomicU32::new(((1u32 << n) - 1) & 0xffff))
+    }
+
+    /// The in-sync set.
+    pub(crate) fn in_sync(&self) -> SetView<'_> {
+        SetView {
+            word: &self.0,
+            shift: 0,
+        }
+    }
+
+    /// The resyncing set.
+    pub(crate) fn resyncing(&self) -> SetView<'_> {
+        SetView {
+            word: &self.0,
+            shift: RESYNCING,
+        }
+    }
+
+    /// The legs that get writes (in sync or resyncing), as a bit mask.
+    pub(crate) fn writable(&self) -> u32 {
+        let w = self.0.load(Ordering::Acquire);
+        (w | w >> RESYNCING) & 0xffff
+    }
+
+    /// Moves leg `i` from the resyncing set to the in-sync one, if it is
+    /// still resyncing; returns whether it was.
+    pub(crate) fn promote(&self, i: usize) -> bool {
+        let (ins, res) = (1u32 << i, 1u32 << (i as u32 + RESYNCING));
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                (w & res != 0).then_some((w & !res) | ins)
+            })
+            .is_ok()
+    }
+
+    /// Takes leg `i` out of both sets, unless it is the last in sync (then
+    /// nothing changes, and `Err` says so).  Returns whether it was in
+    /// sync and whether it was resyncing.
+    pub(crate) fn leave(&self, i: usize) -> Result<(bool, bool), ()> {
+        let (ins, res) = (1u32 << i, 1u32 << (i as u32 + RESYNCING));
+        let mut last = false;
+        let before = self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+            last = w & 0xffff == ins;
+            (!last).then_some(w & !(ins | res))
+        });
+        match before {
+            Ok(w) => Ok((w & ins != 0, w & res != 0)),
+            Err(_) => Err(()),
+        }
+    }
+}
+
+impl SetView<'_> {
+    fn bit(&self, i: usize) -> u32 {
+        1 << (i as u32 + self.shift)
+    }
+
+    /// The bitmask (bit `i` for leg `i`).
+    pub(crate) fn mask(&self) -> u32 {
+        (self.word.load(Ordering::Acquire) >> self.shift) & 0xffff
+    }
+
+    /// Adds leg `i`; returns whether it was absent.
+    pub(crate) fn insert(&self, i: usize) -> bool {
+        let bit = self.bit(i);
+        self.word.fetch_or(bit, Ordering::AcqRel) & bit == 0
+    }
+
+    /// Removes leg `i`; returns whether it was present.
+    pub(crate) fn remove(&self, i: usize) -> bool {
+        let bit = self.bit(i);
+        self.word.fetch_and(!bit, Ordering::AcqRel) & bit != 0
+    }
 
     /// Whether leg `i` is in the set.
     pub(crate) fn contains(&self, i: usize) -> bool {
-        self.0.load(Ordering::Acquire) & (1 << i) != 0
+        self.word.load(Ordering::Acquire) & self.bit(i) != 0
     }
 
     /// Number of legs in the set.
     pub(crate) fn count(&self) -> u32 {
-        self.0.load(Ordering::Acquire).count_ones()
+        self.mask().count_ones()
     }
 
     /// Takes leg `i` out of the set, unless it is the only one left.
     pub(crate) fn remove_unless_last(&self, i: usize) -> Removal {
-        let bit = 1 << i;
-        let mut cur = self.0.load(Ordering::Acquire);
+        let bit = self.bit(i);
+        let mut cur = self.word.load(Ordering::Acquire);
         loop {
             if cur & bit == 0 {
                 return Removal::NotMember;
             }
-            if cur == bit {
+            if (cur >> self.shift) & 0xffff == bit >> self.shift {
                 return Removal::Last;
             }
-            match self
-                .0
-                .compare_exchange_weak(cur, cur & !bit, Ordering::AcqRel, Ordering::Acquire)
-            {
+            match self.word.compare_exchange_weak(
+                cur,
+                cur & !bit,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return Removal::Removed,
                 Err(now) => cur = now,
             }

@@ -133,6 +133,10 @@ pub(crate) fn submit(dev: ArcBorrow<'_, Device>, bio: Bio) {
             }
         }
         Op::Write | Op::Discard | Op::WriteZeroes => {
+            // Only a leg in sync before the write went out can make it
+            // good: a resyncing leg that takes it and then ends its resync
+            // does not make up for the last in-sync leg failing it.
+            io.set_voters(dev.in_sync_mask());
             // A leg that does its I/O in the submitter's context (a RAM
             // disk, zram, pmem) costs that context the whole copy.  So a
             // large write to such legs is handed to the workqueue's lanes,
@@ -145,9 +149,22 @@ pub(crate) fn submit(dev: ArcBorrow<'_, Device>, bio: Bio) {
                 let later = large && dev.legs()[i].dev().is_synchronous();
                 match send(&mut io, dev, i, sector, later) {
                     Sent::Yes => sent += 1,
-                    // The leg misses this write (a failed leg too: it may
-                    // be attached again and resynced from its map).
-                    Sent::Skipped | Sent::Failed => dev.mark_dirty(i, sector, bytes),
+                    // The leg misses this write: it may be attached again
+                    // and resynced from its map.
+                    Sent::Skipped => {
+                        dev.mark_dirty(i, sector, bytes);
+                        // It may have joined since `send` looked, and its
+                        // resync may have found its map clean: look again,
+                        // after the mark.  The fence in `enter_leg` pairs
+                        // with the one in `Device::resync_leg`: either this
+                        // sees the leg writable and sends it the write, or
+                        // its resync sees the mark.
+                        if let Sent::Yes = send(&mut io, dev, i, sector, false) {
+                            sent += 1;
+                        }
+                    }
+                    // A failed leg, likewise.
+                    Sent::Failed => dev.mark_dirty(i, sector, bytes),
                 }
             }
             if sent == 0 {
@@ -199,7 +216,8 @@ pub(crate) fn io_done(dev: ArcBorrow<'_, Device>, o: &Outcome) -> Decision {
         if mask != 0 && dev.barrier().exit(mask) {
             Arc::from(dev).kick_resync();
         }
-        // Only a copy on an in-sync leg makes a write good.
+        // Only a copy on a leg in sync from before the write went out
+        // until now makes it good (`o.ok` holds only the former).
         if o.ok & dev.in_sync_mask() != 0 {
             return Decision::Complete(Ok(()));
         }

@@ -43,7 +43,7 @@ check_files() {
 	(cd "$MNT" && sha256sum -c --quiet "$TEST_TMP/sums")
 }
 
-plan 15
+plan 17
 brd_setup 1 64
 dst_load
 cleanup_push umount_mnt
@@ -79,5 +79,11 @@ assert_cmd -m "unmount; e2fsck -fn is clean" eval 'umount "$MNT" && e2fsck -fn "
 assert_cmd -m "ram0, the export and the device hold the same data" same_data "$dev" /dev/ram0 "nbd://127.0.0.1:$port/" "$SIZE"
 assert_eq "$(dst_jq fe '[.state, .legs[1].connects, .legs[0].write_errors] | map(tostring) | join(" ")')" \
 	"ok 2 0" "device ok, the leg reconnected once, no error on ram0"
+# The journal's commits are flushes with data (REQ_PREFLUSH): a remote leg
+# gets them as a flush, then the data, which must count as one request.
+assert_cmd -m "idle: no request counted in flight on either leg" \
+	eval '[ "$(dst_jq fe "[.legs[].inflight] | map(tostring) | join(\" \")")" = "0 0" ]'
+assert_cmd -m "the remote leg detaches at once (nothing in flight), and attaches back in sync" \
+	eval 'timeout 20 "$DSTCTL" detach fe 1 >/dev/null && dstctl attach fe 1 && wait_leg fe 1 in-sync 30'
 assert_cmd -m "remove the mirror" dstctl remove fe
 dmesg_check

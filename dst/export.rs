@@ -43,7 +43,7 @@ use crate::io::{page_io, BioSink, Gate, PageIoOwner, PageOp};
 use crate::job::{impl_has_job, Job, JobRun};
 use crate::msg::{refuse, Msg, Refusal};
 use crate::proto::genl::{MAX_ALLOW, MAX_CLIENTS, MAX_EXPORTS};
-use crate::proto::nbd::{cmd, cmdflag, tflag, Request, SimpleReply, StructuredReply, Transport};
+use crate::proto::nbd::{cmd, cmdflag, tflag, Request, SimpleReply, StructuredReply};
 use crate::proto::nbd_server::{self, ExportLookup, RequestVerdict, ServedExport};
 use crate::socket::{RecvKick, RecvNext, SockEvent, SockEvents, Socket};
 use crate::wq;
@@ -612,34 +612,30 @@ impl ExportLookup for Lookup<'_> {
     }
 
     fn for_each_export(&mut self, f: &mut dyn FnMut(&[u8], &[u8])) {
-        let exports = self.listener.exports.lock();
-        for e in exports.iter().filter(|e| e.allows(&self.peer)) {
-            f(&e.name, e.dev.name().as_bytes());
+        // `f` sends, and may wait on a client that does not read: not
+        // under the lock, which accepts and admin commands take too.
+        // Copies, so that no export (nor its device) is held meanwhile.
+        let mut shown: KVec<(KVec<u8>, KVec<u8>)> = KVec::new();
+        {
+            let exports = self.listener.exports.lock();
+            for e in exports.iter().filter(|e| e.allows(&self.peer)) {
+                let copy = (|| {
+                    let mut name = KVec::new();
+                    name.extend_from_slice(&e.name, GFP_KERNEL)?;
+                    let mut dev = KVec::new();
+                    dev.extend_from_slice(e.dev.name().as_bytes(), GFP_KERNEL)?;
+                    shown.push((name, dev), GFP_KERNEL)
+                })();
+                if copy.is_err() {
+                    // Out of memory: a shorter list (the client may ask
+                    // for a name it knows).
+                    break;
+                }
+            }
         }
-    }
-}
-
-/// Blocking socket I/O with an overall deadline.
-struct Deadline<'a> {
-    sock: &'a Socket,
-    until: u64,
-}
-
-impl Transport for Deadline<'_> {
-    type Error = Error;
-
-    fn send_all(&mut self, buf: &[u8]) -> Result<(), Error> {
-        if now_ms() > self.until {
-            return Err(errno::etimedout());
+        for (name, dev) in shown.iter() {
+            f(name, dev);
         }
-        self.sock.blocking().send_all(buf)
-    }
-
-    fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), Error> {
-        if now_ms() > self.until {
-            return Err(errno::etimedout());
-        }
-        self.sock.blocking().recv_exact(buf)
     }
 }
 
@@ -849,9 +845,16 @@ impl Conn {
         let Some(sock) = st.sock.clone() else {
             return Ok(());
         };
+        let mut taken = 0;
         loop {
             match &mut st.rx {
                 Rx::Header { buf, got } => {
+                    if *got == 0 && taken == MAX_INFLIGHT {
+                        // Enough for one pass: the caller looks again
+                        // (flushes free the budget as they go, so it alone
+                        // would not end a pass).
+                        return Ok(());
+                    }
                     if self.over_budget() {
                         // Resumed when replies go out (the send side may
                         // have made room meanwhile: look again).
@@ -881,6 +884,7 @@ impl Conn {
                         return Err(Msg::new(format_args!("bad request magic")));
                     };
                     st.rx = RX_START;
+                    taken += 1;
                     match nbd_server::check_request(&r, &e.served) {
                         Ok(()) => {}
                         Err(RequestVerdict::Fatal(why)) => {
@@ -924,6 +928,10 @@ impl Conn {
                             self.receiving.store(true, Ordering::SeqCst);
                             res.map_err(|_| oom())?;
                             st = self.rx.lock();
+                            if st.sock.is_none() {
+                                // Closed meanwhile: no more requests.
+                                return Ok(());
+                            }
                         }
                     }
                 }
@@ -1115,10 +1123,7 @@ impl JobRun<HANDSHAKE> for Conn {
             }
         };
         let res = {
-            let mut t = Deadline {
-                sock: &sock,
-                until: now_ms() + HANDSHAKE_MS,
-            };
+            let mut t = sock.blocking_until(now_ms() + HANDSHAKE_MS);
             nbd_server::server_handshake(&mut t, &mut lookup, &mut scratch)
         };
         let export = match (res, lookup.chosen.take()) {
@@ -1143,18 +1148,22 @@ impl JobRun<HANDSHAKE> for Conn {
             }
         };
         // Still exported?  (An unexport closes the clients it knows of,
-        // and this one may have chosen its export just before.)
-        let live = this
-            .listener
-            .exports
-            .lock()
-            .iter()
-            .any(|e| Arc::ptr_eq(e, &export));
+        // and this one may have chosen its export just before.)  Under the
+        // exports' lock, which an unexport takes to remove the export
+        // before it closes the clients of it: either that finds this one
+        // serving the export, or this finds the export gone.
+        let live = {
+            let exports = this.listener.exports.lock();
+            let live = exports.iter().any(|e| Arc::ptr_eq(e, &export));
+            if live {
+                *this.export.lock() = Some(export);
+            }
+            live
+        };
         if !live || this.closed.load(Ordering::Acquire) {
             this.close();
             return;
         }
-        *this.export.lock() = Some(export);
         if sock.watch::<_, 0>(this.clone()).is_err() {
             this.close();
             return;

@@ -440,12 +440,24 @@ struct dst_sock_cb {
 	void (*state_change)(struct sock *sk);
 };
 
+/*
+ * The callback block of a watched socket; NULL in a connection not yet
+ * accepted from a watched listening socket (SK_USER_DATA_NOCOPY: such a
+ * child is a copy of the listener, and must not carry the listener's block,
+ * which is freed when the listener is unwatched, maybe before the child).
+ * The caller holds sk_callback_lock.
+ */
+static struct dst_sock_cb *dst_cb_of(struct sock *sk)
+{
+	return __locked_read_sk_user_data_with_flags(sk, 0);
+}
+
 static void dst_sk_data_ready(struct sock *sk)
 {
 	struct dst_sock_cb *cb;
 
 	read_lock_bh(&sk->sk_callback_lock);
-	cb = sk->sk_user_data;
+	cb = dst_cb_of(sk);
 	if (cb)
 		cb->fn(cb->data, DST_SOCK_READABLE);
 	read_unlock_bh(&sk->sk_callback_lock);
@@ -456,7 +468,7 @@ static void dst_sk_write_space(struct sock *sk)
 	struct dst_sock_cb *cb;
 
 	read_lock_bh(&sk->sk_callback_lock);
-	cb = sk->sk_user_data;
+	cb = dst_cb_of(sk);
 	if (cb && sk_stream_is_writeable(sk)) {
 		clear_bit(SOCK_NOSPACE, &sk->sk_socket->flags);
 		cb->fn(cb->data, DST_SOCK_WRITABLE);
@@ -469,7 +481,7 @@ static void dst_sk_state_change(struct sock *sk)
 	struct dst_sock_cb *cb;
 
 	read_lock_bh(&sk->sk_callback_lock);
-	cb = sk->sk_user_data;
+	cb = dst_cb_of(sk);
 	if (cb) {
 		switch (sk->sk_state) {
 		case TCP_CLOSE:
@@ -486,7 +498,8 @@ static void dst_sk_state_change(struct sock *sk)
 
 /*
  * A connection accepted on a watched listening socket inherits its
- * callbacks and user data: give it back the stock ones, unwatched.
+ * callbacks (not its callback block, see dst_cb_of()): give it back the
+ * stock ones, unwatched.
  */
 static void dst_sock_restore_child(struct socket *lsock, struct sock *sk)
 {
@@ -496,7 +509,7 @@ static void dst_sock_restore_child(struct socket *lsock, struct sock *sk)
 	struct dst_sock_cb *cb;
 
 	read_lock_bh(&lsock->sk->sk_callback_lock);
-	cb = lsock->sk->sk_user_data;
+	cb = dst_cb_of(lsock->sk);
 	if (cb) {
 		data_ready = cb->data_ready;
 		write_space = cb->write_space;
@@ -511,7 +524,7 @@ static void dst_sock_restore_child(struct socket *lsock, struct sock *sk)
 		sk->sk_write_space = write_space;
 	if (sk->sk_state_change == dst_sk_state_change && state_change)
 		sk->sk_state_change = state_change;
-	sk->sk_user_data = NULL;
+	rcu_assign_sk_user_data(sk, NULL);
 	write_unlock_bh(&sk->sk_callback_lock);
 }
 
@@ -529,7 +542,7 @@ int dst_sock_set_callbacks(struct socket *sock,
 	cb->data_ready = sk->sk_data_ready;
 	cb->write_space = sk->sk_write_space;
 	cb->state_change = sk->sk_state_change;
-	sk->sk_user_data = cb;
+	__rcu_assign_sk_user_data_with_flags(sk, cb, SK_USER_DATA_NOCOPY);
 	sk->sk_data_ready = dst_sk_data_ready;
 	sk->sk_write_space = dst_sk_write_space;
 	sk->sk_state_change = dst_sk_state_change;
@@ -544,12 +557,12 @@ void dst_sock_clear_callbacks(struct socket *sock)
 	struct dst_sock_cb *cb;
 
 	write_lock_bh(&sk->sk_callback_lock);
-	cb = sk->sk_user_data;
+	cb = dst_cb_of(sk);
 	if (cb) {
 		sk->sk_data_ready = cb->data_ready;
 		sk->sk_write_space = cb->write_space;
 		sk->sk_state_change = cb->state_change;
-		sk->sk_user_data = NULL;
+		rcu_assign_sk_user_data(sk, NULL);
 	}
 	write_unlock_bh(&sk->sk_callback_lock);
 	kfree(cb);

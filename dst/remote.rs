@@ -131,7 +131,10 @@ pub(crate) struct RemoteStatus {
 /// Connects to the server and runs the handshake.
 fn dial(cfg: &RemoteConfig) -> Result<(Socket, ExportInfo), Msg> {
     let sock = Socket::connect(&cfg.addr, cfg.timeout_ms).map_err(connect_msg)?;
-    match nbd::client_handshake(&mut sock.blocking(), &cfg.export) {
+    // The whole handshake within the leg's timeout (and the last blocking
+    // call's own timeout).
+    let until = now_ms() + u64::from(cfg.timeout_ms);
+    match nbd::client_handshake(&mut sock.blocking_until(until), &cfg.export) {
         Ok(info) => Ok((sock, info)),
         Err(HandshakeError::Io(e)) => Err(connect_msg(e)),
         Err(HandshakeError::BadMagic) => {
@@ -343,6 +346,10 @@ struct Lane {
     sending: AtomicBool,
     /// The receive job's wakeups (see [`Remote::kick_recv`]).
     rx_kick: RecvKick,
+    /// When the read whose data is being received was sent (ms; 0 when
+    /// none is): its slot is free once the reply's header is in, but the
+    /// tick still times the read out.
+    data_since: AtomicU64,
     submitted: LegBioStack,
     #[pin]
     tx: Mutex<TxState>,
@@ -355,6 +362,7 @@ impl Lane {
         pin_init!(Lane {
             sending: AtomicBool::new(false),
             rx_kick: RecvKick::new(),
+            data_since: AtomicU64::new(0),
             submitted: LegBioStack::new(),
             tx <- new_mutex!(
                 TxState {
@@ -587,11 +595,13 @@ impl Remote {
                 n
             );
         }
-        if info.max_block < 512 {
+        // The block layer takes no request size limit under a page.
+        if info.max_block < 4096 {
             refuse!(
                 EINVAL,
-                "leg #{}: the server's maximum block size is under 512",
-                n
+                "leg #{}: the server's maximum block size ({}) is under 4096",
+                n,
+                info.max_block
             );
         }
         let nlanes = if info.flags & tflag::CAN_MULTI_CONN != 0 {
@@ -863,6 +873,7 @@ impl Remote {
             rx.sock = None;
             if let [sending, receiving] = pair {
                 *sending = tx.cur.take().map(|c| (c.seq, c.bio));
+                lane.data_since.store(0, Ordering::Relaxed);
                 *receiving = match core::mem::replace(&mut rx.rx, RX_START) {
                     Rx::Data { bio, seq, .. } => Some((seq, bio)),
                     Rx::Header { .. } => None,
@@ -926,6 +937,11 @@ impl Remote {
             if self.answered.swap(false, Ordering::AcqRel) {
                 self.down_since_ms.store(now_ms(), Ordering::Release);
             }
+            // I/O is held until the device says otherwise (`went_down`):
+            // the last outage's policy must not fail it meanwhile, before
+            // the device has chosen (a write failed on its last in-sync
+            // leg would be lost).
+            self.hold.store(true, Ordering::Release);
             // No lane starts sending from here on; a lane at work finishes
             // before `reap` takes its lock.
             self.link.store(Link::Down as u8, Ordering::Release);
@@ -1124,6 +1140,14 @@ impl Remote {
         }
     }
 
+    /// Notes when the read whose data lane `lane` now receives was sent
+    /// (`sent_ms`), or (0) that it receives none.
+    fn watch_data(&self, lane: usize, sent_ms: u64) {
+        if let Some(l) = self.lanes.get(lane) {
+            l.data_since.store(sent_ms, Ordering::Release);
+        }
+    }
+
     /// Reads what has arrived.  Fails with why the connection broke, if it
     /// did.  Sets `freed` when a slot became free.
     fn pump_recv(
@@ -1178,6 +1202,11 @@ impl Remote {
                         };
                         if let Some(Some(_)) = found {
                             if let Some(sl) = s.slots.get_mut(slot) {
+                                if sl.reads && reply.error == 0 {
+                                    // Before the slot is free: the tick
+                                    // then sees one or the other.
+                                    self.watch_data(lane, sl.sent_ms.max(1));
+                                }
                                 sl.cookie = 0;
                             }
                             s.free |= 1 << slot;
@@ -1211,6 +1240,7 @@ impl Remote {
                         };
                         continue;
                     }
+                    self.watch_data(lane, 0);
                     *rx = RX_START;
                     bio.record(if reply.error == 0 {
                         Ok(())
@@ -1231,6 +1261,7 @@ impl Remote {
                     if *got < *len {
                         continue;
                     }
+                    self.watch_data(lane, 0);
                     if let Rx::Data { mut bio, .. } = core::mem::replace(rx, RX_START) {
                         bio.record(Ok(()));
                         done.push_back(bio);
@@ -1358,6 +1389,8 @@ impl JobRun<TICK> for Remote {
         match this.link() {
             Link::Up => {
                 let gen = this.gen.load(Ordering::Acquire);
+                // The requests in flight, and the reads whose data is
+                // still coming (their slots are free already).
                 let oldest = {
                     let s = this.slots.lock();
                     s.slots
@@ -1365,6 +1398,16 @@ impl JobRun<TICK> for Remote {
                         .filter(|sl| sl.cookie != 0)
                         .map(|sl| sl.sent_ms)
                         .min()
+                };
+                let reading = this
+                    .lanes
+                    .iter()
+                    .map(|l| l.data_since.load(Ordering::Acquire))
+                    .filter(|&t| t != 0)
+                    .min();
+                let oldest = match (oldest, reading) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
                 };
                 if let Some(t) = oldest {
                     if now.saturating_sub(t) > u64::from(this.cfg.timeout_ms) {

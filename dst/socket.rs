@@ -20,6 +20,7 @@ use kernel::sync::{Arc, ArcBorrow};
 use crate::bio::{LegBio, PageBuf};
 use crate::errno;
 use crate::glue;
+use crate::glue::now_ms;
 use crate::proto::nbd::Transport;
 
 /// What a socket callback reports.
@@ -261,9 +262,13 @@ impl Socket {
         to_len(unsafe { glue::dst_sock_recv_bio(self.raw.as_ptr(), bio.as_raw(), skip) })
     }
 
-    /// Blocking, bounded I/O for the handshake.
-    pub(crate) fn blocking(&self) -> BlockingIo<'_> {
-        BlockingIo(self)
+    /// Blocking I/O for a handshake, which gives up with `ETIMEDOUT` once
+    /// `until` ([`now_ms`] time) has passed.  The deadline is checked
+    /// before every call, and each call waits at most the socket's own
+    /// timeout: a peer that trickles a byte at a time cannot stretch the
+    /// handshake beyond `until` plus one such timeout.
+    pub(crate) fn blocking_until(&self, until: u64) -> BlockingIo<'_> {
+        BlockingIo { sock: self, until }
     }
 
     /// Reports the socket's events to `owner`, with tag `TAG`, until the
@@ -392,8 +397,21 @@ impl RecvKick {
     }
 }
 
-/// A socket used with blocking calls, bounded by its timeouts.
-pub(crate) struct BlockingIo<'a>(&'a Socket);
+/// A socket used with blocking calls, bounded by its timeouts and by an
+/// overall deadline (see [`Socket::blocking_until`]).
+pub(crate) struct BlockingIo<'a> {
+    sock: &'a Socket,
+    until: u64,
+}
+
+impl BlockingIo<'_> {
+    fn check_deadline(&self) -> Result {
+        if now_ms() > self.until {
+            return Err(errno::etimedout());
+        }
+        Ok(())
+    }
+}
 
 fn blocking_err(ret: c_int) -> Error {
     let e = Error::from_errno(ret);
@@ -409,10 +427,11 @@ impl Transport for BlockingIo<'_> {
 
     fn send_all(&mut self, mut buf: &[u8]) -> Result<(), Error> {
         while !buf.is_empty() {
+            self.check_deadline()?;
             // SAFETY: the socket is connected; `buf` is valid.
             let ret = unsafe {
                 glue::dst_sock_send(
-                    self.0.raw.as_ptr(),
+                    self.sock.raw.as_ptr(),
                     buf.as_ptr().cast(),
                     buf.len(),
                     false,
@@ -432,10 +451,11 @@ impl Transport for BlockingIo<'_> {
 
     fn recv_exact(&mut self, mut buf: &mut [u8]) -> Result<(), Error> {
         while !buf.is_empty() {
+            self.check_deadline()?;
             // SAFETY: the socket is connected; `buf` is valid.
             let ret = unsafe {
                 glue::dst_sock_recv(
-                    self.0.raw.as_ptr(),
+                    self.sock.raw.as_ptr(),
                     buf.as_mut_ptr().cast(),
                     buf.len(),
                     false,

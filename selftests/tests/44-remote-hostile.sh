@@ -125,7 +125,7 @@ tx_case() {
 	assert_cmd -m "$mode: remove, no kernel warning" eval 'dstctl remove "$name" >/dev/null && dmesg_scan' || true
 }
 
-plan 86
+plan 93
 brd_setup 1 32
 dst_load
 
@@ -136,6 +136,9 @@ hs_case opt-reply-bad-magic "bad magic"
 hs_case opt-reply-huge-len "option reply is too long"
 hs_case no-info-export "accepted NBD_OPT_GO without sending NBD_INFO_EXPORT"
 hs_case zero-size "the export is empty"
+# A correct handshake, a byte every 200 ms: each byte comes within the
+# timeout, the whole handshake does not.
+hs_case slow-handshake "timed out"
 
 # info-garbage: a different impossible NBD_INFO_BLOCK_SIZE per connection.
 port=$(free_port)
@@ -164,6 +167,18 @@ assert_cmd -m "info-garbage: each error names the bad block size in full" \
 	eval '! grep -q "^missing" "$TEST_TMP/errs"' || true
 srv_stop "$port"
 
+# A server that takes no request over 2 KiB: the block layer takes no
+# limit under a page, so the leg is refused (it used to warn in the kernel).
+port=$(free_port)
+hostile_start "$port" --size 32M --block-size 512,512,2048
+rc=0
+"$DSTCTL" create hs --mirror /dev/ram0 "nbd://127.0.0.1:$port/?timeout=$TIMEOUT" >/dev/null 2>"$TEST_TMP/err" || rc=$?
+diag "max-block: $(cat "$TEST_TMP/err")"
+assert_cmd -m "max-block 2048: create fails, naming the size; no device left, no kernel warning" \
+	eval '[ "$rc" = 1 ] && grep -qF "maximum block size (2048) is under 4096" "$TEST_TMP/err" &&
+		no_devices && dmesg_scan' || true
+srv_stop "$port"
+
 # go-unsup: an old server, used through NBD_OPT_EXPORT_NAME.
 port=$(free_port)
 hostile_start "$port" --mode go-unsup --size 32M
@@ -186,6 +201,9 @@ tx_case close-after-handshake down "server closed the connection|connection rese
 tx_case close-mid-request down "server closed the connection|connection reset|connection broken"
 tx_case never-reply down "request timed out"
 tx_case slow-trickle down "request timed out"
+# A read's reply header, then half its data and silence: the read is timed
+# out like one with no reply at all.
+tx_case reply-stall down "request timed out"
 tx_case garbage down "bad reply magic|unrequested structured reply"
 tx_case error-writes faulty ""
 tx_case error-reads in-sync ""

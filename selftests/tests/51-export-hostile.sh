@@ -22,7 +22,7 @@ slab_kb() {
 	awk '/^Slab:/ { print $2 }' /proc/meminfo
 }
 
-plan $((4 + ${#MODES[@]} + 6))
+plan $((4 + ${#MODES[@]} + 7))
 brd_setup 2 64
 dst_load
 cleanup_push dst_unexport_all
@@ -51,6 +51,10 @@ for mode in "${MODES[@]}"; do
 	assert_cmd -m "$mode: an error reply or a disconnect, no hang" \
 		timeout 60 "$HOSTILE_CLIENT" --connect "127.0.0.1:$p" "${name[@]}" --mode "$mode" --timeout 20 --hold 3
 done
+# The handshake must end within 30 s, however the bytes are spread: the
+# server closes (its last wait is a socket timeout, 10 s).
+assert_cmd -m "slow-handshake: the server closes within 45 s" \
+	timeout 90 "$HOSTILE_CLIENT" --connect "127.0.0.1:$p" --export m --mode slow-handshake --timeout 45
 assert_cmd -m "500 connections at once (held 5 s): the excess is refused, the server stays up" \
 	timeout 60 "$HOSTILE_CLIENT" --connect "127.0.0.1:$p" --export m --mode conn-flood --count 500 --hold 5
 diag "refused so far: $(dst_jq m .exports[0].refused)"
@@ -70,5 +74,11 @@ sync
 echo 3 >/proc/sys/vm/drop_caches
 now=$(slab_kb)
 diag "slab: $base kB before, $now kB after"
-assert_cmd -m "slab memory back near its baseline (+4 MiB)" test "$now" -le $((base + 4096))
+if [ -w /sys/kernel/debug/kmemleak ]; then
+	# A KASAN kernel (make check-kasan) keeps freed objects in quarantine,
+	# so slab use says nothing there; kmemleak checks after the test.
+	skip "slab memory back near its baseline (+4 MiB)" "KASAN quarantine; kmemleak checks instead"
+else
+	assert_cmd -m "slab memory back near its baseline (+4 MiB)" test "$now" -le $((base + 4096))
+fi
 dmesg_check

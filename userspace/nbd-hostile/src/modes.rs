@@ -41,6 +41,7 @@ modes! {
     NoFixedNewstyle = "no-fixed-newstyle": "plain newstyle: handshake flags lack FIXED_NEWSTYLE",
     OptReplyBadMagic = "opt-reply-bad-magic": "the first option reply has a wrong magic",
     OptReplyHugeLen = "opt-reply-huge-len": "GO/INFO answered by a reply claiming 0xffffffff bytes, then one byte per --delay-ms",
+    SlowHandshake = "slow-handshake": "a correct handshake, sent one byte per --delay-ms (greeting and option replies)",
     InfoGarbage = "info-garbage": "GO/INFO answered with impossible NBD_INFO_BLOCK_SIZE values (a different set per connection)",
     GoUnsup = "go-unsup": "GO/INFO answered with ERR_UNSUP; NBD_OPT_EXPORT_NAME then works (a good old server)",
     NoInfoExport = "no-info-export": "GO answered with ACK but no NBD_INFO_EXPORT",
@@ -54,6 +55,7 @@ modes! {
     CloseAfterHandshake = "close-after-handshake": "close after the handshake (after --after requests)",
     CloseMidRequest = "close-mid-request": "after --after good requests, close with requests in flight",
     NeverReply = "never-reply": "after --after good requests, read requests but never reply",
+    ReplyStall = "reply-stall": "after --after good requests, answer the next read with its reply header and half its data, then send nothing more",
     SlowTrickle = "slow-trickle": "after --after good requests, send replies one byte per --delay-ms",
     ErrorWrites = "error-writes": "after --after good requests, fail every write with EIO",
     ErrorReads = "error-reads": "after --after good requests, fail every read with EIO",
@@ -73,6 +75,7 @@ impl Mode {
                 | Mode::ReplyCross
                 | Mode::ReplyTwice
                 | Mode::ReplyTruncated
+                | Mode::ReplyStall
                 | Mode::CloseAfterHandshake
                 | Mode::CloseMidRequest
                 | Mode::NeverReply

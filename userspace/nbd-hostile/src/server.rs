@@ -298,7 +298,20 @@ impl Conn<'_> {
         }
         let mut buf = hdr.to_vec();
         buf.extend_from_slice(data);
-        self.s.write_all(&buf)
+        self.hs_write(&buf)
+    }
+
+    /// Sends handshake bytes: at once, or one per `--delay-ms` in mode
+    /// slow-handshake.
+    fn hs_write(&mut self, buf: &[u8]) -> io::Result<()> {
+        if self.cfg.mode != Mode::SlowHandshake {
+            return self.s.write_all(buf);
+        }
+        for b in buf {
+            thread::sleep(self.cfg.delay);
+            self.s.write_all(&[*b])?;
+        }
+        Ok(())
     }
 
     fn handshake(&mut self) -> io::Result<Next> {
@@ -328,7 +341,7 @@ impl Conn<'_> {
         } else {
             0
         };
-        self.s.write_all(&nbd::encode_greeting(hflags))?;
+        self.hs_write(&nbd::encode_greeting(hflags))?;
         let cflags = u32::from_be_bytes(self.read_array()?);
         if cflags & !(cflag::FIXED_NEWSTYLE | cflag::NO_ZEROES) != 0
             || (cflags & cflag::NO_ZEROES != 0 && hflags & hflag::NO_ZEROES == 0)
@@ -644,6 +657,16 @@ impl Conn<'_> {
                         r.len()
                     ));
                     return Ok(());
+                }
+                Mode::ReplyStall if req.kind == cmd::READ => {
+                    let r = self.reply_bytes(&req, &payload);
+                    let cut = SimpleReply::SIZE + (r.len() - SimpleReply::SIZE) / 2;
+                    self.s.write_all(&r[..cut])?;
+                    self.note(format!(
+                        "sent {cut} of {} reply bytes to {what}, then nothing",
+                        r.len()
+                    ));
+                    return self.drain();
                 }
                 Mode::CloseMidRequest => {
                     // Let more requests arrive, then hang up on all of them.

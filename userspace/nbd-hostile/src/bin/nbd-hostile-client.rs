@@ -40,6 +40,7 @@ const MODES: &[(&str, &str)] = &[
     ("bad-flags", "unknown client flag bits, then GO: expects a close"),
     ("no-fixed", "client flags 0, then GO: expects a close (or a GO reply: the spec allows honouring fixed newstyle)"),
     ("huge-option", "option length 0xffffffff, then 64 KiB of garbage: expects a close or NBD_REP_ERR_TOO_BIG"),
+    ("slow-handshake", "GO with 2000 bytes of data, sent one byte a second: expects a close within --timeout"),
     ("many-options", "10000 unknown options without waiting for replies: expects ERR_UNSUP replies and a close (or all answered)"),
     ("abort", "NBD_OPT_ABORT: expects NBD_REP_ACK or a close"),
     ("list", "NBD_OPT_LIST (expects SERVER replies and ACK), then LIST with data (expects an error)"),
@@ -252,6 +253,7 @@ impl<'a> Client<'a> {
             "bad-flags" => self.bad_flags(),
             "no-fixed" => self.no_fixed(),
             "huge-option" => self.huge_option(),
+            "slow-handshake" => self.slow_handshake(),
             "many-options" => self.many_options(),
             "abort" => self.abort(),
             "list" => self.list(),
@@ -629,6 +631,50 @@ impl<'a> Client<'a> {
             line += " (before all the garbage was sent)";
         }
         Ok(line)
+    }
+
+    fn slow_handshake(&mut self) -> Verdict {
+        const LEN: u32 = 2000;
+        let (mut s, _) = self.greeted()?;
+        let mut m = cflag::FIXED_NEWSTYLE.to_be_bytes().to_vec();
+        m.extend(
+            OptionHeader {
+                option: opt::GO,
+                length: LEN,
+            }
+            .encode(),
+        );
+        s.write_all(&m).map_err(|e| format!("send: {e}"))?;
+        let mut w = s.try_clone().map_err(|e| format!("clone: {e}"))?;
+        let start = Instant::now();
+        let writer = thread::spawn(move || {
+            let mut sent = 0;
+            while sent < LEN {
+                thread::sleep(Duration::from_secs(1));
+                if w.write_all(&[0]).is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+            sent
+        });
+        let res = self.opt_reply(&mut s);
+        let _ = s.shutdown(Shutdown::Both);
+        let sent = writer.join().unwrap_or(0);
+        let took = start.elapsed().as_secs();
+        match res {
+            Ok((h, _)) => Err(format!(
+                "server answered a trickled option with {} after {took} s",
+                rep::name(h.reply)
+            )),
+            Err(Gone::Timeout) => Err(format!(
+                "server still read the trickled handshake after {} ({sent} bytes)",
+                self.secs()
+            )),
+            Err(g) => self
+                .describe(g)
+                .map(|l| format!("{l} after {took} s ({sent} of {LEN} bytes sent)")),
+        }
     }
 
     fn many_options(&mut self) -> Verdict {

@@ -5,7 +5,8 @@
 #   TEST: a file in selftests/tests/, with or without ".sh" (default: all)
 #
 # Each test file runs in its own bash process, under timeout(1) (300 s, or
-# the value of a "# timeout: N" line in the file), after `dmesg -C`; a kernel
+# the value of a "# timeout: N" line in the file; 4 times that on a kernel
+# with kmemleak, which is slower), after `dmesg -C`; a kernel
 # splat in dmesg afterwards fails it, and so does, on a kernel with kmemleak
 # (make check-kasan), an object leaked meanwhile.  Output is one TAP stream: each file is
 # one top-level test point, its own TAP lines indented by 4 spaces.  The
@@ -58,6 +59,8 @@ run_one() {
 		return
 	fi
 	t=$(file_timeout "$file" "$DEFAULT_TIMEOUT")
+	# A KASAN and kmemleak kernel (make check-kasan) runs 2-5 times slower.
+	[ ! -w /sys/kernel/debug/kmemleak ] || t=$((t * 4))
 	echo "# $name (timeout ${t}s)"
 	dmesg -C
 	start=$SECONDS

@@ -527,7 +527,7 @@ impl Device {
     /// The state of the device as a whole.
     pub(crate) fn state(&self) -> DevState {
         let usable = (0..self.legs.len())
-            .filter(|&i| self.sets.in_sync().contains(i) && self.leg_reachable(i))
+            .filter(|&i| self.leg_in_sync(i) && self.leg_reachable(i))
             .count();
         let live = self.live_legs();
         match self.target {
@@ -592,7 +592,7 @@ impl Device {
         let Some(leg) = self.legs.get(i) else {
             return LegState::Faulty;
         };
-        if self.sets.in_sync().contains(i) {
+        if self.leg_in_sync(i) {
             // A held remote leg is still in sync, but its connection is down.
             return match leg.dev().remote().map(|r| r.link()) {
                 Some(Link::Down) => LegState::Down,
@@ -734,11 +734,11 @@ impl Device {
     /// in flight when its repair began) has the range copied by the
     /// running resync, which looks for regions dirtied behind it.
     pub(crate) fn repair(this: ArcBorrow<'_, Self>, i: usize, sector: u64, bytes: u32, e: Error) {
-        if e == errno::leg_away() || this.sets.in_sync().mask() & !(1 << i) == 0 {
+        if e == errno::leg_away() || this.in_sync_mask() & !(1 << i) == 0 {
             // No other leg to copy from.
             return;
         }
-        let in_sync = this.sets.in_sync().contains(i);
+        let in_sync = this.leg_in_sync(i);
         if !in_sync && !this.sets.resyncing().contains(i) {
             return;
         }
@@ -817,7 +817,7 @@ impl Device {
     /// position so equal legs share the load.  Held remote legs (in sync,
     /// connection down) are used only when nothing else is left.
     pub(crate) fn pick_read_leg(&self, tried: u32) -> Option<usize> {
-        let candidates = self.sets.in_sync().mask() & !tried;
+        let candidates = self.in_sync_mask() & !tried;
         if candidates & candidates.wrapping_sub(1) == 0 {
             // None, or only one: nothing to choose.
             return (candidates != 0).then(|| candidates.trailing_zeros() as usize);
@@ -896,10 +896,7 @@ impl Device {
     /// local one.
     pub(crate) fn resync_source(&self, target: usize, avoid: u32) -> Option<usize> {
         let ok = |i: &usize| {
-            *i != target
-                && avoid & (1 << *i) == 0
-                && self.sets.in_sync().contains(*i)
-                && self.leg_reachable(*i)
+            *i != target && avoid & (1 << *i) == 0 && self.leg_in_sync(*i) && self.leg_reachable(*i)
         };
         let local = (0..self.legs.len())
             .filter(ok)
@@ -1395,7 +1392,7 @@ impl Device {
     pub(crate) fn remote_up(self: &Arc<Self>, i: usize) {
         if self.target == Target::Mirror {
             let Some(leg) = self.legs.get(i) else { return };
-            if !self.sets.in_sync().contains(i) && leg.state() == LegState::Down {
+            if !self.leg_in_sync(i) && leg.state() == LegState::Down {
                 // The leg missed the writes its dirty map holds (those
                 // made while it was down, and those that failed with the
                 // connection).  A server that does not keep its data

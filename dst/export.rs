@@ -619,14 +619,12 @@ impl ExportLookup for Lookup<'_> {
         {
             let exports = self.listener.exports.lock();
             for e in exports.iter().filter(|e| e.allows(&self.peer)) {
-                let copy = (|| {
-                    let mut name = KVec::new();
-                    name.extend_from_slice(&e.name, GFP_KERNEL)?;
-                    let mut dev = KVec::new();
-                    dev.extend_from_slice(e.dev.name().as_bytes(), GFP_KERNEL)?;
-                    shown.push((name, dev), GFP_KERNEL)
-                })();
-                if copy.is_err() {
+                let entry = (bytes_of(&e.name), bytes_of(e.dev.name().as_bytes()));
+                let pushed = match entry {
+                    (Ok(name), Ok(dev)) => shown.push((name, dev), GFP_KERNEL).is_ok(),
+                    _ => false,
+                };
+                if !pushed {
                     // Out of memory: a shorter list (the client may ask
                     // for a name it knows).
                     break;
@@ -1092,6 +1090,13 @@ impl Conn {
         }
         self.close();
     }
+}
+
+/// A copy of `b`.
+fn bytes_of(b: &[u8]) -> Result<KVec<u8>> {
+    let mut v = KVec::new();
+    v.extend_from_slice(b, GFP_KERNEL)?;
+    Ok(v)
 }
 
 fn oom() -> Msg {

@@ -282,6 +282,24 @@ unsafe fn pad_of(bio: *mut bindings::bio) -> *mut Pad {
     unsafe { bio.cast::<u8>().sub(size_of::<Pad>()).cast::<Pad>() }
 }
 
+/// Makes `clone` a clone of the I/O `io` for leg `leg`: fills its whole
+/// pad (but the state, which only the first clone holds) and its end_io.
+///
+/// # Safety
+///
+/// `clone` must be ours, from an [`IoOwner::ioset`] bio set of a `T`, and
+/// `io` a live I/O state.
+unsafe fn bind<T: IoOwner>(clone: *mut bindings::bio, io: *mut IoState, leg: u32, preflush: bool) {
+    // SAFETY: per the function's contract, the pad is ours to fill.
+    unsafe {
+        let pad = pad_of(clone);
+        (*pad).io = io;
+        (*pad).leg = leg;
+        (*pad).preflush = preflush;
+        (*clone).bi_end_io = Some(clone_endio::<T>);
+    }
+}
+
 /// Whether the disk `bio` was submitted to keeps I/O statistics: its
 /// `iostats` setting, which md asks too before accounting.
 ///
@@ -396,13 +414,8 @@ impl<'a, T: IoOwner> Io<'a, T> {
                 io
             }
         };
-        // SAFETY: `pad` is this clone's, `io` the live I/O state.
-        unsafe {
-            (*pad).io = io;
-            (*pad).leg = leg;
-            (*pad).preflush = preflush;
-            (*clone).bi_end_io = Some(clone_endio::<T>);
-        }
+        // SAFETY: `clone` is ours, from the io set; `io` the live I/O state.
+        unsafe { bind::<T>(clone, io, leg, preflush) };
     }
 
     /// Makes a clone of the parent for leg `leg` of `sink` at `sector`,
@@ -749,13 +762,9 @@ unsafe fn retry<T: IoOwner>(owner: &T, io: *mut IoState) {
     // pending reference for it.  Only reads are retried, so there is no
     // flush to split.
     let clone = unsafe {
-        let pad = pad_of(clone);
-        (*pad).io = io;
-        (*pad).leg = route.leg;
-        (*pad).preflush = false;
+        bind::<T>(clone, io, route.leg, false);
         s.pending.store(1, Ordering::Relaxed);
         s.tried.fetch_or(1 << route.leg, Ordering::Relaxed);
-        (*clone).bi_end_io = Some(clone_endio::<T>);
         (*clone).bi_iter.bi_sector = route.sector;
         LegBio::from_raw(clone)
     };

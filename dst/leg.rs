@@ -110,17 +110,14 @@ impl LegSets {
     /// sync and whether it was resyncing.
     pub(crate) fn leave(&self, i: usize) -> Result<(bool, bool), ()> {
         let (ins, res) = (1u32 << i, 1u32 << (i as u32 + RESYNCING));
-        let mut last = false;
         let before = self
             .0
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-                last = w & 0xffff == ins;
-                (!last).then_some(w & !(ins | res))
+                (w & 0xffff != ins).then_some(w & !(ins | res))
             });
-        match before {
-            Ok(w) => Ok((w & ins != 0, w & res != 0)),
-            Err(_) => Err(()),
-        }
+        // Only the last in-sync leg is refused.
+        let w = before.map_err(|_| ())?;
+        Ok((w & ins != 0, w & res != 0))
     }
 }
 

@@ -306,6 +306,8 @@ struct TxCur {
 /// The sending side.
 struct TxState {
     sock: Option<Arc<Socket>>,
+    /// The connection generation `sock` belongs to.
+    gen: u64,
     queue: LegBioQueue,
     cur: Option<TxCur>,
 }
@@ -332,6 +334,9 @@ const RX_START: Rx = Rx::Header {
 /// The receiving side.
 struct RxState {
     sock: Option<Arc<Socket>>,
+    /// The connection generation `sock` belongs to: a failure seen on it
+    /// is reported for that connection, not for whichever is current.
+    gen: u64,
     rx: Rx,
 }
 
@@ -367,6 +372,7 @@ impl Lane {
             tx <- new_mutex!(
                 TxState {
                     sock: None,
+                    gen: 0,
                     queue: LegBioQueue::new(),
                     cur: None,
                 },
@@ -375,6 +381,7 @@ impl Lane {
             rx <- new_mutex!(
                 RxState {
                     sock: None,
+                    gen: 0,
                     rx: RX_START,
                 },
                 "Lane::rx"
@@ -682,11 +689,15 @@ impl Remote {
             self.watch(i, &mut sock)?;
             watched.push(Arc::new(sock, GFP_KERNEL)?, GFP_KERNEL)?;
         }
+        // The link is down: `gen` moves only when an up link fails.
+        let gen = self.gen.load(Ordering::Acquire);
         for (sock, lane) in watched.into_iter().zip(self.lanes.iter()) {
             let mut tx = lane.tx.lock();
             let mut rx = lane.rx.lock();
             tx.sock = Some(sock.clone());
+            tx.gen = gen;
             rx.sock = Some(sock);
+            rx.gen = gen;
             rx.rx = RX_START;
         }
         Ok(())
@@ -1051,7 +1062,7 @@ impl Remote {
                     done.push_back(bio);
                     continue;
                 }
-                let gen = self.gen.load(Ordering::Relaxed);
+                let gen = tx.gen;
                 let reserved = {
                     let mut s = self.slots.lock();
                     if s.free == 0 {
@@ -1158,7 +1169,7 @@ impl Remote {
         freed: &mut bool,
     ) -> Result<(), Msg> {
         loop {
-            let RxState { sock, rx } = &mut *rs;
+            let RxState { sock, rx, .. } = &mut *rs;
             let Some(sock) = sock.as_ref() else {
                 return Ok(());
             };
@@ -1289,7 +1300,7 @@ impl Remote {
             tx.queue.append(queued);
             match this.link() {
                 Link::Up => {
-                    let gen = this.gen.load(Ordering::Acquire);
+                    let gen = tx.gen;
                     if let Err(why) = this.pump_send(lane, &mut tx, &mut done) {
                         broke = Some((gen, why));
                     }
@@ -1343,7 +1354,7 @@ impl Remote {
             let mut next = RecvNext::Stop;
             {
                 let mut rx = l.rx.lock();
-                let gen = this.gen.load(Ordering::Acquire);
+                let gen = rx.gen;
                 match this.pump_recv(lane, &mut rx, &mut done, &mut freed) {
                     Err(why) => broke = Some((gen, why)),
                     // Data that came meanwhile queued nothing: look again.

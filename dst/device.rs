@@ -125,6 +125,9 @@ pub(crate) struct Device {
     /// In-sync legs that failed a read: the regions are marked dirty, and
     /// the repair job resyncs them (see [`Device::repair`]).
     to_repair: LegSet,
+    /// Remote legs that are connected again: the rejoin job resyncs them
+    /// (see [`Device::rejoin_legs`]).
+    to_rejoin: LegSet,
     /// When each leg's last repair began.
     #[pin]
     repairs: Mutex<Repairs>,
@@ -175,6 +178,8 @@ pub(crate) struct Device {
     event_job: Job<Device, EVENT_JOB>,
     #[pin]
     repair_job: Job<Device, REPAIR_JOB>,
+    #[pin]
+    rejoin_job: Job<Device, REJOIN_JOB>,
 }
 
 /// The repair job's memory.
@@ -195,6 +200,7 @@ const LANE1_WORK: u64 = 2;
 const RESYNC_JOB: u64 = 0;
 const EVENT_JOB: u64 = 1;
 const REPAIR_JOB: u64 = 2;
+const REJOIN_JOB: u64 = 3;
 
 impl_has_work! {
     impl HasWork<Self, RETRY_WORK> for Device { self.work }
@@ -204,6 +210,7 @@ impl_has_work! {
 impl_has_job!(Device, RESYNC_JOB, resync_job);
 impl_has_job!(Device, EVENT_JOB, event_job);
 impl_has_job!(Device, REPAIR_JOB, repair_job);
+impl_has_job!(Device, REJOIN_JOB, rejoin_job);
 
 impl WorkItem<RETRY_WORK> for Device {
     type Pointer = Arc<Device>;
@@ -255,6 +262,14 @@ impl JobRun<REPAIR_JOB> for Device {
     const QUEUE: wq::Kind = wq::Kind::Wait;
     fn run(this: Arc<Self>) {
         this.repair_legs();
+    }
+}
+
+impl JobRun<REJOIN_JOB> for Device {
+    // Takes the admin lock, which commands hold while they wait for I/O.
+    const QUEUE: wq::Kind = wq::Kind::Wait;
+    fn run(this: Arc<Self>) {
+        this.rejoin_legs();
     }
 }
 
@@ -364,6 +379,7 @@ impl Device {
                 legs: table,
                 sets: LegSets::new(if sync { 1 } else { nlegs }),
                 to_repair: LegSet::none(),
+                to_rejoin: LegSet::none(),
                 repairs <- new_mutex!(Repairs { last_ms: [0; MAX_LEGS] }, "Device::repairs"),
                 dirty,
                 offer,
@@ -391,6 +407,7 @@ impl Device {
                 resync_job <- Job::new(),
                 event_job <- Job::new(),
                 repair_job <- Job::new(),
+                rejoin_job <- Job::new(),
             }? Error),
             GFP_KERNEL,
         )?;
@@ -468,6 +485,7 @@ impl Device {
         Job::<Device, RESYNC_JOB>::disable(self);
         Job::<Device, EVENT_JOB>::disable(self);
         Job::<Device, REPAIR_JOB>::disable(self);
+        Job::<Device, REJOIN_JOB>::disable(self);
         self.barrier.lower_all();
         // As in the resync job: pairs with the fence in `Device::park`.
         fence(Ordering::SeqCst);
@@ -1279,8 +1297,8 @@ impl Device {
     /// down if still unreachable); another gets its `prior` state back.
     fn abandon_detach(self: &Arc<Self>, i: usize, prior: LegState, in_use: bool) {
         let Some(leg) = self.legs.get(i) else { return };
-        // A remote leg that was down may have reconnected meanwhile:
-        // `remote_up` left it to us, as it was detached.
+        // A remote leg that was down may have reconnected meanwhile: the
+        // rejoin job, waiting for `admin`, then finds it resyncing.
         if in_use || prior == LegState::Down {
             self.resync_leg(i);
         } else {
@@ -1388,25 +1406,17 @@ impl Device {
         }
     }
 
-    /// Remote leg `i` is connected again.
+    /// Remote leg `i` is connected again.  Called from its connect job,
+    /// which sends the leg's held I/O only after this returns.
     pub(crate) fn remote_up(self: &Arc<Self>, i: usize) {
         if self.target == Target::Mirror {
-            let Some(leg) = self.legs.get(i) else { return };
-            if !self.leg_in_sync(i) && leg.state() == LegState::Down {
-                // The leg missed the writes its dirty map holds (those
-                // made while it was down, and those that failed with the
-                // connection).  A server that does not keep its data
-                // across a restart needs everything (`resync=full`).
-                let full = leg.dev().remote().is_some_and(|r| r.config().full_resync);
-                let kib = self.to_resync_kib(i, full);
-                pr_info!(
-                    "{}: leg {} is back; resyncing {} ({} KiB)\n",
-                    self.name(),
-                    i,
-                    if full { "all of it" } else { "what it missed" },
-                    kib
-                );
-                self.resync_leg(i);
+            if !self.leg_in_sync(i) {
+                // Whether it is resynced is decided under `admin`, as a
+                // detach or an attach may be under way.  Not here: a
+                // detach waits for the leg's I/O, and that I/O waits for
+                // this call to return.
+                self.to_rejoin.insert(i);
+                Job::<Device, REJOIN_JOB>::queue(self.clone(), 0);
             } else if self.next_resync_target().is_some() {
                 // A held leg (the last in sync) is back: a resync that
                 // found no leg to copy from waits for this.
@@ -1414,6 +1424,41 @@ impl Device {
             }
         }
         Self::notify(self.as_arc_borrow());
+    }
+
+    /// Resyncs the remote legs that [`Device::remote_up`] marked, if they
+    /// are still down (not detached meanwhile) and connected.  Under
+    /// `admin`, so that no detach or attach runs meanwhile.
+    fn rejoin_legs(self: &Arc<Self>) {
+        let _admin = self.admin.lock();
+        let mut pending = self.to_rejoin.take();
+        while pending != 0 {
+            let i = pending.trailing_zeros() as usize;
+            pending &= pending - 1;
+            let Some(leg) = self.legs.get(i) else {
+                continue;
+            };
+            if self.is_stopping() || leg.state() != LegState::Down || !self.leg_reachable(i) {
+                // Detached, or resynced already (an abandoned detach), or
+                // down again: its next connection marks it again.
+                continue;
+            }
+            // The leg missed the writes its dirty map holds (those made
+            // while it was down, and those that failed with the
+            // connection).  A server that does not keep its data across a
+            // restart needs everything (`resync=full`).
+            let full = leg.dev().remote().is_some_and(|r| r.config().full_resync);
+            let kib = self.to_resync_kib(i, full);
+            pr_info!(
+                "{}: leg {} is back; resyncing {} ({} KiB)\n",
+                self.name(),
+                i,
+                if full { "all of it" } else { "what it missed" },
+                kib
+            );
+            self.resync_leg(i);
+            Self::notify(self.as_arc_borrow());
+        }
     }
 }
 

@@ -1527,8 +1527,12 @@ impl IoOwner for Device {
         preflush: bool,
     ) {
         let i = leg as usize;
-        if let Some(l) = this.legs.get(i).filter(|_| !preflush) {
-            l.done(op, res);
+        if let Some(l) = this.legs.get(i) {
+            if !preflush {
+                l.done(op, res);
+            } else if res.is_err() {
+                l.count_flush_error();
+            }
         }
         if let (Err(e), Target::Mirror) = (res, this.target) {
             mirror::clone_failed(this, i, op, sector, bytes, e);

@@ -493,6 +493,9 @@ enum Rx {
         error: u32,
         cookie: u64,
     },
+    /// The client sent `NBD_CMD_DISC`: nothing more is read, and the
+    /// connection closes once every earlier request is answered.
+    Leaving,
 }
 
 const RX_START: Rx = Rx::Header {
@@ -564,6 +567,8 @@ pub(crate) struct Conn {
     rx_kick: RecvKick,
     /// The client asked for structured replies.
     structured: AtomicBool,
+    /// The client sent `NBD_CMD_DISC` (see [`Rx::Leaving`]).
+    leaving: AtomicBool,
     closed: AtomicBool,
     #[pin]
     hs_job: Job<Conn, HANDSHAKE>,
@@ -657,6 +662,7 @@ impl Conn {
                 rx_kick: RecvKick::new(),
                 sending: AtomicBool::new(false),
                 structured: AtomicBool::new(false),
+                leaving: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 hs_job <- Job::new(),
                 recv_job <- Job::new(),
@@ -902,7 +908,14 @@ impl Conn {
                         }
                     }
                     match r.kind {
-                        cmd::DISC => return Err(Msg::new(format_args!(""))),
+                        cmd::DISC => {
+                            // The requests before it are still answered
+                            // (the NBD spec asks a server to); the send
+                            // side closes once they are.
+                            st.rx = Rx::Leaving;
+                            self.leaving.store(true, Ordering::SeqCst);
+                            return Ok(());
+                        }
                         cmd::READ => {
                             let buf = alloc_buf(r.length)?;
                             self.submit(e, &r, buf).map_err(|_| oom())?;
@@ -952,6 +965,7 @@ impl Conn {
                         self.submit(e, &req, buf).map_err(|_| oom())?;
                     }
                 }
+                Rx::Leaving => return Ok(()),
                 Rx::Discard {
                     left,
                     error,
@@ -1216,10 +1230,15 @@ impl JobRun<RECV> for Conn {
                     Self::send_pass(&this);
                 }
             }
+            // `leaving` is only ever set by this job.
+            if this.leaving.load(Ordering::Relaxed) && this.close_if_left() {
+                return;
+            }
             // Data that came meanwhile queued nothing: look again.  A
             // throttled receiver is restarted by the send side instead.
             let next = this.rx_kick.after_pass(pass, || {
                 !this.throttled.load(Ordering::SeqCst)
+                    && !this.leaving.load(Ordering::Relaxed)
                     && this.rx.lock().sock.as_ref().is_some_and(|s| s.readable())
             });
             match next {
@@ -1253,7 +1272,25 @@ impl Conn {
         this.sending.store(false, Ordering::Relaxed);
         if let Err(why) = res {
             this.drop_with(&why);
+        } else {
+            this.close_if_left();
         }
+    }
+
+    /// Closes the connection if the client sent `NBD_CMD_DISC` and every
+    /// request it sent before is answered (a reply is retired once sent
+    /// in full).  Called by both sides after their pass: the last reply's
+    /// send pass, or the receive pass that read the `DISC` if nothing was
+    /// in flight.  Returns whether the connection is closed.
+    fn close_if_left(&self) -> bool {
+        // Pairs with itself: the receive job stores `leaving`, the send
+        // pass retires the last reply, then each comes here.  Either sees
+        // the other's change.
+        fence(Ordering::SeqCst);
+        if self.leaving.load(Ordering::Relaxed) && self.inflight.count() == 0 {
+            self.close();
+        }
+        self.closed.load(Ordering::Acquire)
     }
 }
 

@@ -52,6 +52,7 @@ const MODES: &[(&str, &str)] = &[
     ("unknown-cmd", "after GO, command type 0x55: expects EINVAL or a close"),
     ("bad-flags-cmd", "after GO, READ with unknown command flags: expects EINVAL or a close"),
     ("ro-write", "after GO, WRITE to a read-only export: expects EPERM"),
+    ("disc-pending", "after GO, 16 WRITEs of 64 KiB (the last MiB), a FLUSH and DISC at once: expects every reply, then a close; a new client reads the data back"),
     ("no-read", "after GO, 10000 READs of 64 KiB without reading replies, hold --hold seconds, close; then a new client must work"),
     ("garbage", "after GO, 64 KiB of random bytes: expects a close"),
     ("conn-flood", "open --count connections, hold them --hold seconds, then check a new client still works"),
@@ -265,6 +266,7 @@ impl<'a> Client<'a> {
             "unknown-cmd" => self.bad_request(0x55, 0, "command type 0x55"),
             "bad-flags-cmd" => self.bad_request(cmd::READ, 0xc000, "READ with flags 0xc000"),
             "ro-write" => self.ro_write(),
+            "disc-pending" => self.disc_pending(),
             "no-read" => self.no_read(),
             "garbage" => self.garbage(),
             "conn-flood" => self.conn_flood(),
@@ -925,6 +927,98 @@ impl<'a> Client<'a> {
             Ok(l) => Err(format!("{l}{note}")),
             Err(l) => Err(format!("{l}{note}")),
         }
+    }
+
+    fn disc_pending(&mut self) -> Verdict {
+        const N: usize = 16;
+        let (mut s, info) = self.open()?;
+        if info.flags & tflag::READ_ONLY != 0 {
+            return Err("the export is read-only: cannot verify writes".into());
+        }
+        let len: u32 = 64 << 10;
+        if info.size < N as u64 * u64::from(len) {
+            return Err(format!("the export is too small ({} bytes)", info.size));
+        }
+        // The export's last MiB (others may be using the start).
+        let base = (info.size - N as u64 * u64::from(len)) / 4096 * 4096;
+        let seed = self.random() as u8;
+        let pattern = |i: usize| -> Vec<u8> {
+            (0..len as usize)
+                .map(|j| (j as u8).wrapping_mul(13) ^ (i as u8) ^ seed)
+                .collect()
+        };
+        // Everything in one go, without reading a reply in between.
+        let mut cookies = Vec::with_capacity(N + 1);
+        for i in 0..N {
+            let c = self
+                .send_request(
+                    &mut s,
+                    cmd::WRITE,
+                    0,
+                    base + i as u64 * u64::from(len),
+                    len,
+                    &pattern(i),
+                )
+                .map_err(|e| format!("WRITE {i}: {e}"))?;
+            cookies.push(c);
+        }
+        if info.flags & tflag::SEND_FLUSH != 0 {
+            let c = self
+                .send_request(&mut s, cmd::FLUSH, 0, 0, 0, &[])
+                .map_err(|e| format!("FLUSH: {e}"))?;
+            cookies.push(c);
+        }
+        self.disconnect(&mut s);
+        // Replies may come in any order.
+        let want = cookies.len();
+        for got in 0..want {
+            let mut b = [0u8; SimpleReply::SIZE];
+            if let Err(e) = s.read_exact(&mut b) {
+                let how = match gone(e) {
+                    Gone::Closed(how) => how,
+                    Gone::Timeout => format!("sent nothing within {}", self.secs()),
+                    Gone::Error(e) => format!("I/O error: {e}"),
+                };
+                return Err(format!(
+                    "after NBD_CMD_DISC the server {how}, with {got} of {want} replies read"
+                ));
+            }
+            let r = SimpleReply::decode(&b)
+                .map_err(|e| format!("server sent a bad reply ({e}): {}", describe_bytes(&b)))?;
+            let Some(at) = cookies.iter().position(|&c| c == r.cookie) else {
+                return Err(format!("server replied to unknown cookie {:#x}", r.cookie));
+            };
+            cookies.swap_remove(at);
+            if r.error != 0 {
+                return Err(format!("a request failed: {}", err_name(r.error)));
+            }
+        }
+        let mut line = format!("{want} replies after NBD_CMD_DISC");
+        match self.expect_close(&mut s) {
+            Ok(_) => line += ", then a close",
+            Err(e) => return Err(format!("{line}; then: {e}")),
+        }
+        // The writes are there.
+        let (mut s, _) = self.open()?;
+        for i in 0..N {
+            let off = base + i as u64 * u64::from(len);
+            let c = self
+                .send_request(&mut s, cmd::READ, 0, off, len, &[])
+                .map_err(|e| format!("READ at {off}: {e}"))?;
+            match self.answer(&mut s, c)? {
+                Answer::Reply(0) => {}
+                Answer::Reply(e) => return Err(format!("READ at {off} failed: {}", err_name(e))),
+                Answer::Closed(how) => return Err(format!("READ at {off}: server {how}")),
+            }
+            let mut back = vec![0; len as usize];
+            s.read_exact(&mut back)
+                .map_err(|e| format!("READ at {off}: data: {e}"))?;
+            if back != pattern(i) {
+                return Err(format!("READ at {off} returned other data than written"));
+            }
+        }
+        self.disconnect(&mut s);
+        Ok(format!("{line}; a new client read the {N} writes back"))
     }
 
     fn no_read(&mut self) -> Verdict {

@@ -396,6 +396,10 @@ impl JobRun<ACCEPT> for Listener {
             if this.conns.lock().push(conn.clone(), GFP_KERNEL).is_err() {
                 continue;
             }
+            let Ok(sock) = Arc::new(sock, GFP_KERNEL) else {
+                conn.close();
+                continue;
+            };
             *conn.hs_sock.lock() = Some(sock);
             Job::<Conn, HANDSHAKE>::queue(conn, 0);
         }
@@ -536,7 +540,7 @@ pub(crate) struct Conn {
     listener: Arc<Listener>,
     peer: SocketAddr,
     #[pin]
-    hs_sock: Mutex<Option<Socket>>,
+    hs_sock: Mutex<Option<Arc<Socket>>>,
     #[pin]
     export: Mutex<Option<Arc<Export>>>,
     #[pin]
@@ -678,7 +682,10 @@ impl Conn {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        drop(self.hs_sock.lock().take());
+        if let Some(sock) = self.hs_sock.lock().take() {
+            // A handshake in progress on it fails at once.
+            sock.shutdown();
+        }
         drop(self.rx.lock().sock.take());
         let cur = {
             let mut tx = self.tx.lock();
@@ -1126,7 +1133,9 @@ impl JobRun<HANDSHAKE> for Conn {
     // Blocking socket calls, bounded by timeouts.
     const QUEUE: wq::Kind = wq::Kind::Wait;
     fn run(this: Arc<Self>) {
-        let Some(mut sock) = this.hs_sock.lock().take() else {
+        // The connection keeps its reference meanwhile, so that a close
+        // (an unexport) can shut the socket down under the handshake.
+        let Some(sock) = this.hs_sock.lock().clone() else {
             return;
         };
         let mut lookup = Lookup {
@@ -1179,21 +1188,24 @@ impl JobRun<HANDSHAKE> for Conn {
             }
             live
         };
-        if !live || this.closed.load(Ordering::Acquire) {
-            this.close();
-            return;
-        }
-        if sock.watch::<_, 0>(this.clone()).is_err() {
-            this.close();
-            return;
-        }
-        let sock = match Arc::new(sock, GFP_KERNEL) {
-            Ok(s) => s,
-            Err(_) => {
-                this.close();
-                return;
-            }
+        // Taken back from the connection: a close from here on finds the
+        // socket below instead.  Then ours is the only reference.
+        let ours = this.hs_sock.lock().take().is_some();
+        let unique = if ours {
+            sock.into_unique_or_drop()
+        } else {
+            drop(sock);
+            None
         };
+        let Some(mut unique) = unique.filter(|_| live) else {
+            this.close();
+            return;
+        };
+        if this.closed.load(Ordering::Acquire) || unique.watch::<_, 0>(this.clone()).is_err() {
+            this.close();
+            return;
+        }
+        let sock = Arc::from(unique);
         this.tx.lock().sock = Some(sock.clone());
         this.rx.lock().sock = Some(sock);
         if this.closed.load(Ordering::Acquire) {

@@ -262,6 +262,17 @@ impl Socket {
         to_len(unsafe { glue::dst_sock_recv_bio(self.raw.as_ptr(), bio.as_raw(), skip) })
     }
 
+    /// Shuts the connection down both ways: a call blocked on it, in
+    /// another thread, returns at once (end of stream, or `EPIPE`).  The
+    /// socket stays valid until dropped.
+    pub(crate) fn shutdown(&self) {
+        // SAFETY: the socket is valid while `self` is; the socket layer
+        // allows a shutdown alongside calls in other threads.
+        unsafe {
+            bindings::kernel_sock_shutdown(self.raw.as_ptr(), bindings::sock_shutdown_cmd_SHUT_RDWR)
+        };
+    }
+
     /// Blocking I/O for a handshake, which gives up with `ETIMEDOUT` once
     /// `until` ([`now_ms`] time) has passed.  The deadline is checked
     /// before every call, and each call waits at most the socket's own

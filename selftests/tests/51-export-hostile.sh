@@ -23,7 +23,7 @@ slab_kb() {
 	awk '/^Slab:/ { print $2 }' /proc/meminfo
 }
 
-plan $((4 + ${#MODES[@]} + 7))
+plan $((4 + ${#MODES[@]} + 9))
 brd_setup 2 64
 dst_load
 cleanup_push dst_unexport_all
@@ -70,7 +70,24 @@ assert_cmd -m "fio ended without an error (status $rc)" eval '
 	cat "$TEST_TMP/fio.log"
 assert_cmd -m "every client gone (bounded wait)" wait_until 30 eval '[ "$(dst_jq m .exports[0].clients)" = 0 ]' ||
 	diag "clients left: $(dst_jq m .exports[0].client_addrs); $(ss -Htn | head -5)"
+# A client in the middle of a slow handshake when the export goes: the
+# unexport shuts its socket down, rather than leave the handshake to its
+# 30 s deadline (with the module held meanwhile).
+"$HOSTILE_CLIENT" --connect "127.0.0.1:$p" --export m --mode slow-handshake --timeout 45 \
+	>"$TEST_TMP/slow.log" 2>&1 &
+slow_pid=$!
+# (Not yet a client of the export: the export's side of the connection.)
+assert_cmd -m "a client in a slow handshake is connected" \
+	wait_until 10 eval '[ "$(ss -Htn state established "( sport = :$p )" | wc -l)" -ge 1 ]'
+sleep 2
+t0=${EPOCHREALTIME/./}
 assert_cmd -m "unexport, remove" eval 'dstctl unexport m && dstctl remove m'
+rc=0
+wait "$slow_pid" || rc=$?
+ms=$(((${EPOCHREALTIME/./} - t0) / 1000))
+cat "$TEST_TMP/slow.log"
+assert_cmd -m "  ... the client in the handshake was closed within 10 s ($ms ms, status $rc)" \
+	eval '[ "$rc" = 0 ] && [ "$ms" -lt 10000 ]'
 sync
 echo 3 >/proc/sys/vm/drop_caches
 now=$(slab_kb)

@@ -757,13 +757,15 @@ impl Conn {
             },
             GFP_KERNEL,
         )?;
-        // Counted before it can be taken (the send side subtracts).
+        // Counted before it can be taken: it is done already, and whoever
+        // takes it (a send pass, a close) retires it at once.
+        self.inflight.enter();
         self.ready.fetch_add(1, Ordering::SeqCst);
         if let Err(e) = self.pending.lock().insert(req) {
             self.ready.fetch_sub(1, Ordering::Relaxed);
+            self.inflight.leave();
             return Err(e);
         }
-        self.inflight.enter();
         self.kick_send();
         Ok(())
     }

@@ -173,8 +173,14 @@ pub(crate) struct ExportRequest {
     pub(crate) allow: KVec<Cidr>,
 }
 
+/// The id of the next export.
+static NEXT_EXPORT_ID: AtomicU64 = AtomicU64::new(1);
+
 /// One device served under a name.
 pub(crate) struct Export {
+    /// Tells exports apart for the whole life of the module (a handshake
+    /// names the export it chose by it, see [`Lookup`]).
+    id: u64,
     dev: Arc<Device>,
     bdev: BlockDev,
     _holder: Holder,
@@ -588,11 +594,13 @@ impl_has_job!(Conn, SEND, send_job);
 
 /// The exports of a listener, as the handshake sees them for one peer.
 /// It looks them up each time (an unexport meanwhile takes effect), and
-/// holds none but the one chosen last.
+/// holds none: it keeps the id of the one chosen last, so that a client
+/// dawdling in its handshake keeps no device open (an unexported device
+/// can be removed at once).
 struct Lookup<'a> {
     listener: &'a Listener,
     peer: SocketAddr,
-    chosen: Option<Arc<Export>>,
+    chosen: Option<u64>,
 }
 
 impl Lookup<'_> {
@@ -615,9 +623,8 @@ impl Lookup<'_> {
 impl ExportLookup for Lookup<'_> {
     fn lookup(&mut self, name: &[u8]) -> Option<ServedExport> {
         let e = self.find(name)?;
-        let served = e.served;
-        self.chosen = Some(e);
-        Some(served)
+        self.chosen = Some(e.id);
+        Some(e.served)
     }
 
     fn for_each_export(&mut self, f: &mut dyn FnMut(&[u8], &[u8])) {
@@ -1156,7 +1163,7 @@ impl JobRun<HANDSHAKE> for Conn {
             let mut t = sock.blocking_until(now_ms() + HANDSHAKE_MS);
             nbd_server::server_handshake(&mut t, &mut lookup, &mut scratch)
         };
-        let export = match (res, lookup.chosen.take()) {
+        let chosen = match (res, lookup.chosen.take()) {
             (Ok(n), Some(e)) => {
                 this.structured.store(n.structured, Ordering::Relaxed);
                 e
@@ -1184,10 +1191,9 @@ impl JobRun<HANDSHAKE> for Conn {
         // serving the export, or this finds the export gone.
         let live = {
             let exports = this.listener.exports.lock();
-            let live = exports.iter().any(|e| Arc::ptr_eq(e, &export));
-            if live {
-                *this.export.lock() = Some(export);
-            }
+            let found = exports.iter().find(|e| e.id == chosen).cloned();
+            let live = found.is_some();
+            *this.export.lock() = found;
             live
         };
         // Taken back from the connection: a close from here on finds the
@@ -1408,6 +1414,7 @@ impl Exports {
         };
         let export = Arc::new(
             Export {
+                id: NEXT_EXPORT_ID.fetch_add(1, Ordering::Relaxed),
                 dev: dev.clone(),
                 bdev,
                 _holder: holder,

@@ -23,8 +23,8 @@ slab_kb() {
 	awk '/^Slab:/ { print $2 }' /proc/meminfo
 }
 
-plan $((4 + ${#MODES[@]} + 9))
-brd_setup 2 64
+plan $((4 + ${#MODES[@]} + 12))
+brd_setup 3 64
 dst_load
 cleanup_push dst_unexport_all
 assert_cmd -m "create a mirror of ram0 and ram1, export it" eval '
@@ -70,18 +70,27 @@ assert_cmd -m "fio ended without an error (status $rc)" eval '
 	cat "$TEST_TMP/fio.log"
 assert_cmd -m "every client gone (bounded wait)" wait_until 30 eval '[ "$(dst_jq m .exports[0].clients)" = 0 ]' ||
 	diag "clients left: $(dst_jq m .exports[0].client_addrs); $(ss -Htn | head -5)"
-# A client in the middle of a slow handshake when the export goes: the
-# unexport shuts its socket down, rather than leave the handshake to its
-# 30 s deadline (with the module held meanwhile).
-"$HOSTILE_CLIENT" --connect "127.0.0.1:$p" --export m --mode slow-handshake --timeout 45 \
+# Two exports on the port.  A client asks for INFO on m, then dawdles in
+# its handshake.  The handshake holds no export meanwhile, so m can be
+# unexported and removed at once, while the port, and the handshake, stay
+# up for m2.  Unexporting m2, the port's last export, shuts the
+# handshake's socket down rather than leave it to its 30 s deadline (the
+# module held meanwhile).
+assert_cmd -m "a second device, m2, exported on the same port" \
+	eval 'dstctl create m2 --linear /dev/ram2 >/dev/null && dstctl export m2 --listen "127.0.0.1:$p"'
+"$HOSTILE_CLIENT" --connect "127.0.0.1:$p" --export m --mode info-then-slow --timeout 45 \
 	>"$TEST_TMP/slow.log" 2>&1 &
 slow_pid=$!
-# (Not yet a client of the export: the export's side of the connection.)
+# (Not a client of the export yet: the export's side of the connection.)
 assert_cmd -m "a client in a slow handshake is connected" \
 	wait_until 10 eval '[ "$(ss -Htn state established "( sport = :$p )" | wc -l)" -ge 1 ]'
 sleep 2
+assert_cmd -m "unexport m and remove it at once (the handshake holds no device)" \
+	eval 'dstctl unexport m && dstctl remove m'
+assert_cmd -m "  ... the client is still in its handshake" kill -0 "$slow_pid" ||
+	cat "$TEST_TMP/slow.log"
 t0=${EPOCHREALTIME/./}
-assert_cmd -m "unexport, remove" eval 'dstctl unexport m && dstctl remove m'
+assert_cmd -m "unexport m2, remove it" eval 'dstctl unexport m2 && dstctl remove m2'
 rc=0
 wait "$slow_pid" || rc=$?
 ms=$(((${EPOCHREALTIME/./} - t0) / 1000))

@@ -41,6 +41,7 @@ const MODES: &[(&str, &str)] = &[
     ("no-fixed", "client flags 0, then GO: expects a close (or a GO reply: the spec allows honouring fixed newstyle)"),
     ("huge-option", "option length 0xffffffff, then 64 KiB of garbage: expects a close or NBD_REP_ERR_TOO_BIG"),
     ("slow-handshake", "GO with 2000 bytes of data, sent one byte a second: expects a close within --timeout"),
+    ("info-then-slow", "NBD_OPT_INFO for --export (expects its reply), then slow-handshake: expects a close within --timeout"),
     ("many-options", "10000 unknown options without waiting for replies: expects ERR_UNSUP replies and a close (or all answered)"),
     ("abort", "NBD_OPT_ABORT: expects NBD_REP_ACK or a close"),
     ("list", "NBD_OPT_LIST (expects SERVER replies and ACK), then LIST with data (expects an error)"),
@@ -254,7 +255,8 @@ impl<'a> Client<'a> {
             "bad-flags" => self.bad_flags(),
             "no-fixed" => self.no_fixed(),
             "huge-option" => self.huge_option(),
-            "slow-handshake" => self.slow_handshake(),
+            "slow-handshake" => self.slow_handshake(false),
+            "info-then-slow" => self.slow_handshake(true),
             "many-options" => self.many_options(),
             "abort" => self.abort(),
             "list" => self.list(),
@@ -635,10 +637,32 @@ impl<'a> Client<'a> {
         Ok(line)
     }
 
-    fn slow_handshake(&mut self) -> Verdict {
+    /// GO with its data trickled, after an INFO for `--export` if `info`
+    /// (a server then knows which export the client is after).
+    fn slow_handshake(&mut self, info: bool) -> Verdict {
         const LEN: u32 = 2000;
         let (mut s, _) = self.greeted()?;
         let mut m = cflag::FIXED_NEWSTYLE.to_be_bytes().to_vec();
+        if info {
+            m.extend(Self::option(
+                opt::INFO,
+                &Self::go_data(self.o.export.as_bytes()),
+            ));
+            s.write_all(&m).map_err(|e| format!("send: {e}"))?;
+            m.clear();
+            loop {
+                match self.opt_reply(&mut s) {
+                    Ok((h, _)) if h.reply == rep::ACK => break,
+                    Ok((h, _)) if h.reply == rep::INFO => {}
+                    Ok((h, _)) => return Err(format!("INFO answered with {}", rep::name(h.reply))),
+                    Err(g) => {
+                        return Err(match self.describe(g) {
+                            Ok(l) | Err(l) => format!("INFO not answered: {l}"),
+                        })
+                    }
+                }
+            }
+        }
         m.extend(
             OptionHeader {
                 option: opt::GO,

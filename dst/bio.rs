@@ -244,7 +244,8 @@ impl LegBio {
         self.0.as_ptr()
     }
 
-    fn into_raw(self) -> *mut bindings::bio {
+    /// Gives up ownership of the bio (see [`LegBio::from_raw`]).
+    pub(crate) fn into_raw(self) -> *mut bindings::bio {
         let raw = self.0.as_ptr();
         core::mem::forget(self);
         raw

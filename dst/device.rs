@@ -21,7 +21,7 @@ use crate::bitmap::DirtyMap;
 use crate::disk::{Disk, DiskOps, Limits, Offer};
 use crate::errno;
 use crate::glue::now_ms;
-use crate::io::{Decision, DeferList, Gate, IoOwner, IoResult, IoSet, Outcome, Route};
+use crate::io::{BioSink, Decision, DeferList, Gate, IoOwner, IoResult, IoSet, Outcome, Route};
 use crate::job::{impl_has_job, Job, JobRun};
 use crate::leg::{Leg, LegDev, LegSet, LegSets, Removal};
 use crate::msg::{refuse, Refusal};
@@ -1527,12 +1527,10 @@ impl IoOwner for Device {
         preflush: bool,
     ) {
         let i = leg as usize;
-        if let Some(l) = this.legs.get(i) {
-            if !preflush {
-                l.done(op, res);
-            } else if res.is_err() {
-                l.count_flush_error();
-            }
+        // A preflush is not a request of its own: its data clone, failed
+        // with it if it failed, ends the leg's request.
+        if let Some(l) = this.legs.get(i).filter(|_| !preflush) {
+            l.done(op, res);
         }
         if let (Err(e), Target::Mirror) = (res, this.target) {
             mirror::clone_failed(this, i, op, sector, bytes, e);
@@ -1560,6 +1558,10 @@ impl IoOwner for Device {
 
     fn later_list(&self, leg: u32) -> &LegBioStack {
         &self.lanes[leg as usize % 2]
+    }
+
+    fn sink(&self, leg: u32) -> Option<&dyn BioSink> {
+        self.legs.get(leg as usize).map(|l| l.dev() as &dyn BioSink)
     }
 
     fn kick_later(this: ArcBorrow<'_, Self>, leg: u32) {

@@ -203,9 +203,9 @@ pub(crate) trait IoOwner: Send + Sync + Sized {
     /// Where deferred I/Os wait.
     fn defer_list(&self) -> &DeferList;
     /// Called for every clone as it ends, in any context, with the
-    /// parent's range (`sector`, `bytes`).  `preflush` marks the flush sent
-    /// ahead of a data clone ([`Io::clone_to`]): the data clone ends the
-    /// leg's request, the flush only reports its failure.
+    /// parent's range (`sector`, `bytes`).  `preflush` marks a flush sent
+    /// ahead of held data clones ([`Io::preflush_to`]): not a request of
+    /// its own (a held clone it fails ends with its error).
     fn clone_done(
         this: ArcBorrow<'_, Self>,
         leg: u32,
@@ -228,6 +228,9 @@ pub(crate) trait IoOwner: Send + Sync + Sized {
     /// Arranges for `later_list(leg)` to be submitted soon, from a
     /// workqueue, on another CPU.
     fn kick_later(this: ArcBorrow<'_, Self>, leg: u32);
+    /// Where leg `leg`'s clones go (held clones are sent there once their
+    /// flushes have ended, see [`Io::hold_clone`]).
+    fn sink(&self, leg: u32) -> Option<&dyn BioSink>;
 }
 
 /// Per-I/O state, in the front pad of the I/O's first clone.
@@ -243,8 +246,16 @@ struct IoState {
     acct: bool,
     pending: AtomicU32,
     ok: AtomicU32,
-    /// Legs whose flush ahead of the data failed (see [`Io::clone_to`]).
+    /// Legs whose flush ahead of the data failed (see [`Io::preflush_to`]).
     bad: AtomicU32,
+    /// Clones held back until the flushes sent ahead of them have ended,
+    /// linked through `bi_next` ([`Io::hold_clone`]).  The submitter's
+    /// until `flushes` drops to zero, then the releaser's.
+    held: *mut bindings::bio,
+    /// Flushes the held clones wait for, plus the submitter's bias.
+    flushes: AtomicU32,
+    /// A failed flush fails every held clone, not only its own leg's.
+    strict: bool,
     /// Legs whose success can make the I/O good ([`Io::set_voters`]).
     voters: u32,
     tried: AtomicU32,
@@ -331,6 +342,9 @@ pub(crate) struct Io<'a, T: IoOwner> {
     op: Op,
     error: Option<Error>,
     voters: u32,
+    /// Clones are held ([`Io::hold_clone`]): the state's `flushes` has our
+    /// bias.
+    holding: bool,
 }
 
 impl<'a, T: IoOwner> Io<'a, T> {
@@ -345,6 +359,7 @@ impl<'a, T: IoOwner> Io<'a, T> {
             op,
             error: None,
             voters: u32::MAX,
+            holding: false,
         }
     }
 
@@ -361,8 +376,8 @@ impl<'a, T: IoOwner> Io<'a, T> {
         self.parent.as_ref().unwrap_or_else(|| unreachable!())
     }
 
-    /// Whether a clone went (a flush ahead of a data clone that could not
-    /// be made counts): the owner's `io_done` then runs when it ends.
+    /// Whether a clone went, or is held ([`Io::hold_clone`]): the owner's
+    /// `io_done` then runs when it ends.
     pub(crate) fn started(&self) -> bool {
         self.state.is_some()
     }
@@ -404,6 +419,9 @@ impl<'a, T: IoOwner> Io<'a, T> {
                         pending: AtomicU32::new(2),
                         ok: AtomicU32::new(0),
                         bad: AtomicU32::new(0),
+                        held: ptr::null_mut(),
+                        flushes: AtomicU32::new(0),
+                        strict: false,
                         voters: self.voters,
                         tried: AtomicU32::new(1 << leg),
                         error: AtomicU32::new(0),
@@ -446,19 +464,87 @@ impl<'a, T: IoOwner> Io<'a, T> {
 
     /// Sends a clone of the parent to leg `leg` of `sink` at `sector`.  A
     /// leg that is not a block device gets a `REQ_PREFLUSH` with data as an
-    /// empty flush followed by the data without it: the flush only has to
-    /// cover writes completed before the parent was issued.  The two are
-    /// one request of the leg: the leg succeeds only if both do.
+    /// empty flush, and the data without the flag once the flush has
+    /// succeeded (held, see [`Io::hold_clone`]), as the block layer's flush
+    /// sequence does: an NBD server may run the two in any order.  The two
+    /// are one request of the leg.
     ///
     /// Fails only if no clone can be made (a bio set with `GFP_NOIO` waits
     /// for memory rather than fail, so in practice never); the leg then did
     /// not get the I/O and the caller decides what that means.
     pub(crate) fn clone_to(&mut self, leg: u32, sink: &dyn BioSink, sector: u64) -> Result {
         if sink.bdev().is_none() && self.parent().is_preflush() && !self.parent().is_flush_only() {
-            self.send_flush(leg, sink, true)?;
+            self.hold_clone(leg, sink, sector, false)?;
+            self.preflush_to(leg, sink);
+            return Ok(());
         }
         sink.submit(self.make_clone(leg, sink, sector)?);
         Ok(())
+    }
+
+    /// Makes the clone for leg `leg` of `sink` at `sector`, but holds it
+    /// back until every flush sent with [`Io::preflush_to`] has ended, so
+    /// that writes completed before the parent was issued are stable
+    /// before its data is written (`REQ_PREFLUSH` across legs, or on a leg
+    /// that runs requests in any order).  Then it is sent, from the
+    /// submitter's context or the owner's workqueue; or, if a flush to its
+    /// leg failed (any flush, with `strict`), it ends with that error
+    /// unsent.  Fails as [`Io::clone_to`] does, nothing held.
+    pub(crate) fn hold_clone(
+        &mut self,
+        leg: u32,
+        sink: &dyn BioSink,
+        sector: u64,
+        strict: bool,
+    ) -> Result {
+        let clone = self.make_clone(leg, sink, sector)?;
+        let Some(io) = self.state.map(NonNull::as_ptr) else {
+            // Cannot be: `make_clone` made the state.
+            clone.end(Err(EINVAL));
+            return Ok(());
+        };
+        let clone = clone.into_raw();
+        // SAFETY: the I/O is live (our bias holds it); `held` and `strict`
+        // are ours until our bias on `flushes` is dropped (in `drop`), and
+        // the clone is ours, its `bi_next` unused.
+        unsafe {
+            if !self.holding {
+                (*io).flushes.store(1, Ordering::Relaxed);
+                self.holding = true;
+            }
+            (*io).strict |= strict;
+            (*clone).bi_next = (*io).held;
+            (*io).held = clone;
+        }
+        Ok(())
+    }
+
+    /// Sends an empty flush to leg `leg` of `sink` that the clones held by
+    /// [`Io::hold_clone`] (called first) wait for.  A flush that cannot be
+    /// made counts as failed.
+    pub(crate) fn preflush_to(&mut self, leg: u32, sink: &dyn BioSink) {
+        let (Some(io), true) = (self.state.map(NonNull::as_ptr), self.holding) else {
+            return;
+        };
+        let bio = match self.alloc_flush(sink) {
+            Ok(b) => b,
+            Err(e) => {
+                // SAFETY: the I/O is live (our bias holds it).
+                unsafe {
+                    (*io).bad.fetch_or(1 << leg, Ordering::Relaxed);
+                    record(io, None, Err(e));
+                }
+                return;
+            }
+        };
+        self.attach(bio, leg, true);
+        // SAFETY: as above; counted before it can end (our bias keeps the
+        // count above zero meanwhile).
+        unsafe { (*io).flushes.fetch_add(1, Ordering::Relaxed) };
+        // SAFETY: the bio is ours until submitted; it has its end_io.
+        if let Some(bio) = unsafe { LegBio::from_raw(bio) } {
+            sink.submit(bio);
+        }
     }
 
     /// Like [`Io::clone_to`], for a local leg, but the clone is submitted
@@ -477,12 +563,12 @@ impl<'a, T: IoOwner> Io<'a, T> {
     /// Sends an empty cache flush to leg `leg` of `sink`.  Fails as
     /// [`Io::clone_to`] does.
     pub(crate) fn flush_to(&mut self, leg: u32, sink: &dyn BioSink) -> Result {
-        self.send_flush(leg, sink, false)
+        self.send_flush(leg, sink)
     }
 
-    /// Sends an empty cache flush, as a request of its own or (`preflush`)
-    /// as the first half of one ([`Io::clone_to`]).
-    fn send_flush(&mut self, leg: u32, sink: &dyn BioSink, preflush: bool) -> Result {
+    /// Allocates an empty cache flush for `sink` from the owner's io set
+    /// (not yet part of the I/O).
+    fn alloc_flush(&self, sink: &dyn BioSink) -> Result<*mut bindings::bio> {
         // SAFETY: the parent is live; the io set is initialised.
         let bio = unsafe {
             glue::dst_bio_alloc_flush(
@@ -493,7 +579,13 @@ impl<'a, T: IoOwner> Io<'a, T> {
         if bio.is_null() {
             return Err(ENOMEM);
         }
-        self.attach(bio, leg, preflush);
+        Ok(bio)
+    }
+
+    /// Sends an empty cache flush, a request of its own.
+    fn send_flush(&mut self, leg: u32, sink: &dyn BioSink) -> Result {
+        let bio = self.alloc_flush(sink)?;
+        self.attach(bio, leg, false);
         // SAFETY: the bio is ours until submitted; it has its end_io.
         let Some(bio) = (unsafe { LegBio::from_raw(bio) }) else {
             return Err(ENOMEM);
@@ -534,6 +626,11 @@ impl<T: IoOwner> Drop for Io<'_, T> {
                 if let Some(e) = self.error {
                     // SAFETY: the I/O is live (our bias holds it).
                     unsafe { record(io.as_ptr(), None, Err(e)) };
+                }
+                if self.holding {
+                    // SAFETY: the I/O is live; this is our bias on the
+                    // held clones' wait, and we may send them.
+                    unsafe { flush_put::<T>(self.owner, io.as_ptr(), true) };
                 }
                 // SAFETY: drops the bias taken when the state was made.
                 unsafe { io_put::<T>(io.as_ptr()) };
@@ -600,6 +697,11 @@ unsafe extern "C" fn clone_endio<T: IoOwner>(clone: *mut bindings::bio) {
             ((*io).op, (*p).bi_iter.bi_sector, (*p).bi_iter.bi_size)
         };
         T::clone_done(owner, leg, op, sector, bytes, res, preflush);
+        if preflush {
+            // SAFETY: the I/O is live; this flush was counted in
+            // `flushes`.  Any context: the release is deferred.
+            unsafe { flush_put::<T>(owner, io, false) };
+        }
     }
     // SAFETY: the first clone holds the state and is put when the I/O ends.
     if clone != unsafe { (*io).first } {
@@ -608,6 +710,70 @@ unsafe extern "C" fn clone_endio<T: IoOwner>(clone: *mut bindings::bio) {
     }
     // SAFETY: this clone's share of the pending count.
     unsafe { io_put::<T>(io) };
+}
+
+/// Drops one reference on the wait of the held clones of `io`; the last
+/// releases them: at once if `inline` (the caller is in process context),
+/// else from the owner's workqueue (through the defer list).
+///
+/// # Safety
+///
+/// `io` must be live and the caller must hold one reference on `flushes`.
+unsafe fn flush_put<T: IoOwner>(owner: ArcBorrow<'_, T>, io: *mut IoState, inline: bool) {
+    // SAFETY: per the function's contract.
+    if unsafe { (*io).flushes.fetch_sub(1, Ordering::AcqRel) } != 1 {
+        return;
+    }
+    if inline {
+        // SAFETY: the wait is over; the held clones keep the I/O live.
+        unsafe { release_held::<T>(&owner, io) };
+    } else {
+        owner.defer_list().push(io);
+        T::kick_deferred(owner);
+    }
+}
+
+/// Sends the clones held for `io` to their legs, or ends those whose
+/// flush failed (every one, if the I/O is strict) with the flush's error.
+///
+/// # Safety
+///
+/// `io` must be live, its flushes all ended, and the caller the only one
+/// to release it.  Process context.
+unsafe fn release_held<T: IoOwner>(owner: &T, io: *mut IoState) {
+    // SAFETY: per the function's contract, `held` is ours; the flushes'
+    // results were published before `flushes` dropped to zero.
+    let (mut bio, bad, strict, err) = unsafe {
+        let held = core::mem::replace(&mut (*io).held, ptr::null_mut());
+        let s = &*io;
+        (
+            held,
+            s.bad.load(Ordering::Acquire),
+            s.strict,
+            outcome(s).error,
+        )
+    };
+    while !bio.is_null() {
+        // SAFETY: a held clone is ours, linked through `bi_next`, its pad
+        // filled by `attach`.
+        let (next, leg, clone) = unsafe {
+            let next = (*bio).bi_next;
+            (*bio).bi_next = ptr::null_mut();
+            (next, (*pad_of(bio)).leg, LegBio::from_raw(bio))
+        };
+        bio = next;
+        let Some(clone) = clone else { continue };
+        let failed = if strict {
+            bad != 0
+        } else {
+            bad & (1 << leg) != 0
+        };
+        match (failed, owner.sink(leg)) {
+            (false, Some(sink)) => sink.submit(clone),
+            (false, None) => clone.end(Err(EIO)),
+            (true, _) => clone.end(Err(err.unwrap_or(EIO))),
+        }
+    }
 }
 
 /// Drops one pending reference; the last one ends or defers the I/O.
@@ -720,10 +886,17 @@ impl DeferList {
     pub(crate) fn run<T: IoOwner>(&self, owner: &T) {
         let mut io = self.head.swap(ptr::null_mut(), Ordering::Acquire);
         while !io.is_null() {
-            // SAFETY: pushed by `io_put`, the I/O is ours until resubmitted.
-            let next = unsafe { (*io).next };
-            // SAFETY: as above.
-            unsafe { retry(owner, io) };
+            // SAFETY: pushed by `io_put` (the I/O is ours until resubmitted)
+            // or by `flush_put` (its held clones are ours to release; they
+            // keep it live, so it is not pushed again meanwhile).
+            let (next, held) = unsafe { ((*io).next, !(*io).held.is_null()) };
+            if held {
+                // SAFETY: as above.
+                unsafe { release_held(owner, io) };
+            } else {
+                // SAFETY: as above.
+                unsafe { retry(owner, io) };
+            }
             io = next;
         }
     }

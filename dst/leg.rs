@@ -401,12 +401,6 @@ impl Leg {
         if res.is_ok() { ok } else { err }.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a failed flush sent ahead of a write's data (the write's
-    /// data clone ends the request): a write error of its own.
-    pub(crate) fn count_flush_error(&self) {
-        self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// Ends a request counted by [`Leg::start`] without counting it: one
     /// that was not sent after all, or a resync I/O.
     pub(crate) fn end(&self) {

@@ -4,8 +4,9 @@
 //!
 //! A bio that crosses from one leg to the next is split at the boundary
 //! (the rest comes back through `submit_bio`).  A flush goes to every leg;
-//! a write that asks for a flush first sends that flush to the other legs
-//! as well.  An error on any part fails the bio: there is no redundancy.
+//! a write that asks for a flush first (`REQ_PREFLUSH`) flushes every leg,
+//! and its data goes out once all of those flushes have succeeded, as md
+//! and dm do.  An error on any part fails the bio: there is no redundancy.
 
 use core::num::NonZeroU64;
 
@@ -30,12 +31,9 @@ pub(crate) fn layout(legs: &mut [Leg], unit: NonZeroU64) -> u64 {
     offset
 }
 
-/// Sends an empty flush to every leg but `except`.
-fn flush_others(io: &mut Io<'_, Device>, dev: &Device, except: Option<usize>) {
+/// Sends an empty flush to every leg.
+fn flush_all(io: &mut Io<'_, Device>, dev: &Device) {
     for (i, leg) in dev.legs().iter().enumerate() {
-        if Some(i) == except {
-            continue;
-        }
         leg.start();
         if let Err(e) = io.flush_to(i as u32, leg.dev()) {
             leg.done(Op::Write, Err(e));
@@ -52,7 +50,7 @@ pub(crate) fn submit(dev: ArcBorrow<'_, Device>, bio: Bio) {
     }
     if bio.is_flush_only() {
         let mut io = Io::new(dev, bio);
-        flush_others(&mut io, &dev, None);
+        flush_all(&mut io, &dev);
         io.finish();
         return;
     }
@@ -76,16 +74,32 @@ pub(crate) fn submit(dev: ArcBorrow<'_, Device>, bio: Bio) {
     } else {
         bio
     };
-    let preflush = bio.is_preflush();
+    let preflush = bio.is_preflush() && dev.legs().len() > 1;
     let op = bio.op();
     let mut io = Io::new(dev, bio);
     leg.start();
-    if let Err(e) = io.clone_to(i as u32, leg.dev(), sector - leg.offset()) {
-        leg.done(op, Err(e));
-        io.fail(e);
-    }
-    if preflush {
-        flush_others(&mut io, &dev, Some(i));
+    let sent = if preflush {
+        // Writes completed before this one may be on any leg: every leg's
+        // cache is flushed before the data goes out (a local leg flushes
+        // its own, the clone keeps the flag), and a failed flush fails it
+        // unsent.
+        io.hold_clone(i as u32, leg.dev(), sector - leg.offset(), true)
+    } else {
+        io.clone_to(i as u32, leg.dev(), sector - leg.offset())
+    };
+    match sent {
+        Err(e) => {
+            leg.done(op, Err(e));
+            io.fail(e);
+        }
+        Ok(()) if preflush => {
+            for (j, other) in dev.legs().iter().enumerate() {
+                if j != i || other.dev().local().is_none() {
+                    io.preflush_to(j as u32, other.dev());
+                }
+            }
+        }
+        Ok(()) => {}
     }
     io.finish();
 }

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # ext4 on a mirror and on a linear device: mkfs, mount, write files,
 # remount, check their sums; every mirror leg equals the device after.
+# Then on a linear device of a RAM disk and a remote leg (nbdkit): its
+# journal commits flush both legs before their data goes out.
 # timeout: 300
 # shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 # shellcheck source=../dst.sh
 . "$SELFTESTS_DIR/dst.sh"
 
-require_cmd mkfs.ext4 e2fsck losetup
+require_cmd mkfs.ext4 e2fsck losetup nbdkit
 MNT=$TEST_TMP/mnt
 mkdir -p "$MNT"
 
@@ -44,7 +46,7 @@ fs_round_trip() {
 	assert_cmd -m "$tag: e2fsck -fn is clean" e2fsck -fn "$dev"
 }
 
-plan 22
+plan 33
 brd_setup 2 64
 cleanup_push losetup -D
 dst_load
@@ -60,4 +62,11 @@ l1=$(loop_dev 28)
 assert_cmd -m "create linear over 20 + 28 MiB" dstctl create fsl --linear "$l0" "$l1"
 fs_round_trip "$(dst_dev fsl)" linear
 assert_cmd -m "remove the linear device" dstctl remove fsl
+
+port=$(free_port)
+assert_cmd -m "nbdkit memory 32M on port $port" nbdkit_start "$port" memory 32M
+assert_cmd -m "create linear over ram1 and the export" \
+	dstctl create fsr --linear /dev/ram1 "nbd://127.0.0.1:$port/"
+fs_round_trip "$(dst_dev fsr)" "linear, remote"
+assert_cmd -m "remove it" dstctl remove fsr
 dmesg_check

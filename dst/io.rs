@@ -438,10 +438,12 @@ impl<'a, T: IoOwner> Io<'a, T> {
 
     /// Makes a clone of the parent for leg `leg` of `sink` at `sector`,
     /// counted in the I/O.  Clones for a leg that is not a block device
-    /// name the parent's device and lose `REQ_PREFLUSH` (see `clone_to`).
+    /// name the parent's device, and those with data lose `REQ_PREFLUSH`
+    /// (their flush is sent ahead, see `clone_to`); an empty flush keeps
+    /// it, or the leg would take it for an empty write and skip it.
     fn make_clone(&mut self, leg: u32, sink: &dyn BioSink, sector: u64) -> Result<LegBio> {
+        let strip = sink.bdev().is_none() && !self.parent().is_flush_only();
         let parent = self.parent().as_raw();
-        let strip = sink.bdev().is_none();
         // SAFETY: `parent` is live; the io set is initialised.
         let clone = unsafe {
             glue::dst_bio_clone(

@@ -6,7 +6,9 @@
 # Then a linear device over two nbdkit exports (each export holds its
 # region of the device), and a remote leg over IPv6.  A leg opens two
 # connections to a server that allows several (CAN_MULTI_CONN), one to
-# others or with conns=1.
+# others or with conns=1.  A leg that goes away says so with
+# NBD_CMD_DISC; a mirror's cache flush reaches the remote leg as
+# NBD_CMD_FLUSH.
 # timeout: 420
 # SC2016: the bodies of eval '...' expand when evaluated, as intended.
 # shellcheck disable=SC2016
@@ -58,7 +60,7 @@ established() {
 	ss -Htn state established "( dport = :$1 )" | wc -l
 }
 
-plan 46
+plan 50
 brd_setup 1 32
 dst_load
 
@@ -136,5 +138,25 @@ assert_cmd -m "DISC: create a linear device over it, write 1M" \
 assert_cmd -m "DISC: remove the device" dstctl remove dl
 assert_cmd -m "DISC: nbdkit saw NBD_CMD_DISC before the close, on both connections" \
 	wait_until 10 eval '[ "$(grep -c "client sent NBD_CMD_DISC, closing connection" "$TEST_TMP/srv.$p.log")" = 2 ]' 
+srv_stop "$p"
+
+# 5. A mirror's cache flush (fsync of the device) reaches the remote leg
+# as NBD_CMD_FLUSH: nbdkit's log filter writes every request it gets.
+p=$(free_port)
+flog=$TEST_TMP/flush.$p.log
+flushes() {
+	grep -c " Flush id=" "$flog" || true
+}
+assert_cmd -m "nbdkit memory 8M with the log filter on port $p" \
+	nbdkit_start "$p" --filter=log memory 8M logfile="$flog"
+assert_cmd -m "FLUSH: create a mirror of ram0 and it, write 1M" \
+	eval 'dstctl create mf --mirror /dev/ram0 "nbd://127.0.0.1:$p/" &&
+		dd if=/dev/urandom of="$(dst_dev mf)" bs=1M count=1 oflag=direct status=none'
+before=$(flushes)
+assert_cmd -m "FLUSH: fsync the device" sync "$(dst_dev mf)"
+assert_cmd -m "FLUSH: the server got NBD_CMD_FLUSH (logged $before before the fsync)" \
+	wait_until 5 eval '[ "$(flushes)" -gt "$before" ]'
+diag "flushes logged after the fsync: $(flushes)"
+dstctl remove mf
 srv_stop "$p"
 dmesg_check

@@ -1532,7 +1532,8 @@ impl IoOwner for Device {
         if let Some(l) = this.legs.get(i).filter(|_| !preflush) {
             l.done(op, res);
         }
-        if let (Err(e), Target::Mirror) = (res, this.target) {
+        // Likewise for what a failure means for the leg.
+        if let (Err(e), Target::Mirror, false) = (res, this.target, preflush) {
             mirror::clone_failed(this, i, op, sector, bytes, e);
         }
     }

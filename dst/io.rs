@@ -248,6 +248,9 @@ struct IoState {
     ok: AtomicU32,
     /// Legs whose flush ahead of the data failed (see [`Io::preflush_to`]).
     bad: AtomicU32,
+    /// Among those, the legs whose flush failed because the leg was away
+    /// (`errno::leg_away`): their held clones end with that error too.
+    away: AtomicU32,
     /// Clones held back until the flushes sent ahead of them have ended,
     /// linked through `bi_next` ([`Io::hold_clone`]).  The submitter's
     /// until `flushes` drops to zero, then the releaser's.
@@ -268,8 +271,8 @@ struct IoState {
 struct Pad {
     io: *mut IoState,
     leg: u32,
-    /// The flush sent ahead of the leg's data clone ([`Io::clone_to`]): not
-    /// a request of its own.
+    /// A flush sent ahead of held data clones ([`Io::preflush_to`]): not a
+    /// request of its own.
     preflush: bool,
     state: IoState,
 }
@@ -333,8 +336,9 @@ fn err_code(e: Error) -> u32 {
 /// Builds and submits one I/O.
 ///
 /// Each clone is submitted as soon as it is made, so a clone never waits
-/// for another one's mempool slot; a bias of one on the pending count keeps
-/// the I/O from completing before [`Io::finish`].
+/// for another one's mempool slot (but for a clone held until flushes of
+/// the same I/O end, [`Io::hold_clone`]); a bias of one on the pending
+/// count keeps the I/O from completing before [`Io::finish`].
 pub(crate) struct Io<'a, T: IoOwner> {
     owner: ArcBorrow<'a, T>,
     parent: Option<Bio>,
@@ -419,6 +423,7 @@ impl<'a, T: IoOwner> Io<'a, T> {
                         pending: AtomicU32::new(2),
                         ok: AtomicU32::new(0),
                         bad: AtomicU32::new(0),
+                        away: AtomicU32::new(0),
                         held: ptr::null_mut(),
                         flushes: AtomicU32::new(0),
                         strict: false,
@@ -681,6 +686,9 @@ unsafe extern "C" fn clone_endio<T: IoOwner>(clone: *mut bindings::bio) {
         (true, Err(e)) => {
             // SAFETY: the I/O is live.
             unsafe {
+                if e == crate::errno::leg_away() {
+                    (*io).away.fetch_or(1 << leg, Ordering::Relaxed);
+                }
                 (*io).bad.fetch_or(1 << leg, Ordering::Relaxed);
                 record(io, None, Err(e));
             }
@@ -745,12 +753,13 @@ unsafe fn flush_put<T: IoOwner>(owner: ArcBorrow<'_, T>, io: *mut IoState, inlin
 unsafe fn release_held<T: IoOwner>(owner: &T, io: *mut IoState) {
     // SAFETY: per the function's contract, `held` is ours; the flushes'
     // results were published before `flushes` dropped to zero.
-    let (mut bio, bad, strict, err) = unsafe {
+    let (mut bio, bad, away, strict, err) = unsafe {
         let held = core::mem::replace(&mut (*io).held, ptr::null_mut());
         let s = &*io;
         (
             held,
             s.bad.load(Ordering::Acquire),
+            s.away.load(Ordering::Acquire),
             s.strict,
             outcome(s).error,
         )
@@ -773,6 +782,13 @@ unsafe fn release_held<T: IoOwner>(owner: &T, io: *mut IoState) {
         match (failed, owner.sink(leg)) {
             (false, Some(sink)) => sink.submit(clone),
             (false, None) => clone.end(Err(EIO)),
+            // Its own leg's flush failed: the leg was away, or not.
+            (true, _) if bad & (1 << leg) != 0 => clone.end(Err(if away & (1 << leg) != 0 {
+                crate::errno::leg_away()
+            } else {
+                EIO
+            })),
+            // Another leg's (strict).
             (true, _) => clone.end(Err(err.unwrap_or(EIO))),
         }
     }

@@ -168,8 +168,7 @@ pub(crate) fn submit(dev: ArcBorrow<'_, Device>, bio: Bio) {
                 }
             }
             if sent == 0 {
-                // Nothing in flight will leave the barrier for us (unless
-                // a flush went ahead of a clone that failed).
+                // Nothing in flight will leave the barrier for us.
                 if mask != 0 && !io.started() && dev.barrier().exit(mask) {
                     Arc::from(dev).kick_resync();
                 }

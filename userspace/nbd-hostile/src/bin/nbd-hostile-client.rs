@@ -397,6 +397,25 @@ impl<'a> Client<'a> {
         Ok(self.cookie)
     }
 
+    /// READs `want.len()` bytes at `off` and checks they are `want`.
+    fn read_back(&mut self, s: &mut TcpStream, off: u64, want: &[u8]) -> Result<(), String> {
+        let c = self
+            .send_request(s, cmd::READ, 0, off, want.len() as u32, &[])
+            .map_err(|e| format!("READ at {off}: {e}"))?;
+        match self.answer(s, c)? {
+            Answer::Reply(0) => {}
+            Answer::Reply(e) => return Err(format!("READ at {off} failed: {}", err_name(e))),
+            Answer::Closed(how) => return Err(format!("READ at {off}: server {how}")),
+        }
+        let mut back = vec![0; want.len()];
+        s.read_exact(&mut back)
+            .map_err(|e| format!("READ at {off}: data: {e}"))?;
+        if back != want {
+            return Err(format!("READ at {off} returned other data than written"));
+        }
+        Ok(())
+    }
+
     /// Reads the reply to `cookie` (not its data).
     fn answer(&self, s: &mut TcpStream, cookie: u64) -> Result<Answer, String> {
         let mut b = [0u8; SimpleReply::SIZE];
@@ -513,20 +532,7 @@ impl<'a> Client<'a> {
                 Answer::Reply(e) => return Err(format!("WRITE at {off} failed: {}", err_name(e))),
                 Answer::Closed(how) => return Err(format!("WRITE at {off}: server {how}")),
             }
-            let c = self
-                .send_request(&mut s, cmd::READ, 0, off, len as u32, &[])
-                .map_err(|e| format!("READ at {off}: {e}"))?;
-            match self.answer(&mut s, c)? {
-                Answer::Reply(0) => {}
-                Answer::Reply(e) => return Err(format!("READ at {off} failed: {}", err_name(e))),
-                Answer::Closed(how) => return Err(format!("READ at {off}: server {how}")),
-            }
-            let mut back = vec![0; len as usize];
-            s.read_exact(&mut back)
-                .map_err(|e| format!("READ at {off}: data: {e}"))?;
-            if back != pattern {
-                return Err(format!("READ at {off} returned other data than written"));
-            }
+            self.read_back(&mut s, off, &pattern)?;
         }
         let mut line = format!(
             "wrote and verified {len} bytes at offsets {offsets:?} (export {} bytes, flags {:#x}, blocks {}/{}/{})",
@@ -1025,21 +1031,7 @@ impl<'a> Client<'a> {
         // The writes are there.
         let (mut s, _) = self.open()?;
         for i in 0..N {
-            let off = base + i as u64 * u64::from(len);
-            let c = self
-                .send_request(&mut s, cmd::READ, 0, off, len, &[])
-                .map_err(|e| format!("READ at {off}: {e}"))?;
-            match self.answer(&mut s, c)? {
-                Answer::Reply(0) => {}
-                Answer::Reply(e) => return Err(format!("READ at {off} failed: {}", err_name(e))),
-                Answer::Closed(how) => return Err(format!("READ at {off}: server {how}")),
-            }
-            let mut back = vec![0; len as usize];
-            s.read_exact(&mut back)
-                .map_err(|e| format!("READ at {off}: data: {e}"))?;
-            if back != pattern(i) {
-                return Err(format!("READ at {off} returned other data than written"));
-            }
+            self.read_back(&mut s, base + i as u64 * u64::from(len), &pattern(i))?;
         }
         self.disconnect(&mut s);
         Ok(format!("{line}; a new client read the {N} writes back"))

@@ -779,10 +779,7 @@ impl Device {
         let mut r = self.repairs.lock();
         let now = now_ms();
         let mut wait = 0;
-        let mut pending = self.to_repair.take();
-        while pending != 0 {
-            let i = pending.trailing_zeros() as usize;
-            pending &= pending - 1;
+        for i in self.to_repair.take() {
             let Some(leg) = self.legs.get(i) else {
                 continue;
             };
@@ -1431,10 +1428,7 @@ impl Device {
     /// `admin`, so that no detach or attach runs meanwhile.
     fn rejoin_legs(self: &Arc<Self>) {
         let _admin = self.admin.lock();
-        let mut pending = self.to_rejoin.take();
-        while pending != 0 {
-            let i = pending.trailing_zeros() as usize;
-            pending &= pending - 1;
+        for i in self.to_rejoin.take() {
             let Some(leg) = self.legs.get(i) else {
                 continue;
             };

@@ -42,9 +42,14 @@ impl LegSet {
         self.0.fetch_or(1 << i, Ordering::AcqRel) & (1 << i) == 0
     }
 
-    /// Empties the set; returns what it held.
-    pub(crate) fn take(&self) -> u32 {
-        self.0.swap(0, Ordering::AcqRel)
+    /// Empties the set; returns the legs it held, lowest first.
+    pub(crate) fn take(&self) -> impl Iterator<Item = usize> {
+        let mut rest = self.0.swap(0, Ordering::AcqRel);
+        core::iter::from_fn(move || {
+            let i = (rest != 0).then(|| rest.trailing_zeros() as usize)?;
+            rest &= rest - 1;
+            Some(i)
+        })
     }
 }
 

@@ -533,24 +533,12 @@ impl<'a, T: IoOwner> Io<'a, T> {
         let (Some(io), true) = (self.state.map(NonNull::as_ptr), self.holding) else {
             return;
         };
-        let bio = match self.alloc_flush(sink) {
-            Ok(b) => b,
-            Err(e) => {
-                // SAFETY: the I/O is live (our bias holds it).
-                unsafe {
-                    (*io).bad.fetch_or(1 << leg, Ordering::Relaxed);
-                    record(io, None, Err(e));
-                }
-                return;
+        if let Err(e) = self.send_flush(leg, sink, true) {
+            // SAFETY: the I/O is live (our bias holds it).
+            unsafe {
+                (*io).bad.fetch_or(1 << leg, Ordering::Relaxed);
+                record(io, None, Err(e));
             }
-        };
-        self.attach(bio, leg, true);
-        // SAFETY: as above; counted before it can end (our bias keeps the
-        // count above zero meanwhile).
-        unsafe { (*io).flushes.fetch_add(1, Ordering::Relaxed) };
-        // SAFETY: the bio is ours until submitted; it has its end_io.
-        if let Some(bio) = unsafe { LegBio::from_raw(bio) } {
-            sink.submit(bio);
         }
     }
 
@@ -570,12 +558,13 @@ impl<'a, T: IoOwner> Io<'a, T> {
     /// Sends an empty cache flush to leg `leg` of `sink`.  Fails as
     /// [`Io::clone_to`] does.
     pub(crate) fn flush_to(&mut self, leg: u32, sink: &dyn BioSink) -> Result {
-        self.send_flush(leg, sink)
+        self.send_flush(leg, sink, false)
     }
 
-    /// Allocates an empty cache flush for `sink` from the owner's io set
-    /// (not yet part of the I/O).
-    fn alloc_flush(&self, sink: &dyn BioSink) -> Result<*mut bindings::bio> {
+    /// Sends an empty cache flush: a request of its own, or (`preflush`)
+    /// one that held clones wait for, counted in `flushes` before it can
+    /// end (the submitter's bias keeps the count above zero meanwhile).
+    fn send_flush(&mut self, leg: u32, sink: &dyn BioSink, preflush: bool) -> Result {
         // SAFETY: the parent is live; the io set is initialised.
         let bio = unsafe {
             glue::dst_bio_alloc_flush(
@@ -586,18 +575,15 @@ impl<'a, T: IoOwner> Io<'a, T> {
         if bio.is_null() {
             return Err(ENOMEM);
         }
-        Ok(bio)
-    }
-
-    /// Sends an empty cache flush, a request of its own.
-    fn send_flush(&mut self, leg: u32, sink: &dyn BioSink) -> Result {
-        let bio = self.alloc_flush(sink)?;
-        self.attach(bio, leg, false);
+        self.attach(bio, leg, preflush);
+        if let (true, Some(io)) = (preflush, self.state) {
+            // SAFETY: the I/O is live (our bias holds it).
+            unsafe { (*io.as_ptr()).flushes.fetch_add(1, Ordering::Relaxed) };
+        }
         // SAFETY: the bio is ours until submitted; it has its end_io.
-        let Some(bio) = (unsafe { LegBio::from_raw(bio) }) else {
-            return Err(ENOMEM);
-        };
-        sink.submit(bio);
+        if let Some(bio) = unsafe { LegBio::from_raw(bio) } {
+            sink.submit(bio);
+        }
         Ok(())
     }
 

@@ -155,8 +155,12 @@ pub(crate) struct Device {
     resync_max_kib: AtomicU32,
     #[pin]
     resync: Mutex<ResyncState>,
+    /// The first bio of each I/O, which holds its state (see `io.rs`).
     #[pin]
     ioset: BioSet,
+    /// Every other bio of an I/O: its further clones, flushes and retries.
+    #[pin]
+    moreset: BioSet,
     #[pin]
     splitset: BioSet,
     #[pin]
@@ -398,6 +402,7 @@ impl Device {
                 resync_max_kib: AtomicU32::new(settings.resync_max_kib),
                 resync <- new_mutex!(ResyncState::new(), "Device::resync"),
                 ioset <- BioSet::new(IoSet::FRONT_PAD, true),
+                moreset <- BioSet::new(IoSet::FRONT_PAD, true),
                 splitset <- BioSet::new(0, true),
                 openers <- new_mutex!(Openers::default(), "Device::openers"),
                 admin <- new_mutex!((), "Device::admin"),
@@ -1505,6 +1510,10 @@ impl IoOwner for Device {
 
     fn ioset(&self) -> &BioSet {
         &self.ioset
+    }
+
+    fn moreset(&self) -> &BioSet {
+        &self.moreset
     }
 
     fn defer_list(&self) -> &DeferList {

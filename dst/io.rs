@@ -3,10 +3,10 @@
 //! The I/O engine: fanning a bio out to legs and completing it.
 //!
 //! An incoming bio (the *parent*) is sent to one or more legs as *clones*
-//! that share its data pages.  Clones come from a bio set whose front pad
+//! that share its data pages.  Clones come from bio sets whose front pad
 //! holds a [`Pad`]; the first clone's pad also holds the I/O's state
 //! ([`IoState`]), so an I/O costs no allocation besides its clones, and
-//! those come from a mempool.  The parent completes when every clone has,
+//! those come from mempools (see [`Io`] for why two).  The parent completes when every clone has,
 //! with a result the owner decides ([`IoOwner::io_done`]).  Completion may
 //! run in interrupt context, so anything that needs a thread (resubmitting
 //! a read to another leg) is deferred to a workqueue ([`DeferList`]).
@@ -198,8 +198,12 @@ unsafe fn target_bdev(
 pub(crate) trait IoOwner: Send + Sync + Sized {
     /// The gate counting this owner's I/Os.
     fn gate(&self) -> &Gate;
-    /// The bio set clones come from (front pad: [`IoSet::FRONT_PAD`]).
+    /// The bio set the first bio of each I/O comes from, which holds the
+    /// I/O's state until the I/O ends (front pad: [`IoSet::FRONT_PAD`]).
     fn ioset(&self) -> &BioSet;
+    /// The bio set every other bio of an I/O comes from (front pad:
+    /// [`IoSet::FRONT_PAD`]); each is freed as soon as its leg ends it.
+    fn moreset(&self) -> &BioSet;
     /// Where deferred I/Os wait.
     fn defer_list(&self) -> &DeferList;
     /// Called for every clone as it ends, in any context, with the
@@ -252,9 +256,14 @@ struct IoState {
     /// (`errno::leg_away`): their held clones end with that error too.
     away: AtomicU32,
     /// Clones held back until the flushes sent ahead of them have ended,
-    /// linked through `bi_next` ([`Io::hold_clone`]).  The submitter's
-    /// until `flushes` drops to zero, then the releaser's.
+    /// linked through `bi_next` ([`Io::hold_clone`]): at most the first
+    /// bio.  The submitter's until `flushes` drops to zero, then the
+    /// releaser's, as are `held_legs` and `held_sector`.
     held: *mut bindings::bio,
+    /// Legs whose held clone is made only when released, each counted in
+    /// `pending` meanwhile, all at `held_sector`.
+    held_legs: u32,
+    held_sector: u64,
     /// Flushes the held clones wait for, plus the submitter's bias.
     flushes: AtomicU32,
     /// A failed flush fails every held clone, not only its own leg's.
@@ -335,10 +344,21 @@ fn err_code(e: Error) -> u32 {
 
 /// Builds and submits one I/O.
 ///
-/// Each clone is submitted as soon as it is made, so a clone never waits
-/// for another one's mempool slot (but for a clone held until flushes of
-/// the same I/O end, [`Io::hold_clone`]); a bias of one on the pending
-/// count keeps the I/O from completing before [`Io::finish`].
+/// A bias of one on the pending count keeps the I/O from completing
+/// before [`Io::finish`].
+///
+/// Under memory pressure the clones come from the bio sets' reserves, and
+/// no I/O may then wait for a reserve that only its own progress, or that
+/// of another waiter, refills.  The first bio of an I/O comes from
+/// [`IoOwner::ioset`] and stays allocated until the I/O ends (it holds the
+/// state); every other bio comes from [`IoOwner::moreset`], is submitted
+/// as soon as it is made and is freed when its leg ends it.  A clone held
+/// until flushes end ([`Io::hold_clone`]) is made only when released,
+/// unless it is the first bio.  So a submitter waiting for a `moreset` bio
+/// holds none that is not on its way (those still on its own `bio_list`
+/// are submitted by the set's rescuer), and one waiting for an `ioset` bio
+/// holds no bio of its own I/O: I/O in flight refills both reserves.  (dm
+/// keeps its first clone apart from the others for the same reason.)
 pub(crate) struct Io<'a, T: IoOwner> {
     owner: ArcBorrow<'a, T>,
     parent: Option<Bio>,
@@ -425,6 +445,8 @@ impl<'a, T: IoOwner> Io<'a, T> {
                         bad: AtomicU32::new(0),
                         away: AtomicU32::new(0),
                         held: ptr::null_mut(),
+                        held_legs: 0,
+                        held_sector: 0,
                         flushes: AtomicU32::new(0),
                         strict: false,
                         voters: self.voters,
@@ -449,14 +471,9 @@ impl<'a, T: IoOwner> Io<'a, T> {
     fn make_clone(&mut self, leg: u32, sink: &dyn BioSink, sector: u64) -> Result<LegBio> {
         let strip = sink.bdev().is_none() && !self.parent().is_flush_only();
         let parent = self.parent().as_raw();
-        // SAFETY: `parent` is live; the io set is initialised.
+        // SAFETY: `parent` is live; the bio sets are initialised.
         let clone = unsafe {
-            glue::dst_bio_clone(
-                target_bdev(sink, parent),
-                parent,
-                self.owner.ioset().as_raw(),
-                strip,
-            )
+            glue::dst_bio_clone(target_bdev(sink, parent), parent, self.next_set(), strip)
         };
         if clone.is_null() {
             return Err(ENOMEM);
@@ -466,6 +483,15 @@ impl<'a, T: IoOwner> Io<'a, T> {
         unsafe {
             (*clone).bi_iter.bi_sector = sector;
             LegBio::from_raw(clone).ok_or(ENOMEM)
+        }
+    }
+
+    /// The bio set the I/O's next bio comes from (see [`Io`]).
+    fn next_set(&self) -> *mut bindings::bio_set {
+        if self.state.is_none() {
+            self.owner.ioset().as_raw()
+        } else {
+            self.owner.moreset().as_raw()
         }
     }
 
@@ -497,6 +523,10 @@ impl<'a, T: IoOwner> Io<'a, T> {
     /// submitter's context or the owner's workqueue; or, if a flush to its
     /// leg failed (any flush, with `strict`), it ends with that error
     /// unsent.  Fails as [`Io::clone_to`] does, nothing held.
+    ///
+    /// Only the I/O's first bio is made here; another held clone is made
+    /// when it is released (see [`Io`]), and all those of one I/O must be
+    /// at the same `sector` (`EINVAL` otherwise).
     pub(crate) fn hold_clone(
         &mut self,
         leg: u32,
@@ -504,6 +534,22 @@ impl<'a, T: IoOwner> Io<'a, T> {
         sector: u64,
         strict: bool,
     ) -> Result {
+        if let Some(io) = self.state.map(NonNull::as_ptr) {
+            // SAFETY: the I/O is live (our bias holds it); the held fields
+            // are ours until our bias on `flushes` is dropped (in `drop`),
+            // which the pending reference taken here outlives.
+            unsafe {
+                if (*io).held_legs != 0 && (*io).held_sector != sector {
+                    return Err(EINVAL);
+                }
+                self.start_holding(io, strict);
+                (*io).held_legs |= 1 << leg;
+                (*io).held_sector = sector;
+                (*io).pending.fetch_add(1, Ordering::Relaxed);
+                (*io).tried.fetch_or(1 << leg, Ordering::Relaxed);
+            }
+            return Ok(());
+        }
         let clone = self.make_clone(leg, sink, sector)?;
         let Some(io) = self.state.map(NonNull::as_ptr) else {
             // Cannot be: `make_clone` made the state.
@@ -511,19 +557,30 @@ impl<'a, T: IoOwner> Io<'a, T> {
             return Ok(());
         };
         let clone = clone.into_raw();
-        // SAFETY: the I/O is live (our bias holds it); `held` and `strict`
-        // are ours until our bias on `flushes` is dropped (in `drop`), and
-        // the clone is ours, its `bi_next` unused.
+        // SAFETY: as above; the clone is ours, its `bi_next` unused.
+        unsafe {
+            self.start_holding(io, strict);
+            (*clone).bi_next = (*io).held;
+            (*io).held = clone;
+        }
+        Ok(())
+    }
+
+    /// Takes our bias on the held clones' wait, once.
+    ///
+    /// # Safety
+    ///
+    /// `io` must be this I/O's live state.
+    unsafe fn start_holding(&mut self, io: *mut IoState, strict: bool) {
+        // SAFETY: per the function's contract; `flushes` and `strict` are
+        // ours until our bias on `flushes` is dropped.
         unsafe {
             if !self.holding {
                 (*io).flushes.store(1, Ordering::Relaxed);
                 self.holding = true;
             }
             (*io).strict |= strict;
-            (*clone).bi_next = (*io).held;
-            (*io).held = clone;
         }
-        Ok(())
     }
 
     /// Sends an empty flush to leg `leg` of `sink` that the clones held by
@@ -565,12 +622,9 @@ impl<'a, T: IoOwner> Io<'a, T> {
     /// one that held clones wait for, counted in `flushes` before it can
     /// end (the submitter's bias keeps the count above zero meanwhile).
     fn send_flush(&mut self, leg: u32, sink: &dyn BioSink, preflush: bool) -> Result {
-        // SAFETY: the parent is live; the io set is initialised.
+        // SAFETY: the parent is live; the bio sets are initialised.
         let bio = unsafe {
-            glue::dst_bio_alloc_flush(
-                target_bdev(sink, self.parent().as_raw()),
-                self.owner.ioset().as_raw(),
-            )
+            glue::dst_bio_alloc_flush(target_bdev(sink, self.parent().as_raw()), self.next_set())
         };
         if bio.is_null() {
             return Err(ENOMEM);
@@ -729,26 +783,48 @@ unsafe fn flush_put<T: IoOwner>(owner: ArcBorrow<'_, T>, io: *mut IoState, inlin
     }
 }
 
-/// Sends the clones held for `io` to their legs, or ends those whose
-/// flush failed (every one, if the I/O is strict) with the flush's error.
+/// Sends the clones held for `io` to their legs (making those not made
+/// yet), or ends those whose flush failed (every one, if the I/O is
+/// strict) with the flush's error.
 ///
 /// # Safety
 ///
 /// `io` must be live, its flushes all ended, and the caller the only one
 /// to release it.  Process context.
 unsafe fn release_held<T: IoOwner>(owner: &T, io: *mut IoState) {
-    // SAFETY: per the function's contract, `held` is ours; the flushes'
-    // results were published before `flushes` dropped to zero.
-    let (mut bio, bad, away, strict, err) = unsafe {
+    // SAFETY: per the function's contract, the held fields are ours; the
+    // flushes' results were published before `flushes` dropped to zero.
+    // The parent is live while a held clone is.
+    let (mut bio, legs, sector, parent, bad, away, strict, err) = unsafe {
         let held = core::mem::replace(&mut (*io).held, ptr::null_mut());
+        let legs = core::mem::replace(&mut (*io).held_legs, 0);
         let s = &*io;
         (
             held,
+            legs,
+            s.held_sector,
+            s.parent,
             s.bad.load(Ordering::Acquire),
             s.away.load(Ordering::Acquire),
             s.strict,
             outcome(s).error,
         )
+    };
+    // Why leg `leg`'s held clone must not be sent, if it must not.
+    let verdict = |leg: u32| -> Option<Error> {
+        if bad & (1 << leg) != 0 {
+            // Its own leg's flush failed: the leg was away, or not.
+            Some(if away & (1 << leg) != 0 {
+                crate::errno::leg_away()
+            } else {
+                EIO
+            })
+        } else if strict && bad != 0 {
+            // Another leg's.
+            Some(err.unwrap_or(EIO))
+        } else {
+            None
+        }
     };
     while !bio.is_null() {
         // SAFETY: a held clone is ours, linked through `bi_next`, its pad
@@ -760,24 +836,79 @@ unsafe fn release_held<T: IoOwner>(owner: &T, io: *mut IoState) {
         };
         bio = next;
         let Some(clone) = clone else { continue };
-        let failed = if strict {
-            bad != 0
-        } else {
-            bad & (1 << leg) != 0
-        };
-        match (failed, owner.sink(leg)) {
-            (false, Some(sink)) => sink.submit(clone),
-            (false, None) => clone.end(Err(EIO)),
-            // Its own leg's flush failed: the leg was away, or not.
-            (true, _) if bad & (1 << leg) != 0 => clone.end(Err(if away & (1 << leg) != 0 {
-                crate::errno::leg_away()
-            } else {
-                EIO
-            })),
-            // Another leg's (strict).
-            (true, _) => clone.end(Err(err.unwrap_or(EIO))),
+        match (verdict(leg), owner.sink(leg)) {
+            (None, Some(sink)) => sink.submit(clone),
+            (None, None) => clone.end(Err(EIO)),
+            (Some(e), _) => clone.end(Err(e)),
         }
     }
+    let mut rest = legs;
+    while rest != 0 {
+        let leg = rest.trailing_zeros();
+        rest &= rest - 1;
+        let e = match (verdict(leg), owner.sink(leg)) {
+            (None, Some(sink)) => {
+                // SAFETY: the parent is live (this leg's pending reference
+                // holds the I/O); the bio set is initialised.  A held clone
+                // has data, so a leg that is not a block device gets it
+                // without `REQ_PREFLUSH`, as in `Io::make_clone`.
+                let clone = unsafe {
+                    glue::dst_bio_clone(
+                        target_bdev(sink, parent),
+                        parent,
+                        owner.moreset().as_raw(),
+                        sink.bdev().is_none(),
+                    )
+                };
+                // SAFETY: the clone is ours, from the owner's more set; the
+                // I/O is live, and the pending reference `hold_clone` took
+                // for this leg becomes the clone's.
+                let clone = unsafe {
+                    if !clone.is_null() {
+                        bind::<T>(clone, io, leg, false);
+                        (*clone).bi_iter.bi_sector = sector;
+                    }
+                    LegBio::from_raw(clone)
+                };
+                match clone {
+                    Some(clone) => {
+                        sink.submit(clone);
+                        continue;
+                    }
+                    None => ENOMEM,
+                }
+            }
+            (None, None) => EIO,
+            (Some(e), _) => e,
+        };
+        // SAFETY: the I/O is live; this leg's pending reference is ours.
+        unsafe { end_unsent::<T>(io, leg, e) };
+    }
+}
+
+/// Ends leg `leg`'s share of `io` with `e`, for a held clone that was
+/// never made, as [`clone_endio`] ends a clone that failed.
+///
+/// # Safety
+///
+/// `io` must be live, and the caller must hold the leg's pending
+/// reference, which this drops.
+unsafe fn end_unsent<T: IoOwner>(io: *mut IoState, leg: u32, e: Error) {
+    // SAFETY: per the function's contract.
+    unsafe { record(io, Some(leg), Err(e)) };
+    {
+        // SAFETY: as in `clone_endio`: the disk's reference on the owner
+        // lasts while the I/O holds the gate.
+        let owner = unsafe { ArcBorrow::<T>::from_raw((*io).owner.cast()) };
+        // SAFETY: the parent is live while its I/O is.
+        let (op, sector, bytes) = unsafe {
+            let p = (*io).parent;
+            ((*io).op, (*p).bi_iter.bi_sector, (*p).bi_iter.bi_size)
+        };
+        T::clone_done(owner, leg, op, sector, bytes, Err(e), false);
+    }
+    // SAFETY: the leg's pending reference, per the contract.
+    unsafe { io_put::<T>(io) };
 }
 
 /// Drops one pending reference; the last one ends or defers the I/O.
@@ -893,7 +1024,8 @@ impl DeferList {
             // SAFETY: pushed by `io_put` (the I/O is ours until resubmitted)
             // or by `flush_put` (its held clones are ours to release; they
             // keep it live, so it is not pushed again meanwhile).
-            let (next, held) = unsafe { ((*io).next, !(*io).held.is_null()) };
+            let (next, held) =
+                unsafe { ((*io).next, !(*io).held.is_null() || (*io).held_legs != 0) };
             if held {
                 // SAFETY: as above.
                 unsafe { release_held(owner, io) };
@@ -921,12 +1053,13 @@ unsafe fn retry<T: IoOwner>(owner: &T, io: *mut IoState) {
         unsafe { complete::<T>(io, Err(err)) };
         return;
     };
-    // SAFETY: the parent is live (owned by the I/O), the io set initialised.
+    // SAFETY: the parent is live (owned by the I/O), the bio set
+    // initialised.  Not the first bio of the I/O: see `Io`.
     let clone = unsafe {
         glue::dst_bio_clone(
             target_bdev(route.sink, s.parent),
             s.parent,
-            owner.ioset().as_raw(),
+            owner.moreset().as_raw(),
             false,
         )
     };

@@ -129,8 +129,10 @@ enum dst_sock_event {
 	DST_SOCK_CLOSED = 3,
 };
 
-int dst_sock_connect(int family, const u8 *addr, u16 port, u32 scope_id,
-		     unsigned int timeout_ms, struct socket **out);
+int dst_sock_client(int family, const u8 *addr, u16 port, u32 scope_id,
+		    unsigned int timeout_ms, struct socket **out);
+int dst_sock_connect(struct socket *sock, int family, const u8 *addr,
+		     u16 port, u32 scope_id);
 void dst_sock_release(struct socket *sock);
 int dst_sock_send(struct socket *sock, const void *buf, size_t len,
 		  bool nonblock, bool more);

@@ -157,13 +157,20 @@ extern "C" {
     pub(crate) fn dst_bio_private(bio: *mut bindings::bio) -> *mut c_void;
     pub(crate) fn dst_bio_kfree(bio: *mut bindings::bio);
 
-    pub(crate) fn dst_sock_connect(
+    pub(crate) fn dst_sock_client(
         family: c_int,
         addr: *const u8,
         port: u16,
         scope_id: u32,
         timeout_ms: c_uint,
         out: *mut *mut bindings::socket,
+    ) -> c_int;
+    pub(crate) fn dst_sock_connect(
+        sock: *mut bindings::socket,
+        family: c_int,
+        addr: *const u8,
+        port: u16,
+        scope_id: u32,
     ) -> c_int;
     pub(crate) fn dst_sock_release(sock: *mut bindings::socket);
     pub(crate) fn dst_sock_send(

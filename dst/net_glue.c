@@ -7,7 +7,7 @@
  * memalloc scopes, delayed work), and keep C constants (MSG_*, SOL_*) out
  * of Rust.  Sends and receives on the data path never sleep (MSG_DONTWAIT);
  * only dst_sock_connect() and the blocking variants used for the handshake
- * do, bounded by the socket timeouts.
+ * do, bounded by the socket timeouts (or cut short by a shutdown).
  */
 
 #include <linux/bio.h>
@@ -116,13 +116,18 @@ static int dst_sock_new(int family, const u8 *addr, u16 port, u32 scope_id,
 	return err ? err : len;
 }
 
-int dst_sock_connect(int family, const u8 *addr, u16 port, u32 scope_id,
-		     unsigned int timeout_ms, struct socket **out)
+/*
+ * A new client socket in @out, for the address made from @family, @addr,
+ * @port and @scope_id, not connected yet: dst_sock_connect() connects it.
+ * Its blocking calls give up after @timeout_ms.
+ */
+int dst_sock_client(int family, const u8 *addr, u16 port, u32 scope_id,
+		    unsigned int timeout_ms, struct socket **out)
 {
 	struct sockaddr_storage ss;
 	struct socket *sock;
 	struct sock *sk;
-	int len, err;
+	int len;
 
 	len = dst_sock_new(family, addr, port, scope_id, &ss, &sock);
 	if (len < 0)
@@ -135,14 +140,28 @@ int dst_sock_connect(int family, const u8 *addr, u16 port, u32 scope_id,
 	sk_set_memalloc(sk);
 	sock_no_linger(sk);
 	dst_sock_set_timeouts(sk, timeout_ms);
-
-	err = kernel_connect(sock, (struct sockaddr *)&ss, len, 0);
-	if (err) {
-		sock_release(sock);
-		return err == -EINPROGRESS ? -ETIMEDOUT : err;
-	}
 	*out = sock;
 	return 0;
+}
+
+/*
+ * Connects @sock (from dst_sock_client()) to the same address, waiting at
+ * most its timeout.  A shutdown from another thread ends the wait.
+ */
+int dst_sock_connect(struct socket *sock, int family, const u8 *addr,
+		     u16 port, u32 scope_id)
+{
+	struct sockaddr_storage ss;
+	int len, err;
+
+	len = dst_sockaddr(family, addr, port, scope_id, &ss);
+	if (len < 0)
+		return len;
+	/* Shut down before the wait began: the connect would not see it. */
+	if (READ_ONCE(sock->sk->sk_shutdown))
+		return -ECONNABORTED;
+	err = kernel_connect(sock, (struct sockaddr *)&ss, len, 0);
+	return err == -EINPROGRESS ? -ETIMEDOUT : err;
 }
 
 void dst_sock_release(struct socket *sock)

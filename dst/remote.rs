@@ -36,7 +36,7 @@ use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, Orde
 use kernel::bindings;
 use kernel::new_mutex;
 use kernel::prelude::*;
-use kernel::sync::{Arc, ArcBorrow, Mutex};
+use kernel::sync::{Arc, ArcBorrow, Mutex, UniqueArc};
 
 use crate::bio::{BioSet, LegBio, LegBioQueue, LegBioStack, Op};
 use crate::device::Device;
@@ -129,13 +129,52 @@ pub(crate) struct RemoteStatus {
 }
 
 /// Connects to the server and runs the handshake.
-fn dial(cfg: &RemoteConfig) -> Result<(Socket, ExportInfo), Msg> {
-    let sock = Socket::connect(&cfg.addr, cfg.timeout_ms).map_err(connect_msg)?;
+/// A connection attempt of the connect job, which [`Remote::stop`] cuts
+/// short.
+struct Dialing {
+    /// The socket while it connects and runs the handshake.
+    sock: Option<Arc<Socket>>,
+    /// The leg stopped: no more attempts.
+    stopped: bool,
+}
+
+/// Connects to the server and runs the handshake, within the leg's
+/// timeout.  With `dialing`, the socket is published there meanwhile, so
+/// that a stop can shut it down, which ends the attempt at once; and after
+/// a stop no attempt begins.
+fn dial(
+    cfg: &RemoteConfig,
+    dialing: Option<&Mutex<Dialing>>,
+) -> Result<(Pin<UniqueArc<Socket>>, ExportInfo), Msg> {
+    let sock = Socket::client(&cfg.addr, cfg.timeout_ms).map_err(connect_msg)?;
+    let sock = Arc::new(sock, GFP_KERNEL).map_err(|_| oom_msg())?;
+    if let Some(d) = dialing {
+        let mut d = d.lock();
+        if d.stopped {
+            return Err(Msg::new(format_args!("the leg is going away")));
+        }
+        d.sock = Some(sock.clone());
+    }
+    let res = handshake(&sock, cfg);
+    if let Some(d) = dialing {
+        d.lock().sock = None;
+    }
+    let info = res?;
+    // Taken back: ours is the only reference.
+    match sock.into_unique_or_drop() {
+        Some(sock) => Ok((sock, info)),
+        None => Err(Msg::new(format_args!("the socket is still in use"))),
+    }
+}
+
+/// Connects `sock` and runs the handshake on it.
+fn handshake(sock: &Socket, cfg: &RemoteConfig) -> Result<ExportInfo, Msg> {
+    sock.connect(&cfg.addr).map_err(connect_msg)?;
     // The whole handshake within the leg's timeout (and the last blocking
     // call's own timeout).
     let until = now_ms() + u64::from(cfg.timeout_ms);
     match nbd::client_handshake(&mut sock.blocking_until(until), &cfg.export) {
-        Ok(info) => Ok((sock, info)),
+        Ok(info) => Ok(info),
         Err(HandshakeError::Io(e)) => Err(connect_msg(e)),
         Err(HandshakeError::BadMagic) => {
             Err(Msg::new(format_args!("not an NBD server (bad magic)")))
@@ -215,12 +254,13 @@ fn dial_rest(
     cfg: &RemoteConfig,
     info: &ExportInfo,
     n: usize,
-    socks: &mut KVec<Socket>,
+    socks: &mut KVec<Pin<UniqueArc<Socket>>>,
     changed: fn(&Changed) -> Msg,
+    dialing: Option<&Mutex<Dialing>>,
 ) -> Result<(), (usize, Msg)> {
     while socks.len() < n {
         let k = socks.len() + 1;
-        let (sock, more) = dial(cfg).map_err(|m| (k, m))?;
+        let (sock, more) = dial(cfg, dialing).map_err(|m| (k, m))?;
         same_export(info, &more, n).map_err(|c| (k, changed(&c)))?;
         socks.push(sock, GFP_KERNEL).map_err(|_| (k, oom_msg()))?;
     }
@@ -401,7 +441,7 @@ const CONNECT: u64 = TICK + 1;
 /// Each lane's sending and receiving side have locks of their own, so
 /// that all run at once; the request table, shared by the lanes, has
 /// another, held only briefly.  Lock order: `conn`, a lane's `tx`, the
-/// same lane's `rx`, `slots`; `problem` and `owner` alone.
+/// same lane's `rx`, `slots`; `problem`, `owner` and `dialing` alone.
 #[pin_data]
 pub(crate) struct Remote {
     cfg: RemoteConfig,
@@ -446,6 +486,9 @@ pub(crate) struct Remote {
     problem: Mutex<Msg>,
     #[pin]
     owner: Mutex<Option<(Arc<Device>, usize)>>,
+    /// The connect job's attempt in progress.
+    #[pin]
+    dialing: Mutex<Dialing>,
     #[pin]
     send0: Job<Remote, { SEND }>,
     #[pin]
@@ -588,7 +631,7 @@ impl Remote {
     /// the timeout), as many times as the leg has lanes.  The leg does
     /// nothing until [`Remote::start`].
     pub(crate) fn connect(n: usize, cfg: RemoteConfig) -> Result<Arc<Remote>, Refusal> {
-        let (sock, info) = match dial(&cfg) {
+        let (sock, info) = match dial(&cfg, None) {
             Ok(v) => v,
             Err(m) => refuse!(errno::enotconn(), "leg #{}: {}", n, m.as_str()),
         };
@@ -618,7 +661,7 @@ impl Remote {
         };
         let mut socks = KVec::with_capacity(nlanes, GFP_KERNEL)?;
         socks.push(sock, GFP_KERNEL)?;
-        if let Err((k, m)) = dial_rest(&cfg, &info, nlanes, &mut socks, Changed::brief) {
+        if let Err((k, m)) = dial_rest(&cfg, &info, nlanes, &mut socks, Changed::brief, None) {
             refuse!(
                 errno::enotconn(),
                 "leg #{}: connection {}: {}",
@@ -659,6 +702,13 @@ impl Remote {
                 slots <- new_mutex!(Slots { slots, free: u64::MAX }, "Remote::slots"),
                 problem <- new_mutex!(Msg::new(format_args!("")), "Remote::problem"),
                 owner <- new_mutex!(None, "Remote::owner"),
+                dialing <- new_mutex!(
+                    Dialing {
+                        sock: None,
+                        stopped: false
+                    },
+                    "Remote::dialing"
+                ),
                 send0 <- Job::new(),
                 send1 <- Job::new(),
                 send2 <- Job::new(),
@@ -678,7 +728,7 @@ impl Remote {
 
     /// Makes `socks` the connections, one per lane (watched: their events
     /// wake the lanes' jobs).
-    fn install(self: &Arc<Self>, socks: KVec<Socket>) -> Result {
+    fn install(self: &Arc<Self>, socks: KVec<Pin<UniqueArc<Socket>>>) -> Result {
         if socks.len() != self.lanes.len() {
             return Err(EINVAL);
         }
@@ -687,7 +737,7 @@ impl Remote {
         let mut watched = KVec::with_capacity(socks.len(), GFP_KERNEL)?;
         for (i, mut sock) in socks.into_iter().enumerate() {
             self.watch(i, &mut sock)?;
-            watched.push(Arc::new(sock, GFP_KERNEL)?, GFP_KERNEL)?;
+            watched.push(Arc::from(sock), GFP_KERNEL)?;
         }
         // The link is down: `gen` moves only when an up link fails.
         let gen = self.gen.load(Ordering::Acquire);
@@ -727,10 +777,17 @@ impl Remote {
     }
 
     /// Stops for good: fails everything pending with `EIO`, closes the
-    /// connections, and lets go of the device.  Waits for running jobs (a
-    /// connection attempt: at most the timeout).
+    /// connections, and lets go of the device.  Waits for running jobs; a
+    /// connection attempt is cut short.
     pub(crate) fn stop(self: &Arc<Self>) {
         self.link.store(Link::Stopped as u8, Ordering::Release);
+        {
+            let mut d = self.dialing.lock();
+            d.stopped = true;
+            if let Some(sock) = d.sock.as_ref() {
+                sock.shutdown();
+            }
+        }
         self.disable_lane_jobs();
         Job::<Remote, TICK>::disable(self);
         Job::<Remote, CONNECT>::disable(self);
@@ -1453,6 +1510,8 @@ impl JobRun<CONNECT> for Remote {
         let res = this.dial_lanes();
         let socks = match res {
             Ok(s) => s,
+            // Cut short by `stop`.
+            Err(_) if this.link() == Link::Stopped => return,
             Err(why) => {
                 let changed = this.problem.lock().as_str() != why.as_str();
                 if changed {
@@ -1503,10 +1562,18 @@ impl JobRun<CONNECT> for Remote {
 
 impl Remote {
     /// Connects every lane again, to the export the leg had.
-    fn dial_lanes(&self) -> Result<KVec<Socket>, Msg> {
+    fn dial_lanes(&self) -> Result<KVec<Pin<UniqueArc<Socket>>>, Msg> {
         let n = self.lanes.len();
         let mut socks = KVec::with_capacity(n, GFP_KERNEL).map_err(|_| oom_msg())?;
-        dial_rest(&self.cfg, &self.info, n, &mut socks, Changed::refusal).map_err(|(_, m)| m)?;
+        dial_rest(
+            &self.cfg,
+            &self.info,
+            n,
+            &mut socks,
+            Changed::refusal,
+            Some(&self.dialing),
+        )
+        .map_err(|(_, m)| m)?;
         Ok(socks)
     }
 }

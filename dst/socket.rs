@@ -102,15 +102,16 @@ impl Socket {
         Ok(n)
     }
 
-    /// Connects to `addr`.  Blocking calls on the socket (the connect, and
+    /// A socket for a connection to `addr`, made by [`Socket::connect`].
+    /// Blocking calls on the socket (the connect, and
     /// [`Socket::blocking`]) give up after `timeout_ms`; the connection
     /// itself is dropped when sent data stays unacknowledged that long.
-    pub(crate) fn connect(addr: &SocketAddr, timeout_ms: u32) -> Result<Self> {
+    pub(crate) fn client(addr: &SocketAddr, timeout_ms: u32) -> Result<Self> {
         let (family, bytes, scope) = raw_addr(addr);
         let mut raw = core::ptr::null_mut();
         // SAFETY: `bytes` holds the address; `raw` receives the socket.
         let ret = unsafe {
-            glue::dst_sock_connect(
+            glue::dst_sock_client(
                 family,
                 bytes.as_ptr(),
                 addr.port(),
@@ -122,6 +123,26 @@ impl Socket {
         kernel::error::to_result(ret)?;
         let raw = NonNull::new(raw).ok_or(EINVAL)?;
         Ok(Socket::new(raw))
+    }
+
+    /// Connects a [`Socket::client`] socket to `addr`, waiting at most its
+    /// timeout; a [`Socket::shutdown`] from another thread ends the wait,
+    /// or prevents it (but in a window of a few instructions just before
+    /// the connect starts).
+    pub(crate) fn connect(&self, addr: &SocketAddr) -> Result {
+        let (family, bytes, scope) = raw_addr(addr);
+        // SAFETY: the socket is valid while `self` is; `bytes` holds the
+        // address.
+        let ret = unsafe {
+            glue::dst_sock_connect(
+                self.raw.as_ptr(),
+                family,
+                bytes.as_ptr(),
+                addr.port(),
+                scope,
+            )
+        };
+        kernel::error::to_result(ret)
     }
 
     /// A socket listening on `addr` (with `SO_REUSEADDR`).

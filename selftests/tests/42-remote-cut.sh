@@ -9,6 +9,9 @@
 # (b) Linear over one remote leg (timeout 2s, dead time 8s): a write
 #     started after the cut fails with EIO, not before the dead time, then
 #     new I/O fails at once; once healed the leg reconnects and I/O works.
+# (c) A mirror whose leg keeps trying to reconnect to a server behind a cut
+#     (each attempt may wait up to the leg's timeout, 20 s here) is removed
+#     at once: the attempt under way is cut short.
 # timeout: 300
 # SC2016: the bodies of eval '...' expand when evaluated, as intended.
 # shellcheck disable=SC2016
@@ -74,7 +77,7 @@ between() {
 	awk -v a="$1" -v x="$2" -v b="$3" 'BEGIN { exit !(a <= x && x <= b) }'
 }
 
-plan 32
+plan 38
 brd_setup 1 32
 dst_load
 
@@ -159,4 +162,21 @@ assert_cmd -m "I/O works again: write 4 MiB, read it back" eval '
 	[ "$(sum_dev "$dev" $((4 * MiB)))" = "$(sha256sum <"$TEST_TMP/p2" | cut -d" " -f1)" ] &&
 	[ "$(export_sum "nbd://127.0.0.1:$port/")" = "$(sum_dev "$dev")" ]'
 assert_cmd -m "remove the linear device" dstctl remove lc
+srv_stop "$port"
+
+# (c) Removing a device while its leg reconnects to a cut server.
+port=$(free_port)
+assert_cmd -m "nbdkit memory 32M on port $port" nbdkit_start "$port" memory 32M
+assert_cmd -m "create a mirror of ram0 and the export (timeout 20s, backoff-max 1s)" \
+	dstctl create rc --mirror /dev/ram0 "nbd://127.0.0.1:$port/?timeout=20&backoff-max=1"
+assert_cmd -m "kill the server: its connection closes" srv_kill "$port"
+assert_cmd -m "the leg goes down (and keeps trying, refused at once)" wait_leg rc 1 down 15
+assert_cmd -m "cut the network: an attempt now waits for an answer to its SYN" nft_cut "$port"
+# Attempts come at most 1 s apart (backoff-max): one is under way.
+sleep 3
+timed "$DSTCTL" remove rc
+diag "remove: status $status after ${elapsed}s: $(cat "$TEST_TMP/timed.err")"
+assert_cmd -m "remove succeeds within 3 s, not after the 20 s timeout (${elapsed}s)" \
+	eval '[ "$status" = 0 ] && between 0 "$elapsed" 3'
+nft_heal
 dmesg_check

@@ -591,6 +591,11 @@ impl BioStack {
         unsafe { self.0.push(bio.into_raw()) };
     }
 
+    /// Whether nothing is set aside (a hint: a push may come at once).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.head.load(Ordering::Relaxed).is_null()
+    }
+
     /// Takes every bio set aside so far, oldest first.
     pub(crate) fn take(&self) -> BioStackDrain {
         BioStackDrain {

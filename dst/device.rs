@@ -168,7 +168,8 @@ pub(crate) struct Device {
     /// Serialises detach, attach and teardown.
     #[pin]
     admin: Mutex<()>,
-    /// Retries deferred I/O.
+    /// Sends deferred I/O (read retries, held clones) and resubmits parked
+    /// writes, on the defer queue.
     #[pin]
     work: Work<Device, RETRY_WORK>,
     /// Submit the clones in `lanes`, two workers at once.
@@ -220,6 +221,7 @@ impl WorkItem<RETRY_WORK> for Device {
     type Pointer = Arc<Device>;
 
     fn run(this: Arc<Device>) {
+        this.resubmit_parked();
         this.defer.run(&*this);
     }
 }
@@ -997,6 +999,16 @@ impl Device {
         Self::fail_leg(self.as_arc_borrow(), target, e);
     }
 
+    /// Has the writes parked by the resync barrier resubmitted, from the
+    /// defer queue: a resubmission may wait for a bio set's reserve, and
+    /// the caller (the resync job) runs on the I/O queue, whose work may
+    /// be what refills it.
+    pub(crate) fn kick_parked(self: &Arc<Self>) {
+        if !self.parked.is_empty() {
+            <Self as IoOwner>::kick_deferred(self.as_arc_borrow());
+        }
+    }
+
     /// Resubmits the writes parked by the resync barrier.
     pub(crate) fn resubmit_parked(self: &Arc<Self>) {
         for bio in self.parked.take() {
@@ -1005,7 +1017,7 @@ impl Device {
     }
 
     /// Parks a write, which found buckets of `mask` raised, until they
-    /// are lowered: the resync job resubmits the parked writes after it
+    /// are lowered: the resync job has the parked writes resubmitted after it
     /// lowers any.  `wake`: the write drained a bucket on its way here,
     /// so a chunk may be waiting for the job to run.
     pub(crate) fn park(this: ArcBorrow<'_, Self>, bio: Bio, mask: u64, wake: bool) {
@@ -1557,7 +1569,7 @@ impl IoOwner for Device {
 
     fn kick_deferred(this: ArcBorrow<'_, Self>) {
         // Already queued: the queued run takes this I/O too.
-        let _ = wq::queue().enqueue::<Arc<Device>, RETRY_WORK>(Arc::from(this));
+        let _ = wq::queue_of(wq::Kind::Defer).enqueue::<Arc<Device>, RETRY_WORK>(Arc::from(this));
     }
 
     fn later_list(&self, leg: u32) -> &LegBioStack {

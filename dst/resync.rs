@@ -420,7 +420,7 @@ pub(crate) fn run(dev: &Arc<Device>) {
     // Pairs with the fence in `Device::park`: a write parked after this
     // saw its buckets lowered and runs the job again.
     fence(Ordering::SeqCst);
-    dev.resubmit_parked();
+    dev.kick_parked();
 }
 
 /// Ends the chunk in `slot`: lowers its buckets (parked writes are

@@ -2,15 +2,19 @@
 
 //! The module's workqueues.
 //!
-//! Two queues, both unbound and high-priority, so that work starts at once
-//! on another CPU, and both with `WQ_MEM_RECLAIM`, so that each makes
+//! Three queues, all unbound and high-priority, so that work starts at
+//! once on another CPU, and all with `WQ_MEM_RECLAIM`, so that each makes
 //! progress under memory pressure, when writeback through dst is what
 //! frees memory (the system workqueues do not promise that):
 //!
-//! - the I/O queue ([`Kind::Io`]) runs work that never sleeps for long: a
-//!   read retried on another leg, the clones of a large mirror write that
-//!   go to the other legs in parallel, the remote legs' send and receive
-//!   passes, the resync;
+//! - the I/O queue ([`Kind::Io`]) runs work that never sleeps for long:
+//!   the clones of a large mirror write that go to the other legs in
+//!   parallel, the remote legs' send and receive passes, the resync;
+//! - the defer queue ([`Kind::Defer`]) sends I/O again from process
+//!   context: a read retried on another leg, clones held back until their
+//!   flushes ended, writes parked by the resync barrier.  It may wait for
+//!   a bio from a device's bio sets, which I/O in flight refills, some of
+//!   it ended by the I/O queue's work;
 //! - the wait queue ([`Kind::Wait`]) runs jobs that may sleep on the
 //!   network, a lock or I/O: a remote leg's connect and handshake, an
 //!   export's accept, handshake and receive job (which runs flushes and
@@ -35,17 +39,21 @@ use crate::glue;
 pub(crate) enum Kind {
     /// Work that does not sleep for long.
     Io,
+    /// I/O sent again, which may wait for a bio set's reserve.
+    Defer,
     /// Jobs that may sleep on the network, a lock or I/O.
     Wait,
 }
 
 static IO: AtomicPtr<bindings::workqueue_struct> = AtomicPtr::new(ptr::null_mut());
 static WAIT: AtomicPtr<bindings::workqueue_struct> = AtomicPtr::new(ptr::null_mut());
+static DEFER: AtomicPtr<bindings::workqueue_struct> = AtomicPtr::new(ptr::null_mut());
 
 fn slot(kind: Kind) -> &'static AtomicPtr<bindings::workqueue_struct> {
     match kind {
         Kind::Io => &IO,
         Kind::Wait => &WAIT,
+        Kind::Defer => &DEFER,
     }
 }
 
@@ -53,6 +61,7 @@ fn slot(kind: Kind) -> &'static AtomicPtr<bindings::workqueue_struct> {
 pub(crate) struct WorkQueues {
     io: NonNull<bindings::workqueue_struct>,
     wait: NonNull<bindings::workqueue_struct>,
+    defer: NonNull<bindings::workqueue_struct>,
 }
 
 // SAFETY: a workqueue may be used and destroyed from any thread.
@@ -90,16 +99,31 @@ impl WorkQueues {
                 return Err(e);
             }
         };
+        let defer = match alloc(kernel::c_str!("dst_defer")) {
+            Ok(defer) => defer,
+            Err(e) => {
+                // SAFETY: just made, and not published.
+                unsafe {
+                    destroy(wait);
+                    destroy(io);
+                }
+                return Err(e);
+            }
+        };
         IO.store(io.as_ptr(), Ordering::Release);
         WAIT.store(wait.as_ptr(), Ordering::Release);
-        Ok(WorkQueues { io, wait })
+        DEFER.store(defer.as_ptr(), Ordering::Release);
+        Ok(WorkQueues { io, wait, defer })
     }
 }
 
 impl Drop for WorkQueues {
     fn drop(&mut self) {
         // Every device, remote leg and export is gone by now, and their
-        // jobs with them: both queues are idle.
+        // jobs with them: the queues are idle.
+        DEFER.store(ptr::null_mut(), Ordering::Release);
+        // SAFETY: made in `new`; only this drop destroys it.
+        unsafe { destroy(self.defer) };
         WAIT.store(ptr::null_mut(), Ordering::Release);
         // SAFETY: made in `new`; only this drop destroys it.
         unsafe { destroy(self.wait) };
@@ -111,7 +135,12 @@ impl Drop for WorkQueues {
 
 /// The I/O queue, for `kernel::workqueue` work items.
 pub(crate) fn queue() -> &'static Queue {
-    let raw = IO.load(Ordering::Acquire);
+    queue_of(Kind::Io)
+}
+
+/// The queue `kind`, for `kernel::workqueue` work items.
+pub(crate) fn queue_of(kind: Kind) -> &'static Queue {
+    let raw = slot(kind).load(Ordering::Acquire);
     // SAFETY: per the above, `raw` is a live workqueue whenever a device
     // exists to call this, and it outlives every such call.
     unsafe { Queue::from_raw(raw) }

@@ -201,8 +201,10 @@ pub(crate) trait IoOwner: Send + Sync + Sized {
     /// The bio set the first bio of each I/O comes from, which holds the
     /// I/O's state until the I/O ends (front pad: [`IoSet::FRONT_PAD`]).
     fn ioset(&self) -> &BioSet;
-    /// The bio set every other bio of an I/O comes from (front pad:
-    /// [`IoSet::FRONT_PAD`]); each is freed as soon as its leg ends it.
+    /// The bio set every other bio of an I/O comes from; each is freed as
+    /// soon as its leg ends it.  Its front pad must be
+    /// [`IoSet::FRONT_PAD`] too, as the engine finds every bio's [`Pad`]
+    /// the same way.
     fn moreset(&self) -> &BioSet;
     /// Where deferred I/Os wait.
     fn defer_list(&self) -> &DeferList;
@@ -286,7 +288,8 @@ struct Pad {
     state: IoState,
 }
 
-/// The front pad size for the bio set of [`IoOwner::ioset`].
+/// The front pad size for the bio sets of [`IoOwner::ioset`] and
+/// [`IoOwner::moreset`].
 pub(crate) struct IoSet;
 
 impl IoSet {
@@ -298,7 +301,8 @@ const _: () = assert!(size_of::<Pad>() % 8 == 0);
 
 /// # Safety
 ///
-/// `bio` must come from an [`IoOwner::ioset`] bio set.
+/// `bio` must come from an [`IoOwner::ioset`] or [`IoOwner::moreset`] bio
+/// set (both with [`IoSet::FRONT_PAD`]).
 unsafe fn pad_of(bio: *mut bindings::bio) -> *mut Pad {
     // SAFETY: the bio set puts `FRONT_PAD` bytes, holding a `Pad`, right
     // before each bio.
@@ -310,7 +314,8 @@ unsafe fn pad_of(bio: *mut bindings::bio) -> *mut Pad {
 ///
 /// # Safety
 ///
-/// `clone` must be ours, from an [`IoOwner::ioset`] bio set of a `T`, and
+/// `clone` must be ours, from the [`IoOwner::ioset`] or
+/// [`IoOwner::moreset`] bio set of a `T`, and
 /// `io` a live I/O state.
 unsafe fn bind<T: IoOwner>(clone: *mut bindings::bio, io: *mut IoState, leg: u32, preflush: bool) {
     // SAFETY: per the function's contract, the pad is ours to fill.
@@ -407,7 +412,8 @@ impl<'a, T: IoOwner> Io<'a, T> {
     }
 
     fn attach(&mut self, clone: *mut bindings::bio, leg: u32, preflush: bool) {
-        // SAFETY: `clone` was just allocated from the owner's io set.
+        // SAFETY: `clone` was just allocated from one of the owner's two
+        // bio sets.
         let pad = unsafe { pad_of(clone) };
         let io = match self.state.map(NonNull::as_ptr) {
             Some(io) => {
@@ -459,7 +465,8 @@ impl<'a, T: IoOwner> Io<'a, T> {
                 io
             }
         };
-        // SAFETY: `clone` is ours, from the io set; `io` the live I/O state.
+        // SAFETY: `clone` is ours, from the owner's bio sets; `io` the live
+        // I/O state.
         unsafe { bind::<T>(clone, io, leg, preflush) };
     }
 
@@ -713,9 +720,10 @@ unsafe fn record(io: *mut IoState, leg: Option<u32>, res: Result) {
 ///
 /// Called by the block layer only, for a clone made by [`Io`].
 unsafe extern "C" fn clone_endio<T: IoOwner>(clone: *mut bindings::bio) {
-    // SAFETY: clones get this end_io only in `Io::attach`, from the io set.
+    // SAFETY: bios get this end_io only from `bind`, whose bios come from
+    // the owner's two bio sets.
     let pad = unsafe { pad_of(clone) };
-    // SAFETY: `attach` filled the pad; the I/O is live until its last
+    // SAFETY: `bind` filled the pad; the I/O is live until its last
     // clone ends, which is at the earliest this one.
     let (io, leg, preflush) = unsafe { ((*pad).io, (*pad).leg, (*pad).preflush) };
     // SAFETY: the clone is live until we put it.

@@ -18,6 +18,7 @@
 #include <linux/slab.h>
 #include <linux/tcp.h>
 #include <linux/workqueue.h>
+#include <net/inet_common.h>
 #include <net/sock.h>
 #include <net/tcp.h>
 
@@ -157,10 +158,18 @@ int dst_sock_connect(struct socket *sock, int family, const u8 *addr,
 	len = dst_sockaddr(family, addr, port, scope_id, &ss);
 	if (len < 0)
 		return len;
-	/* Shut down before the wait began: the connect would not see it. */
-	if (READ_ONCE(sock->sk->sk_shutdown))
-		return -ECONNABORTED;
-	err = kernel_connect(sock, (struct sockaddr *)&ss, len, 0);
+	/*
+	 * What inet_stream_connect() does, but for the check: a shutdown
+	 * before the SYN went out would not stop the connect, and one after
+	 * it (under the same lock) ends the wait.
+	 */
+	lock_sock(sock->sk);
+	if (sock->sk->sk_shutdown)
+		err = -ECONNABORTED;
+	else
+		err = __inet_stream_connect(sock, (struct sockaddr *)&ss, len,
+					    0, 0);
+	release_sock(sock->sk);
 	return err == -EINPROGRESS ? -ETIMEDOUT : err;
 }
 

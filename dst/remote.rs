@@ -1540,8 +1540,21 @@ impl JobRun<CONNECT> for Remote {
             }
             this.backoff_ms.store(BACKOFF_MIN_MS, Ordering::Relaxed);
             this.dead.store(false, Ordering::Release);
+            // Up, unless `stop` came meanwhile: then it reaps the sockets
+            // once this job has ended, and the leg stays stopped.
+            if this
+                .link
+                .compare_exchange(
+                    Link::Down as u8,
+                    Link::Up as u8,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+            {
+                return;
+            }
             this.connects.fetch_add(1, Ordering::Relaxed);
-            this.link.store(Link::Up as u8, Ordering::Release);
         }
         if this.disconnect_if_parked() {
             // Parked while connecting.

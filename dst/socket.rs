@@ -127,8 +127,7 @@ impl Socket {
 
     /// Connects a [`Socket::client`] socket to `addr`, waiting at most its
     /// timeout; a [`Socket::shutdown`] from another thread ends the wait,
-    /// or prevents it (but in a window of a few instructions just before
-    /// the connect starts).
+    /// or prevents it.
     pub(crate) fn connect(&self, addr: &SocketAddr) -> Result {
         let (family, bytes, scope) = raw_addr(addr);
         // SAFETY: the socket is valid while `self` is; `bytes` holds the

@@ -6,10 +6,11 @@
 //! that share its data pages.  Clones come from bio sets whose front pad
 //! holds a [`Pad`]; the first clone's pad also holds the I/O's state
 //! ([`IoState`]), so an I/O costs no allocation besides its clones, and
-//! those come from mempools (see [`Io`] for why two).  The parent completes when every clone has,
-//! with a result the owner decides ([`IoOwner::io_done`]).  Completion may
-//! run in interrupt context, so anything that needs a thread (resubmitting
-//! a read to another leg) is deferred to a workqueue ([`DeferList`]).
+//! those come from mempools (see [`Io`] for why two).  The parent
+//! completes when every clone has, with a result the owner decides
+//! ([`IoOwner::io_done`]).  Completion may run in interrupt context, so
+//! anything that needs a thread (resubmitting a read to another leg,
+//! releasing held clones) is deferred to a workqueue ([`DeferList`]).
 //!
 //! Nothing here sleeps on the submission path except a mempool allocation
 //! (`GFP_NOIO`), and no thread is dedicated to a request.

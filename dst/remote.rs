@@ -128,7 +128,6 @@ pub(crate) struct RemoteStatus {
     pub(crate) problem: Msg,
 }
 
-/// Connects to the server and runs the handshake.
 /// A connection attempt of the connect job, which [`Remote::stop`] cuts
 /// short.
 struct Dialing {

@@ -1017,9 +1017,9 @@ impl Device {
     }
 
     /// Parks a write, which found buckets of `mask` raised, until they
-    /// are lowered: the resync job has the parked writes resubmitted after it
-    /// lowers any.  `wake`: the write drained a bucket on its way here,
-    /// so a chunk may be waiting for the job to run.
+    /// are lowered: the resync job has the parked writes resubmitted
+    /// after it lowers any.  `wake`: the write drained a bucket on its way
+    /// here, so a chunk may be waiting for the job to run.
     pub(crate) fn park(this: ArcBorrow<'_, Self>, bio: Bio, mask: u64, wake: bool) {
         this.parked.push(bio);
         // The job may have lowered them and resubmitted before the push:

@@ -746,16 +746,8 @@ unsafe extern "C" fn clone_endio<T: IoOwner>(clone: *mut bindings::bio) {
         (false, _) => unsafe { record(io, Some(leg), res) },
     }
     {
-        // SAFETY: `owner` is the pointer the disk stores with
-        // `Arc::into_raw`, and the disk's reference lasts while the I/O
-        // holds the gate.
-        let owner = unsafe { ArcBorrow::<T>::from_raw((*io).owner.cast()) };
-        // SAFETY: the parent is live while its I/O is.
-        let (op, sector, bytes) = unsafe {
-            let p = (*io).parent;
-            ((*io).op, (*p).bi_iter.bi_sector, (*p).bi_iter.bi_size)
-        };
-        T::clone_done(owner, leg, op, sector, bytes, res, preflush);
+        // SAFETY: the I/O is live (this clone's pending reference).
+        let owner = unsafe { tell_owner::<T>(io, leg, res, preflush) };
         if preflush {
             // SAFETY: the I/O is live; this flush was counted in
             // `flushes`.  Any context: the release is deferred.
@@ -904,20 +896,39 @@ unsafe fn release_held<T: IoOwner>(owner: &T, io: *mut IoState) {
 /// reference, which this drops.
 unsafe fn end_unsent<T: IoOwner>(io: *mut IoState, leg: u32, e: Error) {
     // SAFETY: per the function's contract.
-    unsafe { record(io, Some(leg), Err(e)) };
-    {
-        // SAFETY: as in `clone_endio`: the disk's reference on the owner
-        // lasts while the I/O holds the gate.
-        let owner = unsafe { ArcBorrow::<T>::from_raw((*io).owner.cast()) };
-        // SAFETY: the parent is live while its I/O is.
-        let (op, sector, bytes) = unsafe {
-            let p = (*io).parent;
-            ((*io).op, (*p).bi_iter.bi_sector, (*p).bi_iter.bi_size)
-        };
-        T::clone_done(owner, leg, op, sector, bytes, Err(e), false);
+    unsafe {
+        record(io, Some(leg), Err(e));
+        tell_owner::<T>(io, leg, Err(e), false);
+        io_put::<T>(io);
     }
-    // SAFETY: the leg's pending reference, per the contract.
-    unsafe { io_put::<T>(io) };
+}
+
+/// Tells the owner of `io` that leg `leg`'s clone ended with `res`
+/// ([`IoOwner::clone_done`]), and returns the owner.
+///
+/// # Safety
+///
+/// `io` must be live, and stay so while the returned owner is used.
+unsafe fn tell_owner<'a, T: IoOwner>(
+    io: *mut IoState,
+    leg: u32,
+    res: Result,
+    preflush: bool,
+) -> ArcBorrow<'a, T> {
+    // SAFETY: `owner` is the pointer the disk stores with `Arc::into_raw`,
+    // and the disk's reference lasts while the I/O holds the gate; the
+    // parent is live while its I/O is.
+    let (owner, op, sector, bytes) = unsafe {
+        let p = (*io).parent;
+        (
+            ArcBorrow::<T>::from_raw((*io).owner.cast()),
+            (*io).op,
+            (*p).bi_iter.bi_sector,
+            (*p).bi_iter.bi_size,
+        )
+    };
+    T::clone_done(owner, leg, op, sector, bytes, res, preflush);
+    owner
 }
 
 /// Drops one pending reference; the last one ends or defers the I/O.

@@ -80,6 +80,9 @@ pub(crate) struct LegSpec<'a> {
     pub(crate) spec: &'a CStr,
     /// For a remote leg: where, and its timing.
     pub(crate) remote: Option<RemoteConfig>,
+    /// Mirror: the leg serves reads only when no other can (see
+    /// [`Device::pick_read_leg`]).
+    pub(crate) write_mostly: bool,
 }
 
 /// A mirror's resync settings (see [`crate::resync`]).
@@ -128,6 +131,9 @@ pub(crate) struct Device {
     /// Remote legs that are connected again: the rejoin job resyncs them
     /// (see [`Device::rejoin_legs`]).
     to_rejoin: LegSet,
+    /// Mirror: legs that get writes but serve reads only when no other
+    /// in-sync leg can (md's write-mostly).
+    write_mostly: LegSet,
     /// When each leg's last repair began.
     #[pin]
     repairs: Mutex<Repairs>,
@@ -296,6 +302,15 @@ impl Device {
             refuse!(EINVAL, "too many legs (at most {})", MAX_LEGS);
         }
         let nlegs = specs.len();
+        let write_mostly = LegSet::none();
+        for (i, s) in specs.iter().enumerate() {
+            if s.write_mostly {
+                if target != Target::Mirror {
+                    refuse!(EINVAL, "write-mostly applies to mirror legs, not linear");
+                }
+                write_mostly.set(i, true);
+            }
+        }
         let holder = Holder::new()?;
         let mut legs: KVec<Leg> = KVec::with_capacity(nlegs, GFP_KERNEL)?;
         for (i, s) in specs.into_iter().enumerate() {
@@ -386,6 +401,7 @@ impl Device {
                 sets: LegSets::new(if sync { 1 } else { nlegs }),
                 to_repair: LegSet::none(),
                 to_rejoin: LegSet::none(),
+                write_mostly,
                 repairs <- new_mutex!(Repairs { last_ms: [0; MAX_LEGS] }, "Device::repairs"),
                 dirty,
                 offer,
@@ -836,8 +852,9 @@ impl Device {
 
     /// Picks an in-sync leg to read from, not in the `tried` mask: the one
     /// with the fewest requests in flight, starting the scan at a rotating
-    /// position so equal legs share the load.  Held remote legs (in sync,
-    /// connection down) are used only when nothing else is left.
+    /// position so equal legs share the load.  Write-mostly legs are used
+    /// only when no other leg is left, and held remote legs (in sync,
+    /// connection down) only when nothing else is.
     pub(crate) fn pick_read_leg(&self, tried: u32) -> Option<usize> {
         let candidates = self.in_sync_mask() & !tried;
         if candidates & candidates.wrapping_sub(1) == 0 {
@@ -853,17 +870,21 @@ impl Device {
         self.rotor
             .store(if wrap { 0 } else { next }, Ordering::Relaxed);
         let below = (1u32 << start.min(31)) - 1;
-        let mut best: Option<(usize, u32)> = None;
+        let write_mostly = self.write_mostly.mask();
+        let mut best: Option<(usize, u64)> = None;
         // The candidates from `start` up, then those below it.
         for mut rest in [candidates & !below, candidates & below] {
             while rest != 0 {
                 let i = rest.trailing_zeros() as usize;
                 rest &= rest - 1;
                 let Some(leg) = legs.get(i) else { continue };
-                let load = if self.leg_reachable(i) {
-                    leg.inflight()
+                // The kind of leg first, then its load.
+                let load = if !self.leg_reachable(i) {
+                    u64::MAX
+                } else if write_mostly & (1 << i) != 0 {
+                    (1 << 32) | u64::from(leg.inflight())
                 } else {
-                    u32::MAX
+                    u64::from(leg.inflight())
                 };
                 if best.map_or(true, |(_, b)| load < b) {
                     best = Some((i, load));
@@ -1233,6 +1254,7 @@ impl Device {
         let Some(leg) = self.legs.get(i) else {
             return Err(EINVAL.into());
         };
+        self.write_mostly.set(i, spec.write_mostly);
         if let Some(r) = leg.dev().remote() {
             r.start(self.clone(), i);
         }
@@ -1246,6 +1268,32 @@ impl Device {
         );
         Self::notify(self.as_arc_borrow());
         Ok(i)
+    }
+
+    /// Makes mirror leg `i` write-mostly (`on`) or a normal leg again.
+    pub(crate) fn set_write_mostly(self: &Arc<Self>, i: usize, on: bool) -> Result<(), Refusal> {
+        let _admin = self.admin.lock();
+        let leg = self.leg_or_refuse(i)?;
+        if self.write_mostly.set(i, on) {
+            pr_info!(
+                "{}: leg {} ({}) is {}\n",
+                self.name(),
+                i,
+                leg.spec().to_str().unwrap_or("?"),
+                if on {
+                    "write-mostly"
+                } else {
+                    "no longer write-mostly"
+                }
+            );
+            Self::notify(self.as_arc_borrow());
+        }
+        Ok(())
+    }
+
+    /// Whether leg `i` is write-mostly.
+    pub(crate) fn leg_write_mostly(&self, i: usize) -> bool {
+        self.write_mostly.contains(i)
     }
 
     /// Shrinks the mirror by leg `i`: it is taken out as by a detach (if

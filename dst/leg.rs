@@ -42,6 +42,28 @@ impl LegSet {
         self.0.fetch_or(1 << i, Ordering::AcqRel) & (1 << i) == 0
     }
 
+    /// Adds leg `i` if `on`, removes it if not; returns whether that
+    /// changed the set.
+    pub(crate) fn set(&self, i: usize, on: bool) -> bool {
+        let bit = 1 << i;
+        let before = if on {
+            self.0.fetch_or(bit, Ordering::AcqRel)
+        } else {
+            self.0.fetch_and(!bit, Ordering::AcqRel)
+        };
+        (before & bit != 0) != on
+    }
+
+    /// Whether leg `i` is in the set.
+    pub(crate) fn contains(&self, i: usize) -> bool {
+        self.mask() & (1 << i) != 0
+    }
+
+    /// The bitmask (bit `i` for leg `i`).
+    pub(crate) fn mask(&self) -> u32 {
+        self.0.load(Ordering::Acquire)
+    }
+
     /// Empties the set; returns the legs it held, lowest first.
     pub(crate) fn take(&self) -> impl Iterator<Item = usize> {
         let mut rest = self.0.swap(0, Ordering::AcqRel);

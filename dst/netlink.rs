@@ -89,6 +89,9 @@ fn encode(d: &Device, exports: Option<&Exports>) -> Result<KVec<u8>> {
             w.put_u64(leg::WRITE_ERRORS, s.write_errors)?;
             w.put_u32(leg::INFLIGHT, s.inflight)?;
             w.put_u64(leg::RESYNCED, s.resynced)?;
+            if d.target() == Target::Mirror {
+                w.put_u8(leg::WRITE_MOSTLY, d.leg_write_mostly(i).into())?;
+            }
             let (done, total, speed) = d.resync_progress_of(i);
             if total > 0 {
                 w.put_u64(leg::RESYNC_DONE, done)?;
@@ -214,6 +217,11 @@ fn leg_spec<'a>(a: &Attr<'a>, n: usize) -> Result<LegSpec<'a>, Refusal> {
     if spec.is_empty() {
         refuse!(EINVAL, "leg {} has an empty device path", n);
     }
+    let write_mostly = match last(&nest, leg::WRITE_MOSTLY)? {
+        // The policy checked the range.
+        Some(a) => a.u8().map_err(|_| Refusal::from(EINVAL))? != 0,
+        None => false,
+    };
     let Some(addr) = last(&nest, leg::ADDR)? else {
         for id in [
             leg::EXPORT,
@@ -227,7 +235,11 @@ fn leg_spec<'a>(a: &Attr<'a>, n: usize) -> Result<LegSpec<'a>, Refusal> {
                 refuse!(EINVAL, "leg {}: remote settings for a local leg", n);
             }
         }
-        return Ok(LegSpec { spec, remote: None });
+        return Ok(LegSpec {
+            spec,
+            remote: None,
+            write_mostly,
+        });
     };
     let Some(addr) = addr.str().ok().and_then(|s| s.parse::<SocketAddr>().ok()) else {
         refuse!(EINVAL, "leg {}: bad address (IP:PORT or [IPv6]:PORT)", n);
@@ -274,6 +286,7 @@ fn leg_spec<'a>(a: &Attr<'a>, n: usize) -> Result<LegSpec<'a>, Refusal> {
                 None => conns::DEFAULT,
             },
         }),
+        write_mostly,
     })
 }
 
@@ -434,10 +447,32 @@ impl Registry {
         let d = self.device(attrs)?;
         let rate = optional_u32(attrs, dev::RESYNC_RATE)?;
         let max = optional_u32(attrs, dev::RESYNC_MAX)?;
-        if rate.is_none() && max.is_none() {
-            refuse!(EINVAL, "nothing to set (resync rate or resync max)");
+        let index = optional_u32(attrs, dev::LEG_INDEX)?;
+        let write_mostly = match last(attrs, dev::WRITE_MOSTLY)? {
+            // The policy checked the range.
+            Some(a) => Some(a.u8().map_err(|_| Refusal::from(EINVAL))? != 0),
+            None => None,
+        };
+        let write_mostly = match (index, write_mostly) {
+            (Some(i), Some(on)) => Some((i as usize, on)),
+            (None, None) => None,
+            (None, Some(_)) => refuse!(EINVAL, "write-mostly needs a leg index"),
+            (Some(_), None) => refuse!(EINVAL, "a leg index, but nothing to set for it"),
+        };
+        if rate.is_none() && max.is_none() && write_mostly.is_none() {
+            refuse!(
+                EINVAL,
+                "nothing to set (resync rate, resync max or write-mostly)"
+            );
         }
-        d.set_resync_limits(rate, max)?;
+        // The leg first: a refusal there leaves the limits as they were,
+        // and on a mirror the limits cannot be refused.
+        if let Some((i, on)) = write_mostly {
+            d.set_write_mostly(i, on)?;
+        }
+        if rate.is_some() || max.is_some() {
+            d.set_resync_limits(rate, max)?;
+        }
         self.reply(req, cmd::SET, &d)?;
         Ok(())
     }

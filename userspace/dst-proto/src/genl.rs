@@ -49,7 +49,8 @@ pub mod cmd {
     /// unless `dev::FULL` is 1.
     pub const ATTACH: u8 = 8;
     /// Change a device's settings (`DEV_NAME`, and any of
-    /// `dev::RESYNC_RATE`, `dev::RESYNC_MAX`); the others stay.
+    /// `dev::RESYNC_RATE`, `dev::RESYNC_MAX`, and `dev::WRITE_MOSTLY` with
+    /// the `dev::LEG_INDEX` it applies to); the others stay.
     pub const SET: u8 = 9;
     /// Grow a mirror by one leg (`DEV_NAME`, one `dev::LEG` nest as in
     /// CREATE): it takes the next leg index and is resynced in full.
@@ -104,8 +105,11 @@ pub mod dev {
     /// Mirror: resync speed limit at all times, in KiB/s (u32; CREATE, SET;
     /// 0, the default: none).
     pub const RESYNC_MAX: u16 = 16;
+    /// SET, mirror: make leg `LEG_INDEX` write-mostly (1) or a normal
+    /// leg again (0) (u8; see [`super::leg::WRITE_MOSTLY`]).
+    pub const WRITE_MOSTLY: u16 = 17;
     /// Highest device attribute id.
-    pub const MAX: u16 = 16;
+    pub const MAX: u16 = 17;
 }
 
 /// Export attributes (inside a [`dev::EXPORT`] nest).
@@ -202,8 +206,12 @@ pub mod leg {
     /// many to open when the server allows several (`CAN_MULTI_CONN`),
     /// from 1 to [`super::conns::MAX`]; in a status, how many are in use.
     pub const CONNS: u16 = 26;
+    /// Mirror legs: write-mostly (1), as md's: the leg gets every write
+    /// but serves reads only when no other in-sync leg can (u8; CREATE
+    /// and ADD_LEG, default 0; in replies, a mirror's legs).
+    pub const WRITE_MOSTLY: u16 = 27;
     /// Highest leg attribute id.
-    pub const MAX: u16 = 26;
+    pub const MAX: u16 = 27;
 }
 
 macro_rules! wire_enum {
@@ -415,6 +423,10 @@ pub const LEG_REQUEST: &[AttrSpec] = &[
             max: conns::MAX,
         },
     },
+    AttrSpec {
+        id: leg::WRITE_MOSTLY,
+        kind: Kind::U8 { min: 0, max: 1 },
+    },
 ];
 
 /// Attributes accepted inside a [`dev::EXPORT`] nest of a request.
@@ -553,7 +565,16 @@ pub const COMMANDS: &[CmdSpec] = &[
         cmd: cmd::SET,
         doit: true,
         dumpit: false,
-        policy: &[NAME_SPEC, RESYNC_RATE_SPEC, RESYNC_MAX_SPEC],
+        policy: &[
+            NAME_SPEC,
+            RESYNC_RATE_SPEC,
+            RESYNC_MAX_SPEC,
+            LEG_INDEX_SPEC,
+            AttrSpec {
+                id: dev::WRITE_MOSTLY,
+                kind: Kind::U8 { min: 0, max: 1 },
+            },
+        ],
     },
     CmdSpec {
         cmd: cmd::REMOVE,

@@ -49,6 +49,12 @@ A mirror also grows and shrinks while in use: dstctl add gives it a new
 leg, copied in full in the background, and dstctl remove-leg takes a leg
 away for good.  Together they replace a failed disk.
 
+A mirror leg can be write-mostly, as with md's --write-mostly: it gets
+every write but serves reads only when no other in-sync leg can.  Mark a
+remote leg over a slow link that way, mirrored with a local disk, and
+reads stay local (dstctl create --write-mostly, dstctl add
+--write-mostly, dstctl set).
+
 Every command needs root (CAP_SYS_ADMIN) and the dst kernel module
 (modprobe dst, or insmod dst.ko).";
 
@@ -70,6 +76,7 @@ Examples:
   dstctl add r1 /dev/sdd                        a third leg, copied in full
   dstctl remove-leg r1 0                        remove leg 0 for good
   dstctl set r1 --resync-rate 50M               limit resyncs of r1 while in use
+  dstctl set r2 --write-mostly 1                leg 1 of r2 serves reads last
   dstctl remove r1                              remove r1 (its legs are kept)";
 
 /// The timing options in the long help of `dstctl create` and `dstctl
@@ -157,6 +164,13 @@ These options apply to mirrors only:
                       others are in sync.  dst keeps no metadata on the
                       legs, so after a crash, re-create a mirror with
                       --sync, first naming a leg that was in sync.
+  --write-mostly LEG  the leg is write-mostly, as with md's
+                      --write-mostly: it gets every write but serves reads
+                      only when no other in-sync leg can.  For a remote leg
+                      over a slow link mirrored with a local disk: reads
+                      stay local.  LEG is one of the legs given: its index
+                      from 0, or the leg as typed.  Repeat for more legs;
+                      dstctl set changes it later.
 
 SIZE is a number of bytes with an optional unit K, M or G (1024-based):
 4096, 64K, 1M.  RATE is bytes per second, written the same way with an
@@ -185,17 +199,18 @@ Examples:
   dstctl create r3 --mirror nbd://store1:10809/vol 'nbd://[fd00::2]/vol' --timeout 10s
   dstctl create r4 --mirror /dev/sdb 'nbd://store1/vol?timeout=5s&dead-time=2m'
   dstctl create r5 --mirror /dev/sdb /dev/sdc --region-size 256K --resync-rate 100M
-  dstctl create r6 --mirror --sync /dev/sdb /dev/sdc";
+  dstctl create r6 --mirror --sync /dev/sdb /dev/sdc
+  dstctl create r7 --mirror /dev/sdb nbd://10.0.0.2/disk --write-mostly 1";
 
 /// `dstctl set --help`; the default comes from the shared protocol
 /// definition.
 fn set_long_about() -> String {
     format!(
         "\
-Change a mirror's resync speed limits while it is in use; a limit not
-given stays as it is.  The new limits apply at once, to a running resync
-too.  Prints nothing; with --json, the device as dstctl status --json
-shows it.
+Change a mirror's resync speed limits, or whether one of its legs is
+write-mostly, while it is in use; what is not given stays as it is.  The
+new limits apply at once, to a running resync too.  Prints nothing; with
+--json, the device as dstctl status --json shows it.
 
   --resync-rate RATE  the resync speed limit while the device has other
                       I/O ({rate} unless dstctl create said otherwise).
@@ -203,6 +218,14 @@ shows it.
                       speed, up to --resync-max.
   --resync-max RATE   the resync speed limit at all times (none unless
                       dstctl create said otherwise)
+  --write-mostly LEG  make the leg write-mostly, as with md's
+                      --write-mostly: it gets every write but serves reads
+                      only when no other in-sync leg can.  For a remote leg
+                      over a slow link mirrored with a local disk: reads
+                      stay local.
+  --no-write-mostly LEG
+                      make the leg a normal one again, which serves its
+                      share of the reads.
 
 RATE is bytes per second: a number with an optional unit K, M or G
 (1024-based) and an optional /s: 50M, 500K/s, 1G; rounded down to whole
@@ -210,7 +233,13 @@ KiB/s; 0 or none means no limit.  Lower the limits to leave more of the
 legs' bandwidth to the device's users, raise them to have the mirror in
 sync again sooner.  dstctl status shows the limits, and a running
 resync's speed and time left.  The region size is set once, by dstctl
-create --region-size.",
+create --region-size.
+
+One leg per command: give --write-mostly or --no-write-mostly, not both;
+either may come with the limits.  LEG is as for dstctl detach: the leg's
+index as dstctl status shows it, the leg as given to dstctl create or
+add, or its kernel disk (sdb, /dev/sdb).  dstctl status shows which legs
+are write-mostly.",
         rate = format_rate_kib(resync::RATE_DEFAULT_KIB),
     )
 }
@@ -221,6 +250,9 @@ Examples:
   dstctl set r1 --resync-max 200M/s   never faster than 200 MiB/s
   dstctl set r1 --resync-rate 0       as fast while r1 is in use as when idle
   dstctl set r1 --resync-max none     no limit when r1 is idle
+  dstctl set r2 --write-mostly 1      leg 1 serves reads only if need be
+  dstctl set r2 --no-write-mostly nbd://10.0.0.2/disk
+                                      that leg serves reads again
   dstctl status r1                    the limits, a resync's speed and ETA";
 
 /// `dstctl export --help`; limits and the port come from the shared
@@ -292,7 +324,8 @@ read; no longer used), connecting (a remote leg not connected yet), down
 (a remote leg whose connection is lost; the kernel reconnects), resyncing
 (being brought back in sync, or having what it failed to read rewritten;
 shown with its progress), detached (taken out by dstctl detach; see dstctl
-attach).
+attach).  A write-mostly leg (see dstctl set) is marked so after its
+state: in-sync, write-mostly.
 A leg keeps its number (LEG) as long as it is part of the device: legs
 removed by dstctl remove-leg leave gaps, and legs added by dstctl add
 take the next number.
@@ -410,6 +443,11 @@ monitor show the progress; the copy is held to the mirror's resync
 settings (see dstctl set).  A device can have had at most {MAX_LEGS} legs in
 all: the numbers of removed legs are not reused.
 
+With --write-mostly, the new leg is write-mostly, as with md's
+--write-mostly: it gets every write but serves reads only when no other
+in-sync leg can; for a remote leg over a slow link mirrored with a local
+disk.  dstctl set changes it later.
+
 The timing options apply to a remote leg, as for dstctl create (giving
 one with a local leg is an error); the URI's parameters override them:
 
@@ -426,6 +464,7 @@ Examples:
   dstctl add r1 /dev/sdd              a local disk as a new leg of r1
   dstctl add r1 nbd://10.0.0.2/disk   a remote leg
   dstctl add r1 'nbd://store1/vol?timeout=10s' --dead-time 2m
+  dstctl add r1 nbd://10.0.0.2/disk --write-mostly
   dstctl monitor r1                   the copy's progress, until in-sync
   dstctl remove-leg r1 0              then, to replace leg 0, remove it";
 
@@ -569,7 +608,7 @@ pub enum Command {
     #[command(long_about = remove_leg_long_about(), after_help = REMOVE_LEG_EXAMPLES)]
     RemoveLeg(RemoveLegArgs),
 
-    /// Change a mirror's resync speed limits
+    /// Change a mirror's resync speed limits or write-mostly legs
     #[command(long_about = set_long_about(), after_help = SET_EXAMPLES)]
     Set(SetArgs),
 
@@ -628,6 +667,12 @@ pub struct CreateArgs {
     /// initial sync), rather than assume the legs identical
     #[arg(long)]
     pub sync: bool,
+
+    /// Mirror: LEG (its index from 0, or the leg as typed) is
+    /// write-mostly: it serves reads only when no other in-sync leg can;
+    /// repeatable
+    #[arg(long, value_name = "LEG")]
+    pub write_mostly: Vec<String>,
 }
 
 /// The short help of `--region-size`, with the bounds and the default from
@@ -735,13 +780,22 @@ pub struct AddArgs {
 
     #[command(flatten)]
     pub timing_args: TimingArgs,
+
+    /// The new leg is write-mostly: it serves reads only when no other
+    /// in-sync leg can
+    #[arg(long)]
+    pub write_mostly: bool,
 }
 
 impl AddArgs {
     /// Checks the leg as typed (no name resolution yet), as the one leg of
     /// a `dstctl create`.
     pub fn plan(&self) -> Result<Vec<LegPlan>, String> {
-        self.timing_args.plan(std::slice::from_ref(&self.leg))
+        let mut plan = self.timing_args.plan(std::slice::from_ref(&self.leg))?;
+        for l in &mut plan {
+            l.write_mostly = self.write_mostly;
+        }
+        Ok(plan)
     }
 }
 
@@ -843,13 +897,13 @@ pub struct RemoveLegArgs {
     pub leg: String,
 }
 
-/// Arguments of `dstctl set`.
+/// Arguments of `dstctl set`: at least one setting.
 #[derive(Debug, Args)]
 #[command(group(
-    ArgGroup::new("limits")
+    ArgGroup::new("settings")
         .required(true)
         .multiple(true)
-        .args(["resync_rate", "resync_max"])
+        .args(["resync_rate", "resync_max", "write_mostly", "no_write_mostly"])
 ))]
 pub struct SetArgs {
     /// Name of the mirror
@@ -858,6 +912,44 @@ pub struct SetArgs {
 
     #[command(flatten)]
     pub limit_args: LimitArgs,
+
+    /// Make LEG write-mostly: it serves reads only when no other in-sync
+    /// leg can
+    #[arg(long, value_name = "LEG", conflicts_with = "no_write_mostly")]
+    pub write_mostly: Option<String>,
+
+    /// Make LEG a normal leg again, which serves reads
+    #[arg(long, value_name = "LEG")]
+    pub no_write_mostly: Option<String>,
+}
+
+impl SetArgs {
+    /// The write-mostly options, by name, with what each makes the leg.
+    fn write_mostly_options(&self) -> [(&'static str, &Option<String>, bool); 2] {
+        [
+            ("--write-mostly", &self.write_mostly, true),
+            ("--no-write-mostly", &self.no_write_mostly, false),
+        ]
+    }
+
+    /// The leg whose write-mostly setting changes, as typed, and whether
+    /// it becomes write-mostly; `None` if neither option is given.
+    pub fn write_mostly_change(&self) -> Option<(&str, bool)> {
+        self.write_mostly_options()
+            .into_iter()
+            .find_map(|(_, leg, on)| leg.as_deref().map(|leg| (leg, on)))
+    }
+
+    /// Checks the write-mostly option given, if any: its LEG is resolved
+    /// later, against the device.
+    fn check_write_mostly(&self) -> Result<(), String> {
+        for (name, leg, _) in self.write_mostly_options() {
+            if leg.as_deref() == Some("") {
+                return Err(format!("{name}: LEG is empty"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The resync speed limits of a mirror, shared by `dstctl create` and
@@ -934,8 +1026,43 @@ impl CreateArgs {
                 self.legs.len()
             ));
         }
-        self.timing_args.plan(&self.legs)
+        let mut plan = self.timing_args.plan(&self.legs)?;
+        for i in self.write_mostly_legs()? {
+            plan[i].write_mostly = true;
+        }
+        Ok(plan)
     }
+
+    /// The positions among the legs of those `--write-mostly` names;
+    /// mirrors only.
+    fn write_mostly_legs(&self) -> Result<Vec<usize>, String> {
+        if !self.mirror && !self.write_mostly.is_empty() {
+            return Err("--write-mostly applies to mirrors (--mirror), not to --linear".into());
+        }
+        self.write_mostly
+            .iter()
+            .map(|wanted| {
+                if wanted.is_empty() {
+                    return Err("--write-mostly: LEG is empty".to_owned());
+                }
+                given_leg(&self.legs, wanted).ok_or_else(|| {
+                    format!(
+                        "--write-mostly {}: not one of the legs given",
+                        one_line(wanted)
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+/// The position of `wanted` among `legs`: an index from 0 (digits), or
+/// else a leg exactly as typed.
+fn given_leg(legs: &[String], wanted: &str) -> Option<usize> {
+    if wanted.bytes().all(|b| b.is_ascii_digit()) {
+        return wanted.parse().ok().filter(|&i| i < legs.len());
+    }
+    legs.iter().position(|l| l == wanted)
 }
 
 impl Command {
@@ -995,6 +1122,7 @@ impl Command {
             }
             Command::Set(a) => {
                 checked.settings.limits = a.limit_args.limits()?;
+                a.check_write_mostly()?;
             }
             Command::Export(a) => {
                 checked.export = Some(a.plan()?);
@@ -1562,6 +1690,325 @@ mod tests {
         }
     }
 
+    /// Which legs of a `create` are planned write-mostly.
+    fn write_mostly_plan(args: &[&str]) -> Vec<bool> {
+        let plan = create(args).plan().unwrap();
+        plan.iter().map(|l| l.write_mostly).collect()
+    }
+
+    #[test]
+    fn create_write_mostly() {
+        // By index from 0.
+        let a = create(&[
+            "create",
+            "r2",
+            "--mirror",
+            "/dev/sdb",
+            "nbd://10.0.0.2/disk",
+            "--write-mostly",
+            "1",
+        ]);
+        assert_eq!(a.write_mostly, ["1"]);
+        assert_eq!(a.legs, ["/dev/sdb", "nbd://10.0.0.2/disk"]);
+        assert_eq!(
+            write_mostly_plan(&[
+                "create",
+                "r2",
+                "--mirror",
+                "/dev/sdb",
+                "nbd://10.0.0.2/disk",
+                "--write-mostly",
+                "1",
+            ]),
+            [false, true]
+        );
+        // By the leg as typed, repeated, anywhere; the same leg twice is
+        // harmless.
+        assert_eq!(
+            write_mostly_plan(&[
+                "create",
+                "r3",
+                "--write-mostly",
+                "/dev/sdd",
+                "--mirror",
+                "/dev/sdb",
+                "--write-mostly=0",
+                "nbd://10.0.0.2/disk",
+                "/dev/sdd",
+                "--write-mostly",
+                "/dev/sdd",
+            ]),
+            [true, false, true]
+        );
+        // Digits are an index, not a leg as typed.
+        assert_eq!(
+            write_mostly_plan(&[
+                "create",
+                "r4",
+                "--mirror",
+                "/dev/sdb",
+                "/dev/sdc",
+                "--write-mostly",
+                "01",
+            ]),
+            [false, true]
+        );
+        // None given: no leg is.
+        assert_eq!(
+            write_mostly_plan(&["create", "r1", "--mirror", "/dev/sdb", "/dev/sdc"]),
+            [false, false]
+        );
+        // Checked once, for the request; carried to it when resolved.
+        let cli = parse(&[
+            "create",
+            "r2",
+            "--mirror",
+            "/dev/sdb",
+            "nbd://192.0.2.7/disk",
+            "--write-mostly",
+            "nbd://192.0.2.7/disk",
+        ])
+        .unwrap();
+        let mut legs = cli.command.validate().unwrap().legs;
+        assert!(!legs[0].write_mostly);
+        let request = legs.remove(1).resolve(crate::remote::resolve).unwrap();
+        assert!(request.write_mostly);
+        // The settings are not concerned.
+        let a = create(&[
+            "create",
+            "r1",
+            "--mirror",
+            "/dev/sdb",
+            "--write-mostly",
+            "0",
+        ]);
+        assert_eq!(a.settings(), Ok(ResyncSettings::default()));
+    }
+
+    #[test]
+    fn create_write_mostly_errors() {
+        // Mirrors only, whatever the value.
+        for leg in ["0", "/dev/sdb", "5"] {
+            assert_eq!(
+                check(&["create", "l", "--linear", "/dev/sdb", "--write-mostly", leg]),
+                Err("--write-mostly applies to mirrors (--mirror), not to --linear".into()),
+            );
+        }
+        // One of the legs given: an index in range, or a leg as typed
+        // (create does not know kernel disks).
+        let mirror = |leg: &str| {
+            check(&[
+                "create",
+                "r1",
+                "--mirror",
+                "/dev/sdb",
+                "/dev/sdc",
+                "--write-mostly",
+                "0",
+                "--write-mostly",
+                leg,
+            ])
+        };
+        assert_eq!(mirror("1"), Ok(()));
+        assert_eq!(mirror("/dev/sdc"), Ok(()));
+        for leg in ["2", "/dev/sdd", "sdc", "/dev/sdc/", "99999999999999999999"] {
+            assert_eq!(
+                mirror(leg),
+                Err(format!("--write-mostly {leg}: not one of the legs given")),
+            );
+        }
+        assert_eq!(
+            mirror("a\nb"),
+            Err("--write-mostly a\\nb: not one of the legs given".into())
+        );
+        assert_eq!(mirror(""), Err("--write-mostly: LEG is empty".into()));
+        assert_eq!(
+            check(&["create", "r1", "--mirror", "/dev/sdb", "--write-mostly=-1"]),
+            Err("--write-mostly -1: not one of the legs given".into())
+        );
+        // A value is required; it is not a leg.
+        for args in [
+            &["create", "r1", "--mirror", "/dev/sdb", "--write-mostly"][..],
+            &["create", "r1", "--mirror", "--write-mostly", "/dev/sdb"],
+        ] {
+            assert_eq!(parse(args).unwrap_err().exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn set_write_mostly() {
+        let a = set_args(&["set", "r1", "--write-mostly", "1"]);
+        assert_eq!(a.write_mostly_change(), Some(("1", true)));
+        assert_eq!(a.limit_args.limits(), Ok(ResyncLimits::default()));
+        let a = set_args(&["set", "--no-write-mostly", "nbd://10.0.0.2/disk", "r1"]);
+        assert_eq!(
+            a.write_mostly_change(),
+            Some(("nbd://10.0.0.2/disk", false))
+        );
+        // With the limits, in the same command.
+        let cli = parse(&[
+            "set",
+            "r1",
+            "--resync-rate",
+            "50M",
+            "--write-mostly",
+            "/dev/sdc",
+            "--json",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        assert_eq!(
+            cli.command.validate(),
+            Ok(Checked {
+                settings: ResyncSettings {
+                    limits: ResyncLimits {
+                        rate_kib: Some(50 << 10),
+                        max_kib: None,
+                    },
+                    ..ResyncSettings::default()
+                },
+                ..Checked::default()
+            })
+        );
+        let Command::Set(a) = cli.command else {
+            panic!("not a set");
+        };
+        assert_eq!(a.write_mostly_change(), Some(("/dev/sdc", true)));
+        // Limits only: no change.
+        let a = set_args(&["set", "r1", "--resync-max", "1M"]);
+        assert_eq!(a.write_mostly_change(), None);
+    }
+
+    #[test]
+    fn set_write_mostly_errors() {
+        // One of the two, for one leg.
+        let e = parse(&["set", "r1", "--write-mostly", "0", "--no-write-mostly", "1"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ArgumentConflict);
+        assert_eq!(e.exit_code(), 2);
+        for args in [
+            &["set", "r1", "--write-mostly", "0", "--write-mostly", "1"][..],
+            &[
+                "set",
+                "r1",
+                "--no-write-mostly",
+                "0",
+                "--no-write-mostly",
+                "0",
+            ],
+            &["set", "r1", "--write-mostly"],
+            &["set", "r1", "--no-write-mostly"],
+            &["set", "r1", "0", "--write-mostly"],
+            &["set", "--write-mostly", "0"],
+        ] {
+            assert_eq!(parse(args).unwrap_err().exit_code(), 2, "{args:?}");
+        }
+        // Nothing to set is still a usage error, naming them all.
+        let e = parse(&["set", "r1"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
+        assert_eq!(e.exit_code(), 2);
+        for opt in ["--resync-rate", "--write-mostly", "--no-write-mostly"] {
+            assert!(e.to_string().contains(opt), "{e}");
+        }
+        assert_eq!(
+            check(&["set", "r1", "--write-mostly", ""]),
+            Err("--write-mostly: LEG is empty".into())
+        );
+        assert_eq!(
+            check(&["set", "r1", "--no-write-mostly", ""]),
+            Err("--no-write-mostly: LEG is empty".into())
+        );
+        // The limits are checked first, as before.
+        assert_eq!(
+            check(&["set", "r1", "--write-mostly", "", "--resync-rate", "x"]),
+            Err("--resync-rate: invalid rate \"x\" (e.g. 50M, 500K/s, 1G; 0 for no limit)".into())
+        );
+        assert_eq!(
+            check(&["set", "a/b", "--write-mostly", "0"]),
+            Err("device name may only hold letters, digits, '_', '-' and '.'".into())
+        );
+    }
+
+    #[test]
+    fn help_explains_write_mostly() {
+        let md = "md's\n                      --write-mostly: it gets every write but serves reads\n                      only when no other in-sync leg can.";
+        assert_help(
+            Some("create"),
+            &[
+                "--write-mostly <LEG>",
+                "\n  --write-mostly LEG  the leg is write-mostly, as with ",
+                md,
+                "remote leg\n                      over a slow link mirrored with a local disk",
+                "its index\n                      from 0, or the leg as typed",
+                "Repeat for more legs",
+                "dstctl create r7 --mirror /dev/sdb nbd://10.0.0.2/disk --write-mostly 1",
+            ],
+        );
+        assert_help(
+            Some("set"),
+            &[
+                "--write-mostly <LEG>",
+                "--no-write-mostly <LEG>",
+                "\n  --write-mostly LEG  make the leg write-mostly, as with ",
+                md,
+                "\n  --no-write-mostly LEG\n                      make the leg a normal one again",
+                "not both",
+                "either may come with the limits",
+                "LEG is as for dstctl detach",
+                "dstctl set r2 --write-mostly 1",
+                "dstctl set r2 --no-write-mostly",
+            ],
+        );
+        assert_help(
+            Some("add"),
+            &[
+                "--write-mostly",
+                "With --write-mostly, the new leg is write-mostly",
+                "serves reads only when no other\nin-sync leg can",
+                "dstctl add r1 nbd://10.0.0.2/disk --write-mostly",
+            ],
+        );
+        assert_help(Some("status"), &["in-sync, write-mostly"]);
+        assert_help(
+            None,
+            &[
+                "write-mostly, as with md's --write-mostly",
+                "reads stay local",
+                "dstctl set r2 --write-mostly 1",
+                "or write-mostly legs",
+            ],
+        );
+        // The short help.
+        let mut top = Cli::command();
+        for (sub, line) in [
+            (
+                "create",
+                "\n      --write-mostly <LEG>  Mirror: LEG (its index from 0, or the leg as typed) \
+                 is write-mostly: it serves reads only when no other in-sync leg can; repeatable\n",
+            ),
+            (
+                "set",
+                "\n      --write-mostly <LEG>     Make LEG write-mostly: it serves reads only \
+                 when no other in-sync leg can\n",
+            ),
+            (
+                "set",
+                "\n      --no-write-mostly <LEG>  Make LEG a normal leg again, which serves reads\n",
+            ),
+            (
+                "add",
+                "\n      --write-mostly     The new leg is write-mostly: it serves reads only \
+                 when no other in-sync leg can\n",
+            ),
+        ] {
+            let short = top
+                .find_subcommand_mut(sub)
+                .unwrap()
+                .render_help()
+                .to_string();
+            assert!(short.contains(line), "{sub} -h lacks {line:?}:\n{short}");
+        }
+    }
+
     #[test]
     fn monitor_command() {
         let cli = parse(&["monitor"]).unwrap();
@@ -1908,6 +2355,7 @@ mod tests {
             Ok(vec![LegPlan {
                 spec: "/dev/sdd".into(),
                 remote: None,
+                write_mostly: false,
             }])
         );
 
@@ -1952,6 +2400,19 @@ mod tests {
         let cli = parse(&["add", "r1", "nbd://[fd00::2]/vol", "--json"]).unwrap();
         assert!(cli.json);
         assert_eq!(cli.command.validate().map(drop), Ok(()));
+        // Write-mostly, the flag anywhere; not without it.
+        assert!(!a.plan().unwrap()[0].write_mostly);
+        for args in [
+            &["add", "r1", "nbd://10.0.0.2/disk", "--write-mostly"][..],
+            &["add", "--write-mostly", "r1", "/dev/sdd"],
+        ] {
+            let a = add_args(args);
+            assert!(a.write_mostly, "{args:?}");
+            let plan = a.plan().unwrap();
+            assert!(plan[0].write_mostly, "{args:?}");
+            let request = plan[0].clone().resolve(crate::remote::resolve).unwrap();
+            assert!(request.write_mostly, "{args:?}");
+        }
         assert_eq!(
             parse(&["add", "a\nb", "/dev/sdd"])
                 .unwrap()
@@ -1972,6 +2433,9 @@ mod tests {
             &["add", "r1", "/dev/sdd", "--region-size", "64K"],
             &["add", "r1", "/dev/sdd", "--resync-rate", "1M"],
             &["add", "r1", "/dev/sdd", "--full"],
+            &["add", "r1", "/dev/sdd", "--write-mostly=yes"],
+            &["add", "r1", "/dev/sdd", "--write-mostly", "0"],
+            &["add", "r1", "/dev/sdd", "--no-write-mostly"],
             &["add", "r1", "nbd://h/x", "--timeout"],
         ] {
             let e = parse(args).unwrap_err();

@@ -6,7 +6,7 @@ use dst_proto::genl::{cmd, Target, FAMILY_NAME, FAMILY_VERSION, MCGRP_EVENTS};
 
 use crate::model::{
     add_leg_request, create_request, export_request, leg_request, name_request, set_request,
-    unexport_request, Device, ExportRequest, LegRequest, ResyncLimits, ResyncSettings,
+    unexport_request, Device, ExportRequest, LegRequest, ResyncLimits, ResyncSettings, WriteMostly,
 };
 use crate::netlink::{Error, Family, GenlSocket, McastGroup};
 
@@ -122,11 +122,17 @@ impl Dst {
         self.change(cmd::REMOVE_LEG, &attrs)
     }
 
-    /// Changes a mirror's resync speed limits; those not given stay.
+    /// Changes a mirror's resync speed limits (those not given stay) and,
+    /// with `write_mostly`, whether one of its legs is write-mostly.
     /// Returns the device as the kernel describes it afterwards, if its
     /// reply holds it.
-    pub fn set(&mut self, name: &str, limits: &ResyncLimits) -> Result<Option<Device>, Error> {
-        let attrs = set_request(name, limits)?;
+    pub fn set(
+        &mut self,
+        name: &str,
+        limits: &ResyncLimits,
+        write_mostly: Option<WriteMostly>,
+    ) -> Result<Option<Device>, Error> {
+        let attrs = set_request(name, limits, write_mostly)?;
         self.change(cmd::SET, &attrs)
     }
 

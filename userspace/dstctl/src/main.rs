@@ -26,7 +26,7 @@ use clap::Parser;
 
 use crate::cli::{one_line, Cli, Command};
 use crate::client::Dst;
-use crate::model::LegRequest;
+use crate::model::{LegRequest, WriteMostly};
 
 /// Why `dstctl` failed; shown as one line on stderr.
 #[derive(Debug)]
@@ -167,7 +167,16 @@ fn run(cli: &Cli) -> Result<String, Failure> {
             reply_json(&mut dst, &a.device, d, json).map_err(op)?
         }
         Command::Set(a) => {
-            let d = dst.set(&a.device, &settings.limits).map_err(op)?;
+            let write_mostly = match a.write_mostly_change() {
+                Some((leg, on)) => {
+                    let (_, leg) = device_leg(&mut dst, &a.device, leg)?;
+                    Some(WriteMostly { leg, on })
+                }
+                None => None,
+            };
+            let d = dst
+                .set(&a.device, &settings.limits, write_mostly)
+                .map_err(op)?;
             reply_json(&mut dst, &a.device, d, json).map_err(op)?
         }
         Command::List => {
@@ -444,6 +453,35 @@ mod tests {
             (
                 &["set", "a/b", "--resync-rate", "1M"],
                 "set a/b: device name may only hold letters, digits, '_', '-' and '.'",
+            ),
+            // Write-mostly legs: mirrors only, one of the legs given, a
+            // LEG for set; before any socket.
+            (
+                &[
+                    "create",
+                    "l",
+                    "--linear",
+                    "/dev/ram0",
+                    "--write-mostly",
+                    "0",
+                ],
+                "create l: --write-mostly applies to mirrors (--mirror), not to --linear",
+            ),
+            (
+                &[
+                    "create",
+                    "r1",
+                    "--mirror",
+                    "/dev/ram0",
+                    "/dev/ram1",
+                    "--write-mostly",
+                    "2",
+                ],
+                "create r1: --write-mostly 2: not one of the legs given",
+            ),
+            (
+                &["set", "r1", "--no-write-mostly", "", "--resync-rate", "1M"],
+                "set r1: --no-write-mostly: LEG is empty",
             ),
             // Two of the first checks, in full.
             (

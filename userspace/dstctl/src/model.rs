@@ -166,7 +166,8 @@ pub struct Export {
 /// `resync_done`, `resync_total` and `resync_speed` are 0 when no resync
 /// runs (`resync_speed` also while its speed is not known yet), and
 /// `resync_eta_s` is then `null`; `resynced` is 0 from a kernel that does
-/// not report it; `problem` is `null` when there is none.
+/// not report it, and `write_mostly` false; `problem` is `null` when there
+/// is none.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Leg {
     /// Position in the device, from 0.
@@ -181,6 +182,10 @@ pub struct Leg {
     pub offset: u64,
     /// Health of the leg.
     pub state: Wire<LegState>,
+    /// Mirror: the leg is write-mostly (as md's): it gets every write but
+    /// serves reads only when no other in-sync leg can.  False for linear
+    /// legs, and from a kernel that does not report it.
+    pub write_mostly: bool,
     /// Completed reads.
     pub reads: u64,
     /// Completed writes.
@@ -274,6 +279,7 @@ impl Serialize for Leg {
                 size,
                 offset,
                 state,
+                write_mostly,
                 reads,
                 writes,
                 read_errors,
@@ -346,6 +352,7 @@ impl Leg {
                 leg::SIZE => l.size = a.u64()?,
                 leg::OFFSET => l.offset = a.u64()?,
                 leg::STATE => l.state = Wire::new(a.u8()?),
+                leg::WRITE_MOSTLY => l.write_mostly = a.u8()? != 0,
                 leg::READS => l.reads = a.u64()?,
                 leg::WRITES => l.writes = a.u64()?,
                 leg::READ_ERRORS => l.read_errors = a.u64()?,
@@ -419,6 +426,8 @@ pub struct LegRequest {
     pub spec: String,
     /// For a remote leg, where and how to connect.
     pub remote: Option<RemoteRequest>,
+    /// Mirror: the leg is write-mostly (sent only when true).
+    pub write_mostly: bool,
 }
 
 /// What a `CREATE` or `ADD_LEG` request says of a remote leg.
@@ -502,12 +511,15 @@ pub fn create_request(
 }
 
 impl LegRequest {
-    /// Writes the leg's nest: `SPEC`, and for a remote leg `ADDR`,
-    /// `EXPORT`, the timing that is set, and `FULL_RESYNC` and `CONNS` if
-    /// given.
+    /// Writes the leg's nest: `SPEC`, `WRITE_MOSTLY` if set, and for a
+    /// remote leg `ADDR`, `EXPORT`, the timing that is set, and
+    /// `FULL_RESYNC` and `CONNS` if given.
     fn put(&self, w: &mut Writer<'_, Buf>) -> Result<(), nlattr::Error> {
         let nest = w.begin_nest(dev::LEG)?;
         w.put_str(leg::SPEC, &self.spec)?;
+        if self.write_mostly {
+            w.put_u8(leg::WRITE_MOSTLY, 1)?;
+        }
         if let Some(r) = &self.remote {
             w.put_str(leg::ADDR, &r.addr)?;
             w.put_str(leg::EXPORT, &r.export)?;
@@ -604,13 +616,32 @@ pub fn leg_request(device: &str, index: u32, full: bool) -> Result<Vec<u8>, nlat
     Ok(b.0)
 }
 
-/// Attributes of a `SET` request: the device's name and the limits that
-/// are given.
-pub fn set_request(device: &str, limits: &ResyncLimits) -> Result<Vec<u8>, nlattr::Error> {
+/// A `SET` request's change to one mirror leg: make it write-mostly, or
+/// a normal leg again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteMostly {
+    /// The leg, by its index.
+    pub leg: u32,
+    /// Write-mostly (true) or a normal leg (false).
+    pub on: bool,
+}
+
+/// Attributes of a `SET` request: the device's name, the limits that are
+/// given, and with `write_mostly` the leg's `LEG_INDEX` and
+/// `WRITE_MOSTLY`.
+pub fn set_request(
+    device: &str,
+    limits: &ResyncLimits,
+    write_mostly: Option<WriteMostly>,
+) -> Result<Vec<u8>, nlattr::Error> {
     let mut b = Buf::default();
     let mut w = Writer::new(&mut b);
     w.put_str(dev::NAME, device)?;
     limits.put(&mut w)?;
+    if let Some(wm) = write_mostly {
+        w.put_u32(dev::LEG_INDEX, wm.leg)?;
+        w.put_u8(dev::WRITE_MOSTLY, wm.on.into())?;
+    }
     Ok(b.0)
 }
 
@@ -631,6 +662,7 @@ mod tests {
         LegRequest {
             spec: spec.into(),
             remote: None,
+            write_mostly: false,
         }
     }
 
@@ -852,7 +884,7 @@ mod tests {
         let kinds: Vec<u16> = top_level(&bytes).iter().map(|a| a.0).collect();
         assert_eq!(kinds, [dev::NAME, dev::TARGET, dev::RESYNC_MAX]);
 
-        let bytes = set_request("r1", &all.limits).unwrap();
+        let bytes = set_request("r1", &all.limits, None).unwrap();
         assert_eq!(
             top_level(&bytes),
             [
@@ -861,7 +893,7 @@ mod tests {
                 u32_attr(dev::RESYNC_MAX, 0),
             ]
         );
-        let bytes = set_request("r1", &some.limits).unwrap();
+        let bytes = set_request("r1", &some.limits, None).unwrap();
         assert_eq!(
             top_level(&bytes),
             [(dev::NAME, s("r1")), u32_attr(dev::RESYNC_MAX, 100 << 10)]
@@ -873,7 +905,7 @@ mod tests {
                 cmd::CREATE,
                 create_request("r1", Target::Mirror, &all, &[]).unwrap(),
             ),
-            (cmd::SET, set_request("r1", &all.limits).unwrap()),
+            (cmd::SET, set_request("r1", &all.limits, None).unwrap()),
         ] {
             let spec = COMMANDS.iter().find(|s| s.cmd == c).unwrap();
             for a in Attrs::new(&bytes) {
@@ -881,6 +913,163 @@ mod tests {
                 assert!(spec.policy.iter().any(|p| p.id == id), "{c}: {id}");
             }
         }
+    }
+
+    #[test]
+    fn write_mostly_leg_encoding() {
+        use crate::remote::{self, LegPlan};
+        use dst_proto::genl::{cmd, COMMANDS, LEG_REQUEST};
+
+        // WRITE_MOSTLY = 1 right after SPEC, in the nests of the legs that
+        // are write-mostly only.
+        let mut legs = ["/dev/sdb", "/dev/sdc", "/dev/sdd"].map(local);
+        legs[1].write_mostly = true;
+        let none = ResyncSettings::default();
+        let bytes = create_request("r1", Target::Mirror, &none, &legs).unwrap();
+        assert_eq!(
+            leg_nests(&bytes),
+            [
+                vec![(leg::SPEC, s("/dev/sdb"))],
+                vec![(leg::SPEC, s("/dev/sdc")), (leg::WRITE_MOSTLY, vec![1])],
+                vec![(leg::SPEC, s("/dev/sdd"))],
+            ]
+        );
+        // A remote leg: the same, then its connection's attributes; as
+        // for create, so for add.
+        let mut remote = LegPlan::parse("nbd://192.0.2.7/disk", Timing::default())
+            .unwrap()
+            .resolve(remote::resolve)
+            .unwrap();
+        remote.write_mostly = true;
+        let bytes = add_leg_request("r1", &remote).unwrap();
+        let nests = leg_nests(&bytes);
+        assert_eq!(
+            nests,
+            [vec![
+                (leg::SPEC, s("nbd://192.0.2.7/disk")),
+                (leg::WRITE_MOSTLY, vec![1]),
+                (leg::ADDR, s("192.0.2.7:10809")),
+                (leg::EXPORT, s("disk")),
+            ]]
+        );
+        let create =
+            create_request("r1", Target::Mirror, &none, std::slice::from_ref(&remote)).unwrap();
+        assert_eq!(leg_nests(&create), nests);
+        // Not write-mostly: nothing sent, the kernel's default.
+        remote.write_mostly = false;
+        let bytes = add_leg_request("r1", &remote).unwrap();
+        assert!(leg_nests(&bytes)[0]
+            .iter()
+            .all(|(id, _)| *id != leg::WRITE_MOSTLY));
+
+        // Everything sent is in the policies the kernel builds.
+        for (c, bytes) in [
+            (
+                cmd::CREATE,
+                create_request("r1", Target::Mirror, &none, &legs).unwrap(),
+            ),
+            (cmd::ADD_LEG, add_leg_request("r1", &legs[1]).unwrap()),
+        ] {
+            let spec = COMMANDS.iter().find(|s| s.cmd == c).unwrap();
+            for a in Attrs::new(&bytes) {
+                let id = a.unwrap().kind;
+                assert!(spec.policy.iter().any(|p| p.id == id), "{c}: {id}");
+            }
+            for nest in leg_nests(&bytes) {
+                for (id, _) in nest {
+                    assert!(LEG_REQUEST.iter().any(|a| a.id == id), "{c}: leg {id}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn set_write_mostly_encoding() {
+        use dst_proto::genl::{cmd, COMMANDS};
+
+        let none = ResyncLimits::default();
+        let on = WriteMostly { leg: 2, on: true };
+        let bytes = set_request("r1", &none, Some(on)).unwrap();
+        assert_eq!(
+            top_level(&bytes),
+            [
+                (dev::NAME, s("r1")),
+                u32_attr(dev::LEG_INDEX, 2),
+                (dev::WRITE_MOSTLY, vec![1]),
+            ]
+        );
+        let off = WriteMostly { leg: 0, on: false };
+        let bytes = set_request("r1", &none, Some(off)).unwrap();
+        assert_eq!(
+            top_level(&bytes),
+            [
+                (dev::NAME, s("r1")),
+                u32_attr(dev::LEG_INDEX, 0),
+                (dev::WRITE_MOSTLY, vec![0]),
+            ]
+        );
+        // With limits, in the same request.
+        let limits = ResyncLimits {
+            rate_kib: Some(1024),
+            max_kib: None,
+        };
+        let bytes = set_request("r1", &limits, Some(on)).unwrap();
+        assert_eq!(
+            top_level(&bytes),
+            [
+                (dev::NAME, s("r1")),
+                u32_attr(dev::RESYNC_RATE, 1024),
+                u32_attr(dev::LEG_INDEX, 2),
+                (dev::WRITE_MOSTLY, vec![1]),
+            ]
+        );
+        // Without a change, neither is sent.
+        let bytes = set_request("r1", &limits, None).unwrap();
+        let kinds: Vec<u16> = top_level(&bytes).iter().map(|a| a.0).collect();
+        assert_eq!(kinds, [dev::NAME, dev::RESYNC_RATE]);
+
+        // Everything sent is in the policy the kernel builds.
+        let spec = COMMANDS.iter().find(|s| s.cmd == cmd::SET).unwrap();
+        let bytes = set_request("r1", &limits, Some(off)).unwrap();
+        for a in Attrs::new(&bytes) {
+            let id = a.unwrap().kind;
+            assert!(spec.policy.iter().any(|p| p.id == id), "{id}");
+        }
+    }
+
+    #[test]
+    fn decode_write_mostly() {
+        let decode_leg = |value: Option<u8>| {
+            let mut b = Buf::default();
+            let mut w = Writer::new(&mut b);
+            w.put_str(dev::NAME, "x").unwrap();
+            let n = w.begin_nest(dev::LEG).unwrap();
+            w.put_str(leg::SPEC, "/dev/sdb").unwrap();
+            if let Some(v) = value {
+                w.put_u8(leg::WRITE_MOSTLY, v).unwrap();
+            }
+            w.end_nest(n).unwrap();
+            Device::decode(&b.0).unwrap().legs.remove(0)
+        };
+        let l = decode_leg(Some(1));
+        assert!(l.write_mostly);
+        assert_eq!(v(&l)["write_mostly"], true);
+        // 0, or absent (a linear leg, an older kernel): a normal leg.
+        for l in [decode_leg(Some(0)), decode_leg(None)] {
+            assert!(!l.write_mostly);
+            assert_eq!(v(&l)["write_mostly"], false);
+        }
+        // A wrong size is refused.
+        let mut b = Buf::default();
+        let mut w = Writer::new(&mut b);
+        w.put_str(dev::NAME, "x").unwrap();
+        let n = w.begin_nest(dev::LEG).unwrap();
+        w.put_u32(leg::WRITE_MOSTLY, 1).unwrap();
+        w.end_nest(n).unwrap();
+        assert_eq!(
+            Device::decode(&b.0).unwrap_err(),
+            nlattr::Error::BadValue(leg::WRITE_MOSTLY)
+        );
     }
 
     #[test]
@@ -953,7 +1142,8 @@ mod tests {
         let v = serde_json::to_value(&d).unwrap();
         let leg0 = json!({
             "index": 0, "spec": "/dev/ram0", "disk": "ram0", "size": 67108864,
-            "offset": 0, "state": "in-sync", "reads": 10, "writes": 20,
+            "offset": 0, "state": "in-sync", "write_mostly": false,
+            "reads": 10, "writes": 20,
             "read_errors": 0, "write_errors": 0, "inflight": 3,
             "kind": "local", "addr": null, "export": null, "timeout_ms": null,
             "dead_time_ms": null, "backoff_max_ms": null, "resync_done": 0,
@@ -1103,6 +1293,7 @@ mod tests {
         w.put_str(leg::SPEC, "nbd://store/disk").unwrap();
         w.put_u8(leg::KIND, 2).unwrap();
         w.put_u8(leg::STATE, 5).unwrap();
+        w.put_u8(leg::WRITE_MOSTLY, 1).unwrap();
         w.put_str(leg::ADDR, "10.0.0.2:10809").unwrap();
         w.put_str(leg::EXPORT, "disk").unwrap();
         w.put_u32(leg::TIMEOUT_MS, 30_000).unwrap();
@@ -1139,7 +1330,8 @@ mod tests {
             v(l),
             json!({
                 "index": 1, "spec": "nbd://store/disk", "disk": "", "size": 0,
-                "offset": 0, "state": "resyncing", "reads": 0, "writes": 0,
+                "offset": 0, "state": "resyncing", "write_mostly": true,
+                "reads": 0, "writes": 0,
                 "read_errors": 0, "write_errors": 0, "inflight": 0,
                 "kind": "remote", "addr": "10.0.0.2:10809", "export": "disk",
                 "timeout_ms": 30000, "dead_time_ms": 60000, "backoff_max_ms": 10000,
@@ -1160,6 +1352,7 @@ mod tests {
             "size",
             "offset",
             "state",
+            "write_mostly",
             "reads",
             "writes",
             "read_errors",

@@ -69,6 +69,17 @@ pub fn leg_state(l: &Leg) -> String {
     }
 }
 
+/// A leg's state in `dstctl status`: as [`leg_state`], then
+/// `, write-mostly` for a write-mostly leg: `in-sync, write-mostly`.
+fn status_leg_state(l: &Leg) -> String {
+    let state = leg_state(l);
+    if l.write_mostly {
+        format!("{state}, write-mostly")
+    } else {
+        state
+    }
+}
+
 /// The legs of a device in one cell: specs in order, a leg that is not in
 /// sync followed by its state, e.g. `/dev/ram0,/dev/ram1(faulty)`.
 fn legs_cell(d: &Device) -> String {
@@ -145,7 +156,7 @@ fn status_block(d: &Device, tty: bool) -> String {
             l.disk.clone(),
             human_size(l.size),
             human_size(l.offset),
-            leg_state(l),
+            status_leg_state(l),
             l.reads.to_string(),
             l.writes.to_string(),
             l.read_errors.to_string(),
@@ -585,6 +596,38 @@ mod tests {
         assert_eq!(v["legs"][0]["index"], 1);
         assert_eq!(v["legs"][1]["index"], 3);
         assert_eq!(v["legs"][1]["state"], "removed");
+    }
+
+    #[test]
+    fn status_write_mostly() {
+        // A marker after the state; the columns stay aligned.
+        let mut d = device();
+        d.state = Wire::new(1);
+        d.legs[1].state = Wire::new(1);
+        d.legs[1].write_mostly = true;
+        assert_eq!(
+            status(&[d.clone()], false),
+            "r1: /dev/dst0 mirror 64.0M ok openers 1 block-size 512\n  \
+             LEG  SPEC       DISK  SIZE   OFFSET  STATE                  READS  WRITES  RERR  WERR  INFLIGHT\n  \
+             0    /dev/ram0  ram0  64.0M  0B      in-sync                12345  0       0     0     0\n  \
+             1    /dev/ram1  ram1  64.0M  0B      in-sync, write-mostly  12345  0       0     0     0\n"
+        );
+        // With a resync's progress; the list is as before.
+        let mut d = remote_device();
+        d.legs[1].write_mostly = true;
+        let text = status(&[d.clone()], false);
+        assert!(
+            text.contains(
+                "\n  1    nbd://store/disk  -     64.0M  0B      \
+                 resyncing 42%, write-mostly  7      9  "
+            ),
+            "{text}"
+        );
+        assert!(list(&[d.clone()]).ends_with("/dev/ram0,nbd://store/disk(resyncing 42%)\n"));
+        // JSON: on every leg.
+        let v: serde_json::Value = serde_json::from_str(&json(&d)).unwrap();
+        assert_eq!(v["legs"][0]["write_mostly"], false);
+        assert_eq!(v["legs"][1]["write_mostly"], true);
     }
 
     #[test]

@@ -82,11 +82,14 @@ pub struct LegPlan {
     pub spec: String,
     /// For a remote leg, what the URI says.
     pub remote: Option<RemoteSpec>,
+    /// Mirror: the leg is write-mostly.
+    pub write_mostly: bool,
 }
 
 impl LegPlan {
     /// Checks one leg as typed; `defaults` are the timing options of the
-    /// command line, which the URI's query overrides.
+    /// command line, which the URI's query overrides.  The leg is not
+    /// write-mostly.
     pub fn parse(spec: &str, defaults: Timing) -> Result<LegPlan, String> {
         let remote = if is_uri(spec) {
             let r = parse_remote(spec).map_err(|m| format!("leg {}: {m}", one_line(spec)))?;
@@ -100,6 +103,7 @@ impl LegPlan {
         Ok(LegPlan {
             spec: spec.to_owned(),
             remote,
+            write_mostly: false,
         })
     }
 
@@ -127,6 +131,7 @@ impl LegPlan {
         Ok(LegRequest {
             spec: self.spec,
             remote,
+            write_mostly: self.write_mostly,
         })
     }
 }

@@ -22,11 +22,12 @@ from nl_raw import GenlSocket, nla, nla_nest, nla_str, nla_strn, nla_u8, nla_u32
 
 # Commands and attributes (dst-proto genl.rs).
 GET, CREATE, REMOVE, EXPORT, UNEXPORT, DETACH, ATTACH, SET, ADD_LEG, REMOVE_LEG = 1, 2, 3, 5, 6, 7, 8, 9, 10, 11
-LEG_INDEX, FULL, REGION_SIZE, RESYNC_RATE, RESYNC_MAX = 12, 13, 14, 15, 16
+LEG_INDEX, FULL, REGION_SIZE, RESYNC_RATE, RESYNC_MAX, WRITE_MOSTLY = 12, 13, 14, 15, 16, 17
 EXP = 11
 LISTEN, EXP_NAME, READ_ONLY, ALLOW = 1, 2, 3, 4
 NAME, TARGET, LEG, SIZE = 1, 2, 3, 6
 SPEC, ADDR, LEG_EXPORT, TIMEOUT_MS, DEAD_TIME_MS = 1, 13, 14, 15, 16
+LEG_WRITE_MOSTLY = 27
 LINEAR, MIRROR = 1, 2
 ANY = None  # any negative errno
 
@@ -127,6 +128,23 @@ CASES = {
     "set-unknown-device": (SET, nla_str(NAME, "nope") + nla_u32(RESYNC_MAX, 1024), errno.ENODEV, "no device named"),
     "set-max-wrong-size": (SET, nla_str(NAME, "r1") + nla_u64(RESYNC_MAX, 1024), ANY, None),
     "set-region-not-settable": (SET, nla_str(NAME, "r1") + nla_u32(REGION_SIZE, 65536), ANY, None),
+    "set-write-mostly-no-leg": (SET, nla_str(NAME, "r1") + nla_u8(WRITE_MOSTLY, 1),
+                                errno.EINVAL, "write-mostly needs a leg index"),
+    "set-leg-index-alone": (SET, nla_str(NAME, "r1") + nla_u32(LEG_INDEX, 1),
+                            errno.EINVAL, "nothing to set for it"),
+    "set-write-mostly-out-of-range": (SET, nla_str(NAME, "r1") + nla_u32(LEG_INDEX, 1) + nla_u8(WRITE_MOSTLY, 2),
+                                      ANY, None),
+    "set-write-mostly-wrong-size": (SET, nla_str(NAME, "r1") + nla_u32(LEG_INDEX, 1) + nla_u32(WRITE_MOSTLY, 1),
+                                    ANY, None),
+    # The limits must stay as they were when the leg is refused.
+    "set-write-mostly-no-such-leg": (SET, nla_str(NAME, "r1") + nla_u32(RESYNC_MAX, 5) + nla_u32(LEG_INDEX, 99)
+                                     + nla_u8(WRITE_MOSTLY, 1), errno.ENOENT, "has no leg 99"),
+    "create-write-mostly-on-linear": (CREATE, create(target=LINEAR, legs=())
+                                      + nla_nest(LEG, nla_str(SPEC, "/dev/ram2") + nla_u8(LEG_WRITE_MOSTLY, 1)),
+                                      errno.EINVAL, "write-mostly applies to mirror legs"),
+    "create-write-mostly-out-of-range": (CREATE, create(legs=())
+                                         + nla_nest(LEG, nla_str(SPEC, "/dev/ram2") + nla_u8(LEG_WRITE_MOSTLY, 2)),
+                                         ANY, None),
     "add-leg-no-leg": (ADD_LEG, nla_str(NAME, "r1"), errno.EINVAL, "missing leg"),
     "add-leg-two-legs": (ADD_LEG, nla_str(NAME, "r1") + leg("/dev/ram2") + leg("/dev/ram3"),
                          errno.EINVAL, "one leg at a time"),

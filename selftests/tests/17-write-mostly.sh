@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Write-mostly mirror legs (md's --write-mostly): such a leg gets every
+# write but serves reads only when no other in-sync leg can.  Set at
+# create, at add and by `dstctl set`; the fallback when the other legs are
+# gone; a remote leg mirrored with a local one; bad input.
+# timeout: 300
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+# shellcheck source=../dst.sh
+. "$SELFTESTS_DIR/dst.sh"
+
+require_cmd fio nbdkit jq
+MiB=$((1 << 20))
+
+plan 42
+brd_setup 4 64
+dst_load
+
+# reads_of NAME: every leg's completed reads, "r0 r1 ...".
+reads_of() {
+	dst_jq "$1" '[.legs[].reads] | map(tostring) | join(" ")'
+}
+
+# read_deltas NAME CMD...: runs CMD, prints each leg's reads meanwhile.
+read_deltas() {
+	local name=$1 before after i out=()
+	shift
+	read -ra before <<<"$(reads_of "$name")"
+	"$@" >/dev/null 2>&1 || echo "command failed: $*" >&2
+	read -ra after <<<"$(reads_of "$name")"
+	for i in "${!after[@]}"; do
+		out+=("$((after[i] - ${before[i]:-0}))")
+	done
+	echo "${out[*]}"
+}
+
+dd_reads() {
+	dd if="$1" of=/dev/null bs=64k count=256 iflag=direct status=none
+}
+
+fio_reads() {
+	fio --name=r --filename="$1" --ioengine=libaio --direct=1 --rw=randread \
+		--bs=4k --iodepth=16 --numjobs=2 --size=32M --runtime=2 --time_based \
+		--group_reporting
+}
+
+wm_of() {
+	dst_jq "$1" '[.legs[].write_mostly] | map(tostring) | join(" ")'
+}
+
+# --- set at create -----------------------------------------------------------
+assert_cmd -m "create m with leg 1 write-mostly" \
+	dstctl create m --mirror /dev/ram0 /dev/ram1 --write-mostly 1
+dev=$(dst_dev m)
+assert_eq "$(wm_of m)" "false true" "status: leg 1 is write-mostly, leg 0 is not"
+head -c $((16 * MiB)) /dev/urandom >"$TEST_TMP/blob"
+dd if="$TEST_TMP/blob" of="$dev" bs=1M oflag=direct status=none
+assert_cmd -m "writes reach the write-mostly leg: every leg equals the device" \
+	legs_match_dev "$dev" $((64 * MiB)) /dev/ram0 /dev/ram1
+
+d=$(read_deltas m dd_reads "$dev")
+diag "256 reads of 64k: $d"
+assert_eq "$d" "256 0" "sequential reads all go to leg 0"
+d=$(read_deltas m fio_reads "$dev")
+diag "fio randread QD16 x2: $d"
+assert_cmd -m "under load too, leg 1 serves no read ($d)" test "${d#* }" = 0 -a "${d% *}" -gt 0
+
+# --- dstctl set ---------------------------------------------------------------
+assert_cmd -m "set --no-write-mostly 1" dstctl set m --no-write-mostly 1
+assert_eq "$(wm_of m)" "false false" "no leg is write-mostly"
+d=$(read_deltas m dd_reads "$dev")
+diag "256 reads of 64k: $d"
+assert_cmd -m "both legs serve reads again ($d)" test "${d#* }" -gt 0 -a "${d% *}" -gt 0
+
+assert_cmd -m "set --write-mostly /dev/ram0 (the leg as given)" dstctl set m --write-mostly /dev/ram0
+d=$(read_deltas m dd_reads "$dev")
+assert_eq "$d" "0 256" "reads all go to leg 1 now"
+
+assert_cmd -m "set --write-mostly ram1 (by kernel disk), with a resync limit" \
+	dstctl set m --write-mostly ram1 --resync-max 100M
+assert_eq "$(wm_of m) $(dst_jq m .resync_max_kib)" "true true 102400" \
+	"both legs write-mostly, and the limit set"
+d=$(read_deltas m dd_reads "$dev")
+assert_cmd -m "all legs write-mostly: both serve reads ($d)" test "${d#* }" -gt 0 -a "${d% *}" -gt 0
+
+# --- the fallback: no other leg left ------------------------------------------
+assert_cmd -m "set --no-write-mostly 1" dstctl set m --no-write-mostly 1
+assert_cmd -m "detach leg 1" dstctl detach m 1
+d=$(read_deltas m dd_reads "$dev")
+assert_eq "$d" "256 0" "leg 1 detached: the write-mostly leg 0 serves every read"
+assert_eq "$(dd if="$dev" bs=1M count=16 iflag=direct status=none | sha256sum)" \
+	"$(sha256sum <"$TEST_TMP/blob")" "and the data reads back right"
+dd if=/dev/urandom of="$dev" bs=1M seek=20 count=4 oflag=direct status=none
+assert_cmd -m "attach leg 1" dstctl attach m 1
+assert_cmd -m "leg 1 in sync again" wait_leg m 1 in-sync 30
+d=$(read_deltas m dd_reads "$dev")
+assert_eq "$d" "0 256" "back in sync, leg 1 serves the reads again"
+
+# --- set at add ----------------------------------------------------------------
+assert_cmd -m "add ram2 --write-mostly" dstctl add m /dev/ram2 --write-mostly
+assert_cmd -m "leg 2 in sync" wait_leg m 2 in-sync 30
+assert_eq "$(wm_of m)" "true false true" "legs 0 and 2 write-mostly"
+d=$(read_deltas m fio_reads "$dev")
+diag "fio randread QD16 x2: $d"
+assert_cmd -m "only leg 1 serves reads ($d)" test "$(echo "$d" | cut -d' ' -f1,3)" = "0 0"
+assert_cmd -m "every leg equals the device" legs_match_dev "$dev" $((64 * MiB)) /dev/ram0 /dev/ram1 /dev/ram2
+
+# --- bad input changes nothing -----------------------------------------------------
+expect_err_contains -m "set --write-mostly on a leg it lacks" "7 is not a leg of m" dstctl set m --write-mostly 7
+expect_err_contains -m "set on a leg it lacks, with a limit: refused" "is not a leg of m" \
+	dstctl set m --write-mostly /dev/ram3 --resync-max 5M
+assert_eq "$(wm_of m) $(dst_jq m .resync_max_kib)" "true false true 102400" \
+	"  ... and nothing changed"
+assert_fail -m "--write-mostly and --no-write-mostly together" \
+	dstctl set m --write-mostly 0 --no-write-mostly 2
+expect_err_contains -m "create --linear --write-mostly: refused" "mirror" \
+	dstctl create l --linear /dev/ram3 --write-mostly 0
+expect_err_contains -m "create --write-mostly naming no leg given: refused" "/dev/ram2" \
+	dstctl create x --mirror /dev/ram3 --write-mostly /dev/ram2
+assert_cmd -m "remove m" dstctl remove m
+assert_cmd -m "create l (linear)" dstctl create l --linear /dev/ram0
+expect_err_contains -m "set --write-mostly on a linear device: refused" "linear" \
+	dstctl set l --write-mostly 0
+assert_cmd -m "remove l" dstctl remove l
+
+# --- a remote leg mirrored with a local one ---------------------------------------
+port=$(free_port)
+assert_cmd -m "nbdkit memory on $port" nbdkit_start "$port" memory 64M
+assert_cmd -m "create r: ram3 and a write-mostly remote leg" \
+	dstctl create r --mirror /dev/ram3 "nbd://127.0.0.1:$port/" --write-mostly 1
+assert_cmd -m "the remote leg is up" wait_leg r 1 in-sync 20
+rdev=$(dst_dev r)
+assert_cmd -m "fio randrw crc32c verify QD16" \
+	fio_verify "$rdev" --rw=randrw --bs=4k --iodepth=16 --size=16M
+d=$(read_deltas r fio_reads "$rdev")
+diag "fio randread QD16 x2: $d"
+assert_cmd -m "the remote leg serves no read ($d)" test "${d#* }" = 0 -a "${d% *}" -gt 0
+assert_cmd -m "the legs hold the same data" same_data "$rdev" /dev/ram3 "nbd://127.0.0.1:$port/" $((64 * MiB))
+
+dmesg_check

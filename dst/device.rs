@@ -851,8 +851,8 @@ impl Device {
     }
 
     /// Picks an in-sync leg to read from, not in the `tried` mask: the one
-    /// with the fewest requests in flight, starting the scan at a rotating
-    /// position so equal legs share the load.  Write-mostly legs are used
+    /// with the fewest requests in flight, starting the scan after the leg
+    /// chosen last so equal legs share the load.  Write-mostly legs are used
     /// only when no other leg is left, and held remote legs (in sync,
     /// connection down) only when nothing else is.
     pub(crate) fn pick_read_leg(&self, tried: u32) -> Option<usize> {
@@ -865,10 +865,6 @@ impl Device {
         // Only a hint: a lost update between CPUs costs nothing.  Kept
         // below the number of legs, so the scan needs no division.
         let start = self.rotor.load(Ordering::Relaxed);
-        let next = start + 1;
-        let wrap = next >= legs.len() as u32;
-        self.rotor
-            .store(if wrap { 0 } else { next }, Ordering::Relaxed);
         let below = (1u32 << start.min(31)) - 1;
         let write_mostly = self.write_mostly.mask();
         let mut best: Option<(usize, u64)> = None;
@@ -891,7 +887,15 @@ impl Device {
                 }
             }
         }
-        best.map(|(i, _)| i)
+        let (i, _) = best?;
+        // The next scan starts after the leg chosen, so that equal legs
+        // take turns even when legs between them are not candidates.
+        let next = i as u32 + 1;
+        self.rotor.store(
+            if next >= legs.len() as u32 { 0 } else { next },
+            Ordering::Relaxed,
+        );
+        Some(i)
     }
 
     // ---- resync ----
@@ -936,15 +940,17 @@ impl Device {
     }
 
     /// An in-sync leg to copy from, not in the `avoid` mask, preferring a
-    /// local one.
+    /// local one, then one that is not write-mostly (as md's resync
+    /// reads do), then the lowest index.
     pub(crate) fn resync_source(&self, target: usize, avoid: u32) -> Option<usize> {
         let ok = |i: &usize| {
             *i != target && avoid & (1 << *i) == 0 && self.leg_in_sync(*i) && self.leg_reachable(*i)
         };
-        let local = (0..self.legs.len())
-            .filter(ok)
-            .find(|&i| self.legs[i].dev().local().is_some());
-        local.or_else(|| (0..self.legs.len()).find(ok))
+        let write_mostly = self.write_mostly.mask();
+        (0..self.legs.len()).filter(ok).min_by_key(|&i| {
+            let remote = self.legs.get(i).is_some_and(|l| l.dev().local().is_none());
+            (remote, write_mostly & (1 << i) != 0)
+        })
     }
 
     /// Reports resync progress (at most every two seconds).

@@ -40,7 +40,7 @@ ROUNDS=${DST_BENCH_ROUNDS:-3}
 RUNTIME=${DST_BENCH_RUNTIME:-5}
 SIZE_MB=${DST_BENCH_SIZE_MB:-256}
 ENGINE=${DST_BENCH_ENGINE:-auto}
-CONFIGS=${DST_BENCH_CONFIGS:-raw md dst nbd nbd2 dstnbd exp qnbd kitfile resync netresync}
+CONFIGS=${DST_BENCH_CONFIGS:-raw md dst nbd nbd2 dstnbd mix mixwm exp qnbd kitfile resync netresync}
 SHAPES=${DST_BENCH_SHAPES:-randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd1 randwrite-4k-qd32 read-1m-qd8 write-1m-qd8}
 DSTCTL=${DST_DSTCTL:-$repo/userspace/target/release/dstctl}
 KO=${DST_KO:-}
@@ -56,6 +56,8 @@ DST_NAME=bench
 # with its default of one connection (nbd) and with two (nbd2, for
 # reference), and by a dst device over one remote leg (dstnbd), which opens
 # two connections (its default, as nbdkit allows several).
+# A mirror of a RAM disk (ram1) and that server (mix), and the same with
+# the remote leg write-mostly (mixwm): what keeping reads local is worth.
 NBD_PORT=10810
 NBD_DEV=/dev/nbd0
 NBDKIT_PID=''
@@ -269,6 +271,30 @@ teardown_dstnbd() {
 	"$DSTCTL" remove "${DST_NAME}nbd" >/dev/null || { echo "bench-guest: dstctl remove failed" >&2; return 1; }
 }
 
+# setup_mirror_remote NAME [CREATE-OPTIONS...]: a mirror of ram1 and the
+# nbdkit server.
+setup_mirror_remote() {
+	local name=$1 dev
+	shift
+	"$DSTCTL" create "$name" --mirror "${MIRROR_LEGS[0]}" "nbd://127.0.0.1:$NBD_PORT/" "$@" >/dev/null ||
+		die "dstctl create $name (local and remote leg) failed"
+	dev=$("$DSTCTL" --json status "$name" |
+		python3 -c 'import json, sys; print(json.load(sys.stdin)["path"])') ||
+		die "dstctl status failed"
+	wait_bdev "$dev"
+	prefill "$dev"
+	TARGET=$dev
+}
+teardown_mirror_remote() {
+	grep -q '^dst ' /proc/modules || return 0
+	"$DSTCTL" status "$1" >/dev/null 2>&1 || return 0
+	"$DSTCTL" remove "$1" >/dev/null || { echo "bench-guest: dstctl remove failed" >&2; return 1; }
+}
+setup_mix() { setup_mirror_remote "${DST_NAME}mix"; }
+teardown_mix() { teardown_mirror_remote "${DST_NAME}mix"; }
+setup_mixwm() { setup_mirror_remote "${DST_NAME}mixwm" --write-mostly 1; }
+teardown_mixwm() { teardown_mirror_remote "${DST_NAME}mixwm"; }
+
 wait_uri() {
 	local i
 	for ((i = 0; i < 50; i++)); do
@@ -466,7 +492,7 @@ resync_finish() {
 
 # The NBD server, when an NBD configuration is measured.
 start_nbdkit() {
-	case " $CONFIGS " in *" nbd "* | *" nbd2 "* | *" dstnbd "*) ;; *) return 0 ;; esac
+	case " $CONFIGS " in *" nbd "* | *" nbd2 "* | *" dstnbd "* | *" mix "* | *" mixwm "*) ;; *) return 0 ;; esac
 	command -v nbdkit >/dev/null || die "nbdkit missing"
 	nbdkit -f -i 127.0.0.1 -p "$NBD_PORT" memory $((SIZE_MB + 64))M >"$WORK/nbdkit.log" 2>&1 &
 	NBDKIT_PID=$!
@@ -587,6 +613,7 @@ main() {
 		[ -z "${DST_BENCH_REV:-}" ] || echo "# dst: $DST_BENCH_REV"
 		echo "# devices: raw=$RAW_DEV md=raid1 ${MIRROR_LEGS[*]} dst=mirror ${MIRROR_LEGS[*]} (brd ${BRD_MB} MiB)"
 		echo "# nbd peers: nbd=kernel nbd client (1 connection), nbd2=the same with 2, dstnbd=dst over one remote leg (2 connections, its default), all to nbdkit memory on 127.0.0.1:$NBD_PORT"
+		echo "# mirrors of a local and a remote leg: mix=${MIRROR_LEGS[0]} and nbdkit memory (the same server), mixwm=the same with the remote leg write-mostly"
 		echo "# export peers (fio --ioengine=nbd to $RAW_DEV): exp=dst export of a linear dst over it, qnbd=qemu-nbd (cache=none, aio=native), kitfile=nbdkit file"
 	} >"$RESULTS"
 	msg "$(sed -n 's/^# //p' "$RESULTS" | paste -sd ';' | sed 's/;/; /g')"

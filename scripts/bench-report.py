@@ -7,8 +7,8 @@ RESULTS has one measurement per line, "CONFIG SHAPE ROUND VALUE UNIT"
 (written by scripts/bench-guest.sh); lines starting with "#" are metadata
 and printed as the header.  The table shows the median per (config, shape),
 configurations in the order they first appear, ratio columns of medians
-(default: dst/md, dst/raw, dstnbd/nbd, dstnbd/nbd2, exp/qnbd, exp/kitfile,
-resync/dd, dstresync/dstidle and netresync/nbdcopy, those whose
+(default: dst/md, dst/raw, dstnbd/nbd, dstnbd/nbd2, mixwm/mix, exp/qnbd,
+exp/kitfile, resync/dd, dstresync/dstidle and netresync/nbdcopy, those whose
 configurations are present),
 the per-round values with their spread, and the verdict on the targets.
 It is a
@@ -105,7 +105,7 @@ def main():
     median = {k: statistics.median(v for _, v in vs) for k, vs in values.items()}
 
     ratios = []
-    for r in args.ratio or ["dst/md", "dst/raw", "dstnbd/nbd", "dstnbd/nbd2", "exp/qnbd",
+    for r in args.ratio or ["dst/md", "dst/raw", "dstnbd/nbd", "dstnbd/nbd2", "mixwm/mix", "exp/qnbd",
                             "exp/kitfile", "resync/dd", "dstresync/dstidle",
                             "netresync/nbdcopy"]:
         a, _, b = r.partition("/")

@@ -12,7 +12,7 @@
 #     scripts/bench-report.py /tmp/dst-bench.*/results
 # Knobs (passed into the guest, see bench-guest.sh): DST_BENCH_ROUNDS (3),
 # DST_BENCH_RUNTIME (5 s), DST_BENCH_SIZE_MB (256), DST_BENCH_ENGINE (auto),
-# DST_BENCH_CONFIGS, DST_BENCH_SHAPES; DST_BENCH_TIMEOUT (3000 s) limits the VM;
+# DST_BENCH_CONFIGS, DST_BENCH_SHAPES; DST_BENCH_TIMEOUT (3600 s) limits the VM;
 # DST_BENCH_APPEND adds to the guest kernel's command line; DST_BENCH_ICOUNT=1
 # runs the guest with instruction-counted time (vm-run --icount): slower, but
 # the same build gives the same numbers within a percent or two, whatever
@@ -49,7 +49,7 @@ export DST_KO=$ko DST_DSTCTL=$dstctl DST_BENCH_REV="built from $rev"
 rc=0
 # The module path is an argument (not only DST_KO) so that vm-run makes its
 # directory visible in the guest.
-"$here/vm-run" --kdir "$kdir" --mem 4096 --cpus 2 --timeout "${DST_BENCH_TIMEOUT:-3000}" \
+"$here/vm-run" --kdir "$kdir" --mem 4096 --cpus 2 --timeout "${DST_BENCH_TIMEOUT:-3600}" \
 	${DST_BENCH_ICOUNT:+--icount} \
 	--log "$out/console.log" ${DST_BENCH_APPEND:+--append "$DST_BENCH_APPEND"} \
 	-- "$here/bench-guest.sh" --ko "$ko" 2>&1 | tee "$out/output" ||

@@ -511,7 +511,8 @@ Print changes to devices as they happen, one line each, until interrupted.
 First a line per existing device (exists) and a line saying the monitor is
 ready, then one line per change: devices created and removed, legs added
 and removed, device and leg state changes (with the leg's problem, when
-the kernel reports one), reconnections, and resyncs starting, progressing
+the kernel reports one), reconnections, legs made write-mostly or no
+longer, and resyncs starting, progressing
 (at most every 5 seconds, with the speed and the time left once known)
 and finishing.  Every line starts with the time, in UTC, and is flushed
 at once.  With --json, each line is one JSON object instead.  With NAME, only

@@ -76,6 +76,8 @@ pub enum What {
         state: Wire<LegState>,
         /// What went wrong, when the state is not a healthy one.
         problem: Option<String>,
+        /// Whether it is write-mostly.
+        write_mostly: bool,
     },
     /// A leg was removed from the device (`dstctl remove-leg`); the
     /// others keep their indexes.
@@ -106,6 +108,15 @@ pub enum What {
         spec: String,
         /// The problem.
         problem: String,
+    },
+    /// A leg became write-mostly, or stopped being so (`dstctl set`).
+    LegWriteMostly {
+        /// Leg index.
+        leg: u32,
+        /// The leg as given at creation.
+        spec: String,
+        /// Whether it is write-mostly now.
+        write_mostly: bool,
     },
     /// A remote leg connected again (its state unchanged in between).
     Reconnected {
@@ -221,9 +232,15 @@ impl fmt::Display for Line<'_> {
                 spec,
                 state,
                 problem,
+                write_mostly,
             } => {
                 leg(f, i, spec)?;
-                write!(f, "added, {state}{}", problem_suffix(problem.as_deref()))
+                write!(
+                    f,
+                    "added, {state}{}{}",
+                    problem_suffix(problem.as_deref()),
+                    write_mostly_suffix(*write_mostly)
+                )
             }
             What::LegRemoved { leg: i, spec } => {
                 leg(f, i, spec)?;
@@ -246,6 +263,18 @@ impl fmt::Display for Line<'_> {
             } => {
                 leg(f, i, spec)?;
                 write!(f, "problem: {}", one_line(problem))
+            }
+            What::LegWriteMostly {
+                leg: i,
+                spec,
+                write_mostly,
+            } => {
+                leg(f, i, spec)?;
+                f.write_str(if *write_mostly {
+                    "write-mostly"
+                } else {
+                    "no longer write-mostly"
+                })
             }
             What::Reconnected {
                 leg: i,
@@ -302,19 +331,30 @@ impl fmt::Display for Line<'_> {
 }
 
 /// A device on one line: `/dev/dst0 mirror 64.0M ok; leg 0 /dev/sdb
-/// in-sync; leg 1 nbd://h/x down (connection refused)`.
+/// in-sync; leg 1 nbd://h/x down (connection refused), write-mostly`.
 fn summary(d: &Device) -> String {
     let mut s = format!("{} {} {} {}", d.path, d.target, human_size(d.size), d.state);
     for l in &d.legs {
         s.push_str(&format!(
-            "; leg {} {} {}{}",
+            "; leg {} {} {}{}{}",
             l.index,
             one_line(&l.spec),
             leg_state(l),
-            problem_suffix(shown_problem(l))
+            problem_suffix(shown_problem(l)),
+            write_mostly_suffix(l.write_mostly)
         ));
     }
     s
+}
+
+/// What follows a leg's state (and problem) when it is write-mostly, as
+/// in `dstctl status`: `, write-mostly`; empty otherwise.
+fn write_mostly_suffix(write_mostly: bool) -> &'static str {
+    if write_mostly {
+        ", write-mostly"
+    } else {
+        ""
+    }
 }
 
 /// What follows a leg's state when it has a problem: ` (connection
@@ -508,6 +548,7 @@ impl Tracker {
                 spec: n.spec.clone(),
                 state: n.state,
                 problem: shown_problem(n).map(str::to_owned),
+                write_mostly: n.write_mostly,
             },
         ));
         if n.resyncing() {
@@ -565,6 +606,16 @@ impl Tracker {
                     },
                 ));
             }
+        }
+        if o.write_mostly != n.write_mostly {
+            out.push(Change::of(
+                d,
+                What::LegWriteMostly {
+                    leg,
+                    spec: spec.clone(),
+                    write_mostly: n.write_mostly,
+                },
+            ));
         }
         let key = (d.name.clone(), leg);
         match (o.resyncing(), n.resyncing()) {
@@ -1096,11 +1147,88 @@ mod tests {
             serde_json::to_value(&changes[1]).unwrap(),
             json!({"device": "r1", "event": "leg-added", "leg": 3,
                    "spec": "nbd://10.0.0.3/disk", "state": "connecting",
-                   "problem": "connection refused"})
+                   "problem": "connection refused", "write_mostly": false})
         );
         assert_eq!(
             serde_json::to_value(&changes[0]).unwrap(),
             json!({"device": "r1", "event": "leg-removed", "leg": 2, "spec": "/dev/sdd"})
+        );
+    }
+
+    #[test]
+    fn write_mostly_toggled() {
+        let now = Instant::now();
+        let mut t = Tracker::new(None);
+        t.start(vec![device("r1", 0, DevState::Ok)], now);
+
+        // dstctl set r1 --write-mostly 1
+        let mut wm = device("r1", 0, DevState::Ok);
+        wm.legs[1].write_mostly = true;
+        let changes = t.event(Some(Event::Changed), wm.clone(), now);
+        assert_eq!(
+            text(&changes),
+            ["r1: leg 1 nbd://10.0.0.2/disk: write-mostly"]
+        );
+        assert_eq!(
+            serde_json::to_value(&changes[0]).unwrap(),
+            json!({"device": "r1", "event": "leg-write-mostly", "leg": 1,
+                   "spec": "nbd://10.0.0.2/disk", "write_mostly": true})
+        );
+        // The same message again: nothing changed.
+        assert_eq!(t.event(Some(Event::Changed), wm.clone(), now), []);
+
+        // Together with a state change, in a snapshot: one line each.
+        let mut down = wm.clone();
+        down.state = Wire::new(DevState::Degraded as u8);
+        down.legs[1].state = Wire::new(LegState::Down as u8);
+        down.legs[1].problem = Some("connection refused".into());
+        down.legs[1].write_mostly = false;
+        let changes = t.snapshot(vec![down.clone()], now);
+        assert_eq!(
+            text(&changes),
+            [
+                "r1: leg 1 nbd://10.0.0.2/disk: in-sync -> down (connection refused)",
+                "r1: leg 1 nbd://10.0.0.2/disk: no longer write-mostly",
+                "r1: ok -> degraded",
+            ]
+        );
+        let line = Line {
+            time: "2026-01-02T03:04:05.006Z".into(),
+            change: &changes[1],
+        };
+        assert_eq!(
+            serde_json::to_string(&line).unwrap(),
+            r#"{"time":"2026-01-02T03:04:05.006Z","device":"r1","event":"leg-write-mostly","leg":1,"spec":"nbd://10.0.0.2/disk","write_mostly":false}"#
+        );
+
+        // A leg added write-mostly: said on its line, not as a change.
+        let mut added = down.clone();
+        let mut l = leg(2, "/dev/sdd", LegState::InSync);
+        l.write_mostly = true;
+        added.legs.push(l);
+        let changes = t.event(Some(Event::Changed), added, now);
+        assert_eq!(
+            text(&changes),
+            ["r1: leg 2 /dev/sdd: added, in-sync, write-mostly"]
+        );
+        assert_eq!(
+            serde_json::to_value(&changes[0]).unwrap(),
+            json!({"device": "r1", "event": "leg-added", "leg": 2, "spec": "/dev/sdd",
+                   "state": "in-sync", "problem": null, "write_mostly": true})
+        );
+
+        // A device created with a write-mostly leg: on its summary, after
+        // the state and any problem, as in status.
+        let mut r2 = device("r2", 1, DevState::Degraded);
+        r2.legs[1].state = Wire::new(LegState::Connecting as u8);
+        r2.legs[1].problem = Some("connection refused".into());
+        r2.legs[1].write_mostly = true;
+        assert_eq!(
+            text(&t.event(Some(Event::Created), r2, now)),
+            [
+                "r2: created: /dev/dst1 mirror 64.0M degraded; leg 0 /dev/sdb in-sync; \
+                 leg 1 nbd://10.0.0.2/disk connecting (connection refused), write-mostly"
+            ]
         );
     }
 

@@ -6,7 +6,7 @@
 #        selftests/check.sh --timeout 1200 --log /tmp/console.log -- 00-harness
 #
 # Runs `scripts/vm-run -- selftests/run.sh TEST...`: the one-machine tests
-# in selftests/tests/, all in one VM.  The VM gets 2700 s unless a --timeout
+# in selftests/tests/, all in one VM.  The VM gets 3600 s unless a --timeout
 # is given (each test file also has its own timeout, enforced in the guest).
 # Then `selftests/net.sh TEST...`: the multi-machine tests in
 # selftests/net/ (named net/NAME), each booting several guests at once.
@@ -50,7 +50,7 @@ run_vm_suite() {
 }
 
 main() {
-	local vmopts=(--timeout 2700) out rc=0 nrc=0 p=0 f=0 s=0
+	local vmopts=(--timeout 3600) out rc=0 nrc=0 p=0 f=0 s=0
 	local a has_sep='' vm_tests=() net_tests=()
 	for a in "$@"; do [ "$a" != -- ] || has_sep=1; done
 	if [ -n "$has_sep" ]; then

@@ -11,7 +11,7 @@
 #   bounded time, it never hangs;
 # - a server whose export grows between connections: the reconnect is
 #   refused, the leg stays down, its problem names the size.
-# timeout: 600
+# timeout: 900
 # SC2016: the bodies of eval '...' expand when evaluated, as intended.
 # shellcheck disable=SC2016
 # shellcheck source-path=SCRIPTDIR source=../lib.sh

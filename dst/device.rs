@@ -308,7 +308,7 @@ impl Device {
                 if target != Target::Mirror {
                     refuse!(EINVAL, "write-mostly applies to mirror legs, not linear");
                 }
-                write_mostly.set(i, true);
+                write_mostly.insert(i);
             }
         }
         let holder = Holder::new()?;

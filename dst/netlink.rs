@@ -217,11 +217,7 @@ fn leg_spec<'a>(a: &Attr<'a>, n: usize) -> Result<LegSpec<'a>, Refusal> {
     if spec.is_empty() {
         refuse!(EINVAL, "leg {} has an empty device path", n);
     }
-    let write_mostly = match last(&nest, leg::WRITE_MOSTLY)? {
-        // The policy checked the range.
-        Some(a) => a.u8().map_err(|_| Refusal::from(EINVAL))? != 0,
-        None => false,
-    };
+    let write_mostly = flag(&nest, leg::WRITE_MOSTLY)?;
     let Some(addr) = last(&nest, leg::ADDR)? else {
         for id in [
             leg::EXPORT,
@@ -276,10 +272,7 @@ fn leg_spec<'a>(a: &Attr<'a>, n: usize) -> Result<LegSpec<'a>, Refusal> {
                 "backoff maximum",
                 n,
             )?,
-            full_resync: match last(&nest, leg::FULL_RESYNC)? {
-                Some(a) => a.u8().map_err(|_| Refusal::from(EINVAL))? != 0,
-                None => false,
-            },
+            full_resync: flag(&nest, leg::FULL_RESYNC)?,
             conns: match last(&nest, leg::CONNS)? {
                 // The policy checked the range.
                 Some(a) => a.u8().map_err(|_| Refusal::from(EINVAL))?,
@@ -364,15 +357,20 @@ fn settings(attrs: &Attrs<'_>, target: Target) -> Result<Settings, Refusal> {
     Ok(s)
 }
 
-/// The last u8 attribute of type `kind` as a flag (absent: false).
-fn flag(attrs: &Attrs<'_>, kind: u16) -> Result<bool, Refusal> {
+/// The last u8 attribute of type `kind` as a flag, if any.
+fn optional_flag(attrs: &Attrs<'_>, kind: u16) -> Result<Option<bool>, Refusal> {
     match last(attrs, kind)? {
         Some(a) => match a.u8() {
-            Ok(v) => Ok(v != 0),
+            Ok(v) => Ok(Some(v != 0)),
             Err(_) => refuse!(EINVAL, "attribute {}: not a u8", kind),
         },
-        None => Ok(false),
+        None => Ok(None),
     }
+}
+
+/// The last u8 attribute of type `kind` as a flag (absent: false).
+fn flag(attrs: &Attrs<'_>, kind: u16) -> Result<bool, Refusal> {
+    Ok(optional_flag(attrs, kind)?.unwrap_or(false))
 }
 
 /// The last attribute of type `kind` (netlink's rule for repeats).
@@ -448,12 +446,7 @@ impl Registry {
         let rate = optional_u32(attrs, dev::RESYNC_RATE)?;
         let max = optional_u32(attrs, dev::RESYNC_MAX)?;
         let index = optional_u32(attrs, dev::LEG_INDEX)?;
-        let write_mostly = match last(attrs, dev::WRITE_MOSTLY)? {
-            // The policy checked the range.
-            Some(a) => Some(a.u8().map_err(|_| Refusal::from(EINVAL))? != 0),
-            None => None,
-        };
-        let write_mostly = match (index, write_mostly) {
+        let write_mostly = match (index, optional_flag(attrs, dev::WRITE_MOSTLY)?) {
             (Some(i), Some(on)) => Some((i as usize, on)),
             (None, None) => None,
             (None, Some(_)) => refuse!(EINVAL, "write-mostly needs a leg index"),
@@ -504,10 +497,7 @@ impl Registry {
             },
             None => ename.extend_from_slice(d.name().as_bytes(), GFP_KERNEL)?,
         }
-        let read_only = match last(&nest, exp::READ_ONLY)? {
-            Some(a) => a.u8().map_err(|_| Refusal::from(EINVAL))? != 0,
-            None => false,
-        };
+        let read_only = flag(&nest, exp::READ_ONLY)?;
         let mut allow = KVec::new();
         for a in nest.clone() {
             let Ok(a) = a else {

@@ -29,7 +29,7 @@ use crate::netlink::{
     self, GenlSocket, Notification, CTRL_ATTR_FAMILY_NAME, CTRL_CMD_DELFAMILY, CTRL_MCGRP_NOTIFY,
     GENL_ID_CTRL,
 };
-use crate::output::{human_size, leg_state};
+use crate::output::{human_size, leg_state, write_mostly_suffix};
 use crate::resync::progress;
 
 /// Least time between two progress lines of one resync, and between two
@@ -345,16 +345,6 @@ fn summary(d: &Device) -> String {
         ));
     }
     s
-}
-
-/// What follows a leg's state (and problem) when it is write-mostly, as
-/// in `dstctl status`: `, write-mostly`; empty otherwise.
-fn write_mostly_suffix(write_mostly: bool) -> &'static str {
-    if write_mostly {
-        ", write-mostly"
-    } else {
-        ""
-    }
 }
 
 /// What follows a leg's state when it has a problem: ` (connection

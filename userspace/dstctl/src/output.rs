@@ -69,14 +69,13 @@ pub fn leg_state(l: &Leg) -> String {
     }
 }
 
-/// A leg's state in `dstctl status`: as [`leg_state`], then
-/// `, write-mostly` for a write-mostly leg: `in-sync, write-mostly`.
-fn status_leg_state(l: &Leg) -> String {
-    let state = leg_state(l);
-    if l.write_mostly {
-        format!("{state}, write-mostly")
+/// What follows a leg's state when the leg is write-mostly:
+/// `, write-mostly` (`in-sync, write-mostly`); empty otherwise.
+pub fn write_mostly_suffix(write_mostly: bool) -> &'static str {
+    if write_mostly {
+        ", write-mostly"
     } else {
-        state
+        ""
     }
 }
 
@@ -156,7 +155,7 @@ fn status_block(d: &Device, tty: bool) -> String {
             l.disk.clone(),
             human_size(l.size),
             human_size(l.offset),
-            status_leg_state(l),
+            format!("{}{}", leg_state(l), write_mostly_suffix(l.write_mostly)),
             l.reads.to_string(),
             l.writes.to_string(),
             l.read_errors.to_string(),

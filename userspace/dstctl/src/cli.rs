@@ -1673,22 +1673,17 @@ mod tests {
             &["\n  --resync-rate RATE  the resync speed limit while the device has other\n                      \
                I/O (16M/s unless dstctl create said otherwise).\n"],
         );
-        let mut top = Cli::command();
-        let short = top
-            .find_subcommand_mut("create")
-            .unwrap()
-            .render_help()
-            .to_string();
-        for line in [
-            "\n      --region-size <SIZE>  Mirror: bytes of device per dirty-map bit, \
-             a power of two from 4K to 4M (default 64K)\n",
-            "\n      --resync-rate <RATE>  Mirror: resync speed limit while the device has \
-             other I/O (default 16M/s; 0: none)\n",
-            "\n      --resync-max <RATE>   Mirror: resync speed limit at all times \
-             (default: none)\n",
-        ] {
-            assert!(short.contains(line), "create -h lacks {line:?}:\n{short}");
-        }
+        assert_short_help(
+            "create",
+            &[
+                "\n      --region-size <SIZE>  Mirror: bytes of device per dirty-map bit, \
+                 a power of two from 4K to 4M (default 64K)\n",
+                "\n      --resync-rate <RATE>  Mirror: resync speed limit while the device has \
+                 other I/O (default 16M/s; 0: none)\n",
+                "\n      --resync-max <RATE>   Mirror: resync speed limit at all times \
+                 (default: none)\n",
+            ],
+        );
     }
 
     /// Which legs of a `create` are planned write-mostly.
@@ -1979,35 +1974,26 @@ mod tests {
             ],
         );
         // The short help.
-        let mut top = Cli::command();
-        for (sub, line) in [
-            (
-                "create",
-                "\n      --write-mostly <LEG>  Mirror: LEG (its index from 0, or the leg as typed) \
-                 is write-mostly: it serves reads only when no other in-sync leg can; repeatable\n",
-            ),
-            (
-                "set",
+        assert_short_help(
+            "create",
+            &["\n      --write-mostly <LEG>  Mirror: LEG (its index from 0, or the leg as typed) \
+               is write-mostly: it serves reads only when no other in-sync leg can; repeatable\n"],
+        );
+        assert_short_help(
+            "set",
+            &[
                 "\n      --write-mostly <LEG>     Make LEG write-mostly: it serves reads only \
                  when no other in-sync leg can\n",
-            ),
-            (
-                "set",
                 "\n      --no-write-mostly <LEG>  Make LEG a normal leg again, which serves reads\n",
-            ),
-            (
-                "add",
+            ],
+        );
+        assert_short_help(
+            "add",
+            &[
                 "\n      --write-mostly     The new leg is write-mostly: it serves reads only \
-                 when no other in-sync leg can\n",
-            ),
-        ] {
-            let short = top
-                .find_subcommand_mut(sub)
-                .unwrap()
-                .render_help()
-                .to_string();
-            assert!(short.contains(line), "{sub} -h lacks {line:?}:\n{short}");
-        }
+               when no other in-sync leg can\n",
+            ],
+        );
     }
 
     #[test]
@@ -2607,6 +2593,20 @@ mod tests {
         );
         assert_help(None, &["nbd://", "monitor"]);
         assert_help(Some("monitor"), &["SIGINT", "--json", "ready", "[NAME]"]);
+    }
+
+    /// Fails unless the short help (`-h`) of subcommand `sub` holds every
+    /// one of `lines`.
+    fn assert_short_help(sub: &str, lines: &[&str]) {
+        let mut top = Cli::command();
+        let short = top
+            .find_subcommand_mut(sub)
+            .unwrap()
+            .render_help()
+            .to_string();
+        for line in lines {
+            assert!(short.contains(line), "{sub} -h lacks {line:?}:\n{short}");
+        }
     }
 
     /// Fails unless the long help of subcommand `sub` (of dstctl itself

@@ -718,23 +718,15 @@ mod tests {
         assert_eq!(attrs[2].u8().unwrap(), 1);
 
         // Everything sent is in the policies the kernel builds.
-        use dst_proto::genl::{cmd, COMMANDS};
-        for (c, bytes) in [
-            (cmd::DETACH, leg_request("r1", 1, false).unwrap()),
-            (cmd::ATTACH, leg_request("r1", 1, true).unwrap()),
-        ] {
-            let spec = COMMANDS.iter().find(|s| s.cmd == c).unwrap();
-            for a in Attrs::new(&bytes) {
-                let id = a.unwrap().kind;
-                assert!(spec.policy.iter().any(|p| p.id == id), "{c}: {id}");
-            }
-        }
+        use dst_proto::genl::cmd;
+        assert_in_policy(cmd::DETACH, &leg_request("r1", 1, false).unwrap());
+        assert_in_policy(cmd::ATTACH, &leg_request("r1", 1, true).unwrap());
     }
 
     #[test]
     fn add_and_remove_leg_encoding() {
         use crate::remote::{self, LegPlan};
-        use dst_proto::genl::{cmd, COMMANDS, LEG_REQUEST};
+        use dst_proto::genl::cmd;
 
         // A local leg: NAME, then one LEG nest with its SPEC.
         let bytes = add_leg_request("r1", &local("/dev/sdd")).unwrap();
@@ -792,17 +784,7 @@ mod tests {
             ),
             (cmd::REMOVE_LEG, leg_request("r1", 3, false).unwrap()),
         ] {
-            let spec = COMMANDS.iter().find(|s| s.cmd == c).unwrap();
-            assert!(spec.doit, "{c}");
-            for a in Attrs::new(&bytes) {
-                let id = a.unwrap().kind;
-                assert!(spec.policy.iter().any(|p| p.id == id), "{c}: {id}");
-            }
-            for nest in leg_nests(&bytes) {
-                for (id, _) in nest {
-                    assert!(LEG_REQUEST.iter().any(|a| a.id == id), "{c}: leg {id}");
-                }
-            }
+            assert_in_policy(c, &bytes);
         }
     }
 
@@ -847,7 +829,7 @@ mod tests {
 
     #[test]
     fn resync_settings_encoding() {
-        use dst_proto::genl::{cmd, COMMANDS};
+        use dst_proto::genl::cmd;
 
         let legs = ["/dev/ram0", "/dev/ram1"].map(local);
         let all = ResyncSettings {
@@ -907,18 +889,14 @@ mod tests {
             ),
             (cmd::SET, set_request("r1", &all.limits, None).unwrap()),
         ] {
-            let spec = COMMANDS.iter().find(|s| s.cmd == c).unwrap();
-            for a in Attrs::new(&bytes) {
-                let id = a.unwrap().kind;
-                assert!(spec.policy.iter().any(|p| p.id == id), "{c}: {id}");
-            }
+            assert_in_policy(c, &bytes);
         }
     }
 
     #[test]
     fn write_mostly_leg_encoding() {
         use crate::remote::{self, LegPlan};
-        use dst_proto::genl::{cmd, COMMANDS, LEG_REQUEST};
+        use dst_proto::genl::cmd;
 
         // WRITE_MOSTLY = 1 right after SPEC, in the nests of the legs that
         // are write-mostly only.
@@ -970,22 +948,13 @@ mod tests {
             ),
             (cmd::ADD_LEG, add_leg_request("r1", &legs[1]).unwrap()),
         ] {
-            let spec = COMMANDS.iter().find(|s| s.cmd == c).unwrap();
-            for a in Attrs::new(&bytes) {
-                let id = a.unwrap().kind;
-                assert!(spec.policy.iter().any(|p| p.id == id), "{c}: {id}");
-            }
-            for nest in leg_nests(&bytes) {
-                for (id, _) in nest {
-                    assert!(LEG_REQUEST.iter().any(|a| a.id == id), "{c}: leg {id}");
-                }
-            }
+            assert_in_policy(c, &bytes);
         }
     }
 
     #[test]
     fn set_write_mostly_encoding() {
-        use dst_proto::genl::{cmd, COMMANDS};
+        use dst_proto::genl::cmd;
 
         let none = ResyncLimits::default();
         let on = WriteMostly { leg: 2, on: true };
@@ -1029,12 +998,7 @@ mod tests {
         assert_eq!(kinds, [dev::NAME, dev::RESYNC_RATE]);
 
         // Everything sent is in the policy the kernel builds.
-        let spec = COMMANDS.iter().find(|s| s.cmd == cmd::SET).unwrap();
-        let bytes = set_request("r1", &limits, Some(off)).unwrap();
-        for a in Attrs::new(&bytes) {
-            let id = a.unwrap().kind;
-            assert!(spec.policy.iter().any(|p| p.id == id), "{id}");
-        }
+        assert_in_policy(cmd::SET, &set_request("r1", &limits, Some(off)).unwrap());
     }
 
     #[test]
@@ -1203,6 +1167,24 @@ mod tests {
     }
 
     /// The attributes of each leg nest of a request.
+    /// Fails unless command `c` answers requests and every attribute of
+    /// `bytes` is in its policy, as the kernel builds it from `COMMANDS`,
+    /// the attributes of leg nests in the leg policy.
+    fn assert_in_policy(c: u8, bytes: &[u8]) {
+        use dst_proto::genl::{COMMANDS, LEG_REQUEST};
+        let spec = COMMANDS.iter().find(|s| s.cmd == c).unwrap();
+        assert!(spec.doit, "{c}");
+        for a in Attrs::new(bytes) {
+            let id = a.unwrap().kind;
+            assert!(spec.policy.iter().any(|p| p.id == id), "{c}: {id}");
+        }
+        for nest in leg_nests(bytes) {
+            for (id, _) in nest {
+                assert!(LEG_REQUEST.iter().any(|a| a.id == id), "{c}: leg {id}");
+            }
+        }
+    }
+
     fn leg_nests(bytes: &[u8]) -> Vec<Vec<(u16, Vec<u8>)>> {
         Attrs::new(bytes)
             .map(Result::unwrap)
@@ -1268,14 +1250,7 @@ mod tests {
             ]
         );
         // Everything sent is in the policy the kernel builds.
-        for nest in &nests {
-            for (id, _) in nest {
-                assert!(
-                    dst_proto::genl::LEG_REQUEST.iter().any(|a| a.id == *id),
-                    "{id}"
-                );
-            }
-        }
+        assert_in_policy(dst_proto::genl::cmd::CREATE, &bytes);
     }
 
     /// A remote leg with every attribute, and some from a newer kernel.

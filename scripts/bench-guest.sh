@@ -220,22 +220,25 @@ teardown_md() {
 	mdadm --zero-superblock "${MIRROR_LEGS[@]}" >/dev/null 2>&1 || true
 }
 
-setup_dst() {
-	local dev
-	"$DSTCTL" create "$DST_NAME" --mirror "${MIRROR_LEGS[@]}" >/dev/null ||
-		die "dstctl create failed"
-	dev=$("$DSTCTL" --json status "$DST_NAME" |
-		python3 -c 'import json, sys; print(json.load(sys.stdin)["path"])') ||
-		die "dstctl status failed"
+# dst_make NAME CREATE-ARGS...: a dst device made by `dstctl create`
+# (which prints its node), filled, as the target.
+dst_make() {
+	local name=$1 dev
+	shift
+	dev=$("$DSTCTL" create "$name" "$@") || die "dstctl create $name $* failed"
 	wait_bdev "$dev"
 	prefill "$dev"
 	TARGET=$dev
 }
-teardown_dst() {
+# dst_remove NAME: removes dst device NAME, if the module and it are there.
+dst_remove() {
 	grep -q '^dst ' /proc/modules || return 0
-	"$DSTCTL" status "$DST_NAME" >/dev/null 2>&1 || return 0
-	"$DSTCTL" remove "$DST_NAME" >/dev/null || { echo "bench-guest: dstctl remove failed" >&2; return 1; }
+	"$DSTCTL" status "$1" >/dev/null 2>&1 || return 0
+	"$DSTCTL" remove "$1" >/dev/null || { echo "bench-guest: dstctl remove $1 failed" >&2; return 1; }
 }
+
+setup_dst() { dst_make "$DST_NAME" --mirror "${MIRROR_LEGS[@]}"; }
+teardown_dst() { dst_remove "$DST_NAME"; }
 
 # attach_nbd N: the kernel's nbd client with N connections.
 attach_nbd() {
@@ -254,46 +257,15 @@ teardown_nbd() {
 setup_nbd2() { attach_nbd 2; }
 teardown_nbd2() { teardown_nbd; }
 
-setup_dstnbd() {
-	local dev
-	"$DSTCTL" create "${DST_NAME}nbd" --linear "nbd://127.0.0.1:$NBD_PORT/" >/dev/null ||
-		die "dstctl create (remote leg) failed"
-	dev=$("$DSTCTL" --json status "${DST_NAME}nbd" |
-		python3 -c 'import json, sys; print(json.load(sys.stdin)["path"])') ||
-		die "dstctl status failed"
-	wait_bdev "$dev"
-	prefill "$dev"
-	TARGET=$dev
-}
-teardown_dstnbd() {
-	grep -q '^dst ' /proc/modules || return 0
-	"$DSTCTL" status "${DST_NAME}nbd" >/dev/null 2>&1 || return 0
-	"$DSTCTL" remove "${DST_NAME}nbd" >/dev/null || { echo "bench-guest: dstctl remove failed" >&2; return 1; }
-}
+setup_dstnbd() { dst_make "${DST_NAME}nbd" --linear "nbd://127.0.0.1:$NBD_PORT/"; }
+teardown_dstnbd() { dst_remove "${DST_NAME}nbd"; }
 
-# setup_mirror_remote NAME [CREATE-OPTIONS...]: a mirror of ram1 and the
-# nbdkit server.
-setup_mirror_remote() {
-	local name=$1 dev
-	shift
-	"$DSTCTL" create "$name" --mirror "${MIRROR_LEGS[0]}" "nbd://127.0.0.1:$NBD_PORT/" "$@" >/dev/null ||
-		die "dstctl create $name (local and remote leg) failed"
-	dev=$("$DSTCTL" --json status "$name" |
-		python3 -c 'import json, sys; print(json.load(sys.stdin)["path"])') ||
-		die "dstctl status failed"
-	wait_bdev "$dev"
-	prefill "$dev"
-	TARGET=$dev
+setup_mix() { dst_make "${DST_NAME}mix" --mirror "${MIRROR_LEGS[0]}" "nbd://127.0.0.1:$NBD_PORT/"; }
+teardown_mix() { dst_remove "${DST_NAME}mix"; }
+setup_mixwm() {
+	dst_make "${DST_NAME}mixwm" --mirror "${MIRROR_LEGS[0]}" "nbd://127.0.0.1:$NBD_PORT/" --write-mostly 1
 }
-teardown_mirror_remote() {
-	grep -q '^dst ' /proc/modules || return 0
-	"$DSTCTL" status "$1" >/dev/null 2>&1 || return 0
-	"$DSTCTL" remove "$1" >/dev/null || { echo "bench-guest: dstctl remove failed" >&2; return 1; }
-}
-setup_mix() { setup_mirror_remote "${DST_NAME}mix"; }
-teardown_mix() { teardown_mirror_remote "${DST_NAME}mix"; }
-setup_mixwm() { setup_mirror_remote "${DST_NAME}mixwm" --write-mostly 1; }
-teardown_mixwm() { teardown_mirror_remote "${DST_NAME}mixwm"; }
+teardown_mixwm() { dst_remove "${DST_NAME}mixwm"; }
 
 wait_uri() {
 	local i
@@ -314,9 +286,8 @@ setup_exp() {
 }
 teardown_exp() {
 	grep -q '^dst ' /proc/modules || return 0
-	"$DSTCTL" status "${DST_NAME}exp" >/dev/null 2>&1 || return 0
 	"$DSTCTL" unexport "${DST_NAME}exp" >/dev/null 2>&1 || true
-	"$DSTCTL" remove "${DST_NAME}exp" >/dev/null || { echo "bench-guest: dstctl remove failed" >&2; return 1; }
+	dst_remove "${DST_NAME}exp"
 }
 
 setup_qnbd() {
@@ -347,11 +318,7 @@ teardown_kitfile() {
 
 # ---- resync ----------------------------------------------------------------
 
-teardown_resync() {
-	grep -q '^dst ' /proc/modules || return 0
-	"$DSTCTL" status "$RESYNC_NAME" >/dev/null 2>&1 || return 0
-	"$DSTCTL" remove "$RESYNC_NAME" >/dev/null || { echo "bench-guest: dstctl remove failed" >&2; return 1; }
-}
+teardown_resync() { dst_remove "$RESYNC_NAME"; }
 
 # Reload brd with the two resync legs, fill them (brd reads pages never
 # written as zeroes, cheaply), and make the mirror.
@@ -362,9 +329,7 @@ setup_resync_all() {
 	# Both legs: the first dd would otherwise pay for the target's pages.
 	fio_run "fill-resync0" --filename="${RESYNC_LEGS[0]}" --rw=write --bs=1M --iodepth=8 --size="${RESYNC_MB}M"
 	fio_run "fill-resync1" --filename="${RESYNC_LEGS[1]}" --rw=write --bs=1M --iodepth=8 --size="${RESYNC_MB}M"
-	"$DSTCTL" create "$RESYNC_NAME" --mirror "${RESYNC_LEGS[@]}" >/dev/null || die "dstctl create (resync) failed"
-	TARGET=$("$DSTCTL" --json status "$RESYNC_NAME" |
-		python3 -c 'import json, sys; print(json.load(sys.stdin)["path"])') || die "dstctl status failed"
+	TARGET=$("$DSTCTL" create "$RESYNC_NAME" --mirror "${RESYNC_LEGS[@]}") || die "dstctl create (resync) failed"
 	wait_bdev "$TARGET"
 }
 
@@ -439,9 +404,7 @@ resync_round() {
 # ---- netresync ---------------------------------------------------------------
 
 teardown_netresync() {
-	if grep -q '^dst ' /proc/modules && "$DSTCTL" status "$NETRESYNC_NAME" >/dev/null 2>&1; then
-		"$DSTCTL" remove "$NETRESYNC_NAME" >/dev/null || { echo "bench-guest: dstctl remove failed" >&2; return 1; }
-	fi
+	dst_remove "$NETRESYNC_NAME" || return 1
 	! tc qdisc show dev lo 2>/dev/null | grep -q netem || tc qdisc del dev lo root || return 1
 	if [ -n "$NETRESYNC_PID" ]; then
 		kill "$NETRESYNC_PID" 2>/dev/null

@@ -5,9 +5,13 @@
 #   e.g. selftests/check.sh 00-harness net/tree
 #        selftests/check.sh --timeout 1200 --log /tmp/console.log -- 00-harness
 #
-# Runs `scripts/vm-run -- selftests/run.sh TEST...`: the one-machine tests
-# in selftests/tests/, all in one VM.  The VM gets 3600 s unless a --timeout
-# is given (each test file also has its own timeout, enforced in the guest).
+# Runs the one-machine tests in selftests/tests/ in DST_CHECK_VMS VMs at
+# once (default 2, or 1 on a one-CPU host), which take the tests one by one
+# from a shared list (`selftests/run.sh --queue`), the longest first by their
+# timeout lines; with one VM, `scripts/vm-run -- selftests/run.sh TEST...`.
+# The first VM's output streams as it comes, the others' follow when they
+# end.  Each VM gets 3600 s unless a --timeout is given (each test file
+# also has its own timeout, enforced in the guest).
 # Then `selftests/net.sh TEST...`: the multi-machine tests in
 # selftests/net/ (named net/NAME), each booting several guests at once.
 # With no TEST, all of both.
@@ -21,6 +25,9 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 repo=$(dirname "$here")
 SUMMARY_RE='^([0-9]+) passed, ([0-9]+) failed, ([0-9]+) skipped'
 
+# shellcheck source-path=SCRIPTDIR source=testfiles.sh
+. "$here/testfiles.sh"
+
 # Add the counts of the summary line in file $1 to p, f and s; return 1 if
 # there is none.
 add_summary() {
@@ -30,28 +37,71 @@ add_summary() {
 	p=$((p + BASH_REMATCH[1])) f=$((f + BASH_REMATCH[2])) s=$((s + BASH_REMATCH[3]))
 }
 
-# The one-machine tests, in one VM; sets rc.
-run_vm_suite() {
+# vm_outcome FILE STATUS: count the summary in FILE, the output of a VM
+# that exited with STATUS; a VM that failed on its own counts as one more
+# failure, and sets rc.
+vm_outcome() {
 	local f0=$f
-	"$repo/scripts/vm-run" "${vmopts[@]}" -- "$here/run.sh" "$@" | tee "$out"
-	rc=${PIPESTATUS[0]}
 	# The normal outcomes: the guest's summary line is there, and the
 	# status is 0, or 1 with failures counted.
-	if add_summary "$out" && { [ "$rc" -eq 0 ] || { [ "$rc" -eq 1 ] && [ "$f" -gt "$f0" ]; }; }; then
+	if add_summary "$1" && { [ "$2" -eq 0 ] || { [ "$2" -eq 1 ] && [ "$f" -gt "$f0" ]; }; }; then
+		[ "$2" -eq 0 ] || rc=1
 		return
 	fi
-	case $rc in
+	case $2 in
 	124) echo "# vm-run: the VM timed out" ;;
 	125) echo "# vm-run: kernel splat or VM failure (see above)" ;;
-	*) echo "# vm-run: exit status $rc" ;;
+	*) echo "# vm-run: exit status $2" ;;
 	esac
 	f=$((f + 1))
-	[ "$rc" -ne 0 ] || rc=1
+	rc=1
+}
+
+# The one-machine tests, in one VM; sets rc.
+run_vm_suite() {
+	"$repo/scripts/vm-run" "${vmopts[@]}" -- "$here/run.sh" "$@" | tee "$out"
+	vm_outcome "$out" "${PIPESTATUS[0]}"
+}
+
+# The one-machine tests, in $1 VMs that share a queue of them; sets rc.
+run_vm_suite_parallel() {
+	local vms=$1 q i file status t
+	shift
+	q=$(mktemp -d /tmp/dst-queue.XXXXXX)
+	# The longest first, so that the VMs end close together.
+	while IFS= read -r file; do
+		t=0
+		[ ! -f "$file" ] || t=$(file_timeout "$file" 300)
+		printf '%s\t%s\n' "$t" "$file"
+	done < <(select_tests "$here/tests" "$@") | sort -s -t $'\t' -k1,1nr | cut -f2- >"$q/list"
+	for ((i = 2; i <= vms; i++)); do
+		DST_QUEUE=$q "$repo/scripts/vm-run" "${vmopts[@]}" --share "$q" -- "$here/run.sh" --queue \
+			>"$q/out$i" 2>&1 &
+		echo $! >"$q/pid$i"
+	done
+	echo "# VM 1 of $vms:"
+	DST_QUEUE=$q "$repo/scripts/vm-run" "${vmopts[@]}" --share "$q" -- "$here/run.sh" --queue | tee "$q/out1"
+	vm_outcome "$q/out1" "${PIPESTATUS[0]}"
+	for ((i = 2; i <= vms; i++)); do
+		status=0
+		wait "$(cat "$q/pid$i")" || status=$?
+		echo "# VM $i of $vms:"
+		cat "$q/out$i"
+		vm_outcome "$q/out$i" "$status"
+	done
+	# A test no VM took (they all died first) fails.
+	while IFS= read -r file; do
+		[ -d "$q/taken/$(basename "$file" .sh)" ] && continue
+		echo "not ok - $(basename "$file" .sh) # not run: no VM took it"
+		f=$((f + 1))
+		rc=1
+	done <"$q/list"
+	rm -rf "$q"
 }
 
 main() {
 	local vmopts=(--timeout 3600) out rc=0 nrc=0 p=0 f=0 s=0
-	local a has_sep='' vm_tests=() net_tests=()
+	local a has_sep='' vm_tests=() net_tests=() vms
 	for a in "$@"; do [ "$a" != -- ] || has_sep=1; done
 	if [ -n "$has_sep" ]; then
 		while [ "$1" != -- ]; do
@@ -68,7 +118,14 @@ main() {
 	trap "rm -f '$out'" EXIT
 
 	if [ $# -eq 0 ] || [ ${#vm_tests[@]} -gt 0 ]; then
-		run_vm_suite "${vm_tests[@]}"
+		vms=${DST_CHECK_VMS:-$([ "$(nproc)" -ge 2 ] && echo 2 || echo 1)}
+		[[ $vms =~ ^[1-9][0-9]*$ ]] || { echo "check.sh: DST_CHECK_VMS must be a positive integer" >&2; exit 2; }
+		[ ${#vm_tests[@]} -eq 0 ] || [ "$vms" -le ${#vm_tests[@]} ] || vms=${#vm_tests[@]}
+		if [ "$vms" -gt 1 ]; then
+			run_vm_suite_parallel "$vms" "${vm_tests[@]}"
+		else
+			run_vm_suite "${vm_tests[@]}"
+		fi
 	fi
 	if [ $# -eq 0 ] || [ ${#net_tests[@]} -gt 0 ]; then
 		"$here/net.sh" "${net_tests[@]}" | tee "$out"

@@ -2,7 +2,15 @@
 # Run the dst selftests inside the test VM (see selftests/check.sh).
 #
 # usage: run.sh [--force] [TEST...]
+#        run.sh [--force] --queue
 #   TEST: a file in selftests/tests/, with or without ".sh" (default: all)
+#   --queue: run the tests listed in DIR/list (one path per line), DIR being
+#   $DST_QUEUE (an environment variable, not an argument: vm-run would show
+#   an argument's directory read-only in the guest), that
+#   no other runner has taken yet, in that order.  A runner takes a test by
+#   creating the directory DIR/taken/NAME, which succeeds for one runner
+#   only, so several VMs sharing DIR (check.sh's) split the list between
+#   them as each becomes free.  The plan line then comes last.
 #
 # Each test file runs in its own bash process, under timeout(1) (300 s, or
 # the value of a "# timeout: N" line in the file; 4 times that on a kernel
@@ -89,13 +97,30 @@ run_one() {
 	failed=$((failed + 1))
 }
 
+# run_queue DIR: take and run tests from DIR/list until none is left.
+run_queue() {
+	local dir=$1 file n=0
+	mkdir -p "$dir/taken" || exit 2
+	echo "TAP version 13"
+	while IFS= read -r file; do
+		mkdir "$dir/taken/$(basename "$file" .sh)" 2>/dev/null || continue
+		n=$((n + 1))
+		run_one "$n" "$file"
+	done <"$dir/list"
+	echo "1..$n"
+}
+
 main() {
-	local tests i
+	local tests i queue=''
 	if [ "${1:-}" = --force ]; then
 		shift
 	elif [ "${DST_VM:-}" != 1 ]; then
 		echo "run.sh: not in the dst test VM; use selftests/check.sh (or --force)" >&2
 		exit 2
+	fi
+	if [ "${1:-}" = --queue ]; then
+		queue=${DST_QUEUE:?run.sh: --queue needs DST_QUEUE}
+		[ $# -eq 1 ] || { echo "run.sh: --queue takes no TEST" >&2; exit 2; }
 	fi
 	# The guest has no network but loopback: name lookups must fail at
 	# once instead of waiting for the host's resolvers (nbd-server looks
@@ -104,12 +129,16 @@ main() {
 		printf 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n' >/tmp/.dst-resolv.conf; then
 		mount --bind /tmp/.dst-resolv.conf /etc/resolv.conf 2>/dev/null || true
 	fi
-	mapfile -t tests < <(select_tests "$here/tests" "$@")
-	echo "TAP version 13"
-	echo "1..${#tests[@]}"
-	for i in "${!tests[@]}"; do
-		run_one $((i + 1)) "${tests[i]}"
-	done
+	if [ -n "$queue" ]; then
+		run_queue "$queue"
+	else
+		mapfile -t tests < <(select_tests "$here/tests" "$@")
+		echo "TAP version 13"
+		echo "1..${#tests[@]}"
+		for i in "${!tests[@]}"; do
+			run_one $((i + 1)) "${tests[i]}"
+		done
+	fi
 	echo "$passed passed, $failed failed, $skipped skipped"
 	[ "$failed" -eq 0 ]
 }

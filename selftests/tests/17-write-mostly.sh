@@ -2,17 +2,18 @@
 # Write-mostly mirror legs (md's --write-mostly): such a leg gets every
 # write but serves reads only when no other in-sync leg can.  Set at
 # create, at add and by `dstctl set`; the fallback when the other legs are
-# gone; a remote leg mirrored with a local one; bad input.
+# gone; resync reads, which prefer a leg that is not write-mostly; a remote
+# leg mirrored with a local one; bad input.
 # timeout: 300
 # shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 # shellcheck source=../dst.sh
 . "$SELFTESTS_DIR/dst.sh"
 
-require_cmd fio nbdkit jq
+require_cmd fio nbdkit jq dmsetup
 MiB=$((1 << 20))
 
-plan 46
+plan 53
 brd_setup 4 64
 dst_load
 
@@ -150,6 +151,49 @@ assert_cmd -m "create l (linear)" dstctl create l --linear /dev/ram0
 expect_err_contains -m "set --write-mostly on a linear device: refused" "linear" \
 	dstctl set l --write-mostly 0
 assert_cmd -m "remove l" dstctl remove l
+
+# --- resync reads ----------------------------------------------------------------
+# Legs 0 and 1 are dm-linear devices over ram0 and ram1, so that their reads
+# can be counted (brd keeps no statistics).  A resync reads from the first
+# fitting leg, so with leg 0 write-mostly only the preference keeps it from
+# reading there.
+SECTORS=$((64 * MiB / 512))
+
+# dm_reads NAME: the reads dm device NAME completed.
+dm_reads() {
+	awk '{ print $1 }' "/sys/block/$(dmsetup info -c --noheadings -o blkdevname "$1")/stat"
+}
+
+# resync_reads: detach leg 2 of s, write 8 MiB, attach it, wait for it to be
+# in sync; print the reads of wm0 and n1 meanwhile, "wm0 n1".
+resync_reads() {
+	local a0 a1
+	dstctl detach s 2 >/dev/null &&
+		dd if=/dev/urandom of="$sdev" bs=1M seek=8 count=8 oflag=direct status=none || return 1
+	udevadm settle 2>/dev/null || true
+	a0=$(dm_reads wm0) a1=$(dm_reads n1)
+	dstctl attach s 2 >/dev/null && wait_leg s 2 in-sync 30 >/dev/null || return 1
+	echo "$(($(dm_reads wm0) - a0)) $(($(dm_reads n1) - a1))"
+}
+
+cleanup_push sh -c '"$DSTCTL" remove s 2>/dev/null; dmsetup remove --retry wm0 n1 2>/dev/null || true'
+assert_cmd -m "dm-linear wm0 over ram0 and n1 over ram1" \
+	eval 'dmsetup create wm0 --table "0 $SECTORS linear /dev/ram0 0" &&
+		dmsetup create n1 --table "0 $SECTORS linear /dev/ram1 0" && dmsetup mknodes wm0 n1'
+assert_cmd -m "create s: wm0 (write-mostly), n1 and ram2, in sync" \
+	eval 'dstctl create s --mirror /dev/mapper/wm0 /dev/mapper/n1 /dev/ram2 --write-mostly 0 >/dev/null &&
+		wait_leg s 1 in-sync 30 && wait_leg s 2 in-sync 30'
+sdev=$(dst_dev s)
+d=$(resync_reads) || d="failed"
+diag "resync of leg 2, reads of wm0 and n1: $d"
+assert_cmd -m "leg 2's resync read from n1 only, not from the write-mostly wm0 ($d)" served_by "$d" 1 1
+assert_cmd -m "set --no-write-mostly 0" dstctl set s --no-write-mostly 0
+d=$(resync_reads) || d="failed"
+diag "resync of leg 2, reads of wm0 and n1: $d"
+assert_cmd -m "with no leg write-mostly, the resync reads from leg 0 ($d)" served_by "$d" 0 1
+assert_cmd -m "every leg equals the device" \
+	legs_match_dev "$sdev" $((64 * MiB)) /dev/mapper/wm0 /dev/mapper/n1 /dev/ram2
+assert_cmd -m "remove s and the dm devices" eval 'dstctl remove s && dmsetup remove --retry wm0 n1'
 
 # --- a remote leg mirrored with a local one ---------------------------------------
 port=$(free_port)

@@ -10,8 +10,9 @@
 # from a shared list (`selftests/run.sh --queue`), the longest first by their
 # timeout lines; with one VM, `scripts/vm-run -- selftests/run.sh TEST...`.
 # The first VM's output streams as it comes, the others' follow when they
-# end.  Each VM gets 3600 s unless a --timeout is given (each test file
-# also has its own timeout, enforced in the guest).
+# end.  Each VM gets 5400 s unless a --timeout is given (each test file
+# also has its own timeout, enforced in the guest; with several VMs, which
+# slow each other down, half as long again unless DST_TIMEOUT_PCT says).
 # Then `selftests/net.sh TEST...`: the multi-machine tests in
 # selftests/net/ (named net/NAME), each booting several guests at once.
 # With no TEST, all of both.
@@ -68,6 +69,8 @@ run_vm_suite_parallel() {
 	local vms=$1 q i file status t
 	shift
 	q=$(mktemp -d /tmp/dst-queue.XXXXXX)
+	# Two VMs on two CPUs take about 1.3 times as long for each test.
+	export DST_TIMEOUT_PCT=${DST_TIMEOUT_PCT:-150}
 	# The longest first, so that the VMs end close together.
 	while IFS= read -r file; do
 		t=0
@@ -100,7 +103,7 @@ run_vm_suite_parallel() {
 }
 
 main() {
-	local vmopts=(--timeout 3600) out rc=0 nrc=0 p=0 f=0 s=0
+	local vmopts=(--timeout 5400) out rc=0 nrc=0 p=0 f=0 s=0
 	local a has_sep='' vm_tests=() net_tests=() vms
 	for a in "$@"; do [ "$a" != -- ] || has_sep=1; done
 	if [ -n "$has_sep" ]; then

@@ -14,12 +14,15 @@
 #
 # Each test file runs in its own bash process, under timeout(1) (300 s, or
 # the value of a "# timeout: N" line in the file; 4 times that on a kernel
-# with kmemleak, which is slower), after `dmesg -C`; a kernel
+# with kmemleak, which is slower; scaled by DST_TIMEOUT_PCT percent, which
+# check.sh sets when VMs share the host), after `dmesg -C`; a kernel
 # splat in dmesg afterwards fails it, and so does, on a kernel with kmemleak
 # (make check-kasan), an object leaked meanwhile.  Output is one TAP stream: each file is
 # one top-level test point, its own TAP lines indented by 4 spaces.  The
 # last line is "N passed, N failed, N skipped" (test files); the exit status
-# is 1 if any failed.
+# is 1 if any failed.  After a test that failed, what it may have left
+# behind (a test killed on timeout runs no cleanup) is undone, so that
+# the tests after it start from a clean guest.
 #
 # Refuses to run outside the VM (it loads modules and writes to block
 # devices) unless --force is given.
@@ -57,6 +60,37 @@ check_leaks() {
 	return 1
 }
 
+# After a failed test: stop what it may have left running or set up
+# (servers, dst and nbd devices, dm devices, mounts, RAM disks, firewall
+# and netem rules), and say what there was.  Best effort: what cannot be
+# undone shows as the next tests' failures.
+reset_guest() {
+	local dstctl=${DSTCTL:-$repo/userspace/target/release/dstctl} left=() d
+	pkill -KILL -x 'nbdkit|qemu-nbd|nbd-server|nbd-hostile|fio|dd|nbdcopy|dstctl' 2>/dev/null &&
+		left+=(processes) && sleep 1
+	for d in $(awk '$1 ~ "^/dev/(dst|nbd|mapper|ram)" { print $2 }' /proc/mounts); do
+		umount -l "$d" && left+=("mount $d")
+	done
+	for d in $("$dstctl" --json list 2>/dev/null | jq -r '.[].name' 2>/dev/null); do
+		"$dstctl" unexport "$d" >/dev/null 2>&1
+		"$dstctl" remove "$d" >/dev/null 2>&1
+		left+=("device $d")
+	done
+	for d in /sys/block/nbd*; do
+		[ -e "$d/pid" ] && nbd-client -d "/dev/${d##*/}" >/dev/null 2>&1 && left+=("${d##*/}")
+	done
+	[ -z "$(dmsetup ls 2>/dev/null | grep -v '^No devices')" ] ||
+		{ dmsetup remove_all --force >/dev/null 2>&1; left+=("dm devices"); }
+	for d in dst brd nbd; do
+		[ ! -d "/sys/module/$d" ] || { rmmod "$d" 2>/dev/null; left+=("module $d"); }
+	done
+	[ -z "$(nft list ruleset 2>/dev/null)" ] || { nft flush ruleset; left+=("nft rules"); }
+	tc qdisc del dev lo root 2>/dev/null && left+=("netem on lo")
+	[ ${#left[@]} -eq 0 ] || echo "# reset after the failure: ${left[*]}"
+	[ ! -d /sys/module/dst ] || echo "# reset: dst is still loaded"
+	[ ! -d /sys/module/brd ] || echo "# reset: brd is still loaded"
+}
+
 # run_one N FILE: run one test file as top-level test point N.
 run_one() {
 	local n=$1 file=$2 name t rc start splat=0 leak=0
@@ -69,6 +103,7 @@ run_one() {
 	t=$(file_timeout "$file" "$DEFAULT_TIMEOUT")
 	# A KASAN and kmemleak kernel (make check-kasan) runs 2-5 times slower.
 	[ ! -w /sys/kernel/debug/kmemleak ] || t=$((t * 4))
+	t=$((t * ${DST_TIMEOUT_PCT:-100} / 100))
 	echo "# $name (timeout ${t}s)"
 	dmesg -C
 	start=$SECONDS
@@ -95,6 +130,7 @@ run_one() {
 		echo "not ok $n $name"
 	fi
 	failed=$((failed + 1))
+	reset_guest
 }
 
 # run_queue DIR: take and run tests from DIR/list until none is left.

@@ -8,7 +8,7 @@
 # with fsync on a mirror with a remote leg (whose cache flushes hold its
 # data clones back) and on a linear device must all finish, with no error
 # and no leg failed.
-# timeout: 420
+# timeout: 540
 # shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 # shellcheck source=../dst.sh

@@ -9,7 +9,7 @@
 # others or with conns=1.  A leg that goes away says so with
 # NBD_CMD_DISC; a mirror's cache flush reaches the remote leg as
 # NBD_CMD_FLUSH.
-# timeout: 420
+# timeout: 540
 # SC2016: the bodies of eval '...' expand when evaluated, as intended.
 # shellcheck disable=SC2016
 # shellcheck source-path=SCRIPTDIR source=../lib.sh

@@ -15,7 +15,7 @@
 # module that loses the wake-up there hangs here (with the fix taken
 # out it did in each of three runs: in the 3rd cycle twice, and in the
 # 10th cycle of the hot spot), not once in a while.
-# timeout: 360
+# timeout: 480
 # shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 # shellcheck source=../dst.sh

@@ -12,19 +12,24 @@
 # The first VM's output streams as it comes, the others' follow when they
 # end.  Each VM gets 5400 s unless a --timeout is given (each test file
 # also has its own timeout, enforced in the guest; with several VMs, which
-# slow each other down, half as long again unless DST_TIMEOUT_PCT says).
+# slow each other down by up to a half here, 1.75 times as long unless
+# DST_TIMEOUT_PCT says).  A --log FILE becomes FILE.vmN for VM N.
 # Then `selftests/net.sh TEST...`: the multi-machine tests in
 # selftests/net/ (named net/NAME), each booting several guests at once.
 # With no TEST, all of both.
 # The last line of output is always a "N passed, N failed, N skipped"
-# summary of both parts: if the VM run failed on its own (timeout, kernel
-# splat, no summary from the guest), one more failure is added to the
-# guest's counts.  The exit status is 0 only if everything passed.
+# summary of both parts: each VM that failed on its own (timeout, kernel
+# splat, no summary from the guest) adds one more failure to the guests'
+# counts, and so does each test that no VM took.  The exit status is 0
+# only if everything passed.
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 repo=$(dirname "$here")
 SUMMARY_RE='^([0-9]+) passed, ([0-9]+) failed, ([0-9]+) skipped'
+# Removed on exit; killed on exit (VMs in the background, which an
+# interrupt does not reach).
+tmp_files=() bg_pids=()
 
 # shellcheck source-path=SCRIPTDIR source=testfiles.sh
 . "$here/testfiles.sh"
@@ -64,13 +69,23 @@ run_vm_suite() {
 	vm_outcome "$out" "${PIPESTATUS[0]}"
 }
 
+# vm_opts N: vmopts for VM N, its --log (if any) made its own.
+vm_opts() {
+	local i
+	vmN=("${vmopts[@]}")
+	for ((i = 0; i + 1 < ${#vmN[@]}; i++)); do
+		[ "${vmN[i]}" != --log ] || vmN[i + 1]=${vmN[i + 1]}.vm$1
+	done
+}
+
 # The one-machine tests, in $1 VMs that share a queue of them; sets rc.
 run_vm_suite_parallel() {
-	local vms=$1 q i file status t
+	local vms=$1 q i file status t vmN
 	shift
 	q=$(mktemp -d /tmp/dst-queue.XXXXXX)
-	# Two VMs on two CPUs take about 1.3 times as long for each test.
-	export DST_TIMEOUT_PCT=${DST_TIMEOUT_PCT:-150}
+	tmp_files+=("$q")
+	# Two VMs on two CPUs take 1.2-1.5 times as long for each test (TCG).
+	export DST_TIMEOUT_PCT=${DST_TIMEOUT_PCT:-175}
 	# The longest first, so that the VMs end close together.
 	while IFS= read -r file; do
 		t=0
@@ -78,16 +93,19 @@ run_vm_suite_parallel() {
 		printf '%s\t%s\n' "$t" "$file"
 	done < <(select_tests "$here/tests" "$@") | sort -s -t $'\t' -k1,1nr | cut -f2- >"$q/list"
 	for ((i = 2; i <= vms; i++)); do
-		DST_QUEUE=$q "$repo/scripts/vm-run" "${vmopts[@]}" --share "$q" -- "$here/run.sh" --queue \
+		vm_opts "$i"
+		DST_QUEUE=$q "$repo/scripts/vm-run" "${vmN[@]}" --share "$q" -- "$here/run.sh" --queue \
 			>"$q/out$i" 2>&1 &
-		echo $! >"$q/pid$i"
+		bg_pids[i]=$!
 	done
 	echo "# VM 1 of $vms:"
-	DST_QUEUE=$q "$repo/scripts/vm-run" "${vmopts[@]}" --share "$q" -- "$here/run.sh" --queue | tee "$q/out1"
+	vm_opts 1
+	DST_QUEUE=$q "$repo/scripts/vm-run" "${vmN[@]}" --share "$q" -- "$here/run.sh" --queue | tee "$q/out1"
 	vm_outcome "$q/out1" "${PIPESTATUS[0]}"
 	for ((i = 2; i <= vms; i++)); do
 		status=0
-		wait "$(cat "$q/pid$i")" || status=$?
+		wait "${bg_pids[i]}" || status=$?
+		unset "bg_pids[i]"
 		echo "# VM $i of $vms:"
 		cat "$q/out$i"
 		vm_outcome "$q/out$i" "$status"
@@ -99,7 +117,6 @@ run_vm_suite_parallel() {
 		f=$((f + 1))
 		rc=1
 	done <"$q/list"
-	rm -rf "$q"
 }
 
 main() {
@@ -117,12 +134,15 @@ main() {
 		case $a in net/*) net_tests+=("$a") ;; *) vm_tests+=("$a") ;; esac
 	done
 	out=$(mktemp /tmp/dst-check.XXXXXX)
-	# shellcheck disable=SC2064 # expand now
-	trap "rm -f '$out'" EXIT
+	tmp_files+=("$out")
+	trap 'kill "${bg_pids[@]}" 2>/dev/null; rm -rf "${tmp_files[@]}"' EXIT
+	trap 'exit 130' INT TERM
 
 	if [ $# -eq 0 ] || [ ${#vm_tests[@]} -gt 0 ]; then
 		vms=${DST_CHECK_VMS:-$([ "$(nproc)" -ge 2 ] && echo 2 || echo 1)}
 		[[ $vms =~ ^[1-9][0-9]*$ ]] || { echo "check.sh: DST_CHECK_VMS must be a positive integer" >&2; exit 2; }
+		[[ ${DST_TIMEOUT_PCT:-100} =~ ^[1-9][0-9]*$ ]] ||
+			{ echo "check.sh: DST_TIMEOUT_PCT must be a positive integer" >&2; exit 2; }
 		[ ${#vm_tests[@]} -eq 0 ] || [ "$vms" -le ${#vm_tests[@]} ] || vms=${#vm_tests[@]}
 		if [ "$vms" -gt 1 ]; then
 			run_vm_suite_parallel "$vms" "${vm_tests[@]}"

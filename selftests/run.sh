@@ -21,8 +21,8 @@
 # one top-level test point, its own TAP lines indented by 4 spaces.  The
 # last line is "N passed, N failed, N skipped" (test files); the exit status
 # is 1 if any failed.  After a test that failed, what it may have left
-# behind (a test killed on timeout runs no cleanup) is undone, so that
-# the tests after it start from a clean guest.
+# behind (a test killed on timeout may not finish its cleanup) is undone,
+# so that the tests after it start from a clean guest.
 #
 # Refuses to run outside the VM (it loads modules and writes to block
 # devices) unless --force is given.
@@ -61,31 +61,38 @@ check_leaks() {
 }
 
 # After a failed test: stop what it may have left running or set up
-# (servers, dst and nbd devices, dm devices, mounts, RAM disks, firewall
-# and netem rules), and say what there was.  Best effort: what cannot be
-# undone shows as the next tests' failures.
+# (servers, udevd, mounts, dst, nbd, md, dm and loop devices, RAM disks,
+# firewall and netem rules, scratch files), and say what there was.  Best
+# effort, each step bounded: what cannot be undone shows as the next
+# tests' failures.
 reset_guest() {
 	local dstctl=${DSTCTL:-$repo/userspace/target/release/dstctl} left=() d
-	pkill -KILL -x 'nbdkit|qemu-nbd|nbd-server|nbd-hostile|fio|dd|nbdcopy|dstctl' 2>/dev/null &&
+	local T='timeout -k 5 30'
+	pkill -KILL -x 'nbdkit|qemu-nbd|nbd-server|nbd-hostile|fio|dd|nbdcopy|dstctl|systemd-udevd' 2>/dev/null &&
 		left+=(processes) && sleep 1
-	for d in $(awk '$1 ~ "^/dev/(dst|nbd|mapper|ram)" { print $2 }' /proc/mounts); do
-		umount -l "$d" && left+=("mount $d")
+	for d in $(awk '$1 ~ "^/dev/(dst|nbd|md|mapper|ram|loop)" { print $2 }' /proc/mounts); do
+		$T umount -l "$d" && left+=("mount $d")
 	done
-	for d in $("$dstctl" --json list 2>/dev/null | jq -r '.[].name' 2>/dev/null); do
-		"$dstctl" unexport "$d" >/dev/null 2>&1
-		"$dstctl" remove "$d" >/dev/null 2>&1
+	for d in $($T "$dstctl" --json list 2>/dev/null | jq -r '.[].name' 2>/dev/null); do
+		$T "$dstctl" unexport "$d" >/dev/null 2>&1
+		$T "$dstctl" remove "$d" >/dev/null 2>&1
 		left+=("device $d")
 	done
 	for d in /sys/block/nbd*; do
-		[ -e "$d/pid" ] && nbd-client -d "/dev/${d##*/}" >/dev/null 2>&1 && left+=("${d##*/}")
+		[ -e "$d/pid" ] && $T nbd-client -d "/dev/${d##*/}" >/dev/null 2>&1 && left+=("${d##*/}")
 	done
-	[ -z "$(dmsetup ls 2>/dev/null | grep -v '^No devices')" ] ||
-		{ dmsetup remove_all --force >/dev/null 2>&1; left+=("dm devices"); }
+	for d in /sys/block/md*; do
+		[ -e "$d/md" ] && $T mdadm --stop "/dev/${d##*/}" >/dev/null 2>&1 && left+=("${d##*/}")
+	done
+	[ -z "$($T dmsetup ls 2>/dev/null | grep -v '^No devices')" ] ||
+		{ $T dmsetup --noudevsync remove_all --force >/dev/null 2>&1; left+=("dm devices"); }
+	[ -z "$(losetup -a 2>/dev/null)" ] || { $T losetup -D; left+=("loop devices"); }
 	for d in dst brd nbd; do
-		[ ! -d "/sys/module/$d" ] || { rmmod "$d" 2>/dev/null; left+=("module $d"); }
+		[ ! -d "/sys/module/$d" ] || { $T rmmod "$d" 2>/dev/null; left+=("module $d"); }
 	done
 	[ -z "$(nft list ruleset 2>/dev/null)" ] || { nft flush ruleset; left+=("nft rules"); }
 	tc qdisc del dev lo root 2>/dev/null && left+=("netem on lo")
+	rm -rf /run/udev /tmp/dst-test.*
 	[ ${#left[@]} -eq 0 ] || echo "# reset after the failure: ${left[*]}"
 	[ ! -d /sys/module/dst ] || echo "# reset: dst is still loaded"
 	[ ! -d /sys/module/brd ] || echo "# reset: brd is still loaded"
@@ -103,7 +110,7 @@ run_one() {
 	t=$(file_timeout "$file" "$DEFAULT_TIMEOUT")
 	# A KASAN and kmemleak kernel (make check-kasan) runs 2-5 times slower.
 	[ ! -w /sys/kernel/debug/kmemleak ] || t=$((t * 4))
-	t=$((t * ${DST_TIMEOUT_PCT:-100} / 100))
+	[[ ${DST_TIMEOUT_PCT:-100} =~ ^[1-9][0-9]*$ ]] && t=$((t * ${DST_TIMEOUT_PCT:-100} / 100))
 	echo "# $name (timeout ${t}s)"
 	dmesg -C
 	start=$SECONDS
@@ -138,11 +145,11 @@ run_queue() {
 	local dir=$1 file n=0
 	mkdir -p "$dir/taken" || exit 2
 	echo "TAP version 13"
-	while IFS= read -r file; do
+	while IFS= read -r -u 3 file; do
 		mkdir "$dir/taken/$(basename "$file" .sh)" 2>/dev/null || continue
 		n=$((n + 1))
 		run_one "$n" "$file"
-	done <"$dir/list"
+	done 3<"$dir/list"
 	echo "1..$n"
 }
 

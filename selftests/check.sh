@@ -112,8 +112,8 @@ run_vm_suite_parallel() {
 	done
 	# A test no VM took (they all died first) fails.
 	while IFS= read -r file; do
-		[ -d "$q/taken/$(basename "$file" .sh)" ] && continue
-		echo "not ok - $(basename "$file" .sh) # not run: no VM took it"
+		[ -d "$q/taken/$(test_name "$file")" ] && continue
+		echo "not ok - $(test_name "$file") # not run: no VM took it"
 		f=$((f + 1))
 		rc=1
 	done <"$q/list"

@@ -35,6 +35,10 @@ passed=0 failed=0 skipped=0
 
 # shellcheck source-path=SCRIPTDIR source=testfiles.sh
 . "$here/testfiles.sh"
+# For reset_guest: dst_unload.
+DST_REPO=$repo
+# shellcheck source=dst.sh
+. "$here/dst.sh"
 
 # Print the splats in dmesg as diagnostics; return 1 if there are any.
 check_dmesg() {
@@ -63,21 +67,19 @@ check_leaks() {
 # After a failed test: stop what it may have left running or set up
 # (servers, udevd, mounts, dst, nbd, md, dm and loop devices, RAM disks,
 # firewall and netem rules, scratch files), and say what there was.  Best
-# effort, each step bounded: what cannot be undone shows as the next
-# tests' failures.
+# effort, each step but dst_unload (the tests' own) bounded: what cannot
+# be undone shows as the next tests' failures.
 reset_guest() {
-	local dstctl=${DSTCTL:-$repo/userspace/target/release/dstctl} left=() d
+	local left=() d
 	local T='timeout -k 5 30'
 	pkill -KILL -x 'nbdkit|qemu-nbd|nbd-server|nbd-hostile|fio|dd|nbdcopy|dstctl|systemd-udevd' 2>/dev/null &&
 		left+=(processes) && sleep 1
 	for d in $(awk '$1 ~ "^/dev/(dst|nbd|md|mapper|ram|loop)" { print $2 }' /proc/mounts); do
 		$T umount -l "$d" && left+=("mount $d")
 	done
-	for d in $($T "$dstctl" --json list 2>/dev/null | jq -r '.[].name' 2>/dev/null); do
-		$T "$dstctl" unexport "$d" >/dev/null 2>&1
-		$T "$dstctl" remove "$d" >/dev/null 2>&1
-		left+=("device $d")
-	done
+	d=$($T "$DSTCTL" --json list 2>/dev/null | jq -r 'map(.name) | join(",")' 2>/dev/null)
+	[ -z "$d" ] || left+=("devices $d")
+	[ ! -d /sys/module/dst ] || { dst_unload >/dev/null 2>&1; left+=("module dst"); }
 	for d in /sys/block/nbd*; do
 		[ -e "$d/pid" ] && $T nbd-client -d "/dev/${d##*/}" >/dev/null 2>&1 && left+=("${d##*/}")
 	done
@@ -87,7 +89,7 @@ reset_guest() {
 	[ -z "$($T dmsetup ls 2>/dev/null | grep -v '^No devices')" ] ||
 		{ $T dmsetup --noudevsync remove_all --force >/dev/null 2>&1; left+=("dm devices"); }
 	[ -z "$(losetup -a 2>/dev/null)" ] || { $T losetup -D; left+=("loop devices"); }
-	for d in dst brd nbd; do
+	for d in brd nbd; do
 		[ ! -d "/sys/module/$d" ] || { $T rmmod "$d" 2>/dev/null; left+=("module $d"); }
 	done
 	[ -z "$(nft list ruleset 2>/dev/null)" ] || { nft flush ruleset; left+=("nft rules"); }
@@ -101,7 +103,7 @@ reset_guest() {
 # run_one N FILE: run one test file as top-level test point N.
 run_one() {
 	local n=$1 file=$2 name t rc start splat=0 leak=0
-	name=$(basename "$file" .sh)
+	name=$(test_name "$file")
 	if [ ! -f "$file" ]; then
 		echo "not ok $n $name # no such test"
 		failed=$((failed + 1))
@@ -146,7 +148,7 @@ run_queue() {
 	mkdir -p "$dir/taken" || exit 2
 	echo "TAP version 13"
 	while IFS= read -r -u 3 file; do
-		mkdir "$dir/taken/$(basename "$file" .sh)" 2>/dev/null || continue
+		mkdir "$dir/taken/$(test_name "$file")" 2>/dev/null || continue
 		n=$((n + 1))
 		run_one "$n" "$file"
 	done 3<"$dir/list"

@@ -10,6 +10,8 @@
 #                               fail)
 #   file_timeout FILE DEFAULT   the value of FILE's "# timeout: N" line, or
 #                               DEFAULT
+#   test_name FILE              the test's name, FILE's without ".sh" (also
+#                               what run.sh --queue takes a test by)
 
 select_tests() {
 	local dir=$1 t
@@ -35,4 +37,8 @@ file_timeout() {
 	local t
 	t=$(sed -n 's/^# timeout: *\([0-9][0-9]*\).*/\1/p' "$1" | head -n 1)
 	echo "${t:-$2}"
+}
+
+test_name() {
+	basename "$1" .sh
 }

@@ -100,9 +100,14 @@ reset_guest() {
 	[ ! -d /sys/module/brd ] || echo "# reset: brd is still loaded"
 }
 
+# The guest's busy and total CPU time so far, in ticks: "BUSY TOTAL".
+cpu_ticks() {
+	awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat
+}
+
 # run_one N FILE: run one test file as top-level test point N.
 run_one() {
-	local n=$1 file=$2 name t rc start splat=0 leak=0
+	local n=$1 file=$2 name t rc start splat=0 leak=0 c0 c1
 	name=$(test_name "$file")
 	if [ ! -f "$file" ]; then
 		echo "not ok $n $name # no such test"
@@ -116,11 +121,16 @@ run_one() {
 	echo "# $name (timeout ${t}s)"
 	dmesg -C
 	start=$SECONDS
+	c0=$(cpu_ticks)
 	DST_TAP_NESTED=1 timeout -k 10 "$t" bash "$file" 2>&1 </dev/null | sed -u 's/^/    /'
 	rc=${PIPESTATUS[0]}
 	check_dmesg || splat=1
 	check_leaks || leak=1
-	echo "# $name: exit status $rc after $((SECONDS - start))s"
+	c1=$(cpu_ticks)
+	# How busy the guest's CPUs were, all together: a test near 100% is
+	# bound by the (emulated) CPU, one far under it by its waits.
+	echo "# $name: exit status $rc after $((SECONDS - start))s, CPUs $(awk -v a="$c0" -v b="$c1" 'BEGIN {
+		split(a, x, " "); split(b, y, " "); d = y[2] - x[2]; printf "%d%% busy", (d > 0 ? 100 * (y[1] - x[1]) / d : 0) }')"
 	if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
 		echo "not ok $n $name # TIMEOUT after ${t}s"
 	elif [ "$splat" -eq 1 ]; then

@@ -5,8 +5,11 @@
 #
 # The test flavour builds in the work tree (dst/dst.ko); the other kernels
 # have a different config (no lockdep; or KASAN and clang), so their module
-# is built in a copy of the sources under the cache.  Warnings fail the
-# build.  The last line printed on stdout is the path of dst.ko.
+# is built in a fresh copy of the sources under the cache, and kept there
+# as module-FLAVOUR/dst-HASH.ko (HASH: of its contents), so that two runs at
+# once (two `make bench`) never replace the module the other is loading.
+# Kept modules older than a day are removed.  Warnings fail the build.  The
+# last line printed on stdout is the path of dst.ko.
 set -euo pipefail
 
 flavour=${1:-test}
@@ -21,8 +24,9 @@ kdir=$("$here/build-kernel.sh" "$flavour" | tail -1)
 case "$flavour" in
 test) src=$repo ;;
 bench|prof|kasan)
-	src=$cache/module-$flavour
-	rm -rf "$src"
+	mkdir -p "$cache"
+	src=$(mktemp -d "$cache/module-$flavour.build.XXXXXX")
+	trap 'rm -rf "$src"' EXIT
 	mkdir -p "$src/dst" "$src/userspace/dst-proto"
 	cp "$repo/Kbuild" "$src/"
 	cp "$repo"/dst/Kbuild "$repo"/dst/*.rs "$repo"/dst/*.c "$repo"/dst/*.h "$src/dst/"
@@ -35,7 +39,7 @@ llvm=()
 [ "$flavour" != kasan ] || llvm=(LLVM=1)
 
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$log"; [ "$src" = "$repo" ] || rm -rf "$src"' EXIT
 if ! make -C "$kdir" M="$src" RUSTC=/usr/bin/rustc HOSTRUSTC=/usr/bin/rustc \
 	${llvm[@]+"${llvm[@]}"} "$@" modules >"$log" 2>&1; then
 	cat "$log" >&2
@@ -47,4 +51,14 @@ if grep -qE '(^|[^a-z_])(warning|error)(\[|:)' "$log"; then
 	echo "build-module: the build has warnings" >&2
 	exit 1
 fi
-echo "$src/dst/dst.ko"
+[ "$src" != "$repo" ] || { echo "$src/dst/dst.ko"; exit 0; }
+keep=$cache/module-$flavour
+mkdir -p "$keep"
+find "$keep" -maxdepth 1 -name 'dst-*.ko' -mmin +1440 -delete 2>/dev/null || true
+# What the layout before this one left (a build tree in the directory).
+find "$keep" -mindepth 1 -maxdepth 1 ! -name 'dst-*.ko*' -exec rm -rf {} + 2>/dev/null || true
+ko=$keep/dst-$(sha256sum "$src/dst/dst.ko" | cut -c1-16).ko
+# A rename, so that a reader sees the whole file or none.
+cp "$src/dst/dst.ko" "$ko.tmp.$$"
+mv -f "$ko.tmp.$$" "$ko"
+echo "$ko"

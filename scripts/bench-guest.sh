@@ -15,6 +15,9 @@
 #                      "resync" and "netresync": the resync measurements,
 #                      run last)
 #   DST_BENCH_SHAPES   shapes to run (default: all of SHAPES below)
+#   DST_BENCH_EXPORT_SHAPES  shapes run on the NBD servers (exp, qnbd,
+#                      kitfile) only, after SHAPES (default: the four -2j
+#                      shapes; "" for none)
 #   DST_DSTCTL         dstctl binary (default: the repo's release build)
 #   DST_BENCH_REV      what dst.ko was built from, for the report header
 #
@@ -42,6 +45,7 @@ SIZE_MB=${DST_BENCH_SIZE_MB:-256}
 ENGINE=${DST_BENCH_ENGINE:-auto}
 CONFIGS=${DST_BENCH_CONFIGS:-raw md dst nbd nbd2 dstnbd mix mixwm exp qnbd kitfile resync netresync}
 SHAPES=${DST_BENCH_SHAPES:-randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd1 randwrite-4k-qd32 read-1m-qd8 write-1m-qd8}
+EXPORT_SHAPES=${DST_BENCH_EXPORT_SHAPES-randread-4k-qd32-2j randwrite-4k-qd32-2j read-1m-qd8-2j write-1m-qd8-2j}
 DSTCTL=${DST_DSTCTL:-$repo/userspace/target/release/dstctl}
 KO=${DST_KO:-}
 
@@ -105,15 +109,24 @@ die() {
 	exit 1
 }
 
-# shape_spec SHAPE: print "RW BS IODEPTH UNIT" for fio.
+# shape_spec SHAPE: print "RW BS IODEPTH JOBS UNIT" for fio (IODEPTH per
+# job).  A -2j shape splits the queue depth of the shape without the suffix
+# over two fio jobs, each with its own connection to an NBD server: one fio
+# nbd client uses a whole vCPU, so with one job the export rows measure the
+# client more than the server; with two, both vCPUs are busy and what a
+# server costs per request shows.
 shape_spec() {
 	case $1 in
-	randread-4k-qd1) echo "randread 4k 1 IOPS" ;;
-	randread-4k-qd32) echo "randread 4k 32 IOPS" ;;
-	randwrite-4k-qd1) echo "randwrite 4k 1 IOPS" ;;
-	randwrite-4k-qd32) echo "randwrite 4k 32 IOPS" ;;
-	read-1m-qd8) echo "read 1m 8 MiB/s" ;;
-	write-1m-qd8) echo "write 1m 8 MiB/s" ;;
+	randread-4k-qd1) echo "randread 4k 1 1 IOPS" ;;
+	randread-4k-qd32) echo "randread 4k 32 1 IOPS" ;;
+	randread-4k-qd32-2j) echo "randread 4k 16 2 IOPS" ;;
+	randwrite-4k-qd1) echo "randwrite 4k 1 1 IOPS" ;;
+	randwrite-4k-qd32) echo "randwrite 4k 32 1 IOPS" ;;
+	randwrite-4k-qd32-2j) echo "randwrite 4k 16 2 IOPS" ;;
+	read-1m-qd8) echo "read 1m 8 1 MiB/s" ;;
+	write-1m-qd8) echo "write 1m 8 1 MiB/s" ;;
+	read-1m-qd8-2j) echo "read 1m 4 2 MiB/s" ;;
+	write-1m-qd8-2j) echo "write 1m 4 2 MiB/s" ;;
 	*) return 1 ;;
 	esac
 }
@@ -172,17 +185,25 @@ target_args() {
 # run_shape TARGET SHAPE: measure SHAPE on TARGET (a block device or an
 # NBD URI); print "VALUE UNIT".
 run_shape() {
-	local target=$1 shape=$2 spec rw bs qd unit name value
+	local target=$1 shape=$2 spec rw bs qd jobs unit name value
 	spec=$(shape_spec "$shape") || die "unknown shape '$shape'"
-	read -r rw bs qd unit <<<"$spec"
+	read -r rw bs qd jobs unit <<<"$spec"
 	name=$shape.$RANDOM
 	# shellcheck disable=SC2046 # word splitting wanted
-	fio_run "$name" $(target_args "$target") --rw="$rw" --bs="$bs" --iodepth="$qd" \
+	fio_run "$name" $(target_args "$target") --rw="$rw" --bs="$bs" --iodepth="$qd" --numjobs="$jobs" \
 		--size="${SIZE_MB}M" --time_based --runtime="$RUNTIME" --ramp_time=1 \
 		--randrepeat=0 --norandommap
 	value=$(fio_value "$WORK/$name.json" "$unit") || die "cannot read fio's result for $shape on $target"
 	rm -f "$WORK/$name.json" "$WORK/$name.log"
 	echo "$value $unit"
+}
+
+# shapes_of CONFIG: the shapes CONFIG runs.
+shapes_of() {
+	case $1 in
+	exp | qnbd | kitfile) echo "$SHAPES $EXPORT_SHAPES" ;;
+	*) echo "$SHAPES" ;;
+	esac
 }
 
 # prefill DEV: write the test region once, so that reads hit allocated brd
@@ -544,7 +565,7 @@ check_params() {
 		case $c in resync | netresync) continue ;; esac
 		declare -F "setup_$c" >/dev/null || die "unknown configuration '$c'"
 	done
-	for s in $SHAPES; do
+	for s in $SHAPES $EXPORT_SHAPES; do
 		shape_spec "$s" >/dev/null || die "unknown shape '$s'"
 	done
 }
@@ -577,7 +598,7 @@ main() {
 		echo "# devices: raw=$RAW_DEV md=raid1 ${MIRROR_LEGS[*]} dst=mirror ${MIRROR_LEGS[*]} (brd ${BRD_MB} MiB)"
 		echo "# nbd peers: nbd=kernel nbd client (1 connection), nbd2=the same with 2, dstnbd=dst over one remote leg (2 connections, its default), all to nbdkit memory on 127.0.0.1:$NBD_PORT"
 		echo "# mirrors of a local and a remote leg: mix=${MIRROR_LEGS[0]} and nbdkit memory (the same server), mixwm=the same with the remote leg write-mostly"
-		echo "# export peers (fio --ioengine=nbd to $RAW_DEV): exp=dst export of a linear dst over it, qnbd=qemu-nbd (cache=none, aio=native), kitfile=nbdkit file"
+		echo "# export peers (fio --ioengine=nbd to $RAW_DEV): exp=dst export of a linear dst over it, qnbd=qemu-nbd (cache=none, aio=native), kitfile=nbdkit file; the -2j shapes split the queue depth over two fio jobs, one connection each"
 	} >"$RESULTS"
 	msg "$(sed -n 's/^# //p' "$RESULTS" | paste -sd ';' | sed 's/;/; /g')"
 	for ((round = 1; round <= ROUNDS; round++)); do
@@ -588,7 +609,7 @@ main() {
 		msg "round $round/$ROUNDS: ${order[*]}"
 		for c in "${order[@]}"; do
 			"setup_$c"
-			for s in $SHAPES; do
+			for s in $(shapes_of "$c"); do
 				out=$(run_shape "$TARGET" "$s")
 				read -r value unit <<<"$out"
 				record "$c" "$s" "$round" "$value" "$unit"

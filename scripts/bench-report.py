@@ -29,10 +29,18 @@ TARGETS = [
      lambda s: True),
     ("remote leg >= 1.20 x kernel nbd on 1M sequential", "dstnbd", "nbd", 1.20,
      lambda s: "-1m-" in s),
-    ("export >= 1.30 x qemu-nbd (4k QD32, 1M)", "exp", "qnbd", 1.30,
-     lambda s: "qd32" in s or "-1m-" in s),
-    ("export >= 1.30 x nbdkit file (4k QD32, 1M)", "exp", "kitfile", 1.30,
-     lambda s: "qd32" in s or "-1m-" in s),
+    # The export's target, with one fio nbd client (the target's shapes) and
+    # with two (-2j): one client uses a whole vCPU, so in wall-clock time
+    # the one-client rows measure the client more than the server.
+    ("export >= 1.30 x qemu-nbd, 1 client (4k QD32, 1M)", "exp", "qnbd",
+     1.30, lambda s: ("qd32" in s or "-1m-" in s) and not s.endswith("-2j")),
+    ("export >= 1.30 x nbdkit file, 1 client (4k QD32, 1M)", "exp",
+     "kitfile", 1.30,
+     lambda s: ("qd32" in s or "-1m-" in s) and not s.endswith("-2j")),
+    ("export >= 1.30 x qemu-nbd, 2 clients (4k QD32, 1M)", "exp", "qnbd",
+     1.30, lambda s: s.endswith("-2j")),
+    ("export >= 1.30 x nbdkit file, 2 clients (4k QD32, 1M)", "exp",
+     "kitfile", 1.30, lambda s: s.endswith("-2j")),
     ("idle resync >= 0.80 x dd copy", "resync", "dd", 0.80,
      lambda s: s == "copy-1g"),
     ("foreground during resync >= 0.70 x without", "dstresync", "dstidle", 0.70,

@@ -20,6 +20,14 @@ import argparse
 import statistics
 import sys
 
+
+def export_shape(s, clients):
+    """Whether s is a 4k QD32 or 1M shape run by that many fio clients
+    (two: the -2j shapes)."""
+    base = s[:-len("-2j")] if s.endswith("-2j") else s
+    return ("qd32" in base or "-1m-" in base) and (s != base) == (clients == 2)
+
+
 # (label, numerator, denominator, threshold, shape filter)
 TARGETS = [
     ("dst/md >= 1.00 on every shape", "dst", "md", 1.00, lambda s: True),
@@ -33,14 +41,13 @@ TARGETS = [
     # with two (-2j): one client uses a whole vCPU, so in wall-clock time
     # the one-client rows measure the client more than the server.
     ("export >= 1.30 x qemu-nbd, 1 client (4k QD32, 1M)", "exp", "qnbd",
-     1.30, lambda s: ("qd32" in s or "-1m-" in s) and not s.endswith("-2j")),
+     1.30, lambda s: export_shape(s, 1)),
     ("export >= 1.30 x nbdkit file, 1 client (4k QD32, 1M)", "exp",
-     "kitfile", 1.30,
-     lambda s: ("qd32" in s or "-1m-" in s) and not s.endswith("-2j")),
+     "kitfile", 1.30, lambda s: export_shape(s, 1)),
     ("export >= 1.30 x qemu-nbd, 2 clients (4k QD32, 1M)", "exp", "qnbd",
-     1.30, lambda s: s.endswith("-2j")),
+     1.30, lambda s: export_shape(s, 2)),
     ("export >= 1.30 x nbdkit file, 2 clients (4k QD32, 1M)", "exp",
-     "kitfile", 1.30, lambda s: s.endswith("-2j")),
+     "kitfile", 1.30, lambda s: export_shape(s, 2)),
     ("idle resync >= 0.80 x dd copy", "resync", "dd", 0.80,
      lambda s: s == "copy-1g"),
     ("foreground during resync >= 0.70 x without", "dstresync", "dstidle", 0.70,

@@ -12,11 +12,12 @@
 #     scripts/bench-report.py /tmp/dst-bench.*/results
 # Knobs (passed into the guest, see bench-guest.sh): DST_BENCH_ROUNDS (3),
 # DST_BENCH_RUNTIME (5 s), DST_BENCH_SIZE_MB (256), DST_BENCH_ENGINE (auto),
-# DST_BENCH_CONFIGS, DST_BENCH_SHAPES; DST_BENCH_TIMEOUT (3600 s) limits the VM;
-# DST_BENCH_APPEND adds to the guest kernel's command line; DST_BENCH_ICOUNT=1
-# runs the guest with instruction-counted time (vm-run --icount): slower, but
-# the same build gives the same numbers within a percent or two, whatever
-# else the host is doing.
+# DST_BENCH_CONFIGS, DST_BENCH_SHAPES, DST_BENCH_EXPORT_SHAPES;
+# DST_BENCH_TIMEOUT (3600 s) limits the VM; DST_BENCH_APPEND adds to the
+# guest kernel's command line; DST_BENCH_ICOUNT=1 runs the guest with
+# instruction-counted time (vm-run --icount): slower, but the same build
+# gives the same numbers within a percent or two (a few percent over the
+# network), whatever else the host is doing; the resync rows are skipped.
 #
 # Exit status: 0 if everything ran (missed targets are reported, not
 # failed), otherwise non-zero (vm-run's: 124 timeout, 125 kernel splat).

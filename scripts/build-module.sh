@@ -21,12 +21,13 @@ export PATH=/usr/bin:$HOME/.cargo/bin:$PATH
 
 kdir=$("$here/build-kernel.sh" "$flavour" | tail -1)
 
+src=$repo log=$(mktemp)
+trap 'rm -f "$log"; [ "$src" = "$repo" ] || rm -rf "$src"' EXIT
 case "$flavour" in
-test) src=$repo ;;
+test) ;;
 bench|prof|kasan)
 	mkdir -p "$cache"
 	src=$(mktemp -d "$cache/module-$flavour.build.XXXXXX")
-	trap 'rm -rf "$src"' EXIT
 	mkdir -p "$src/dst" "$src/userspace/dst-proto"
 	cp "$repo/Kbuild" "$src/"
 	cp "$repo"/dst/Kbuild "$repo"/dst/*.rs "$repo"/dst/*.c "$repo"/dst/*.h "$src/dst/"
@@ -38,8 +39,6 @@ esac
 llvm=()
 [ "$flavour" != kasan ] || llvm=(LLVM=1)
 
-log=$(mktemp)
-trap 'rm -f "$log"; [ "$src" = "$repo" ] || rm -rf "$src"' EXIT
 if ! make -C "$kdir" M="$src" RUSTC=/usr/bin/rustc HOSTRUSTC=/usr/bin/rustc \
 	${llvm[@]+"${llvm[@]}"} "$@" modules >"$log" 2>&1; then
 	cat "$log" >&2
